@@ -1,0 +1,105 @@
+"""Orbax checkpoints of a `TrainState`: periodic, keep the last k and the best by a metric, resume.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a run killed at
+any moment leaves only whole checkpoints. A JSON metadata item (config, split digest, model
+signature) is saved beside the state; `check_compatible` refuses a directory written for another
+architecture or forget split before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from jaxunlearn.state import TrainState
+
+
+def model_signature(params) -> dict:
+  """Parameter paths and shapes: what must match for a checkpoint to fit a model."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
+
+
+class CheckpointManager:
+  """Thin wrapper over `ocp.CheckpointManager` implementing the loop's `Checkpointer`."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int = 2,
+               best_metric: str | None = None, best_mode: str = 'max', meta: dict | None = None):
+    policies = [checkpoint_managers.LatestN(n=keep)]
+    if best_metric:
+      policies.append(checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == 'min', n=1,
+          keep_checkpoints_without_metrics=False))
+    self.directory = os.path.abspath(directory)
+    self.every_steps = every_steps
+    self.meta = meta or {}
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=(lambda m: m[best_metric]) if best_metric else None,
+            best_mode=best_mode, create=True))
+
+  def should_save(self, step: int) -> bool:
+    return self.every_steps > 0 and step % self.every_steps == 0
+
+  def save(self, state: TrainState, metrics: dict) -> None:
+    step = int(jax.device_get(state.step))
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave({**self.meta, 'step': step, 'metrics': metrics})),
+        metrics=metrics or None)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def restore(self, step: int, target: TrainState) -> TrainState:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return restored.state
+
+  def restore_meta(self, step: int | None = None) -> dict | None:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def restore_latest(self, target: TrainState) -> TrainState | None:
+    step = self.latest_step()
+    return None if step is None else self.restore(step, target)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def check_compatible(directory: str, expected: dict[str, Any], flag: str) -> None:
+  """Raises ValueError if the checkpoint metadata in `directory` disagrees with `expected`.
+
+  `expected` maps metadata keys (e.g. 'model', 'model_signature', 'split_digest') to values.
+  """
+  if not os.path.isdir(directory):
+    return
+  manager = CheckpointManager(directory, every_steps=0)
+  try:
+    meta = manager.restore_meta()
+  finally:
+    manager.close()
+  if meta is None:
+    return
+  for key, value in expected.items():
+    if key in meta and meta[key] != value:
+      shown = 'the parameter shapes differ' if key == 'model_signature' else (
+          f'it holds {meta[key]!r}, the run asks for {value!r}')
+      raise ValueError(f'{flag}: checkpoint directory {directory} was written for a different '
+                       f'{key}: {shown}. Use another workdir or delete it.')

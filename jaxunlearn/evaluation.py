@@ -1,0 +1,52 @@
+"""The one evaluation path: logits (and optionally features) of a model on index sets of a dataset."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxunlearn import sharding as sharding_lib
+from jaxunlearn.data import preprocess
+from jaxunlearn.loop import DeviceData
+from jaxunlearn.state import ModelFns
+
+
+@functools.lru_cache(maxsize=32)
+def _predict_fn(model_fns: ModelFns, info, return_features: bool, mesh):
+
+  def predict(variables, images, positions):
+    x = preprocess(jnp.take(images, positions, axis=0), info, train=False, key=None)
+    outputs, _ = model_fns.apply(variables, x, train=False, return_features=return_features)
+    return outputs
+
+  return jax.jit(predict, out_shardings=sharding_lib.replicated(mesh))
+
+
+def predict(model_fns: ModelFns, variables: dict, images: jax.Array, info, positions: np.ndarray,
+            *, mesh, batch_size: int = 512, return_features: bool = False):
+  """Eval-mode outputs for `positions` of `images`, as numpy, in the order of `positions`.
+
+  Batches are padded to one fixed, device-divisible size so the function compiles once.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  fn = _predict_fn(model_fns, info, return_features, mesh)
+  outputs = []
+  positions = np.asarray(positions, np.int32)
+  for start in range(0, len(positions), batch_size):
+    chunk = positions[start:start + batch_size]
+    padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
+    out = fn(variables, images, sharding_lib.shard_global_batch(padded, mesh))
+    outputs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], out))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def logits_on_sources(model_fns: ModelFns, variables: dict, data: DeviceData, *, mesh,
+                      batch_size: int = 512) -> dict[str, np.ndarray]:
+  """Logits on every named source of `data`."""
+  return {name: predict(model_fns, variables, data.images, data.info, positions, mesh=mesh,
+                        batch_size=batch_size)
+          for name, positions in data.sources.items()}

@@ -1,0 +1,185 @@
+"""One experiment's data, split, mesh and run directories; the training and evaluation recipes that
+`experiments/train.py` and `experiments/unlearn.py` share.
+
+Directory layout under a workdir::
+
+  {dataset}-{model}/original_s{seed}/            checkpoints/, config.json, metrics.json
+  {dataset}-{model}/{forget}-split{k}/           split.npz, split.json (D_f, D_r; identical for all runs)
+  {dataset}-{model}/{forget}-split{k}/retrain_s{seed}/
+  {dataset}-{model}/{forget}-split{k}/{method}_s{seed}/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxunlearn import data as data_lib
+from jaxunlearn import evaluation, metrics
+from jaxunlearn import sharding as sharding_lib
+from jaxunlearn.checkpoint import CheckpointManager, check_compatible, model_signature
+from jaxunlearn.loop import DeviceData, run
+from jaxunlearn.models import create_model
+from jaxunlearn.state import ModelFns, functionalize
+from jaxunlearn.train import create_state, supervised_program
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything an experiment needs, validated before any training starts."""
+  config: Any
+  info: data_lib.DatasetInfo
+  split: data_lib.ForgetSplit
+  mesh: Any
+  train: DeviceData      # sources: 'all', 'forget', 'retain'
+  test: DeviceData       # sources: 'test' (+ 'test_forget', 'test_retain' for class forgetting)
+  experiment_dir: str
+  model_dir: str
+
+
+def forget_tag(spec: str) -> str:
+  """A directory-safe name for a forget spec ('random:0.1' -> 'random-0.1')."""
+  return re.sub(r'[^A-Za-z0-9.]+', '-', spec).strip('-')
+
+
+def build_model(config, info: data_lib.DatasetInfo, seed: int) -> tuple[ModelFns, dict]:
+  model = create_model(config.model, num_classes=info.num_classes, input_shape=info.image_shape,
+                       rngs=nnx.Rngs(seed), **dict(config.get('model_kwargs', {}) or {}))
+  return functionalize(model)
+
+
+def prepare(config) -> Setup:
+  """Validates the config, loads the data, makes the split and the mesh, writes the split file."""
+  info = data_lib.dataset_info(config.dataset)
+  mesh = sharding_lib.make_mesh()
+  sharding_lib.check_batch_size(config.batch_size, mesh)
+  build_model(config, info, 0)   # fails fast on an unknown model or model kwargs
+  data_dir = config.get('data_dir') or None
+  train = data_lib.load_split(config.dataset, 'train', data_dir)
+  test = data_lib.load_split(config.dataset, 'test', data_dir)
+  split = data_lib.make_forget_split(config.forget, config.split_seed, train, test, info)
+  model_dir = os.path.join(config.workdir, f'{config.dataset}-{config.model}')
+  experiment_dir = os.path.join(model_dir, f'{forget_tag(config.forget)}-split{config.split_seed}')
+  existing = data_lib.load_forget_split(experiment_dir)
+  if existing is not None and existing.digest != split.digest:
+    raise ValueError(f'--config.forget={config.forget!r}: {experiment_dir} holds a different split '
+                     f'(digest {existing.digest[:12]} vs {split.digest[:12]}).')
+  if jax.process_index() == 0:
+    data_lib.save_forget_split(split, experiment_dir)
+  train_sources = {'all': np.arange(len(train.labels)), 'forget': split.forget,
+                   'retain': split.retain}
+  test_sources = {'test': np.arange(len(test.labels))}
+  if split.test_forget is not None:
+    test_sources.update(test_forget=split.test_forget, test_retain=split.test_retain)
+  return Setup(config=config, info=info, split=split, mesh=mesh,
+               train=DeviceData.create(train.images, train.labels, info, train_sources, mesh),
+               test=DeviceData.create(test.images, test.labels, info, test_sources, mesh),
+               experiment_dir=experiment_dir, model_dir=model_dir)
+
+
+def run_dir(setup: Setup, kind: str, seed: int) -> str:
+  if kind == 'original':
+    return os.path.join(setup.model_dir, f'original_s{seed}')
+  return os.path.join(setup.experiment_dir, f'{kind}_s{seed}')
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes JSON atomically (temporary file, then rename)."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
+  with os.fdopen(fd, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(obj):
+  if isinstance(obj, (np.floating, np.integer)):
+    return obj.item()
+  if isinstance(obj, np.ndarray):
+    return obj.tolist()
+  raise TypeError(f'not JSON serialisable: {type(obj)}')
+
+
+def all_logits(setup: Setup, model_fns: ModelFns, variables: dict) -> dict[str, np.ndarray]:
+  """Eval-mode logits on D_f, D_r and the test set (and its class parts)."""
+  bs = setup.config.get('eval_batch_size', 512)
+  out = evaluation.logits_on_sources(model_fns, variables, setup.train, mesh=setup.mesh,
+                                     batch_size=bs)
+  out.update(evaluation.logits_on_sources(model_fns, variables, setup.test, mesh=setup.mesh,
+                                          batch_size=bs))
+  return out
+
+
+def evaluate(setup: Setup, model_fns: ModelFns, variables: dict, *, seed: int = 0):
+  """The unlearning metrics of a model (UA, FA, RA, TA, MIA, per-class TA) and its logits."""
+  logits = all_logits(setup, model_fns, variables)
+  train_labels = np.asarray(setup.train.labels)
+  test_labels = np.asarray(setup.test.labels)
+  test_forget_mask = None
+  if setup.split.test_forget is not None:
+    test_forget_mask = np.zeros(len(test_labels), bool)
+    test_forget_mask[setup.split.test_forget] = True
+  cfg = setup.config
+  result = metrics.unlearning_metrics(
+      forget_logits=logits['forget'], forget_labels=train_labels[setup.split.forget],
+      retain_logits=logits['retain'], retain_labels=train_labels[setup.split.retain],
+      test_logits=logits['test'], test_labels=test_labels, test_forget_mask=test_forget_mask,
+      mia_feature=cfg.get('mia_feature', 'confidence'),
+      mia_classifier=cfg.get('mia_classifier', 'svc'), seed=seed)
+  return result, logits
+
+
+def train_model(setup: Setup, *, kind: str, seed: int) -> tuple[ModelFns, dict, dict]:
+  """Trains (or resumes, or loads when finished) the original (`kind='original'`, all training
+  data) or the retrained model (`kind='retrain'`, D_r only). Returns fns, variables, metrics."""
+  cfg = setup.config
+  source = 'all' if kind == 'original' else 'retain'
+  directory = run_dir(setup, kind, seed)
+  model_fns, variables = build_model(cfg, setup.info, seed)
+  meta = {'model': cfg.model, 'dataset': cfg.dataset, 'kind': kind, 'seed': seed,
+          'model_signature': model_signature(variables['params'])}
+  if kind != 'original':
+    meta['split_digest'] = setup.split.digest
+  check_compatible(os.path.join(directory, 'checkpoints'), meta, '--config.workdir')
+  metrics_path = os.path.join(directory, 'metrics.json')
+  program, optimizers = supervised_program(
+      model_fns, cfg.optimizer, num_examples=len(setup.train.sources[source]),
+      batch_size=cfg.batch_size, epochs=cfg.epochs, source=source)
+  state = create_state(variables, optimizers)
+  manager = CheckpointManager(os.path.join(directory, 'checkpoints'),
+                              every_steps=cfg.checkpoint_every_steps, keep=cfg.keep_checkpoints,
+                              best_metric=cfg.get('best_metric') or None, meta=meta)
+  finished = manager.latest_step() == len(program.schedule) and os.path.exists(metrics_path)
+
+  def eval_fn(state):
+    logits = evaluation.predict(model_fns, state.variables, setup.test.images, setup.info,
+                                setup.test.sources['test'], mesh=setup.mesh,
+                                batch_size=cfg.get('eval_batch_size', 512))
+    return {'test_accuracy': metrics.accuracy(logits, np.asarray(setup.test.labels))}
+
+  t0 = time.perf_counter()
+  result = run(program, state, setup.train, mesh=setup.mesh, seed=seed, checkpointer=manager,
+               augment=True, log_every=cfg.log_every, eval_fn=eval_fn, name=kind)
+  manager.close()
+  variables = jax.device_get(result.state.variables)
+  if finished:
+    with open(metrics_path) as f:
+      return model_fns, variables, json.load(f)
+  scores, _ = evaluate(setup, model_fns, variables, seed=seed)
+  scores.update(run_seconds=result.run_seconds, compile_seconds=result.compile_seconds,
+                wall_seconds=time.perf_counter() - t0, steps=len(program.schedule))
+  if jax.process_index() == 0:
+    write_json(os.path.join(directory, 'config.json'), cfg.to_dict())
+    if kind != 'original':
+      data_lib.save_forget_split(setup.split, directory)
+    write_json(metrics_path, scores)
+  return model_fns, variables, scores

@@ -1,0 +1,249 @@
+"""The one training loop that original training, retraining and every unlearning method run on.
+
+A method is a `Program`: named step kinds and a schedule naming the kind of every global step. A
+step kind is a pure function ``(state, batch, key) -> (state, metrics)`` plus the data source each
+slot of its batch draws from (``{'forget': 'forget', 'remain': 'retain'}``, say). The loop
+
+* keeps the datasets on device and gathers each batch by index inside the jitted step, followed by
+  the dataset's preprocessing (augmentation keyed by the step's PRNG key);
+* compiles each step kind once, ahead of time, and reports the compile time apart from run time;
+* draws batches from per-source reshuffled epochs that depend only on (seed, source, draw number),
+  and derives every key from (seed, step), so a run resumed from a checkpoint continues exactly;
+* shards batches over the mesh's ``data`` axis and replicates the state;
+* never syncs with the host inside a step: metrics are fetched only when a progress line is printed.
+
+The last partial batch of an epoch is padded; padded rows get ``weight`` 0 and every loss is a
+weighted mean, so a pass over D_f covers each example exactly once at a fixed shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import zlib
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxunlearn import sharding as sharding_lib
+from jaxunlearn.data import DatasetInfo, preprocess
+from jaxunlearn.state import TrainState
+
+StepFn = Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepKind:
+  """A pure step and the data source of each slot of its batch."""
+  fn: StepFn
+  slots: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """Step kinds and the kind of every global step, in order."""
+  kinds: Mapping[str, StepKind]
+  schedule: Sequence[str]
+  batch_size: int
+
+  def __post_init__(self):
+    unknown = sorted(set(self.schedule) - set(self.kinds))
+    if unknown:
+      raise ValueError(f'schedule names unknown step kinds {unknown}; known: {sorted(self.kinds)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+  """A dataset's arrays on device plus named index sets (sources) into them."""
+  images: jax.Array
+  labels: jax.Array
+  info: DatasetInfo
+  sources: Mapping[str, np.ndarray]
+
+  @classmethod
+  def create(cls, images: np.ndarray, labels: np.ndarray, info: DatasetInfo,
+             sources: Mapping[str, np.ndarray], mesh) -> 'DeviceData':
+    for name, positions in sources.items():
+      if len(positions) == 0:
+        raise ValueError(f'data source {name!r} is empty')
+    arrays = sharding_lib.replicate({'images': images, 'labels': labels.astype(np.int32)}, mesh)
+    return cls(arrays['images'], arrays['labels'], info,
+               {k: np.asarray(v, np.int64) for k, v in sources.items()})
+
+
+class BatchSampler:
+  """Index batches of one source: a fresh permutation each epoch, seeded by (seed, source, epoch)."""
+
+  def __init__(self, positions: np.ndarray, batch_size: int, seed: int, source: str):
+    self.positions = positions
+    self.batch_size = batch_size
+    self.batches_per_epoch = math.ceil(len(positions) / batch_size)
+    self._seed = (seed, zlib.crc32(source.encode()))
+    self._epoch, self._perm = -1, None
+
+  def batch(self, draw: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and 0/1 weights of the `draw`-th batch of this source."""
+    epoch, k = divmod(draw, self.batches_per_epoch)
+    if epoch != self._epoch:
+      rng = np.random.default_rng((*self._seed, epoch))
+      self._epoch, self._perm = epoch, rng.permutation(self.positions)
+    chunk = self._perm[k * self.batch_size:(k + 1) * self.batch_size]
+    pad = self.batch_size - len(chunk)
+    weight = np.concatenate([np.ones(len(chunk), np.float32), np.zeros(pad, np.float32)])
+    positions = np.concatenate([chunk, np.full(pad, chunk[0], chunk.dtype)]).astype(np.int32)
+    return positions, weight
+
+
+def epoch_steps(num_examples: int, batch_size: int) -> int:
+  return math.ceil(num_examples / batch_size)
+
+
+def gather_batch(data_images, data_labels, info: DatasetInfo, positions, weight, key, *,
+                 augment: bool) -> dict:
+  """Gathers and preprocesses one batch on device."""
+  images = preprocess(jnp.take(data_images, positions, axis=0), info, train=augment, key=key)
+  return {'image': images, 'label': jnp.take(data_labels, positions, axis=0), 'weight': weight,
+          'position': positions}
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: TrainState
+  history: list[dict]
+  compile_seconds: float
+  run_seconds: float
+  steps_run: int
+
+
+class Checkpointer(Protocol):
+  """What the loop needs from a checkpoint manager (see `jaxunlearn.checkpoint`)."""
+
+  def restore_latest(self, target: TrainState) -> TrainState | None: ...
+  def save(self, state: TrainState, metrics: dict) -> None: ...
+  def should_save(self, step: int) -> bool: ...
+  def wait(self) -> None: ...
+
+
+def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: int,
+        checkpointer: Checkpointer | None = None, augment: bool = True, log_every: int = 50,
+        eval_fn: Callable[[TrainState], dict] | None = None, name: str = 'train',
+        stop_after: int | None = None) -> RunResult:
+  """Runs `program` from `state` (or from the latest checkpoint) to the end of its schedule.
+
+  `eval_fn` (host-side, outside the steps) is called at each checkpoint; its metrics go with the
+  checkpoint (the best-by-metric one is kept). `stop_after` ends the run early after that many
+  steps in this call (used to test resumption).
+  """
+  sharding_lib.check_batch_size(program.batch_size, mesh)
+  state = sharding_lib.replicate(state, mesh)
+  if checkpointer is not None:
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+      state = restored
+  start = int(jax.device_get(state.step))
+  total = len(program.schedule)
+  samplers = {source: BatchSampler(positions, program.batch_size, seed, source)
+              for source, positions in data.sources.items()}
+  draws = _draw_offsets(program, start)
+  base_key = jax.random.key(seed)
+  compiled, compile_seconds = _compile(program, state, data, mesh, base_key, augment,
+                                       kinds=set(program.schedule[start:]))
+  history, pending = [], []
+  run_start = last_time = time.perf_counter()
+  last_step = start
+  steps_run = 0
+  for step in range(start, total):
+    kind_name = program.schedule[step]
+    kind = program.kinds[kind_name]
+    batch = {}
+    for slot, source in kind.slots.items():
+      batch[slot] = samplers[source].batch(draws[source])
+      draws[source] += 1
+    batch = sharding_lib.shard_global_batch(batch, mesh)
+    state, metrics = compiled[kind_name](state, data.images, data.labels, batch, base_key)
+    pending.append((kind_name, metrics))
+    steps_run += 1
+    done = step + 1
+    if done % log_every == 0 or done == total:
+      now = time.perf_counter()
+      record = _summarise(pending, done, total, now - last_time, done - last_step,
+                          program.batch_size, now - run_start, steps_run)
+      logging.info('%s %s', name, _format(record))
+      print(f'[{name}] {_format(record)}', flush=True)
+      history.append(record)
+      pending, last_time, last_step = [], now, done
+    if checkpointer is not None and (checkpointer.should_save(done) or done == total):
+      checkpointer.save(state, eval_fn(state) if eval_fn else {})
+    if stop_after is not None and steps_run >= stop_after:
+      break
+  jax.block_until_ready(state)
+  if checkpointer is not None:
+    checkpointer.wait()
+  return RunResult(state, history, compile_seconds, time.perf_counter() - run_start, steps_run)
+
+
+def _draw_offsets(program: Program, start: int) -> dict[str, int]:
+  draws: dict[str, int] = {}
+  for kind in program.kinds.values():
+    for source in kind.slots.values():
+      draws.setdefault(source, 0)
+  for kind_name in program.schedule[:start]:
+    for source in program.kinds[kind_name].slots.values():
+      draws[source] += 1
+  return draws
+
+
+def _compile(program: Program, state, data: DeviceData, mesh, base_key, augment: bool, kinds):
+  """Compiles each step kind in use once (AOT), returning executables and the compile time."""
+  replicated = sharding_lib.replicated(mesh)
+  batch_spec = sharding_lib.batch_sharded(mesh)
+  compiled, seconds = {}, 0.0
+  for kind_name in sorted(kinds):
+    kind = program.kinds[kind_name]
+
+    def program_step(state, images, labels, batch, base_key, kind=kind):
+      key = jax.random.fold_in(base_key, state.step)
+      batch = {slot: gather_batch(images, labels, data.info, positions, weight,
+                                  jax.random.fold_in(key, i), augment=augment)
+               for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))}
+      new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)))
+      return new_state.replace(step=state.step + 1), metrics
+
+    abstract_batch = {
+        slot: (jax.ShapeDtypeStruct((program.batch_size,), jnp.int32, sharding=batch_spec),
+               jax.ShapeDtypeStruct((program.batch_size,), jnp.float32, sharding=batch_spec))
+        for slot in kind.slots}
+    t0 = time.perf_counter()
+    lowered = jax.jit(program_step, out_shardings=(replicated, replicated)).lower(
+        state, data.images, data.labels, abstract_batch, base_key)
+    compiled[kind_name] = lowered.compile()
+    seconds += time.perf_counter() - t0
+  return compiled, seconds
+
+
+def _summarise(pending, done, total, seconds, steps, batch_size, elapsed, steps_run) -> dict:
+  values = jax.device_get([m for _, m in pending])
+  record: dict[str, Any] = {'step': done}
+  keys = sorted({k for m in values for k in m})
+  for k in keys:
+    vals = [float(m[k]) for m in values if k in m]
+    record[k] = float(np.mean(vals))
+  record['examples_per_s'] = steps * batch_size / max(seconds, 1e-9)
+  rate = steps_run / max(elapsed, 1e-9)
+  record['eta_s'] = (total - done) / max(rate, 1e-9)
+  return record
+
+
+def _format(record: dict) -> str:
+  total_bits = [f'step {record["step"]}']
+  for k, v in record.items():
+    if k in ('step', 'examples_per_s', 'eta_s'):
+      continue
+    total_bits.append(f'{k} {v:.4g}')
+  total_bits.append(f'{record["examples_per_s"]:.0f} ex/s')
+  total_bits.append(f'ETA {record["eta_s"]:.0f}s')
+  return ' | '.join(total_bits)

@@ -1,0 +1,86 @@
+"""The functional boundary between NNX modules and jitted steps, and the training state PyTree.
+
+A model is split once into a graph definition and two pure dicts of arrays, ``params`` (every
+`nnx.Param`, LoRA weights included) and ``batch_stats``. Jitted steps take and return those dicts;
+`ModelFns.apply` merges them back into a module inside the trace, which costs nothing at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+from flax import nnx
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelFns:
+  """Pure functions of a model: `apply(variables, x, train=..., return_features=...)`.
+
+  `param_types` mirrors ``params`` with each leaf's variable type (e.g. `nnx.Param`,
+  `nnx.LoRAParam`) so that optimisers can partition parameters by type.
+  """
+  graphdef: Any
+  abstract_params: nnx.State
+  abstract_batch_stats: nnx.State
+  param_types: PyTree
+
+  def apply(self, variables: dict, x: jax.Array, *, train: bool, return_features: bool = False):
+    """Returns ``(outputs, new_batch_stats)``; outputs are logits or (logits, features)."""
+    params = _fill(self.abstract_params, variables['params'])
+    batch_stats = _fill(self.abstract_batch_stats, variables['batch_stats'])
+    model = nnx.merge(self.graphdef, params, batch_stats)
+    outputs = model(x, train=train, return_features=return_features)
+    return outputs, nnx.state(model, nnx.BatchStat).to_pure_dict()
+
+  def module(self, variables: dict) -> nnx.Module:
+    """A stateful module holding `variables` (for export or inspection, outside jit)."""
+    return nnx.merge(self.graphdef, _fill(self.abstract_params, variables['params']),
+                     _fill(self.abstract_batch_stats, variables['batch_stats']))
+
+
+def _fill(abstract: nnx.State, values: dict) -> nnx.State:
+  state = jax.tree.map(lambda x: x, abstract)
+  nnx.replace_by_pure_dict(state, values)
+  return state
+
+
+def functionalize(model: nnx.Module) -> tuple[ModelFns, dict]:
+  """Splits `model` into `ModelFns` and its variables ``{'params': ..., 'batch_stats': ...}``."""
+  graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  leftover = rest.to_pure_dict()
+  if jax.tree.leaves(leftover):
+    raise ValueError(f'model holds variables other than Param and BatchStat: {leftover}')
+  param_types = jax.tree.map(lambda v: type(v), params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+  fns = ModelFns(graphdef=graphdef,
+                 abstract_params=jax.tree.map(_abstract, params),
+                 abstract_batch_stats=jax.tree.map(_abstract, batch_stats),
+                 param_types=param_types.to_pure_dict())
+  return fns, {'params': params.to_pure_dict(), 'batch_stats': batch_stats.to_pure_dict()}
+
+
+def _abstract(x):
+  return jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes, as one PyTree (checkpointed whole).
+
+  ``opt_state`` maps an optimiser name to its optax state, so a method may keep several (the
+  fast forget and remain optimisers of SFR-on, say). ``extra`` holds method state: a frozen
+  teacher's variables, a fixed mask, slow weights. Frozen leaves simply pass through a step.
+  """
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: dict
+  extra: dict
+
+  @property
+  def variables(self) -> dict:
+    return {'params': self.params, 'batch_stats': self.batch_stats}
