@@ -1,0 +1,161 @@
+"""What every unlearning method shares: its context, a generic gradient step and parameter sweeps.
+
+A method is a function ``build(ctx, cfg) -> (Program, TrainState)``: it states its losses, its
+step kinds and their schedule over the sources 'forget' (D_f), 'retain' (D_r) and 'all' (D_f u D_r,
+with ``state.extra['is_forget']`` telling them apart), and its extra state. The shared loop runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxunlearn import losses
+from jaxunlearn.data import preprocess
+from jaxunlearn.loop import DeviceData, StepFn
+from jaxunlearn.state import ModelFns, TrainState
+from jaxunlearn.train import apply_gradients
+
+# loss_fn(params, state, batch, key) -> (loss, (new_batch_stats, metrics))
+LossFn = Callable[[Any, TrainState, dict, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlearnContext:
+  """What a method may read: the model, the original weights and the data it unlearns on."""
+  model_fns: ModelFns
+  original: dict           # variables of the original (pre-unlearning) model
+  data: DeviceData         # train data on device with sources 'all', 'forget', 'retain'
+  num_classes: int
+  batch_size: int
+  seed: int
+  mesh: Any
+  init_variables: Callable[[int], dict]   # fresh, randomly initialised variables for a seed
+
+  @property
+  def num_forget(self) -> int:
+    return len(self.data.sources['forget'])
+
+  @property
+  def num_retain(self) -> int:
+    return len(self.data.sources['retain'])
+
+  def steps_per_epoch(self, source: str) -> int:
+    return math.ceil(len(self.data.sources[source]) / self.batch_size)
+
+  def is_forget(self) -> jax.Array:
+    """A 0/1 vector over training positions marking D_f."""
+    flags = np.zeros(len(self.data.sources['all']), np.float32)
+    flags[self.data.sources['forget']] = 1.0
+    return jnp.asarray(flags)
+
+
+def gradient_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
+                  opt_name: str = 'main') -> StepFn:
+  """A step that descends `loss_fn` with optimiser `opt_name` (ascent = a negated loss)."""
+
+  def step(state: TrainState, batch: dict, key: jax.Array):
+    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state, batch, key)
+    state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, opt_name)
+    return state, {'loss': loss, **metrics}
+
+  return step
+
+
+def forward(ctx_fns: ModelFns, params, state: TrainState, images, *, train: bool = True,
+            return_features: bool = False):
+  """The student's outputs and new batch statistics."""
+  return ctx_fns.apply({'params': params, 'batch_stats': state.batch_stats}, images, train=train,
+                       return_features=return_features)
+
+
+def cross_entropy_loss(model_fns: ModelFns, slot: str, *, sign: float = 1.0) -> LossFn:
+  """``sign`` x weighted CE on the batch in `slot` (sign -1: gradient ascent)."""
+
+  def loss_fn(params, state, batch, key):
+    del key
+    data = batch[slot]
+    logits, batch_stats = forward(model_fns, params, state, data['image'])
+    ce = losses.weighted_cross_entropy(logits, data['label'], data['weight'])
+    acc = losses.weighted_accuracy(logits, data['label'], data['weight'])
+    return sign * ce, (batch_stats, {f'{slot}_ce': ce, f'{slot}_accuracy': acc})
+
+  return loss_fn
+
+
+def random_other_labels(key: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """Uniform labels over the classes other than the true one (the true label is never drawn)."""
+  offset = jax.random.randint(key, labels.shape, 1, num_classes)
+  return (labels + offset) % num_classes
+
+
+GRADIENT_STATISTICS = ('mean_gradient', 'batch_fisher', 'empirical_fisher')
+
+
+def gradient_statistic(model_fns: ModelFns, variables: dict, data: DeviceData, source: str,
+                       batch_size: int, statistic: str) -> Any:
+  """A per-parameter statistic of the CE gradient on `source` at `variables`, in one jitted
+  `lax.scan` over the whole set:
+
+  * 'mean_gradient': the mean over mini-batches of the batch-mean gradient (SalUn takes its
+    absolute value);
+  * 'batch_fisher': the mean over mini-batches of the squared batch-mean gradient (the SFR-on
+    official code's Fisher diagonal);
+  * 'empirical_fisher': the mean over examples of the squared per-example gradient (`jax.vmap`
+    of `jax.grad`; the Fisher diagonal as the SFR-on paper writes it).
+
+  Eval-mode BatchNorm and no augmentation. The last batch is padded with zero-weight rows, so each
+  example counts once (for the batch statistics, the last batch is a mean over its real rows).
+  """
+  if statistic not in GRADIENT_STATISTICS:
+    raise ValueError(f'statistic={statistic!r}: allowed values are {GRADIENT_STATISTICS}.')
+  positions = np.asarray(data.sources[source], np.int32)
+  num_batches = math.ceil(len(positions) / batch_size)
+  padded = np.concatenate([positions, np.full(num_batches * batch_size - len(positions),
+                                              positions[0], np.int32)])
+  weights = (np.arange(len(padded)) < len(positions)).astype(np.float32)
+
+  def batch_loss(params, images, labels, weight):
+    logits, _ = model_fns.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                                images, train=False)
+    return losses.weighted_cross_entropy(logits, labels, weight)
+
+  def example_loss(params, image, label):
+    return batch_loss(params, image[None], label[None], jnp.ones((1,)))
+
+  @jax.jit
+  def sweep(params, images_all, labels_all, positions, weights):
+    def body(total, chunk):
+      pos, w = chunk
+      images = preprocess(jnp.take(images_all, pos, axis=0), data.info, train=False, key=None)
+      labels = jnp.take(labels_all, pos, axis=0)
+      if statistic == 'empirical_fisher':
+        grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, images, labels)
+        contrib = jax.tree.map(lambda g: jnp.tensordot(w, jnp.square(g), axes=1), grads)
+      else:
+        grads = jax.grad(batch_loss)(params, images, labels, w)
+        contrib = jax.tree.map(jnp.square, grads) if statistic == 'batch_fisher' else grads
+      return jax.tree.map(jnp.add, total, contrib), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    total, _ = jax.lax.scan(body, zeros, (positions, weights))
+    count = jnp.sum(weights) if statistic == 'empirical_fisher' else positions.shape[0]
+    return jax.tree.map(lambda t: t / count, total)
+
+  return sweep(variables['params'], data.images, data.labels,
+               padded.reshape(num_batches, batch_size), weights.reshape(num_batches, batch_size))
+
+
+def top_fraction_mask(scores, fraction: float):
+  """1 for the `fraction` of all parameters (pooled over the whole tree) with the largest score."""
+  flat = jnp.concatenate([jnp.ravel(s) for s in jax.tree.leaves(scores)])
+  k = max(1, int(round(fraction * flat.size)))
+  threshold = jnp.sort(flat)[-k]
+  return jax.tree.map(lambda s: (s >= threshold).astype(jnp.float32), scores)
