@@ -154,8 +154,16 @@ def gradient_statistic(model_fns: ModelFns, variables: dict, data: DeviceData, s
 
 
 def top_fraction_mask(scores, fraction: float):
-  """1 for the `fraction` of all parameters (pooled over the whole tree) with the largest score."""
-  flat = jnp.concatenate([jnp.ravel(s) for s in jax.tree.leaves(scores)])
-  k = max(1, int(round(fraction * flat.size)))
-  threshold = jnp.sort(flat)[-k]
-  return jax.tree.map(lambda s: (s >= threshold).astype(jnp.float32), scores)
+  """1 for exactly round(`fraction` x size) parameters, pooled over the whole tree, with the largest
+  scores; ties (e.g. the many exact-zero gradients of a model that fits D_f to float32 precision)
+  are broken by position, as the SalUn reference's rank-based threshold does. A plain
+  ``score >= k-th largest`` threshold would select every tied weight instead.
+  """
+  leaves, treedef = jax.tree.flatten(scores)
+  flat = jnp.concatenate([jnp.ravel(s) for s in leaves])
+  k = int(round(fraction * flat.size))
+  order = jnp.argsort(-flat, stable=True)
+  selected = jnp.zeros(flat.shape, jnp.float32).at[order[:k]].set(1.0)
+  sizes = np.cumsum([s.size for s in leaves])[:-1]
+  parts = jnp.split(selected, sizes)
+  return jax.tree.unflatten(treedef, [p.reshape(s.shape) for p, s in zip(parts, leaves)])

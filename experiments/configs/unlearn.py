@@ -1,0 +1,45 @@
+"""The main job: every method on `mnist5k` with the small CNN, random 10% forgetting, one seed.
+
+Method defaults here are scaled for the small CNN on 4,000 digits (a few epochs on 2 CPU cores);
+`unlearn_cifar10_resnet18.py` holds the reference values for CIFAR-10 / ResNet-18.
+Use: python -m experiments.unlearn --config.methods=ft,ga --config.seeds=0,1,2
+"""
+
+import ml_collections
+
+from experiments.configs import train
+
+
+def method(epochs, lr, *, name='sgd', momentum=0.9, weight_decay=5e-4, schedule='constant',
+           grad_clip=0.0, batch_size=128, **options):
+  cfg = ml_collections.ConfigDict(dict(
+      epochs=epochs, batch_size=batch_size,
+      optimizer=train.optimizer(name=name, lr=lr, schedule=schedule, momentum=momentum,
+                                weight_decay=weight_decay, grad_clip=grad_clip)))
+  cfg.update(options)
+  return cfg
+
+
+def method_configs():
+  return ml_collections.ConfigDict(dict(
+      ft=method(epochs=5, lr=0.02),
+      ga=method(epochs=5, lr=0.01, grad_clip=1.0, momentum=0.0),
+      neggrad_plus=method(epochs=3, lr=0.01, beta=0.9),
+      rl=method(epochs=3, lr=0.01),
+      l1_sparse=method(epochs=5, lr=0.02, alpha=5e-5),
+      salun=method(epochs=3, lr=0.01, mask_fraction=0.5),
+      bad_teacher=method(epochs=2, lr=0.01, temperature=1.0),
+      scrub=method(epochs=5, lr=5e-3, msteps=3, alpha=0.5, gamma=1.0, temperature=2.0,
+                   lr_decay_epochs=(3, 4)),
+  ))
+
+
+def get_config():
+  c = train.get_config()
+  c.methods = 'all'           # comma-separated names, or 'all'
+  c.seeds = '0'               # varies Retrain's and each method's randomness, never the split
+  c.original_seed = 0
+  c.no_train = False          # refuse to train missing original/retrain models
+  c.method = method_configs()
+  c.plot = True
+  return c

@@ -1,0 +1,76 @@
+"""Running one unlearning method on the shared loop and scoring it against Retrain."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from jaxunlearn import experiment, metrics
+from jaxunlearn.loop import run
+from jaxunlearn.methods import METHODS, UnlearnContext
+from jaxunlearn.state import ModelFns
+
+
+@dataclasses.dataclass
+class MethodResult:
+  variables: dict
+  scores: dict          # UA, FA, RA, TA, MIA (+ TA_retain/TA_forget), KL, AvgGap, RTE_s, ...
+  logits: dict
+
+
+def check_methods(names) -> None:
+  unknown = [n for n in names if n not in METHODS]
+  if unknown:
+    raise ValueError(f'--methods: unknown method(s) {unknown}; allowed: {sorted(METHODS)}.')
+
+
+def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelFns,
+               original: dict, *, seed: int, retrain_logits: dict | None = None,
+               retrain_scores: dict | None = None) -> MethodResult:
+  """Unlearns `original` with method `name` and scores it; `original` itself is never modified.
+
+  RTE is the wall time of the unlearning phase (the method's preparation, e.g. a saliency mask,
+  and its steps), excluding compilation, which is reported apart as ``compile_s``.
+  """
+  cfg = setup.config
+
+  def init_variables(init_seed: int) -> dict:
+    return experiment.build_model(cfg, setup.info, init_seed)[1]
+
+  ctx = UnlearnContext(model_fns=model_fns, original=original, data=setup.train,
+                       num_classes=setup.info.num_classes, batch_size=method_cfg.batch_size,
+                       seed=seed, mesh=setup.mesh, init_variables=init_variables)
+  t0 = time.perf_counter()
+  program, state = METHODS[name](ctx, method_cfg)
+  jax.block_until_ready(state)
+  prepare_seconds = time.perf_counter() - t0
+  result = run(program, state, setup.train, mesh=setup.mesh, seed=seed, augment=True,
+               log_every=cfg.log_every, name=f'{name} s{seed}')
+  variables = jax.device_get(result.state.variables)
+  scores, logits = experiment.evaluate(setup, model_fns, variables, seed=seed)
+  scores.update(RTE_s=prepare_seconds + result.run_seconds, compile_s=result.compile_seconds,
+                steps=len(program.schedule))
+  add_reference_scores(scores, logits, retrain_scores, retrain_logits)
+  return MethodResult(variables, scores, logits)
+
+
+def add_reference_scores(scores: dict, logits: dict, retrain_scores: dict | None,
+                         retrain_logits: dict | None) -> None:
+  """Adds KL(retrain || model) on D_f and the Avg. Gap to retrain, in place."""
+  if retrain_logits is not None:
+    scores['KL'] = metrics.kl_to_reference(retrain_logits['forget'], logits['forget'])
+  if retrain_scores is not None:
+    scores['AvgGap'] = metrics.avg_gap(scores, retrain_scores)
+
+
+def summarise(per_seed: list[dict]) -> dict:
+  """Mean and standard deviation (over seeds) of every numeric score."""
+  keys = sorted({k for s in per_seed for k, v in s.items() if isinstance(v, (int, float))})
+  out = {}
+  for k in keys:
+    values = np.array([s[k] for s in per_seed if k in s], float)
+    out[k] = {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size)}
+  return out

@@ -1,0 +1,34 @@
+"""Shared fixtures: one offline data dir per test session, tiny configs and a prepared setup."""
+
+import os
+
+import pytest
+
+from experiments.configs import train as train_config
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """The data dir of the run (JAXUNLEARN_DATA_DIR if set, so CI builds the datasets once)."""
+  path = os.environ.get('JAXUNLEARN_DATA_DIR') or str(tmp_path_factory.mktemp('tfds'))
+  os.environ['JAXUNLEARN_DATA_DIR'] = path
+  return path
+
+
+def tiny_config(workdir, data_dir, **overrides):
+  """A config that trains a tiny CNN on `digits` in seconds."""
+  c = train_config.get_config()
+  c.workdir = str(workdir)
+  c.data_dir = data_dir
+  c.dataset = 'digits'
+  c.model = 'cnn'
+  c.model_kwargs.channels = (8,)
+  c.model_kwargs.dense_width = 16
+  c.batch_size = 64
+  c.epochs = 2
+  c.checkpoint_every_steps = 10
+  c.log_every = 10
+  c.mia_classifier = 'logreg'
+  for key, value in overrides.items():
+    c[key] = value
+  return c
