@@ -1,0 +1,118 @@
+"""Training binary: end to end, kill-and-resume, multi-host on loopback, and bad input."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxunlearn import experiment
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _worker(out_dir, workdir, data_dir, *extra):
+  env = {**os.environ, 'PYTHONPATH': REPO}
+  return subprocess.Popen([sys.executable, '-m', 'tests.train_worker', str(out_dir),
+                           str(workdir), data_dir, *map(str, extra)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _params(path):
+  with np.load(path) as f:
+    return dict(f)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, data_dir):
+  out = tmp_path_factory.mktemp('full')
+  proc = _worker(out, out / 'wd', data_dir)
+  log = proc.communicate(timeout=300)[0].decode()
+  assert proc.returncode == 0, log
+  return _params(out / 'params.npz'), log
+
+
+def test_progress_lines_and_outputs(uninterrupted, tmp_path_factory):
+  _, log = uninterrupted
+  assert 'ex/s' in log and 'ETA' in log and 'loss' in log
+
+
+def test_killed_run_resumes_to_the_same_params(uninterrupted, tmp_path, data_dir):
+  ckpt = tmp_path / 'wd' / 'digits-cnn' / 'original_s0' / 'checkpoints'
+  proc = _worker(tmp_path, tmp_path / 'wd', data_dir)
+  deadline = time.time() + 240
+  while time.time() < deadline and not (ckpt.exists() and any(
+      d.name.isdigit() and int(d.name) >= 8 for d in ckpt.iterdir())):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = sorted(int(d.name) for d in ckpt.iterdir() if d.name.isdigit())
+  assert steps and steps[-1] < 69, f'the run ended before it was killed: {steps}'
+  assert not (tmp_path / 'params.npz').exists()
+  proc = _worker(tmp_path, tmp_path / 'wd', data_dir)
+  log = proc.communicate(timeout=300)[0].decode()
+  assert proc.returncode == 0, log
+  expected, _ = uninterrupted
+  resumed = _params(tmp_path / 'params.npz')
+  assert resumed.keys() == expected.keys()
+  for key in expected:
+    np.testing.assert_array_equal(resumed[key], expected[key], err_msg=key)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, data_dir):
+  port = _free_port()
+  procs = [_worker(tmp_path, tmp_path / 'wd', data_dir, pid, 2, port) for pid in (0, 1)]
+  logs = [p.communicate(timeout=300)[0].decode() for p in procs]
+  for proc, log in zip(procs, logs):
+    assert proc.returncode == 0, log
+  expected, _ = uninterrupted
+  got = _params(tmp_path / 'params.npz')
+  for key in expected:
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(dataset='imagenet'), '--dataset'),
+    (dict(model='resnet50'), 'model'),
+    (dict(forget='random:1.5'), '--forget'),
+    (dict(forget='random:0'), '--forget'),
+    (dict(forget='random:99999'), '--forget'),
+    (dict(forget='class:12'), '--forget'),
+    (dict(forget='class:0,1,2,3,4,5,6,7,8,9'), '--forget'),
+    (dict(forget='bogus'), '--forget'),
+    (dict(forget='indices:/nonexistent.npy'), '--forget'),
+    (dict(batch_size=60), '--config.batch_size'),
+])
+def test_bad_input_is_refused_before_training(tmp_path, data_dir, overrides, message):
+  with pytest.raises(ValueError, match=message.replace('.', r'\.')):
+    experiment.prepare(tiny_config(tmp_path, data_dir, **overrides))
+  assert not (tmp_path / 'digits-cnn' / 'original_s0').exists()
+
+
+def test_empty_forget_set_is_refused(tmp_path, data_dir):
+  empty = tmp_path / 'empty.npy'
+  np.save(empty, np.array([], np.int64))
+  with pytest.raises(ValueError, match='--forget'):
+    experiment.prepare(tiny_config(tmp_path, data_dir, forget=f'indices:{empty}'))
+
+
+def test_checkpoint_of_another_architecture_is_refused(uninterrupted, tmp_path, data_dir):
+  config = tiny_config(tmp_path, data_dir, epochs=1)
+  experiment.train_model(experiment.prepare(config), kind='original', seed=0)
+  wider = tiny_config(tmp_path, data_dir, epochs=1)
+  wider.model_kwargs.dense_width = 32
+  setup = experiment.prepare(wider)
+  with pytest.raises(ValueError, match='--config.workdir.*model_signature'):
+    experiment.train_model(setup, kind='original', seed=0)
