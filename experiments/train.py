@@ -10,7 +10,7 @@ checkpoints/, config.json and metrics.json, and the experiment directory holds t
 import json
 import os
 
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 
 from jaxunlearn import experiment, sharding
@@ -23,6 +23,7 @@ TRAIN_CHOICES = ('original', 'retrain', 'both')
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if config.train not in TRAIN_CHOICES:
     raise app.UsageError(f'--config.train={config.train!r}: allowed values are {TRAIN_CHOICES}.')

@@ -15,7 +15,7 @@ import time
 from importlib import metadata
 
 import jax
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 
 from jaxunlearn import experiment, report, sharding
@@ -58,7 +58,12 @@ def require_trained(setup, kind: str, seed: int) -> None:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  logging.set_verbosity(logging.WARNING)
+  run_experiment(_CONFIG.value)
+
+
+def run_experiment(config) -> dict:
+  """Runs the comparison described by `config`; returns the results payload."""
   methods = parse_methods(config.methods)
   seeds = parse_seeds(config.seeds)
   dist = config.distributed
@@ -111,6 +116,7 @@ def main(argv):
                                  make_plot=config.plot)
     print(f'\n{title}\n{table}\n\n{report.TABLE_NOTE}\n')
     print(f'Results in {setup.experiment_dir} (wall time {payload["wall_seconds"]:.0f} s)')
+  return payload
 
 
 if __name__ == '__main__':

@@ -27,7 +27,6 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.data import DatasetInfo, preprocess
@@ -150,8 +149,8 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
               for source, positions in data.sources.items()}
   draws = _draw_offsets(program, start)
   base_key = jax.random.key(seed)
-  compiled, compile_seconds = _compile(program, state, data, mesh, base_key, augment,
-                                       kinds=set(program.schedule[start:]))
+  compiled, compile_seconds = compile_program(program, state, data, mesh, seed, augment,
+                                              kinds=set(program.schedule[start:]))
   history, pending = [], []
   run_start = last_time = time.perf_counter()
   last_step = start
@@ -172,7 +171,6 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
       now = time.perf_counter()
       record = _summarise(pending, done, total, now - last_time, done - last_step,
                           program.batch_size, now - run_start, steps_run)
-      logging.info('%s %s', name, _format(record))
       print(f'[{name}] {_format(record)}', flush=True)
       history.append(record)
       pending, last_time, last_step = [], now, done
@@ -197,8 +195,15 @@ def _draw_offsets(program: Program, start: int) -> dict[str, int]:
   return draws
 
 
-def _compile(program: Program, state, data: DeviceData, mesh, base_key, augment: bool, kinds):
-  """Compiles each step kind in use once (AOT), returning executables and the compile time."""
+def compile_program(program: Program, state, data: DeviceData, mesh, seed: int, augment: bool,
+                    kinds=None):
+  """Compiles each step kind in `kinds` (default: all) once, ahead of time.
+
+  Returns executables ``(state, images, labels, batch, base_key) -> (state, metrics)`` by kind
+  and the total compile time in seconds.
+  """
+  kinds = program.kinds if kinds is None else kinds
+  base_key = jax.random.key(seed)
   replicated = sharding_lib.replicated(mesh)
   batch_spec = sharding_lib.batch_sharded(mesh)
   compiled, seconds = {}, 0.0

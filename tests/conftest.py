@@ -2,9 +2,18 @@
 
 import os
 
+import jax
 import pytest
 
 from experiments.configs import train as train_config
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache: tests that rebuild the same step reuse its executable."""
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 @pytest.fixture(scope='session')

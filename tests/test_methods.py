@@ -1,0 +1,127 @@
+"""Unlearning methods on the shared loop: masks, teachers, determinism, the original untouched."""
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import unlearn as unlearn_config
+from jaxunlearn import experiment
+from jaxunlearn.loop import run
+from jaxunlearn.methods import METHODS, UnlearnContext, salun
+from jaxunlearn.methods.base import gradient_statistic, top_fraction_mask
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory, data_dir):
+  config = tiny_config(tmp_path_factory.mktemp('wd'), data_dir, forget='class:3')
+  return experiment.prepare(config)
+
+
+@pytest.fixture(scope='module')
+def original(setup):
+  return experiment.train_model(setup, kind='original', seed=0)
+
+
+def _ctx(setup, original, seed=0):
+  fns, variables, _ = original
+  return UnlearnContext(model_fns=fns, original=variables, data=setup.train,
+                        num_classes=setup.info.num_classes, batch_size=64, seed=seed,
+                        mesh=setup.mesh,
+                        init_variables=lambda s: experiment.build_model(setup.config, setup.info,
+                                                                        s)[1])
+
+
+def _method_cfg(name, **options):
+  cfg = unlearn_config.method_configs()[name]
+  cfg.batch_size = 64
+  cfg.epochs = 1
+  for key, value in options.items():
+    cfg[key] = value
+  return cfg
+
+
+def _unlearn(setup, original, name, seed=0, **options):
+  program, state = METHODS[name](_ctx(setup, original, seed), _method_cfg(name, **options))
+  return run(program, state, setup.train, mesh=setup.mesh, seed=seed, log_every=1000).state
+
+
+def test_top_fraction_mask_breaks_ties_by_position():
+  scores = {'a': np.array([0.0, 0.0, 0.0, 0.0]), 'b': np.array([[3.0, 0.0], [1.0, 0.0]])}
+  mask = top_fraction_mask(jax.tree.map(np.asarray, scores), 0.5)
+  np.testing.assert_array_equal(mask['b'], [[1, 0], [1, 0]])
+  np.testing.assert_array_equal(mask['a'], [1, 1, 0, 0])   # ties: first positions win
+
+
+def test_salun_masked_weights_stay_bit_identical(setup, original):
+  fns, variables, _ = original
+  ctx = _ctx(setup, original)
+  mask = salun.saliency_mask(ctx, 0.5)
+  fraction = np.mean(np.concatenate([np.ravel(m) for m in jax.tree.leaves(mask)]))
+  assert fraction == pytest.approx(0.5, abs=1e-3)
+  # Momentum and weight decay on: without masking the final update they would move every weight.
+  state = _unlearn(setup, original, 'salun', optimizer=_method_cfg('salun').optimizer)
+  assert _method_cfg('salun').optimizer.momentum > 0 and _method_cfg(
+      'salun').optimizer.weight_decay > 0
+  moved = 0
+  for m, before, after in zip(jax.tree.leaves(mask), jax.tree.leaves(variables['params']),
+                              jax.tree.leaves(jax.device_get(state.params))):
+    m = np.asarray(m).astype(bool)
+    np.testing.assert_array_equal(np.asarray(after)[~m], np.asarray(before)[~m])
+    moved += np.sum(np.asarray(after)[m] != np.asarray(before)[m])
+  assert moved > 0.9 * sum(np.sum(np.asarray(m)) for m in jax.tree.leaves(mask))
+
+
+def test_mean_gradient_statistic_matches_direct_computation(setup, original):
+  fns, variables, _ = original
+  stat = gradient_statistic(fns, variables, setup.train, 'forget', 64, 'mean_gradient')
+  from jaxunlearn.data import preprocess
+  from jaxunlearn import losses
+  positions = setup.train.sources['forget']
+  images = preprocess(np.asarray(setup.train.images)[positions], setup.info, train=False, key=None)
+  labels = np.asarray(setup.train.labels)[positions]
+  batches = [slice(i, i + 64) for i in range(0, len(positions), 64)]
+
+  def loss(params, bounds):
+    sl = slice(*bounds)
+    logits, _ = fns.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                          images[sl], train=False)
+    return losses.cross_entropy(logits, labels[sl]).mean()
+
+  grads = [jax.jit(jax.grad(loss), static_argnums=1)(variables['params'], (sl.start, sl.stop))
+           for sl in batches]
+  expected = jax.tree.map(lambda *g: sum(g) / len(batches), *grads)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), stat,
+               expected)
+
+
+def test_scrub_moves_the_student_not_the_teacher(setup, original):
+  _, variables, _ = original
+  state = _unlearn(setup, original, 'scrub')
+  teacher = jax.device_get(state.extra['teacher'])
+  jax.tree.map(np.testing.assert_array_equal, teacher, variables)
+  diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
+      jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(variables['params']))]
+  assert max(diffs) > 1e-4
+
+
+@pytest.mark.parametrize('name', sorted(METHODS))
+def test_every_method_is_deterministic_and_leaves_the_original_alone(setup, original, name):
+  _, variables, _ = original
+  before = jax.tree.map(np.array, variables)
+  first = jax.device_get(_unlearn(setup, original, name, seed=1).params)
+  second = jax.device_get(_unlearn(setup, original, name, seed=1).params)
+  jax.tree.map(np.testing.assert_array_equal, first, second)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, variables))
+  changed = any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(first), jax.tree.leaves(before['params'])))
+  assert changed, f'{name} did not update any weight'
+
+
+def test_random_labels_never_draw_the_true_label():
+  from jaxunlearn.methods.base import random_other_labels
+  labels = np.tile(np.arange(10), 500)
+  drawn = np.asarray(random_other_labels(jax.random.key(0), labels, 10))
+  assert np.all(drawn != labels)
+  counts = np.bincount((drawn - labels) % 10, minlength=10)
+  assert counts[0] == 0 and counts[1:].min() > 0.8 * counts[1:].mean()
