@@ -1,0 +1,76 @@
+"""Model zoo: registry, factory and the model classes.
+
+Every model is called as ``model(x, *, train=False, return_features=False)`` on float32 images
+[B, H, W, C] and returns logits [B, num_classes], or ``(logits, features)`` where `features` maps
+each block's name to its output, shallow to deep, ending with 'penultimate' (the head's input).
+`features` is a `collections.OrderedDict`: JAX keeps its order through `jax.jit` and other
+transformations, whereas it returns a plain dict's keys sorted ('stem' would follow 'penultimate').
+Models hold only `nnx.Param` and `nnx.BatchStat` variables (no RNG state, no dropout), so
+``nnx.split(model, nnx.Param, nnx.BatchStat)`` is exhaustive.
+"""
+
+import inspect
+import numbers
+from collections.abc import Callable
+
+from flax import nnx
+
+from jaxunlearn.models.cnn import CNN
+from jaxunlearn.models.mlp import MLP
+from jaxunlearn.models.resnet import BasicBlock, ResNet, resnet18
+from jaxunlearn.models.vit import ViT, vit_small, vit_tiny
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {
+    'mlp': MLP,
+    'cnn': CNN,
+    'resnet18': resnet18,
+    'vit': ViT,
+    'vit_tiny': vit_tiny,
+    'vit_small': vit_small,
+}
+
+_COMMON_ARGS = ('num_classes', 'input_shape', 'rngs')
+
+
+def model_kwargs(name: str) -> tuple[str, ...]:
+  """The model-specific keyword arguments `create_model` accepts for model `name`."""
+  _check_name(name)
+  constructor = MODELS[name]
+  # nnx.Module's metaclass hides a class's __init__ signature.
+  signature = inspect.signature(constructor.__init__ if isinstance(constructor, type) else constructor)
+  return tuple(p for p in signature.parameters if p not in ('self',) + _COMMON_ARGS)
+
+
+def create_model(name: str, *, num_classes: int, input_shape: tuple[int, int, int],
+                 rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+  """Builds model `name` from `MODELS` for inputs of shape `input_shape` (H, W, C).
+
+  Raises ValueError for an unknown name, unknown keyword arguments, a non-positive
+  `num_classes` or an `input_shape` that is not three positive ints.
+  """
+  allowed = model_kwargs(name)
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise ValueError(
+        f'Unknown keyword arguments {unknown} for model {name!r}; allowed: {list(allowed)}.')
+  if not _is_positive_int(num_classes):
+    raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
+  shape = tuple(input_shape)
+  if len(shape) != 3 or not all(_is_positive_int(d) for d in shape):
+    raise ValueError(f'input_shape must be three positive ints (H, W, C), got {input_shape!r}.')
+  return MODELS[name](num_classes=int(num_classes), input_shape=tuple(int(d) for d in shape),
+                      rngs=rngs, **kwargs)
+
+
+def _is_positive_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _check_name(name: str) -> None:
+  if name not in MODELS:
+    raise ValueError(
+        f'Unknown model {name!r} (--config.model / model); allowed: {sorted(MODELS)}.')
+
+
+__all__ = ['MODELS', 'create_model', 'model_kwargs', 'MLP', 'CNN', 'ResNet', 'BasicBlock',
+           'resnet18', 'ViT', 'vit_tiny', 'vit_small']

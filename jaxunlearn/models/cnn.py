@@ -1,0 +1,62 @@
+"""Small convolutional network, fast on CPU (MNIST-sized inputs)."""
+
+import collections
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class CNN(nnx.Module):
+  """[Conv 3x3 -> ReLU -> MaxPool 2x2] per entry of `channels` -> Dense -> ReLU -> head.
+
+  Features: 'conv1', 'conv2', ... (each conv block's pooled output), 'dense1'
+  (the hidden dense layer's ReLU output), then 'penultimate' (equal to 'dense1').
+  `train` is accepted for a uniform model interface and has no effect.
+  """
+
+  def __init__(
+      self,
+      *,
+      num_classes: int,
+      input_shape: tuple[int, int, int],
+      rngs: nnx.Rngs,
+      channels: Sequence[int] = (32, 64),
+      dense_width: int = 128,
+  ):
+    channels = tuple(channels)
+    if not channels or any(int(c) < 1 for c in channels):
+      raise ValueError(f'channels must be a non-empty sequence of positive ints, got {channels!r}.')
+    if dense_width < 1:
+      raise ValueError(f'dense_width must be a positive int, got {dense_width!r}.')
+    height, width, in_channels = input_shape
+    if min(height, width) < 2 ** len(channels):
+      raise ValueError(
+          f'input_shape {input_shape!r} is too small for {len(channels)} 2x2 max-pools '
+          f'(channels={channels!r}); height and width must be >= {2 ** len(channels)}.'
+      )
+    widths = (in_channels,) + channels
+    self.convs = nnx.List([
+        nnx.Conv(c_in, c_out, (3, 3), padding='SAME', rngs=rngs)
+        for c_in, c_out in zip(widths[:-1], widths[1:])
+    ])
+    for _ in channels:
+      height, width = height // 2, width // 2
+    self.dense = nnx.Linear(height * width * channels[-1], dense_width, rngs=rngs)
+    self.head = nnx.Linear(dense_width, num_classes, rngs=rngs)
+
+  def __call__(
+      self, x: jax.Array, *, train: bool = False, return_features: bool = False
+  ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
+    del train
+    features = collections.OrderedDict()
+    h = x
+    for i, conv in enumerate(self.convs):
+      h = nnx.max_pool(nnx.relu(conv(h)), (2, 2), strides=(2, 2))
+      features[f'conv{i + 1}'] = h
+    h = nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1))))
+    features['dense1'] = h
+    features['penultimate'] = h
+    logits = self.head(h)
+    return (logits, features) if return_features else logits

@@ -1,0 +1,50 @@
+"""Multi-layer perceptron on flattened images."""
+
+import collections
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class MLP(nnx.Module):
+  """Flatten -> [Linear -> ReLU] * len(hidden_sizes) -> Linear head.
+
+  Features: 'dense0', 'dense1', ... (each hidden layer's ReLU output), then
+  'penultimate' (the last hidden layer's output, the head's input).
+  `train` is accepted for a uniform model interface and has no effect.
+  """
+
+  def __init__(
+      self,
+      *,
+      num_classes: int,
+      input_shape: tuple[int, int, int],
+      rngs: nnx.Rngs,
+      hidden_sizes: Sequence[int] = (256, 256),
+  ):
+    hidden_sizes = tuple(hidden_sizes)
+    if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
+      raise ValueError(
+          f'hidden_sizes must be a non-empty sequence of positive ints, got {hidden_sizes!r}.'
+      )
+    in_features = input_shape[0] * input_shape[1] * input_shape[2]
+    widths = (in_features,) + hidden_sizes
+    self.hidden = nnx.List(
+        [nnx.Linear(w_in, w_out, rngs=rngs) for w_in, w_out in zip(widths[:-1], widths[1:])]
+    )
+    self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+
+  def __call__(
+      self, x: jax.Array, *, train: bool = False, return_features: bool = False
+  ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
+    del train
+    features = collections.OrderedDict()
+    h = jnp.reshape(x, (x.shape[0], -1))
+    for i, layer in enumerate(self.hidden):
+      h = nnx.relu(layer(h))
+      features[f'dense{i}'] = h
+    features['penultimate'] = h
+    logits = self.head(h)
+    return (logits, features) if return_features else logits
