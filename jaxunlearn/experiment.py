@@ -60,7 +60,7 @@ def build_model(config, info: data_lib.DatasetInfo, seed: int) -> tuple[ModelFns
 def prepare(config) -> Setup:
   """Validates the config, loads the data, makes the split and the mesh, writes the split file."""
   info = data_lib.dataset_info(config.dataset)
-  mesh = sharding_lib.make_mesh()
+  mesh = sharding_lib.make_mesh(sharding_lib.select_devices(config.get('num_devices', 0)))
   sharding_lib.check_batch_size(config.batch_size, mesh)
   build_model(config, info, 0)   # fails fast on an unknown model or model kwargs
   data_dir = config.get('data_dir') or None

@@ -28,6 +28,16 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
                              num_processes=num_processes, process_id=process_id)
 
 
+def select_devices(num_devices: int, flag: str = '--config.num_devices') -> list:
+  """The first `num_devices` global devices (0: all of them)."""
+  available = jax.device_count()
+  if num_devices < 0 or num_devices > available:
+    raise ValueError(f'{flag}={num_devices}: allowed values are 0 (all devices) to {available}.')
+  if num_devices and jax.process_count() > 1:
+    raise ValueError(f'{flag}={num_devices}: a multi-host run uses all devices; leave it at 0.')
+  return jax.devices()[:num_devices] if num_devices else jax.devices()
+
+
 def make_mesh(devices=None) -> Mesh:
   """A 1-D data-parallel mesh over `devices` (default: all global devices)."""
   devices = jax.devices() if devices is None else list(devices)

@@ -24,6 +24,7 @@ def get_config():
   c.split_seed = 0
   c.seed = 0
   c.train = 'both'            # original | retrain | both
+  c.num_devices = 0           # data-parallel devices: 0 = every device JAX sees
   c.batch_size = 128
   c.epochs = 15
   c.optimizer = optimizer()
