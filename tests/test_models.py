@@ -73,8 +73,9 @@ def _expected_features(key, input_shape):
           'penultimate': (8,)}
 
 
-@pytest.mark.parametrize('input_shape', [MNIST, CIFAR])
-@pytest.mark.parametrize('key', sorted(TINY))
+@pytest.mark.parametrize('key,input_shape', [
+    (key, shape) for key in sorted(TINY) for shape in (MNIST, CIFAR)
+    if (key, shape) != ('vit_mean', MNIST)])  # Pooling does not interact with the input shape.
 def test_logits_and_feature_shapes_in_order(key, input_shape):
   model = _model(key, input_shape)
   logits, features = _forward(model, _images(input_shape), False)
@@ -93,7 +94,7 @@ def test_resnet_layer4_on_28x28_is_4x4():
 
 
 def test_logits_alone_equal_logits_with_features():
-  model = _model('cnn', MNIST)
+  model = _model('mlp', MNIST)
   x = _images(MNIST)
   logits, _ = model(x, return_features=True)
   np.testing.assert_array_equal(model(x), logits)
@@ -173,14 +174,6 @@ def test_batchnorm_eval_uses_running_averages_and_keeps_them():
   jax.tree.map(np.testing.assert_array_equal, before, after)
 
 
-@pytest.mark.parametrize('key', ['mlp', 'cnn', 'vit'])
-def test_train_flag_has_no_effect_without_batchnorm(key):
-  model = _model(key, CIFAR)
-  train_logits, _ = _forward(model, _images(CIFAR), True)
-  eval_logits, _ = _forward(model, _images(CIFAR), False)
-  np.testing.assert_array_equal(train_logits, eval_logits)
-
-
 @pytest.mark.parametrize('key', sorted(TINY))
 def test_same_seed_same_model_other_seed_other_model(key):
   x = _images(CIFAR)
@@ -214,13 +207,15 @@ def test_functional_split_merge_under_jit(key):
   eval_logits, train_logits, new_stats = apply(params, batch_stats, x)
 
   np.testing.assert_allclose(eval_logits, _forward(model, x, False)[0], atol=1e-5)
-  np.testing.assert_allclose(train_logits, _forward(model, x, True)[0], atol=1e-5)
-  # The module call above updated `model`'s running averages exactly like the pure step did.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new_stats,
-               nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
   if key == 'resnet18':
+    np.testing.assert_allclose(train_logits, _forward(model, x, True)[0], atol=1e-5)
+    # That module call updated `model`'s running averages exactly like the pure step did.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new_stats,
+                 nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
     assert not np.allclose(new_stats['stem_bn']['mean'], batch_stats['stem_bn']['mean'])
   else:
+    # No BatchNorm and no dropout: `train` changes nothing.
+    np.testing.assert_array_equal(train_logits, eval_logits)
     assert new_stats == {}
 
 

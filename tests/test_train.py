@@ -93,7 +93,8 @@ def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, da
     (dict(forget='class:0,1,2,3,4,5,6,7,8,9'), '--forget'),
     (dict(forget='bogus'), '--forget'),
     (dict(forget='indices:/nonexistent.npy'), '--forget'),
-    (dict(batch_size=60), '--config.batch_size'),
+    (dict(batch_size=60, num_devices=0), '--config.batch_size'),
+    (dict(num_devices=9), '--config.num_devices'),
 ])
 def test_bad_input_is_refused_before_training(tmp_path, data_dir, overrides, message):
   with pytest.raises(ValueError, match=message.replace('.', r'\.')):

@@ -22,7 +22,8 @@ def main():
   if len(sys.argv) > 4:
     process_id, num_processes, port = map(int, sys.argv[4:7])
     sharding.maybe_initialize_distributed(f'127.0.0.1:{port}', num_processes, process_id)
-  config = tiny_config(workdir, data_dir, epochs=3, checkpoint_every_steps=4)
+  config = tiny_config(workdir, data_dir, epochs=3, checkpoint_every_steps=4,
+                       num_devices=0 if len(sys.argv) > 4 else 1)
   setup = experiment.prepare(config)
   _, variables, _ = experiment.train_model(setup, kind='original', seed=0)
   if jax.process_index() == 0:
