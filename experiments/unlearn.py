@@ -113,7 +113,7 @@ def run_experiment(config) -> dict:
   if jax.process_index() == 0:
     table = report.write_results(setup.experiment_dir, payload, rows,
                                  class_wise=setup.split.test_forget is not None, title=title,
-                                 make_plot=config.plot)
+                                 make_plot=config.plot, name=config.results_name)
     print(f'\n{title}\n{table}\n\n{report.TABLE_NOTE}\n')
     print(f'Results in {setup.experiment_dir} (wall time {payload["wall_seconds"]:.0f} s)')
   return payload

@@ -74,11 +74,11 @@ def plot(rows: dict[str, dict], path: str, title: str) -> None:
 
 
 def write_results(directory: str, payload: dict, rows: dict[str, dict], *, class_wise: bool,
-                  title: str, make_plot: bool = True) -> str:
-  """Writes results.json, results.md and results.png into `directory`; returns the table."""
+                  title: str, make_plot: bool = True, name: str = 'results') -> str:
+  """Writes {name}.json, {name}.md and {name}.png into `directory`; returns the table."""
   table = markdown_table(rows, class_wise=class_wise)
-  write_json(os.path.join(directory, 'results.json'), payload)
-  write_text(os.path.join(directory, 'results.md'), f'# {title}\n\n{table}\n\n{TABLE_NOTE}\n')
+  write_json(os.path.join(directory, f'{name}.json'), payload)
+  write_text(os.path.join(directory, f'{name}.md'), f'# {title}\n\n{table}\n\n{TABLE_NOTE}\n')
   if make_plot:
-    plot(rows, os.path.join(directory, 'results.png'), title)
+    plot(rows, os.path.join(directory, f'{name}.png'), title)
   return table

@@ -48,4 +48,5 @@ def get_config():
   c.no_train = False          # refuse to train missing original/retrain models
   c.method = method_configs()
   c.plot = True
+  c.results_name = 'results'  # writes {results_name}.json/.md/.png in the experiment directory
   return c
