@@ -1,0 +1,143 @@
+r"""Runs every comparison behind experiments/RESULTS.md and writes that page.
+
+  python -m experiments.reproduce_results --workdir=results_wd
+
+Comparisons (mnist5k, small CNN, seeds 0,1,2, each a call of experiments/unlearn.py's
+`run_experiment`; one whose results file exists is not run again):
+  * all methods on random 10% and on class-3 forgetting;
+  * the SFR-on 2^3 ablation (S, F, R-on) on both;
+  * the discriminative-regulariser protocol of Ding, Xu, Ji: single-class forgetting of classes 3,
+    6 and 9 with FT, CE-FT, KL-FT, ICE-FT and SalUn.
+and the linear-regression theory figures (experiments/linreg_theory.py, written into
+experiments/figures/theory/). `--only_render` rewrites RESULTS.md from the results already there.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+from experiments.configs import unlearn as unlearn_config
+from jaxunlearn import report
+from jaxunlearn.methods import METHODS
+
+_WORKDIR = flags.DEFINE_string('workdir', 'results_wd', 'Where models and results go.')
+_OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
+                           'The page to write.')
+_SEEDS = flags.DEFINE_string('seeds', '0,1,2', 'Seeds of every comparison.')
+_ONLY_RENDER = flags.DEFINE_bool('only_render', False, 'Only rebuild the page from results.')
+
+BASELINES = 'ft,ga,neggrad_plus,rl,l1_sparse,salun,bad_teacher,scrub,ce_ft,kl_ft,ice_ft'
+DISCRIMINATIVE = 'ft,ce_ft,kl_ft,ice_ft,salun'
+
+
+def comparisons():
+  """(section, forget spec, methods, results name) of every comparison on the page."""
+  runs = []
+  for forget in ('random:0.1', 'class:3'):
+    runs.append(('all', forget, BASELINES, 'baselines'))
+    if 'sfron' in METHODS:
+      runs.append(('all', forget, 'sfron', 'sfron'))
+      runs.append(('ablation', forget, 'sfron_ablation', 'sfron_ablation'))
+  for k in (3, 6, 9):
+    runs.append(('discriminative', f'class:{k}', DISCRIMINATIVE, 'discriminative'))
+  return runs
+
+
+def _config(forget, methods, name):
+  c = unlearn_config.get_config()
+  c.workdir = _WORKDIR.value
+  c.forget = forget
+  c.methods = methods
+  c.seeds = _SEEDS.value
+  c.results_name = name
+  return c
+
+
+def _results_path(forget, name):
+  tag = forget.replace(':', '-').replace(',', '-')
+  return os.path.join(_WORKDIR.value, 'mnist5k-cnn', f'{tag}-split0', f'{name}.json')
+
+
+def _load(forget, names):
+  """Merged summary rows (Original, Retrain first) of the results files `names` of one split."""
+  rows, payloads = {}, []
+  for name in names:
+    path = _results_path(forget, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        payload = json.load(f)
+      payloads.append(payload)
+      rows.update(payload['summary'])
+  ordered = {k: rows[k] for k in ('Original', 'Retrain') if k in rows}
+  ordered.update({k: v for k, v in rows.items() if k not in ordered})
+  return ordered, payloads
+
+
+THEORY_DIR = os.path.join(os.path.dirname(__file__), 'figures', 'theory')
+THEORY_TEXT = '''## Why fine-tuning fails to forget: the linear-regression theory
+
+`python -m experiments.linreg_theory --workdir=experiments/figures/theory` (d = 400, n_r = 100,
+n_f = 40, 5 seeds; every plotted number is in `figures/theory/results.json`). Fine-tuning from the
+pretrained model reaches zero remaining loss and keeps zero unlearning loss: it forgets nothing,
+while the golden model (retrained on D_r) has unlearning loss > 0. With distinct features both
+remedies (reset the forget-only features, or keep only the remaining-only features, then
+fine-tune) recover the golden model exactly. Under partial overlap both close part of the gap;
+the remaining-data ("retain") option is closer than the forget-data option, and neither reaches
+zero; the forget option is void at full overlap.
+
+![loss curves](figures/theory/loss_curves.png)
+![overlap sweep](figures/theory/overlap_sweep.png)
+![alpha sweep](figures/theory/alpha_sweep.png)
+'''
+
+
+def render() -> str:
+  lines = ['# Results', '',
+           'Every number below comes from `python -m experiments.reproduce_results` (this page is '
+           'its output): mnist5k (4,000 train / 1,000 test real MNIST digits), the small CNN, '
+           f'seeds {_SEEDS.value} (mean ± std over seeds; the split is fixed, split seed 0). '
+           'Method settings: `experiments/configs/unlearn.py`.', '', report.TABLE_NOTE, '']
+  sections = (('all', 'All methods', ('baselines', 'sfron')),
+              ('ablation', 'SFR-on ablation (S = saliency mask, F = adaptive weights, R = R-on)',
+               ('sfron_ablation',)),
+              ('discriminative', 'Discriminative regularisation (Ding, Xu, Ji v1 protocol)',
+               ('discriminative',)))
+  for key, title, names in sections:
+    forgets = sorted({f for s, f, _, _ in comparisons() if s == key})
+    for forget in forgets:
+      rows, payloads = _load(forget, names)
+      if not payloads:
+        continue
+      wall = sum(p['wall_seconds'] for p in payloads)
+      device = payloads[0]['device']
+      lines += [f'## {title}: forget {forget}', '',
+                report.markdown_table(rows, class_wise=forget.startswith('class')), '',
+                f'Split digest `{payloads[0]["split"]["digest"][:16]}`, '
+                f'{payloads[0]["split"]["num_forget"]} forget / '
+                f'{payloads[0]["split"]["num_retain"]} retain examples; '
+                f'{device["count"]} {device["platform"]} device(s); wall time {wall / 60:.1f} min.',
+                '']
+  if os.path.exists(os.path.join(THEORY_DIR, 'overlap_sweep.png')):
+    lines.append(THEORY_TEXT)
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  from experiments.unlearn import run_experiment
+  if not _ONLY_RENDER.value:
+    if not os.path.exists(os.path.join(THEORY_DIR, 'overlap_sweep.png')):
+      subprocess.run([sys.executable, '-m', 'experiments.linreg_theory',
+                      f'--workdir={THEORY_DIR}'], check=True)
+    for _, forget, methods, name in comparisons():
+      if not os.path.exists(_results_path(forget, name)):
+        run_experiment(_config(forget, methods, name))
+  report.write_text(_OUT.value, render() + '\n')
+  print(f'wrote {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
