@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
@@ -85,7 +84,3 @@ def partition_by_type(tx: optax.GradientTransformation, param_types,
   the rest get zero updates and no optimiser state."""
   labels = jax.tree.map(lambda t: 'train' if trainable(t) else 'frozen', param_types)
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
-
-
-def zeros_like_tree(tree):
-  return jax.tree.map(jnp.zeros_like, tree)
