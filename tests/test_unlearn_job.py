@@ -1,0 +1,100 @@
+"""The main job, experiments/unlearn.py: results files, reuse of trained models, bad input."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import unlearn
+from experiments.configs import unlearn as unlearn_config
+from jaxunlearn import experiment
+from tests.conftest import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(workdir, data_dir, **overrides):
+  c = unlearn_config.get_config()
+  tiny = tiny_config(workdir, data_dir)
+  for key in ('workdir', 'data_dir', 'dataset', 'model_kwargs', 'batch_size', 'epochs',
+              'checkpoint_every_steps', 'log_every', 'mia_classifier', 'num_devices'):
+    c[key] = tiny[key]
+  for name in c.method:
+    c.method[name].epochs = 1
+    c.method[name].batch_size = 64
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
+def _tree_digest(directory):
+  digest = hashlib.sha256()
+  for root, _, files in sorted(os.walk(directory)):
+    for name in sorted(files):
+      with open(os.path.join(root, name), 'rb') as f:
+        digest.update(name.encode() + f.read())
+  return digest.hexdigest()
+
+
+def test_job_writes_results_and_leaves_the_original_untouched(tmp_path, data_dir):
+  config = _config(tmp_path, data_dir, methods='ft,ga', seeds='0,1')
+  payload = unlearn.run_experiment(config)
+  exp_dir = tmp_path / 'digits-cnn' / 'random-0.1-split0'
+  for name in ('results.json', 'results.md', 'results.png', 'split.npz', 'split.json'):
+    assert (exp_dir / name).exists(), name
+  with open(exp_dir / 'results.json') as f:
+    saved = json.load(f)
+  assert saved['split']['digest'] == payload['split']['digest']
+  assert set(saved['summary']) == {'Original', 'Retrain', 'ft', 'ga'}
+  assert saved['summary']['ft']['UA']['n'] == 2
+  assert saved['summary']['Retrain']['AvgGap']['mean'] == 0.0
+  assert 'jax' in saved['versions'] and saved['device']['platform'] == 'cpu'
+  table = (exp_dir / 'results.md').read_text()
+  assert '| ft |' in table and '±' in table
+  original_dir = tmp_path / 'digits-cnn' / 'original_s0'
+  before = _tree_digest(original_dir)
+  config.no_train = True
+  again = unlearn.run_experiment(config)        # reuses the trained models
+  assert _tree_digest(original_dir) == before
+  np.testing.assert_allclose(again['summary']['ga']['UA']['mean'],
+                             payload['summary']['ga']['UA']['mean'])
+
+
+def test_unknown_method_is_refused():
+  with pytest.raises(ValueError, match='--methods.*unknown'):
+    unlearn.parse_methods('ft,forgetful')
+
+
+@pytest.mark.parametrize('seeds', ['', '0,0', 'a', '-1'])
+def test_bad_seeds_are_refused(seeds):
+  with pytest.raises(ValueError, match='--config.seeds'):
+    unlearn.parse_seeds(seeds)
+
+
+def test_option_a_method_does_not_take_is_refused():
+  result = subprocess.run([sys.executable, '-m', 'experiments.unlearn',
+                           '--config.method.ga.beta=0.5'], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'beta' in result.stderr
+
+
+def test_no_train_without_retrain_model_is_refused(tmp_path, data_dir):
+  config = _config(tmp_path, data_dir, methods='ft', no_train=True)
+  with pytest.raises(ValueError, match='--config.no_train'):
+    unlearn.run_experiment(config)
+  assert not (tmp_path / 'digits-cnn' / 'original_s0').exists()
+
+
+def test_forget_set_other_than_the_experiments_is_refused(tmp_path, data_dir):
+  path = tmp_path / 'forget.npy'
+  np.save(path, np.arange(0, 100))
+  config = _config(tmp_path, data_dir, forget=f'indices:{path}')
+  experiment.prepare(config)
+  np.save(path, np.arange(100, 200))   # same spec string, other examples
+  with pytest.raises(ValueError, match='--config.forget.*different split'):
+    experiment.prepare(config)
