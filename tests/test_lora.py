@@ -36,8 +36,9 @@ def _model(key):
 
 
 @functools.cache
-def _images(seed=0):
-  return jax.random.normal(jax.random.key(seed), (3,) + CIFAR)
+def _images(seed=0, shape=(3,) + CIFAR):
+  # NumPy draws: a jax.random draw would cost a compile per shape.
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), np.float32)
 
 
 @nnx.jit(static_argnames='train')
@@ -125,7 +126,7 @@ def test_conv_branch_is_strided_conv_a_then_1x1_b():
   conv = _model('resnet18').layer2[0].conv1  # 3x3, stride 2, padding 1, 2 -> 4 channels.
   lora_conv = _randomize_lora(add_lora(conv, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)))
   assert isinstance(lora_conv, LoRAConv)
-  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 2))
+  x = _images(shape=(3, 16, 16, 2))
   out, intermediates = nnx.capture(lora_conv, nnx.Intermediate)(x)
   a_out = jax.lax.conv_general_dilated(x, lora_conv.lora_a.kernel[...], (2, 2),
                                        ((1, 1), (1, 1)),

@@ -1,14 +1,14 @@
 """Model zoo: shapes, features, BatchNorm train/eval, determinism, functional use, errors.
 
-XLA compiles every new shape once (random inits included, about a second each on a loaded
-2-core CPU), so the tests share a few tiny configurations, two input shapes and one jitted
-forward function.
+XLA compiles every new shape once (about a second each on a loaded 2-core CPU), so the tests
+share a few tiny configurations, two input shapes and one jitted forward function.
 """
 
 import collections
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -45,7 +45,9 @@ def _model(key, input_shape):
 
 @functools.cache
 def _images(input_shape, seed=0):
-  return jax.random.normal(jax.random.key(seed), (BATCH,) + input_shape)
+  # NumPy draws: a jax.random draw would cost a compile per shape.
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(rng.normal(size=(BATCH,) + input_shape), np.float32)
 
 
 @nnx.jit(static_argnames='train')

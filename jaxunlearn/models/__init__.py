@@ -37,7 +37,8 @@ def model_kwargs(name: str) -> tuple[str, ...]:
   _check_name(name)
   constructor = MODELS[name]
   # nnx.Module's metaclass hides a class's __init__ signature.
-  signature = inspect.signature(constructor.__init__ if isinstance(constructor, type) else constructor)
+  function = constructor.__init__ if isinstance(constructor, type) else constructor
+  signature = inspect.signature(function)
   return tuple(p for p in signature.parameters if p not in ('self',) + _COMMON_ARGS)
 
 

@@ -6,13 +6,18 @@ so ``nnx.split(model, nnx.LoRAParam, nnx.Param, nnx.BatchStat)`` separates them 
 frozen weights. For a conv, A is a conv with the base's kernel size, strides, padding and
 dilations into `rank` channels and B a 1x1 conv back to the output channels (PEFT-style).
 
-Each wrapper sows its branch output ``(alpha / rank) * B(A(x))`` as ``nnx.Intermediate``
-'lora_residual' (the latest call's value). Collect them with
-``(outputs, intermediates) = nnx.capture(model, nnx.Intermediate)(x, ...)``, which leaves no
-state behind; a plain call instead stores them on the model (Flax warns that this use of sow is
-deprecated) until ``nnx.pop(model, nnx.Intermediate)`` removes them, and until then
-``nnx.split(model, nnx.Param, nnx.BatchStat)`` is not exhaustive.
-`lora_residuals` turns either State into ``{layer path: residual}``.
+Inside ``nnx.capture(model, nnx.Intermediate)`` each wrapper sows its branch output
+``(alpha / rank) * B(A(x))`` (the residual the LoRA branch adds to the layer output) as
+``nnx.Intermediate`` 'lora_residual', the latest call's value:
+
+    (logits, features), intermediates = nnx.capture(model, nnx.Intermediate)(
+        x, return_features=True)
+    residuals = lora_residuals(intermediates)  # {'layer1.0.conv1': array, ...}
+
+This works on a model merged inside `jax.jit`. Plain calls (eager or under `nnx.jit`) sow
+nothing: Flax 0.12 deprecates sow outside capture, where it would store the value on the
+model and leave a variable that makes ``nnx.split(model, nnx.Param, nnx.BatchStat)``
+non-exhaustive after every call.
 """
 
 from collections.abc import Callable
@@ -21,12 +26,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxunlearn.models import initializers
+
 PathParts = tuple[str | int, ...]
 Targets = Callable[[PathParts, nnx.Module], bool]
 
 RESIDUAL_NAME = 'lora_residual'
-# PEFT's A init (Kaiming-uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-_A_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
 def _as_lora_param(layer: nnx.Linear | nnx.Conv) -> nnx.Linear | nnx.Conv:
@@ -38,6 +43,13 @@ def _keep_latest(_, value):
   return value
 
 
+def _sow_residual(layer: nnx.Module, residual: jax.Array) -> None:
+  # nnx.capture marks every module it records with `__captures__`; outside it, sow would
+  # store the value on the module (see the module docstring).
+  if hasattr(layer, '__captures__'):
+    layer.sow(nnx.Intermediate, RESIDUAL_NAME, residual, reduce_fn=_keep_latest)
+
+
 class LoRALinear(nnx.Module):
   """An nnx.Linear plus a low-rank branch: base(x) + scale * (x @ A) @ B."""
 
@@ -45,7 +57,7 @@ class LoRALinear(nnx.Module):
     self.base = base
     self.scale = alpha / rank
     self.lora_a = _as_lora_param(nnx.Linear(
-        base.in_features, rank, use_bias=False, kernel_init=_A_INIT,
+        base.in_features, rank, use_bias=False, kernel_init=initializers.kaiming_uniform_sqrt5,
         param_dtype=base.param_dtype, dtype=base.dtype, rngs=rngs))
     self.lora_b = _as_lora_param(nnx.Linear(
         rank, base.out_features, use_bias=False, kernel_init=nnx.initializers.zeros,
@@ -53,7 +65,7 @@ class LoRALinear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = self.scale * self.lora_b(self.lora_a(x))
-    self.sow(nnx.Intermediate, RESIDUAL_NAME, residual, reduce_fn=_keep_latest)
+    _sow_residual(self, residual)
     return self.base(x) + residual
 
   def merged_kernel(self) -> jax.Array:
@@ -74,8 +86,8 @@ class LoRAConv(nnx.Module):
     self.lora_a = _as_lora_param(nnx.Conv(
         base.in_features, rank, base.kernel_size, strides=base.strides, padding=base.padding,
         input_dilation=base.input_dilation, kernel_dilation=base.kernel_dilation,
-        use_bias=False, kernel_init=_A_INIT, param_dtype=base.param_dtype, dtype=base.dtype,
-        rngs=rngs))
+        use_bias=False, kernel_init=initializers.kaiming_uniform_sqrt5,
+        param_dtype=base.param_dtype, dtype=base.dtype, rngs=rngs))
     self.lora_b = _as_lora_param(nnx.Conv(
         rank, base.out_features, (1,) * len(base.kernel_size), use_bias=False,
         kernel_init=nnx.initializers.zeros, param_dtype=base.param_dtype, dtype=base.dtype,
@@ -83,7 +95,7 @@ class LoRAConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = self.scale * self.lora_b(self.lora_a(x))
-    self.sow(nnx.Intermediate, RESIDUAL_NAME, residual, reduce_fn=_keep_latest)
+    _sow_residual(self, residual)
     return self.base(x) + residual
 
   def merged_kernel(self) -> jax.Array:
@@ -153,11 +165,11 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
 def lora_residuals(intermediates: nnx.State) -> dict[str, jax.Array]:
   """Maps each LoRA layer's dotted path (e.g. 'layer1.0.conv1') to its sown residual.
 
-  `intermediates` is the State from ``nnx.capture(model, nnx.Intermediate)`` or
-  ``nnx.pop(model, nnx.Intermediate)``; entries other than 'lora_residual' are ignored.
+  `intermediates` is the State from ``nnx.capture(model, nnx.Intermediate)``; entries other
+  than 'lora_residual' are ignored. A model that is itself one wrapped layer has the path ''.
   """
   residuals = {}
-  for path, variable in intermediates.flat_state():
+  for path, variable in nnx.to_flat_state(intermediates):
     if path and path[-1] == RESIDUAL_NAME:
       residuals['.'.join(str(part) for part in path[:-1])] = variable[...]
   return residuals

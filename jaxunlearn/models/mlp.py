@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxunlearn.models import initializers
+
 
 class MLP(nnx.Module):
   """Flatten -> [Linear -> ReLU] * len(hidden_sizes) -> Linear head.
@@ -31,10 +33,12 @@ class MLP(nnx.Module):
       )
     in_features = input_shape[0] * input_shape[1] * input_shape[2]
     widths = (in_features,) + hidden_sizes
-    self.hidden = nnx.List(
-        [nnx.Linear(w_in, w_out, rngs=rngs) for w_in, w_out in zip(widths[:-1], widths[1:])]
-    )
-    self.head = nnx.Linear(widths[-1], num_classes, rngs=rngs)
+    self.hidden = nnx.List([
+        nnx.Linear(w_in, w_out, kernel_init=initializers.lecun_normal, rngs=rngs)
+        for w_in, w_out in zip(widths[:-1], widths[1:])
+    ])
+    self.head = nnx.Linear(widths[-1], num_classes, kernel_init=initializers.lecun_normal,
+                           rngs=rngs)
 
   def __call__(
       self, x: jax.Array, *, train: bool = False, return_features: bool = False

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# He-normal over fan-out, the usual ResNet conv init.
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+from jaxunlearn.models import initializers
+
 # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (weight of the old running average),
 # the setting of the reference unlearning code.
 _BN_MOMENTUM = 0.9
@@ -18,7 +18,7 @@ _PAD_1 = ((1, 1), (1, 1))
 def _conv3x3(in_channels: int, out_channels: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
   # Symmetric padding 1, as in the reference code; 'SAME' pads asymmetrically at stride 2.
   return nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, padding=_PAD_1,
-                  use_bias=False, kernel_init=_CONV_INIT, rngs=rngs)
+                  use_bias=False, kernel_init=initializers.he_normal_fan_out, rngs=rngs)
 
 
 def _batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -35,8 +35,8 @@ class BasicBlock(nnx.Module):
     self.bn2 = _batch_norm(out_channels, rngs)
     if stride != 1 or in_channels != out_channels:
       self.shortcut_conv = nnx.Conv(in_channels, out_channels, (1, 1), strides=stride,
-                                    padding='VALID', use_bias=False, kernel_init=_CONV_INIT,
-                                    rngs=rngs)
+                                    padding='VALID', use_bias=False,
+                                    kernel_init=initializers.he_normal_fan_out, rngs=rngs)
       self.shortcut_bn = _batch_norm(out_channels, rngs)
     else:
       self.shortcut_conv = None
@@ -87,7 +87,8 @@ class ResNet(nnx.Module):
         blocks.append(BasicBlock(in_channels, out_channels, stride, rngs=rngs))
         in_channels = out_channels
       setattr(self, f'layer{stage + 1}', nnx.List(blocks))
-    self.head = nnx.Linear(in_channels, num_classes, rngs=rngs)
+    self.head = nnx.Linear(in_channels, num_classes, kernel_init=initializers.lecun_normal,
+                           rngs=rngs)
 
   def __call__(
       self, x: jax.Array, *, train: bool = False, return_features: bool = False
@@ -107,6 +108,6 @@ class ResNet(nnx.Module):
 
 def resnet18(*, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
              width: int = 64) -> ResNet:
-  """ResNet-18 (BasicBlocks [2, 2, 2, 2]); `width` is the first stage's channel count (64 standard)."""
+  """ResNet-18 (BasicBlocks [2, 2, 2, 2]); `width` is the first stage's channels (64 standard)."""
   return ResNet(num_classes=num_classes, input_shape=input_shape, rngs=rngs,
                 stage_sizes=(2, 2, 2, 2), width=width)

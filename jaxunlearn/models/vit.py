@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxunlearn.models import initializers
+
 _POOLINGS = ('cls', 'mean')
-_KERNEL_INIT = nnx.initializers.xavier_uniform()
+_KERNEL_INIT = initializers.xavier_uniform
 _LN_EPSILON = 1e-6
 
 
@@ -107,7 +109,7 @@ class ViT(nnx.Module):
     else:
       self.cls_token = None
     self.position_embedding = nnx.Param(
-        nnx.initializers.normal(0.02)(rngs.params(), (1, num_tokens, width)))
+        initializers.normal(0.02)(rngs.params(), (1, num_tokens, width)))
     self.blocks = nnx.List(
         [EncoderBlock(width, num_heads, mlp_dim, rngs=rngs) for _ in range(depth)])
     self.final_norm = nnx.LayerNorm(width, epsilon=_LN_EPSILON, rngs=rngs)
