@@ -22,7 +22,7 @@ from jaxunlearn.loop import BatchSampler, Program, StepKind, compile_program
 from jaxunlearn.methods import METHODS, UnlearnContext
 from jaxunlearn.optim import make_optimizer
 from jaxunlearn.train import create_state, supervised_step
-from experiments.unlearn import parse_methods
+from jaxunlearn.unlearn import parse_methods
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),

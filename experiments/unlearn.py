@@ -19,34 +19,14 @@ from absl import app, logging
 from ml_collections import config_flags
 
 from jaxunlearn import experiment, report, sharding
-from jaxunlearn.methods import METHODS
-from jaxunlearn.unlearn import add_reference_scores, check_methods, run_method, summarise
+from jaxunlearn.unlearn import (add_reference_scores, parse_methods, parse_seeds, run_method,
+                                summarise)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
     'Unlearning config file.', lock_config=True)
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
              'scikit-learn', 'numpy')
-
-
-def parse_methods(value: str) -> list[str]:
-  names = sorted(METHODS) if value == 'all' else [m.strip() for m in value.split(',') if m.strip()]
-  if not names:
-    raise ValueError(f'--config.methods={value!r}: give method names separated by commas, or '
-                     f'"all"; allowed: {sorted(METHODS)}.')
-  check_methods(names)
-  return names
-
-
-def parse_seeds(value) -> list[int]:
-  try:
-    seeds = [int(s) for s in str(value).split(',') if s.strip()]
-  except ValueError:
-    seeds = []
-  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-    raise ValueError(f'--config.seeds={value!r}: give distinct non-negative integers separated by '
-                     'commas, e.g. 0,1,2.')
-  return seeds
 
 
 def require_trained(setup, kind: str, seed: int) -> None:

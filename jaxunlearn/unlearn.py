@@ -27,6 +27,26 @@ def check_methods(names) -> None:
     raise ValueError(f'--methods: unknown method(s) {unknown}; allowed: {sorted(METHODS)}.')
 
 
+def parse_methods(value: str) -> list[str]:
+  names = sorted(METHODS) if value == 'all' else [m.strip() for m in value.split(',') if m.strip()]
+  if not names:
+    raise ValueError(f'--config.methods={value!r}: give method names separated by commas, or '
+                     f'"all"; allowed: {sorted(METHODS)}.')
+  check_methods(names)
+  return names
+
+
+def parse_seeds(value) -> list[int]:
+  try:
+    seeds = [int(s) for s in str(value).split(',') if s.strip()]
+  except ValueError:
+    seeds = []
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ValueError(f'--config.seeds={value!r}: give distinct non-negative integers separated by '
+                     'commas, e.g. 0,1,2.')
+  return seeds
+
+
 def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelFns,
                original: dict, *, seed: int, retrain_logits: dict | None = None,
                retrain_scores: dict | None = None) -> MethodResult:

@@ -12,6 +12,7 @@ import pytest
 from experiments import unlearn
 from experiments.configs import unlearn as unlearn_config
 from jaxunlearn import experiment
+from jaxunlearn.unlearn import parse_methods, parse_seeds
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,13 +67,13 @@ def test_job_writes_results_and_leaves_the_original_untouched(tmp_path, data_dir
 
 def test_unknown_method_is_refused():
   with pytest.raises(ValueError, match='--methods.*unknown'):
-    unlearn.parse_methods('ft,forgetful')
+    parse_methods('ft,forgetful')
 
 
 @pytest.mark.parametrize('seeds', ['', '0,0', 'a', '-1'])
 def test_bad_seeds_are_refused(seeds):
   with pytest.raises(ValueError, match='--config.seeds'):
-    unlearn.parse_seeds(seeds)
+    parse_seeds(seeds)
 
 
 def test_option_a_method_does_not_take_is_refused():
