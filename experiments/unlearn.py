@@ -19,12 +19,15 @@ from absl import app, logging
 from ml_collections import config_flags
 
 from jaxunlearn import experiment, report, sharding
+from jaxunlearn.methods import sfron
 from jaxunlearn.unlearn import (add_reference_scores, parse_methods, parse_seeds, run_method,
                                 summarise)
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
     'Unlearning config file.', lock_config=True)
+# Names that run several named variants of one method: name -> (method, variants(config)).
+METHOD_GROUPS = {'sfron_ablation': ('sfron', sfron.ablation_configs)}
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
              'scikit-learn', 'numpy')
 
@@ -36,6 +39,29 @@ def require_trained(setup, kind: str, seed: int) -> None:
                      f'{path} does not exist. Train it with experiments.train, or drop no_train.')
 
 
+def method_runs(config) -> list[tuple]:
+  """(row name, method, method config) of every run that `--config.methods` asks for; a group
+  name (METHOD_GROUPS) runs its variants."""
+  names = [n.strip() for n in str(config.methods).split(',')]
+  plain = ','.join(n for n in names if n and n not in METHOD_GROUPS)
+  groups = [n for n in names if n in METHOD_GROUPS]
+  runs = [(n, n, config.method[n]) for n in (parse_methods(plain) if plain or not groups else [])]
+  for group in groups:
+    method, variants = METHOD_GROUPS[group]
+    runs += [(row, method, cfg) for row, cfg in variants(config.method[method]).items()]
+  return runs
+
+
+def with_mask_cache(method_cfg, experiment_dir: str):
+  """A method config with an empty `mask_cache_dir` caches its saliency statistics (keyed by
+  checkpoint and split) in the experiment directory."""
+  if method_cfg.get('mask_cache_dir', None) != '':
+    return method_cfg
+  method_cfg = method_cfg.copy_and_resolve_references()
+  method_cfg.mask_cache_dir = os.path.join(experiment_dir, 'mask_cache')
+  return method_cfg
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -44,7 +70,8 @@ def main(argv):
 
 def run_experiment(config) -> dict:
   """Runs the comparison described by `config`; returns the results payload."""
-  methods = parse_methods(config.methods)
+  runs = method_runs(config)
+  methods = [row for row, _, _ in runs]
   seeds = parse_seeds(config.seeds)
   dist = config.distributed
   sharding.maybe_initialize_distributed(dist.coordinator_address or None,
@@ -69,8 +96,9 @@ def run_experiment(config) -> dict:
     orig_scores['RTE_s'] = original_scores['run_seconds']
     add_reference_scores(orig_scores, orig_logits, retrain_scores, retrain_logits)
     per_seed['Original'].append(orig_scores)
-    for name in methods:
-      result = run_method(setup, name, config.method[name], model_fns, original, seed=seed,
+    for name, method, method_cfg in runs:
+      result = run_method(setup, method, with_mask_cache(method_cfg, setup.experiment_dir),
+                          model_fns, original, seed=seed,
                           retrain_logits=retrain_logits, retrain_scores=retrain_scores)
       per_seed[name].append(result.scores)
       print(f'[{name} s{seed}] ' + ', '.join(

@@ -10,6 +10,7 @@ gamma 0.99, T 4, msteps 2, 3 epochs). The l1-sparse (lr 0.01, 10 epochs, alpha 5
 checked against their papers' released configurations before quoting numbers.
 """
 
+from experiments.configs import sfron as sfron_config
 from experiments.configs import train_cifar10_resnet18, unlearn
 from experiments.configs.unlearn import method
 
@@ -28,4 +29,6 @@ def get_config():
   c.method.bad_teacher = method(epochs=10, lr=0.02, temperature=1.0)
   c.method.scrub = method(epochs=3, lr=5e-4, msteps=2, alpha=0.001, gamma=0.99, temperature=4.0,
                           lr_decay_epochs=(2,))
+  # The official SFR-on code's values; sfron_config.paper() is the paper's formulation.
+  c.method.sfron = sfron_config.official()
   return c

@@ -4,8 +4,8 @@ Retrain, the gold standard, is not here: it is the training recipe run on D_r
 (`jaxunlearn.experiment.train_model(kind='retrain')`).
 """
 
-from jaxunlearn.methods import (bad_teacher, finetune, gradient_ascent, l1_sparse, neggrad_plus,
-                                random_label, salun, scrub)
+from jaxunlearn.methods import (bad_teacher, discriminative, finetune, gradient_ascent, l1_sparse, neggrad_plus,
+                                random_label, salun, scrub, sfron)
 from jaxunlearn.methods.base import UnlearnContext
 
 METHODS = {
@@ -17,6 +17,10 @@ METHODS = {
     'salun': salun.build,
     'bad_teacher': bad_teacher.build,
     'scrub': scrub.build,
+    'ce_ft': discriminative.ce_ft,
+    'kl_ft': discriminative.kl_ft,
+    'ice_ft': discriminative.ice_ft,
+    'sfron': sfron.build,
 }
 
 __all__ = ['METHODS', 'UnlearnContext']

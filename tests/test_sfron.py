@@ -1,0 +1,415 @@
+"""SFR-on: mask, per-sample weights, the masked fast update, the slow step, the official schedule,
+compile-once, sharding and the Fisher cache."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import sfron as presets
+from jaxunlearn import experiment, sharding
+from jaxunlearn.data import preprocess
+from jaxunlearn.loop import BatchSampler, DeviceData, run
+from jaxunlearn.methods import UnlearnContext, fisher, sfron
+from tests.conftest import tiny_config
+
+BATCH = 64
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory, data_dir):
+  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir))
+
+
+@pytest.fixture(scope='module')
+def original(setup):
+  fns, variables, _ = experiment.train_model(setup, kind='original', seed=0)
+  return fns, variables
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('fisher_cache'))
+
+
+def _ctx(setup, original, mesh=None):
+  fns, variables = original
+  data = setup.train
+  if mesh is not None:
+    data = DeviceData.create(np.asarray(data.images), np.asarray(data.labels), setup.info,
+                             data.sources, mesh)
+  return UnlearnContext(model_fns=fns, original=variables, data=data,
+                        num_classes=setup.info.num_classes, batch_size=BATCH, seed=0,
+                        mesh=mesh or setup.mesh, init_variables=lambda s: variables)
+
+
+def _cfg(preset='paper', **overrides):
+  cfg = getattr(presets, preset)()
+  cfg.batch_size = BATCH
+  cfg.saliency_batch_size = BATCH
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg
+
+
+def _run(ctx, cfg, mesh=None):
+  program, state = sfron.build(ctx, cfg)
+  result = run(program, state, ctx.data, mesh=mesh or ctx.mesh, seed=0, augment=False,
+               log_every=1000)
+  return result, state
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+# --- S: the saliency mask ------------------------------------------------------------------------
+
+def _hand_fisher(ctx, source, estimator):
+  """F by Python loops: over mini-batches (squared batch-mean gradient) or over examples."""
+  fns, variables = ctx.model_fns, ctx.original
+  positions = np.asarray(ctx.data.sources[source])
+  images = np.asarray(preprocess(np.asarray(ctx.data.images)[positions], ctx.data.info,
+                                 train=False, key=None))
+  labels = np.asarray(ctx.data.labels)[positions]
+
+  @jax.jit
+  def grad_of_mean_ce(params, x, y):
+    def loss(p):
+      logits, _ = fns.apply({'params': p, 'batch_stats': variables['batch_stats']}, x,
+                            train=False)
+      return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+    return jax.grad(loss)(params)
+
+  total = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), variables['params'])
+  if estimator == 'batch_fisher':
+    starts = range(0, len(positions), BATCH)
+    chunks = [slice(s, s + BATCH) for s in starts]
+  else:
+    chunks = [slice(i, i + 1) for i in range(len(positions))]
+  for chunk in chunks:
+    grads = grad_of_mean_ce(variables['params'], images[chunk], labels[chunk])
+    total = jax.tree.map(lambda t, g: t + np.asarray(g, np.float64) ** 2, total, grads)
+  return jax.tree.map(lambda t: (t / len(chunks)).astype(np.float32), total)
+
+
+@pytest.mark.parametrize('estimator', ['batch_fisher', 'empirical_fisher'])
+def test_mask_equals_direct_computation(setup, original, cache_dir, estimator):
+  ctx = _ctx(setup, original)
+  mine = {s: fisher.fisher_diagonal(ctx, s, estimator, BATCH, cache_dir=cache_dir)
+          for s in ('forget', 'retain')}
+  hand = {s: _hand_fisher(ctx, s, estimator) for s in ('forget', 'retain')}
+  for s in mine:
+    for a, b in zip(_leaves(mine[s]), _leaves(hand[s])):
+      np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7 * b.max())
+  ratio = [(f + np.float32(1e-15)) / (r + np.float32(1e-15))
+           for f, r in zip(_leaves(hand['forget']), _leaves(hand['retain']))]
+  by_ratio = fisher.saliency_mask(mine['forget'], mine['retain'], threshold='ratio', gamma=1.0)
+  for m, r in zip(_leaves(by_ratio), ratio):
+    np.testing.assert_array_equal(m, (r >= 1.0).astype(np.float32))
+  density = np.mean(np.concatenate([m.ravel() for m in _leaves(by_ratio)]))
+  assert 0.02 < density < 0.98
+  # Quantile: exactly the top 30% by saliency, pooled over the network.
+  by_rank = fisher.saliency_mask(mine['forget'], mine['retain'], threshold='quantile',
+                                 fraction=0.3)
+  flat = np.concatenate([r.ravel() for r in ratio])
+  expected = np.zeros(flat.size, np.float32)
+  expected[np.argsort(-flat, kind='stable')[:round(0.3 * flat.size)]] = 1.0
+  np.testing.assert_array_equal(np.concatenate([m.ravel() for m in _leaves(by_rank)]), expected)
+
+
+def test_saliency_of_weights_without_gradient_is_one():
+  zero = {'w': jnp.zeros((3,))}
+  mask = fisher.saliency_mask(zero, {'w': jnp.array([0.0, 1e-3, 0.0])}, gamma=1.0)
+  np.testing.assert_array_equal(mask['w'], [1.0, 0.0, 1.0])   # (0 + eps) / (0 + eps) = 1 >= 1
+
+
+# --- Fisher cache --------------------------------------------------------------------------------
+
+def test_fisher_cache_key_tracks_checkpoint_split_estimator(original):
+  _, variables = original
+  positions = np.arange(10, 40)
+  key = fisher.fisher_cache_key(variables, positions, 'batch_fisher', 64, 'digits')
+  assert key == fisher.fisher_cache_key(jax.tree.map(np.array, variables), positions.copy(),
+                                        'batch_fisher', 64, 'digits')
+  changed = jax.tree.map(np.array, variables)
+  changed['params']['head']['bias'][0] += 1e-6
+  assert fisher.fisher_cache_key(changed, positions, 'batch_fisher', 64, 'digits') != key
+  other_split = positions.copy()
+  other_split[-1] += 1
+  assert fisher.fisher_cache_key(variables, other_split, 'batch_fisher', 64, 'digits') != key
+  assert fisher.fisher_cache_key(variables, positions, 'empirical_fisher', 64, 'digits') != key
+  assert fisher.fisher_cache_key(variables, positions, 'batch_fisher', 32, 'digits') != key
+
+
+def test_fisher_cache_is_reused(setup, original, cache_dir, monkeypatch):
+  ctx = _ctx(setup, original)
+  first = fisher.fisher_diagonal(ctx, 'forget', 'batch_fisher', BATCH, cache_dir=cache_dir)
+
+  def no_recompute(*args, **kwargs):
+    raise AssertionError('the cached Fisher diagonal was recomputed')
+
+  monkeypatch.setattr(fisher, 'gradient_statistic', no_recompute)
+  again = fisher.fisher_diagonal(ctx, 'forget', 'batch_fisher', BATCH, cache_dir=cache_dir)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(first), jax.device_get(again))
+  # A different checkpoint misses the cache (and would recompute).
+  other = dataclasses.replace(ctx, original=jax.tree.map(lambda x: x * 1.5, ctx.original))
+  with pytest.raises(AssertionError, match='recomputed'):
+    fisher.fisher_diagonal(other, 'forget', 'batch_fisher', BATCH, cache_dir=cache_dir)
+
+
+# --- F: per-sample weights and the fade ----------------------------------------------------------
+
+def test_sample_weights_sum_order_and_padding():
+  loss = jnp.array([0.25, 4.0, 1.0, 9.0])
+  weight = jnp.array([1.0, 1.0, 1.0, 0.0])           # last row is padding
+  eps = np.asarray(sfron.sample_weights(loss, weight, 0.5))
+  c = np.array([2.0, 0.5, 1.0])                      # l^-1/2 of the real rows
+  np.testing.assert_allclose(eps, np.append(3 * c / c.sum(), 0.0), rtol=1e-6)
+  assert eps.sum() == pytest.approx(3.0, rel=1e-6)   # n real rows
+  assert eps[0] > eps[2] > eps[1]                    # lower loss -> larger weight
+  np.testing.assert_allclose(sfron.sample_weights(loss, weight, 0.0), [1, 1, 1, 0], rtol=1e-6)
+  # Over a whole set: N_f c_i / sum_j c_j with the set's normaliser.
+  np.testing.assert_allclose(sfron.sample_weights(loss, weight, 0.5, normaliser=5.0, count=10),
+                             np.append(10 * c / 5.0, 0.0), rtol=1e-6)
+  # A loss that underflowed to 0 gets 1 / 1e-15, never inf or NaN.
+  zero = sfron.sample_weights(jnp.array([0.0, 1.0]), jnp.ones(2), 0.5)
+  assert np.all(np.isfinite(zero)) and zero[0] > 1e5 * zero[1]
+
+
+@pytest.mark.parametrize('schedule,values', [('linear', [1.0, 0.75, 0.5, 0.0]),
+                                             ('cosine', [1.0, 0.5 + 0.5 * math.sqrt(0.5),
+                                                         0.5, 0.0]),
+                                             ('constant', [1.0, 1.0, 1.0, 1.0])])
+def test_fade(schedule, values):
+  got = [float(sfron.fade(t, 100, schedule)) for t in (0, 25, 50, 100)]
+  np.testing.assert_allclose(got, values, rtol=1e-6, atol=1e-7)
+
+
+def test_torch_clip_formula():
+  grads = {'a': jnp.array([6.0, 8.0])}                 # norm 10
+  clipped, norm = sfron.torch_clip_by_global_norm(grads, 7.0)
+  assert float(norm) == pytest.approx(10.0)
+  np.testing.assert_allclose(clipped['a'], np.array([6.0, 8.0]) * 7.0 / (10.0 + 1e-6), rtol=1e-7)
+  small, _ = sfron.torch_clip_by_global_norm(grads, 20.0)
+  np.testing.assert_array_equal(small['a'], grads['a'])
+
+
+# --- R-on: masked fast update, slow step ---------------------------------------------------------
+
+def test_paper_forget_update_moves_no_masked_weight(setup, original, cache_dir):
+  ctx = _ctx(setup, original)
+  cfg = _cfg('paper', remain_steps=0, forget_every=1, iterations=4, forget_scale=50.0,
+             mask_cache_dir=cache_dir)
+  assert cfg.forget_optimizer.momentum > 0 and cfg.forget_optimizer.weight_decay > 0
+  result, state = _run(ctx, cfg)
+  mask = _leaves(state.extra['mask'])
+  before, after = _leaves(ctx.original['params']), _leaves(result.state.params)
+  kept = moved = 0
+  for m, b, a in zip(mask, before, after):
+    m = m.astype(bool)
+    np.testing.assert_array_equal(a[~m].view(np.uint32), b[~m].view(np.uint32))
+    kept += np.sum(~m)
+    moved += np.sum(a[m] != b[m])
+  assert kept > 0 and moved > 0.9 * sum(np.sum(m) for m in mask)
+  # Masking only the gradient (the official placement) lets weight decay move masked weights.
+  drifted, _ = _run(ctx, _cfg('paper', remain_steps=0, forget_every=1, iterations=4,
+                              forget_scale=50.0, mask_on='gradient', mask_cache_dir=cache_dir))
+  assert any(np.any(a[~m.astype(bool)] != b[~m.astype(bool)])
+             for m, b, a in zip(mask, before, _leaves(drifted.state.params)))
+
+
+def test_slow_step(setup, original):
+  ctx = _ctx(setup, original)
+  base = dict(saliency=False, iterations=1, forget_every=1)
+  fast, _ = _run(ctx, _cfg('paper', r_on=False, **base))
+  identity, _ = _run(ctx, _cfg('paper', r_on=True, slow_rate=1.0, **base))
+  half, _ = _run(ctx, _cfg('paper', r_on=True, slow_rate=0.5, **base))
+  for theta0, theta_r, same, got in zip(
+      _leaves(ctx.original['params']), _leaves(fast.state.params),
+      _leaves(identity.state.params), _leaves(half.state.params)):
+    np.testing.assert_array_equal(same.view(np.uint32), theta_r.view(np.uint32))
+    np.testing.assert_allclose(got, theta0 - 0.5 * (theta0 - theta_r), rtol=1e-6, atol=1e-7)
+  assert any(np.any(a != b) for a, b in zip(_leaves(fast.state.params),
+                                            _leaves(half.state.params)))
+
+
+MU, WD, LAM = 0.9, 5e-4, 0.5   # both presets: SGD momentum, coupled weight decay; lambda
+
+
+class _Hand:
+  """Plain jax ops for the re-statements: per-example CE, PyTorch-style SGD, the loop's batches."""
+
+  def __init__(self, ctx):
+    self.ctx = ctx
+    self.images, self.labels = jnp.asarray(ctx.data.images), jnp.asarray(ctx.data.labels)
+    self.samplers = {s: BatchSampler(ctx.data.sources[s], BATCH, 0, s)
+                     for s in ('forget', 'retain')}
+    self.draws = {'forget': 0, 'retain': 0}
+
+  def batch(self, source):
+    pos, w = self.samplers[source].batch(self.draws[source])
+    self.draws[source] += 1
+    return pos, w
+
+  def per_example_ce(self, p, pos):
+    x = preprocess(jnp.take(self.images, pos, axis=0), self.ctx.data.info, train=False, key=None)
+    logits = self.ctx.model_fns.apply(
+        {'params': p, 'batch_stats': self.ctx.original['batch_stats']}, x, train=True)[0]
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.take(self.labels, pos)[:, None],
+                                1)[:, 0]
+
+  def remain_loss(self, p, pos, w):
+    return jnp.sum(self.per_example_ce(p, pos) * w) / jnp.sum(w)
+
+  @staticmethod
+  def sgd_direction(params, buf, grads):
+    """torch.optim.SGD's buffer: mu * buf + (g + wd * p) (buf = g + wd * p at the first step)."""
+    return jax.tree.map(lambda b, g, p: MU * b + (g + WD * p), buf, grads, params)
+
+  @staticmethod
+  def torch_clip(grads, clip):
+    norm = math.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads)))
+    return jax.tree.map(lambda g: g * min(clip / (norm + 1e-6), 1.0), grads), norm > clip
+
+
+def _assert_close(got_tree, want_tree, start_tree=None):
+  """Equal up to float32 rounding; with `start_tree`, the re-statement moved from the start."""
+  for got, want in zip(_leaves(got_tree), _leaves(want_tree)):
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+  if start_tree is not None:
+    assert max(np.max(np.abs(w - s)) for w, s in zip(_leaves(want_tree),
+                                                    _leaves(start_tree))) > 1e-3
+
+
+def test_official_preset_matches_hand_written_schedule(setup, original):
+  """The official code re-stated: every 2nd iteration (here) a masked, clipped, batch-weighted
+  ascent step, every iteration a remain step; one SGD (momentum, coupled weight decay) for both;
+  learning rate and forget scale cosine over the iterations; no slow step."""
+  ctx = _ctx(setup, original)
+  # A clip norm of 1 (the code's is 7) so that this model's forget gradients get clipped.
+  iterations, every, lr0, scale0, clip = 6, 2, 0.01, 25.0, 1.0
+  result, state = _run(ctx, _cfg('official', iterations=iterations, forget_every=every,
+                                 forget_clip=clip, forget_scale=scale0))
+  mask, hand = state.extra['mask'], _Hand(ctx)
+
+  def forget_loss(p, pos, w, alpha):
+    loss = hand.per_example_ce(p, pos)
+    coef = w / (jax.lax.stop_gradient(loss) ** LAM + 1e-15)
+    return -alpha * jnp.sum(coef / jnp.sum(coef) * loss)   # AdaptiveLoss: mean of B coef l / sum
+
+  forget_grad, remain_grad = jax.jit(jax.grad(forget_loss)), jax.jit(jax.grad(hand.remain_loss))
+  params = jax.tree.map(jnp.asarray, ctx.original['params'])
+  buf = jax.tree.map(jnp.zeros_like, params)
+  clipped = 0
+  for t in range(iterations):
+    cosine = 0.5 * (1 + math.cos(math.pi * t / iterations))
+    lr = lr0 * cosine
+    steps = []
+    if t % every == 0:
+      pos, w = hand.batch('forget')
+      grads = jax.tree.map(jnp.multiply, forget_grad(params, pos, w, scale0 * cosine), mask)
+      grads, was_clipped = hand.torch_clip(grads, clip)
+      clipped += was_clipped
+      steps.append(grads)
+    for grads in steps + [None]:
+      if grads is None:
+        grads = remain_grad(params, *hand.batch('retain'))
+      buf = hand.sgd_direction(params, buf, grads)
+      params = jax.tree.map(lambda p, b: p - lr * b, params, buf)
+  assert clipped > 0
+  _assert_close(result.state.params, params, ctx.original['params'])
+  _assert_close(optax.tree_utils.tree_get(result.state.opt_state['main'], 'trace'), buf)
+
+
+def test_paper_preset_matches_hand_written_schedule(setup, original, cache_dir):
+  """The paper's iteration re-stated: weights eps_i = (1 - t/T) N_f c_i / sum_{D_f} c_j from the
+  losses of all of D_f at theta_t, a masked forget step with its own SGD state (masked final
+  update), a remain step with another, then theta_t - alpha (theta_t - theta_r)."""
+  ctx = _ctx(setup, original)
+  iterations, lr0, scale0, clip, alpha = 4, 0.01, 5.0, 1.0, 0.5
+  result, state = _run(ctx, _cfg('paper', iterations=iterations, forget_clip=clip,
+                                 forget_scale=scale0, slow_rate=alpha, mask_cache_dir=cache_dir))
+  mask, hand = state.extra['mask'], _Hand(ctx)
+  forget_positions = np.asarray(ctx.data.sources['forget'])
+  index_in_forget = {int(p): i for i, p in enumerate(forget_positions)}
+
+  def forget_loss(p, pos, w, eps, scale):
+    return -scale * jnp.sum(eps * hand.per_example_ce(p, pos) * w) / jnp.sum(w)
+
+  forget_grad, remain_grad = jax.jit(jax.grad(forget_loss)), jax.jit(jax.grad(hand.remain_loss))
+  all_forget_ce = jax.jit(hand.per_example_ce)
+  params = jax.tree.map(jnp.asarray, ctx.original['params'])
+  buf_f = jax.tree.map(jnp.zeros_like, params)
+  buf_r = jax.tree.map(jnp.zeros_like, params)
+  for t in range(iterations):
+    lr = lr0 * 0.5 * (1 + math.cos(math.pi * t / iterations))
+    slow = params
+    c = 1.0 / (np.asarray(all_forget_ce(params, forget_positions), np.float64) ** LAM + 1e-15)
+    pos, w = hand.batch('forget')
+    eps = np.array([len(c) * c[index_in_forget[int(q)]] / c.sum() for q in pos], np.float32)
+    grads = jax.tree.map(jnp.multiply, forget_grad(params, pos, w, eps,
+                                                   scale0 * (1 - t / iterations)), mask)
+    grads, _ = hand.torch_clip(grads, clip)
+    buf_f = hand.sgd_direction(params, buf_f, grads)
+    params = jax.tree.map(lambda p, b, m: p - lr * b * m, params, buf_f, mask)
+    buf_r = hand.sgd_direction(params, buf_r, remain_grad(params, *hand.batch('retain')))
+    params = jax.tree.map(lambda p, b: p - lr * b, params, buf_r)
+    params = jax.tree.map(lambda s, r: s - alpha * (s - r), slow, params)
+  _assert_close(result.state.params, params, ctx.original['params'])
+  _assert_close(optax.tree_utils.tree_get(result.state.opt_state['forget'], 'trace'), buf_f)
+  _assert_close(optax.tree_utils.tree_get(result.state.opt_state['remain'], 'trace'), buf_r)
+
+
+# --- one program: compile once, sharding, loop structure -----------------------------------------
+
+def test_schedule_and_ablation_grid():
+  assert sfron.schedule_kinds(7, 5, 1) == ['forget_remain'] + ['remain'] * 4 + [
+      'forget_remain', 'remain']
+  assert sfron.schedule_kinds(3, 1, 0) == ['forget'] * 3
+  grid = sfron.ablation_configs(_cfg('paper'))
+  assert list(grid) == ['sfron-SFR', 'sfron-SF', 'sfron-SR', 'sfron-S', 'sfron-FR', 'sfron-F',
+                        'sfron-R', 'sfron-none']
+  assert [(c.saliency, c.adaptive_weights, c.r_on) for c in grid.values()] == [
+      (s, f, r) for s in (True, False) for f in (True, False) for r in (True, False)]
+  with pytest.raises(ValueError, match='mask_on'):
+    sfron.check_config(_cfg('paper', mask_on='weights'))
+  with pytest.raises(ValueError, match='remain_steps'):
+    sfron.check_config(_cfg('paper', remain_steps=0, forget_every=5))
+
+
+def test_compiles_once(setup, original, cache_dir):
+  """One executable per step kind ('forget_remain', 'remain'), whatever the schedule's length."""
+  ctx = _ctx(setup, original)
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, secs, fun_name=None, **kw: compiles.append(fun_name)
+      if name == '/jax/core/compile/backend_compile_duration' else None)
+
+  def count(iterations):
+    program, state = sfron.build(ctx, _cfg('paper', iterations=iterations, forget_every=2,
+                                           mask_cache_dir=cache_dir))
+    compiles.clear()
+    run(program, state, ctx.data, mesh=ctx.mesh, seed=0, augment=False, log_every=1000)
+    return compiles.count('jit(program_step)')
+
+  assert count(2) == count(12) == 2
+
+
+@pytest.mark.parametrize('inner_loop', ['unrolled', 'rolled'])
+def test_sharded_equals_single_device(setup, original, cache_dir, inner_loop):
+  assert jax.device_count() == 8, 'run the tests with 8 forced host devices'
+  cfg = _cfg('paper', iterations=4, forget_every=2, remain_steps=2, inner_loop=inner_loop,
+             mask_cache_dir=cache_dir)
+  one_mesh = sharding.make_mesh(jax.devices()[:1])
+  one, _ = _run(_ctx(setup, original, one_mesh), cfg, one_mesh)
+  eight, _ = _run(_ctx(setup, original), cfg)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               jax.device_get(one.state.params), jax.device_get(eight.state.params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               jax.device_get(one.state.opt_state), jax.device_get(eight.state.opt_state))
+  assert one.history[-1]['forget_ce'] > 0
