@@ -7,8 +7,10 @@ Writes OUT_DIR/params.npz (final parameters) when the run ends.
 import os
 import sys
 
-if len(sys.argv) > 4:   # multi-host: 4 CPU devices per process
-  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+if len(sys.argv) > 4:
+  # Multi-host: one CPU device per process, so the only collectives cross processes (gloo); many
+  # forced devices per process on 2 busy cores can stall XLA's in-process rendezvous.
+  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
