@@ -120,6 +120,12 @@ def render() -> str:
                 f'{payloads[0]["split"]["num_retain"]} retain examples; '
                 f'{device["count"]} {device["platform"]} device(s); wall time {wall / 60:.1f} min.',
                 '']
+  missing = [f'`{methods}` on `{forget}`' for _, forget, methods, name in comparisons()
+             if not os.path.exists(_results_path(forget, name))]
+  if missing:
+    lines += ['## Not measured yet', '',
+              'These comparisons of `reproduce_results` have no results file yet, so no numbers are '
+              'shown for them: ' + '; '.join(missing) + '.', '']
   if os.path.exists(os.path.join(THEORY_DIR, 'overlap_sweep.png')):
     lines.append(THEORY_TEXT)
   return '\n'.join(lines)
