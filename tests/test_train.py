@@ -18,10 +18,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _worker(out_dir, workdir, data_dir, *extra):
+  """Starts a worker whose output goes to a file: with two workers, a full pipe that is not
+  being read would block one of them inside a collective and hang both."""
   env = {**os.environ, 'PYTHONPATH': REPO}
-  return subprocess.Popen([sys.executable, '-m', 'tests.train_worker', str(out_dir),
+  log = open(os.path.join(out_dir, f'worker{"-".join(map(str, extra))}.log'), 'w+')
+  proc = subprocess.Popen([sys.executable, '-m', 'tests.train_worker', str(out_dir),
                            str(workdir), data_dir, *map(str, extra)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+  proc.log = log
+  return proc
+
+
+def _finish(proc, timeout=300):
+  """Waits for a worker; returns its exit code and output."""
+  proc.wait(timeout=timeout)
+  proc.log.seek(0)
+  output = proc.log.read()
+  proc.log.close()
+  return proc.returncode, output
 
 
 def _params(path):
@@ -32,9 +46,8 @@ def _params(path):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, data_dir):
   out = tmp_path_factory.mktemp('full')
-  proc = _worker(out, out / 'wd', data_dir)
-  log = proc.communicate(timeout=300)[0].decode()
-  assert proc.returncode == 0, log
+  code, log = _finish(_worker(out, out / 'wd', data_dir))
+  assert code == 0, log
   return _params(out / 'params.npz'), log
 
 
@@ -51,13 +64,12 @@ def test_killed_run_resumes_to_the_same_params(uninterrupted, tmp_path, data_dir
       d.name.isdigit() and int(d.name) >= 8 for d in ckpt.iterdir())):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  _finish(proc)
   steps = sorted(int(d.name) for d in ckpt.iterdir() if d.name.isdigit())
   assert steps and steps[-1] < 69, f'the run ended before it was killed: {steps}'
   assert not (tmp_path / 'params.npz').exists()
-  proc = _worker(tmp_path, tmp_path / 'wd', data_dir)
-  log = proc.communicate(timeout=300)[0].decode()
-  assert proc.returncode == 0, log
+  code, log = _finish(_worker(tmp_path, tmp_path / 'wd', data_dir))
+  assert code == 0, log
   expected, _ = uninterrupted
   resumed = _params(tmp_path / 'params.npz')
   assert resumed.keys() == expected.keys()
@@ -74,9 +86,8 @@ def _free_port():
 def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, data_dir):
   port = _free_port()
   procs = [_worker(tmp_path, tmp_path / 'wd', data_dir, pid, 2, port) for pid in (0, 1)]
-  logs = [p.communicate(timeout=300)[0].decode() for p in procs]
-  for proc, log in zip(procs, logs):
-    assert proc.returncode == 0, log
+  for code, log in [_finish(p) for p in procs]:
+    assert code == 0, log
   expected, _ = uninterrupted
   got = _params(tmp_path / 'params.npz')
   for key in expected:
