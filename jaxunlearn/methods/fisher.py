@@ -88,12 +88,12 @@ def fisher_diagonal(ctx: UnlearnContext, source: str, estimator: str, batch_size
     examples (`batch_size` only sets how many are processed at once).
 
   One pass over the set (`base.gradient_statistic`): a jitted `lax.scan` on GPU/TPU, one jitted
-  accumulation per batch dispatched from a host loop on CPU, where the rolled scan is many times
-  slower (mnist5k CNN, 4 batches of 128 on 2 busy cores: scan about 50 s, host loop about 3 s; a
-  fully unrolled scan runs as fast as the host loop but compiles in time linear in the number of
-  batches: 26 s for D_r's 29). Eval-mode BatchNorm, no augmentation (the official code draws the
-  batches through its training transform, i.e. randomly cropped and flipped). With `cache_dir`,
-  the result is read from / written to a file keyed by `fisher_cache_key`.
+  accumulation per batch dispatched from a host loop on CPU, where the rolled scan is several
+  times slower (timings in `gradient_statistic`; a fully unrolled scan runs as fast as the host
+  loop but compiles in time linear in the number of batches: 26 s for 29). Eval-mode BatchNorm,
+  no augmentation (the official code draws the batches through its training transform, i.e.
+  randomly cropped and flipped). With `cache_dir`, the result is read from / written to a file
+  keyed by `fisher_cache_key`.
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f'saliency_estimator={estimator!r}: allowed values are {ESTIMATORS}.')
