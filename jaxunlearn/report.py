@@ -20,6 +20,8 @@ def _cell(summary: dict, key: str) -> str:
   if key not in summary:
     return '-'
   s = summary[key]
+  if not s['n']:
+    return 'diverged'
   digits = 3 if key == 'KL' else 2
   if s['n'] > 1:
     return f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
@@ -32,6 +34,9 @@ def markdown_table(rows: dict[str, dict], *, class_wise: bool) -> str:
   header = '| Method | ' + ' | '.join(columns) + ' |'
   lines = [header, '|' + '---|' * (len(columns) + 1)]
   for name, summary in rows.items():
+    share = summary.get('diverged', {}).get('mean', 0.0)
+    if share > 0:
+      name = f'{name} (diverged in {share:.0%} of seeds)'
     lines.append(f'| {name} | ' + ' | '.join(_cell(summary, c) for c in columns) + ' |')
   return '\n'.join(lines)
 

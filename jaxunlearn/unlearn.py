@@ -18,7 +18,7 @@ from jaxunlearn.state import ModelFns
 class MethodResult:
   variables: dict
   scores: dict          # UA, FA, RA, TA, MIA (+ TA_retain/TA_forget), KL, AvgGap, RTE_s, ...
-  logits: dict
+  logits: dict | None   # None when the run diverged (non-finite weights)
 
 
 def check_methods(names) -> None:
@@ -70,11 +70,22 @@ def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelF
   result = run(program, state, setup.train, mesh=setup.mesh, seed=seed, augment=True,
                log_every=cfg.log_every, name=f'{name} s{seed}')
   variables = jax.device_get(result.state.variables)
-  scores, logits = experiment.evaluate(setup, model_fns, variables, seed=seed)
+  if all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables)):
+    scores, logits = experiment.evaluate(setup, model_fns, variables, seed=seed)
+    scores['diverged'] = 0.0
+    add_reference_scores(scores, logits, retrain_scores, retrain_logits)
+  else:
+    # A diverged run is a result (the method failed with these settings), not a crash that would
+    # lose the other runs: its scores are nan, and tables show the share of diverged seeds.
+    scores = {k: float('nan') for k in DIVERGED_SCORES}
+    scores['diverged'] = 1.0
+    logits = None
   scores.update(RTE_s=prepare_seconds + result.run_seconds, compile_s=result.compile_seconds,
                 steps=len(program.schedule))
-  add_reference_scores(scores, logits, retrain_scores, retrain_logits)
   return MethodResult(variables, scores, logits)
+
+
+DIVERGED_SCORES = ('UA', 'FA', 'RA', 'TA', 'MIA', 'KL', 'AvgGap')
 
 
 def add_reference_scores(scores: dict, logits: dict, retrain_scores: dict | None,
@@ -87,10 +98,13 @@ def add_reference_scores(scores: dict, logits: dict, retrain_scores: dict | None
 
 
 def summarise(per_seed: list[dict]) -> dict:
-  """Mean and standard deviation (over seeds) of every numeric score."""
+  """Mean and standard deviation (over seeds) of every numeric score; the nan scores of diverged
+  seeds are left out (``n`` counts the seeds used; ``diverged`` the share that diverged)."""
   keys = sorted({k for s in per_seed for k, v in s.items() if isinstance(v, (int, float))})
   out = {}
   for k in keys:
     values = np.array([s[k] for s in per_seed if k in s], float)
-    out[k] = {'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size)}
+    values = values[np.isfinite(values)]
+    out[k] = ({'mean': float(values.mean()), 'std': float(values.std()), 'n': int(values.size)}
+              if values.size else {'mean': float('nan'), 'std': float('nan'), 'n': 0})
   return out

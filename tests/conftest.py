@@ -6,6 +6,7 @@ import jax
 import pytest
 
 from experiments.configs import train as train_config
+from experiments.configs import unlearn as unlearn_config
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -43,4 +44,15 @@ def tiny_config(workdir, data_dir, **overrides):
   c.mia_classifier = 'logreg'
   for key, value in overrides.items():
     c[key] = value
+  return c
+
+
+def honesty_config(workdir, data_dir, forget):
+  """The main job's config (mnist5k, small CNN, default method settings) for real-data checks."""
+  c = unlearn_config.get_config()
+  c.workdir = str(workdir)
+  c.data_dir = data_dir
+  c.forget = forget
+  c.num_devices = 1   # long real-data runs; the sharded paths are tested elsewhere
+  c.log_every = 10_000
   return c

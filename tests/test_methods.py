@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from experiments.configs import unlearn as unlearn_config
-from jaxunlearn import experiment
+from jaxunlearn import experiment, report
 from jaxunlearn.loop import run
 from jaxunlearn.methods import METHODS, UnlearnContext, salun
 from jaxunlearn.methods.base import gradient_statistic, top_fraction_mask
+from jaxunlearn.unlearn import run_method, summarise
 from tests.conftest import tiny_config
 
 
@@ -125,3 +126,21 @@ def test_random_labels_never_draw_the_true_label():
   assert np.all(drawn != labels)
   counts = np.bincount((drawn - labels) % 10, minlength=10)
   assert counts[0] == 0 and counts[1:].min() > 0.8 * counts[1:].mean()
+
+
+def test_a_diverged_run_is_reported_not_raised(setup, original):
+  fns, variables, _ = original
+  cfg = _method_cfg('ga')
+  cfg.optimizer.lr = 1e30
+  cfg.optimizer.grad_clip = 0.0
+  result = run_method(setup, 'ga', cfg, fns, variables, seed=0)
+  assert result.scores['diverged'] == 1.0 and result.logits is None
+  assert np.isnan(result.scores['UA']) and result.scores['RTE_s'] > 0
+  good = {'UA': 10.0, 'diverged': 0.0}
+  summary = summarise([result.scores, good])
+  assert summary['UA'] == {'mean': 10.0, 'std': 0.0, 'n': 1}
+  assert summary['diverged']['mean'] == 0.5
+  table = report.markdown_table({'ga': summary, 'all_bad': summarise([result.scores])},
+                                class_wise=False)
+  assert '| ga (diverged in 50% of seeds) | 10.00 |' in table
+  assert '| all_bad (diverged in 100% of seeds) | diverged |' in table

@@ -108,9 +108,8 @@ def fisher_diagonal(ctx: UnlearnContext, source: str, estimator: str, batch_size
                    cached[1])
       return cached[0]
   t0 = time.perf_counter()
-  loop = 'host' if jax.default_backend() == 'cpu' else 'scan'
   fisher = jax.block_until_ready(gradient_statistic(ctx.model_fns, ctx.original, ctx.data, source,
-                                                    batch_size, estimator, loop=loop))
+                                                    batch_size, estimator))
   seconds = time.perf_counter() - t0
   logging.info('Fisher %s/%s computed in %.1f s', source, estimator, seconds)
   if path is not None and jax.process_index() == 0:
