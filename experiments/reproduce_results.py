@@ -6,7 +6,8 @@ Comparisons (mnist5k, small CNN, seeds 0,1,2, each a call of experiments/unlearn
 `run_experiment`; one whose results file exists is not run again):
   * all baselines on random 10% and on class-3 forgetting;
   * the SFR-on 2^3 ablation (S, F, R-on) on both (its all-on variant is SFR-on's row in the
-    comparison with the baselines);
+    comparison with the baselines), and SFR-on variants (Fisher estimator, mask threshold, forget
+    frequency, the official code's formulation);
   * the discriminative-regulariser protocol of Ding, Xu, Ji: single-class forgetting of classes 3,
     6 and 9 with FT, CE-FT, KL-FT, ICE-FT and SalUn.
 and the linear-regression theory figures (experiments/linreg_theory.py, written into
@@ -15,6 +16,7 @@ experiments/figures/theory/). `--only_render` rewrites RESULTS.md from the resul
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,7 +29,12 @@ _WORKDIR = flags.DEFINE_string('workdir', 'results_wd', 'Where models and result
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
                            'The page to write.')
 _SEEDS = flags.DEFINE_string('seeds', '0,1,2', 'Seeds of every comparison.')
-_ONLY_RENDER = flags.DEFINE_bool('only_render', False, 'Only rebuild the page from results.')
+_ONLY_RENDER = flags.DEFINE_bool('only_render', False, 'Only rebuild the page from the published '
+                                  'results (--results_dir).')
+_RESULTS_DIR = flags.DEFINE_string(
+    'results_dir', os.path.join(os.path.dirname(__file__), 'results'),
+    'Where the results files (json/md/png of each comparison, no models) are copied and read from '
+    'for the page.')
 
 BASELINES = 'ft,ga,neggrad_plus,rl,l1_sparse,salun,bad_teacher,scrub,ce_ft,kl_ft,ice_ft'
 DISCRIMINATIVE = 'ft,ce_ft,kl_ft,ice_ft,salun'
@@ -39,6 +46,7 @@ def comparisons():
   for forget in ('random:0.1', 'class:3'):
     runs.append((forget, BASELINES, 'baselines'))
     runs.append((forget, 'sfron_ablation', 'sfron_ablation'))
+    runs.append((forget, 'sfron_variants', 'sfron_variants'))
   for k in (6, 9):
     runs.append((f'class:{k}', DISCRIMINATIVE, 'discriminative'))
   return runs
@@ -53,6 +61,8 @@ TABLES = (
     ('All methods', ('random:0.1', 'class:3'), (('baselines', None), ('sfron_ablation', SFRON_ROW))),
     ('SFR-on ablation (S = saliency mask, F = adaptive weights, R = R-on)',
      ('random:0.1', 'class:3'), (('sfron_ablation', None),)),
+    ('SFR-on variants (experiments/configs/sfron.py `variants`)', ('random:0.1', 'class:3'),
+     (('sfron_ablation', SFRON_ROW), ('sfron_variants', None))),
     ('Discriminative regularisation (Ding, Xu, Ji v1 protocol)', ('class:3', 'class:6', 'class:9'),
      (('baselines', {m: m for m in DISCRIMINATIVE.split(',')}), ('discriminative', None))),
 )
@@ -68,9 +78,19 @@ def _config(forget, methods, name):
   return c
 
 
-def _results_path(forget, name):
+def _results_path(forget, name, root=None):
   tag = forget.replace(':', '-').replace(',', '-')
-  return os.path.join(_WORKDIR.value, 'mnist5k-cnn', f'{tag}-split0', f'{name}.json')
+  return os.path.join(root or _WORKDIR.value, 'mnist5k-cnn', f'{tag}-split0', f'{name}.json')
+
+
+def publish(forget, name) -> None:
+  """Copies a comparison's results files from the workdir into --results_dir."""
+  source = _results_path(forget, name)
+  target = _results_path(forget, name, _RESULTS_DIR.value)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  for ext in ('.json', '.md', '.png'):
+    if os.path.exists(source[:-5] + ext):
+      shutil.copyfile(source[:-5] + ext, target[:-5] + ext)
 
 
 def _load(forget, sources):
@@ -78,7 +98,7 @@ def _load(forget, sources):
   that `sources` names; and the payloads read."""
   rows, payloads = {}, []
   for name, take in sources:
-    path = _results_path(forget, name)
+    path = _results_path(forget, name, _RESULTS_DIR.value)
     if not os.path.exists(path):
       continue
     with open(path) as f:
@@ -113,6 +133,19 @@ zero; the forget option is void at full overlap.
 '''
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def gap_ranking(rows: dict) -> str:
+  """A sentence ranking the unlearning methods by mean Avg. Gap to Retrain."""
+  methods = sorted((r['AvgGap']['mean'], name) for name, r in rows.items()
+                   if name not in ('Original', 'Retrain') and r.get('AvgGap', {}).get('n'))
+  if not methods:
+    return ''
+  ranked = ', '.join(f'{name} {rows[name]["AvgGap"]["mean"]:.2f}' for _, name in methods)
+  return f'By Avg. Gap to Retrain (lower is better): {ranked}.\n'
+
+
 def render() -> str:
   lines = ['# Results', '',
            'Every number below comes from `python -m experiments.reproduce_results` (this page is '
@@ -125,16 +158,20 @@ def render() -> str:
       if not payloads:
         continue
       wall = sum(p['wall_seconds'] for p in payloads)
-      device = payloads[0]['device']
+      devices = sorted({f'{p["device"]["count"]} x {p["device"]["kind"]}' for p in payloads})
+      files = ', '.join(f'`{os.path.relpath(_results_path(forget, n, _RESULTS_DIR.value), HERE)}`'
+                        for n, _ in sources
+                        if os.path.exists(_results_path(forget, n, _RESULTS_DIR.value)))
       lines += [f'## {title}: forget {forget}', '',
                 report.markdown_table(rows, class_wise=forget.startswith('class')), '',
+                gap_ranking(rows),
                 f'Split digest `{payloads[0]["split"]["digest"][:16]}`, '
                 f'{payloads[0]["split"]["num_forget"]} forget / '
                 f'{payloads[0]["split"]["num_retain"]} retain examples; '
-                f'{device["count"]} {device["platform"]} device(s); wall time {wall / 60:.1f} min.',
-                '']
+                f'{" and ".join(devices)}; wall time {wall / 60:.1f} min; every number per seed: '
+                f'{files}.', '']
   missing = [f'`{methods}` on `{forget}`' for forget, methods, name in comparisons()
-             if not os.path.exists(_results_path(forget, name))]
+             if not os.path.exists(_results_path(forget, name, _RESULTS_DIR.value))]
   if missing:
     lines += ['## Not measured yet', '',
               'These comparisons of `reproduce_results` have no results file yet, so no numbers are '
@@ -154,6 +191,7 @@ def main(argv):
     for forget, methods, name in comparisons():
       if not os.path.exists(_results_path(forget, name)):
         run_experiment(_config(forget, methods, name))
+      publish(forget, name)
   report.write_text(_OUT.value, render() + '\n')
   print(f'wrote {_OUT.value}')
 

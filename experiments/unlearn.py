@@ -18,6 +18,7 @@ import jax
 from absl import app, logging
 from ml_collections import config_flags
 
+from experiments.configs import sfron as sfron_config
 from jaxunlearn import experiment, report, sharding
 from jaxunlearn.methods import sfron
 from jaxunlearn.unlearn import (add_reference_scores, parse_methods, parse_seeds, run_method,
@@ -27,7 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
     'Unlearning config file.', lock_config=True)
 # Names that run several named variants of one method: name -> (method, variants(config)).
-METHOD_GROUPS = {'sfron_ablation': ('sfron', sfron.ablation_configs)}
+METHOD_GROUPS = {'sfron_ablation': ('sfron', sfron.ablation_configs),
+                 'sfron_variants': ('sfron', sfron_config.variants)}
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
              'scikit-learn', 'numpy')
 
