@@ -151,7 +151,9 @@ def render() -> str:
            'Every number below comes from `python -m experiments.reproduce_results` (this page is '
            'its output): mnist5k (4,000 train / 1,000 test real MNIST digits), the small CNN, '
            f'seeds {_SEEDS.value} (mean ± std over seeds; the split is fixed, split seed 0). '
-           'Method settings: `experiments/configs/unlearn.py`.', '', report.TABLE_NOTE, '']
+           'Method settings: `experiments/configs/unlearn.py`. What the tables say, and what we '
+           'tried to explain them: [results/FINDINGS.md](results/FINDINGS.md); step timings: '
+           '[benchmarks/](benchmarks/).', '', report.TABLE_NOTE, '']
   for title, forgets, sources in TABLES:
     for forget in forgets:
       rows, payloads = _load(forget, sources)
