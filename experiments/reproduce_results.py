@@ -2,16 +2,16 @@ r"""Runs every comparison behind experiments/RESULTS.md and writes that page.
 
   python -m experiments.reproduce_results --workdir=results_wd
 
-Comparisons (mnist5k, small CNN, seeds 0,1,2, each a call of experiments/unlearn.py's
-`run_experiment`; one whose results file exists is not run again):
-  * all baselines on random 10% and on class-3 forgetting;
-  * the SFR-on 2^3 ablation (S, F, R-on) on both (its all-on variant is SFR-on's row in the
-    comparison with the baselines), and SFR-on variants (Fisher estimator, mask threshold, forget
-    frequency, the official code's formulation);
+Comparisons (mnist5k, small CNN, seeds 0,1,2, each a `jaxunlearn.Study`; one whose results file
+exists is not run again, and runs shared between comparisons are run once):
+  * every registered method on random 10% and on class-3 forgetting;
+  * every group of variants a method declares (SFR-on's 2^3 ablation of S, F and R-on, and its
+    variants: Fisher estimator, mask threshold, forget frequency, the official formulation);
   * the discriminative-regulariser protocol of Ding, Xu, Ji: single-class forgetting of classes 3,
     6 and 9 with FT, CE-FT, KL-FT, ICE-FT and SalUn.
 and the linear-regression theory figures (experiments/linreg_theory.py, written into
-experiments/figures/theory/). `--only_render` rewrites RESULTS.md from the results already there.
+experiments/figures/theory/). `--only_render` rewrites RESULTS.md from the results already there,
+and the methods table between the README's `<!-- methods -->` markers from the method registry.
 """
 
 import json
@@ -20,10 +20,10 @@ import shutil
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments.configs import unlearn as unlearn_config
-from jaxunlearn import report
+import jaxunlearn
+from jaxunlearn import cli, report
 
 _WORKDIR = flags.DEFINE_string('workdir', 'results_wd', 'Where models and results go.')
 _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'RESULTS.md'),
@@ -31,12 +31,13 @@ _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'RESUL
 _SEEDS = flags.DEFINE_string('seeds', '0,1,2', 'Seeds of every comparison.')
 _ONLY_RENDER = flags.DEFINE_bool('only_render', False, 'Only rebuild the page from the published '
                                   'results (--results_dir).')
+_WRITE_README = flags.DEFINE_bool('write_readme', True, "Also rewrite the README's methods table "
+                                  'from the method registry.')
 _RESULTS_DIR = flags.DEFINE_string(
     'results_dir', os.path.join(os.path.dirname(__file__), 'results'),
     'Where the results files (json/md/png of each comparison, no models) are copied and read from '
     'for the page.')
 
-BASELINES = 'ft,ga,neggrad_plus,rl,l1_sparse,salun,bad_teacher,scrub,ce_ft,kl_ft,ice_ft'
 DISCRIMINATIVE = 'ft,ce_ft,kl_ft,ice_ft,salun'
 
 
@@ -44,18 +45,17 @@ def comparisons():
   """(forget spec, methods, results name) of every run behind the page."""
   runs = []
   for forget in ('random:0.1', 'class:3'):
-    runs.append((forget, BASELINES, 'baselines'))
-    runs.append((forget, 'sfron_ablation', 'sfron_ablation'))
-    runs.append((forget, 'sfron_variants', 'sfron_variants'))
+    runs.append((forget, 'all', 'baselines'))
+    runs += [(forget, group, group) for group in sorted(jaxunlearn.methods.groups())]
   for k in (6, 9):
     runs.append((f'class:{k}', DISCRIMINATIVE, 'discriminative'))
   return runs
 
 
 # Each table: (section title, forget specs, [(results name, rows to take or None for all)]).
-# SFR-on's row is the ablation's all-on variant, which is the `sfron` config itself (same seeds,
-# same numbers), so it is not run twice; class 3 of the discriminative protocol reuses the
-# baselines' runs of those methods.
+# A row a table already has is not taken again from a later file: SFR-on's row comes from the
+# all-methods file, and only where that file predates it from the ablation's all-on variant (the
+# `sfron` config itself); class 3 of the discriminative protocol reuses the all-methods runs.
 SFRON_ROW = {'sfron-SFR': 'sfron'}
 TABLES = (
     ('All methods', ('random:0.1', 'class:3'), (('baselines', None), ('sfron_ablation', SFRON_ROW))),
@@ -69,13 +69,8 @@ TABLES = (
 
 
 def _config(forget, methods, name):
-  c = unlearn_config.get_config()
-  c.workdir = _WORKDIR.value
-  c.forget = forget
-  c.methods = methods
-  c.seeds = _SEEDS.value
-  c.results_name = name
-  return c
+  return jaxunlearn.study_config(workdir=_WORKDIR.value, forget=forget, methods=methods,
+                                 seeds=_SEEDS.value, results_name=name)
 
 
 def _results_path(forget, name, root=None):
@@ -105,11 +100,12 @@ def _load(forget, sources):
       payload = json.load(f)
     payloads.append(payload)
     summary = payload['summary']
-    rows.update({k: summary[k] for k in ('Original', 'Retrain')})
     if take is None:
       rows.update(summary)
     else:
-      rows.update({new: summary[old] for old, new in take.items() if old in summary})
+      rows.update({k: summary[k] for k in ('Original', 'Retrain') if k not in rows})
+      rows.update({new: summary[old] for old, new in take.items()
+                   if old in summary and new not in rows})
   ordered = {k: rows[k] for k in ('Original', 'Retrain') if k in rows}
   ordered.update({k: v for k, v in rows.items() if k not in ordered})
   return ordered, payloads
@@ -151,7 +147,7 @@ def render() -> str:
            'Every number below comes from `python -m experiments.reproduce_results` (this page is '
            'its output): mnist5k (4,000 train / 1,000 test real MNIST digits), the small CNN, '
            f'seeds {_SEEDS.value} (mean ± std over seeds; the split is fixed, split seed 0). '
-           'Method settings: `experiments/configs/unlearn.py`. What the tables say, and what we '
+           'Method settings: each method\'s defaults in `jaxunlearn/methods/`. What the tables say, and what we '
            'tried to explain them: [results/FINDINGS.md](results/FINDINGS.md); step timings: '
            '[benchmarks/](benchmarks/).', '', report.TABLE_NOTE, '']
   for title, forgets, sources in TABLES:
@@ -183,20 +179,49 @@ def render() -> str:
   return '\n'.join(lines)
 
 
+README = os.path.join(os.path.dirname(HERE), 'README.md')
+METHODS_MARKERS = ('<!-- methods -->', '<!-- /methods -->')
+
+
+def methods_table() -> str:
+  """The README's methods table, from the method registry."""
+  lines = ['| Name (`--config.methods`) | Method | Notes |', '|---|---|---|']
+  for name, method in jaxunlearn.methods.methods().items():
+    notes = [method.summary] if method.summary else []
+    if method.presets:
+      notes.append('presets: ' + ', '.join(f'`{p}`' for p in method.presets))
+    if method.groups:
+      notes.append('groups: ' + ', '.join(f'`{g}`' for g in method.groups))
+    lines.append(f'| `{name}` | {method.title} | {"; ".join(notes)} |')
+  return '\n'.join(lines)
+
+
+def with_methods_table(readme: str) -> str:
+  """`readme` with the text between the methods markers replaced by `methods_table`."""
+  start, end = METHODS_MARKERS
+  head, rest = readme.split(start, 1)
+  _, tail = rest.split(end, 1)
+  return f'{head}{start}\n{methods_table()}\n{end}{tail}'
+
+
 def main(argv):
   del argv
-  from experiments.unlearn import run_experiment
   if not _ONLY_RENDER.value:
     if not os.path.exists(os.path.join(THEORY_DIR, 'overlap_sweep.png')):
       subprocess.run([sys.executable, '-m', 'experiments.linreg_theory',
                       f'--workdir={THEORY_DIR}'], check=True)
     for forget, methods, name in comparisons():
       if not os.path.exists(_results_path(forget, name)):
-        run_experiment(_config(forget, methods, name))
+        jaxunlearn.Study(_config(forget, methods, name)).run()
       publish(forget, name)
   report.write_text(_OUT.value, render() + '\n')
   print(f'wrote {_OUT.value}')
+  if _WRITE_README.value:
+    with open(README) as f:
+      readme = f.read()
+    report.write_text(README, with_methods_table(readme))
+    print(f'wrote the methods table of {README}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -10,10 +10,10 @@ checkpoints/, config.json and metrics.json, and the experiment directory holds t
 import json
 import os
 
-from absl import app, logging
 from ml_collections import config_flags
 
-from jaxunlearn import experiment, sharding
+import jaxunlearn
+from jaxunlearn import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'train.py'),
@@ -23,20 +23,18 @@ TRAIN_CHOICES = ('original', 'retrain', 'both')
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if config.train not in TRAIN_CHOICES:
-    raise app.UsageError(f'--config.train={config.train!r}: allowed values are {TRAIN_CHOICES}.')
-  dist = config.distributed
-  sharding.maybe_initialize_distributed(dist.coordinator_address or None,
-                                        dist.num_processes or None, dist.process_id)
-  setup = experiment.prepare(config)
+    raise jaxunlearn.ConfigError(f'--config.train={config.train!r}: must be one of '
+                                 f'{", ".join(TRAIN_CHOICES)}.')
+  study = jaxunlearn.Study(config)
   results = {}
-  kinds = ('original', 'retrain') if config.train == 'both' else (config.train,)
-  for kind in kinds:
-    _, _, results[kind] = experiment.train_model(setup, kind=kind, seed=config.seed)
+  if config.train in ('original', 'both'):
+    results['original'] = study.original(config.seed).scores
+  if config.train in ('retrain', 'both'):
+    results['retrain'] = study.retrain(config.seed).scores
   print(json.dumps(results, indent=2, sort_keys=True))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -27,7 +27,9 @@ from jaxunlearn import data as data_lib
 from jaxunlearn import evaluation, metrics
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.checkpoint import CheckpointManager, check_compatible, model_signature
-from jaxunlearn.loop import DeviceData, run
+from jaxunlearn.config import (DataConfig, EvalConfig, TrainingConfig, section_from_flat)
+from jaxunlearn.data.device import DeviceData
+from jaxunlearn.loop import run
 from jaxunlearn.models import create_model
 from jaxunlearn.state import ModelFns, functionalize
 from jaxunlearn.train import create_state, supervised_program
@@ -37,6 +39,9 @@ from jaxunlearn.train import create_state, supervised_program
 class Setup:
   """Everything an experiment needs, validated before any training starts."""
   config: Any
+  data_config: DataConfig
+  training: TrainingConfig
+  evaluation: EvalConfig
   info: data_lib.DatasetInfo
   split: data_lib.ForgetSplit
   mesh: Any
@@ -57,8 +62,16 @@ def build_model(config, info: data_lib.DatasetInfo, seed: int) -> tuple[ModelFns
   return functionalize(model)
 
 
+def sections(config) -> tuple[DataConfig, TrainingConfig, EvalConfig]:
+  """The validated data, training and evaluation sections of a flat experiment config; raises
+  `jaxunlearn.config.ConfigError` naming the first bad value."""
+  return (section_from_flat(DataConfig, config), section_from_flat(TrainingConfig, config),
+          section_from_flat(EvalConfig, config))
+
+
 def prepare(config) -> Setup:
   """Validates the config, loads the data, makes the split and the mesh, writes the split file."""
+  data_config, training, evaluation_config = sections(config)
   info = data_lib.dataset_info(config.dataset)
   mesh = sharding_lib.make_mesh(sharding_lib.select_devices(config.get('num_devices', 0)))
   sharding_lib.check_batch_size(config.batch_size, mesh)
@@ -80,7 +93,8 @@ def prepare(config) -> Setup:
   test_sources = {'test': np.arange(len(test.labels))}
   if split.test_forget is not None:
     test_sources.update(test_forget=split.test_forget, test_retain=split.test_retain)
-  return Setup(config=config, info=info, split=split, mesh=mesh,
+  return Setup(config=config, data_config=data_config, training=training,
+               evaluation=evaluation_config, info=info, split=split, mesh=mesh,
                train=DeviceData.create(train.images, train.labels, info, train_sources, mesh),
                test=DeviceData.create(test.images, test.labels, info, test_sources, mesh),
                experiment_dir=experiment_dir, model_dir=model_dir)
@@ -111,7 +125,7 @@ def _json_default(obj):
 
 def all_logits(setup: Setup, model_fns: ModelFns, variables: dict) -> dict[str, np.ndarray]:
   """Eval-mode logits on D_f, D_r and the test set (and its class parts)."""
-  bs = setup.config.get('eval_batch_size', 512)
+  bs = setup.evaluation.eval_batch_size
   out = evaluation.logits_on_sources(model_fns, variables, setup.train, mesh=setup.mesh,
                                      batch_size=bs)
   out.update(evaluation.logits_on_sources(model_fns, variables, setup.test, mesh=setup.mesh,
@@ -128,13 +142,12 @@ def evaluate(setup: Setup, model_fns: ModelFns, variables: dict, *, seed: int = 
   if setup.split.test_forget is not None:
     test_forget_mask = np.zeros(len(test_labels), bool)
     test_forget_mask[setup.split.test_forget] = True
-  cfg = setup.config
+  cfg = setup.evaluation
   result = metrics.unlearning_metrics(
       forget_logits=logits['forget'], forget_labels=train_labels[setup.split.forget],
       retain_logits=logits['retain'], retain_labels=train_labels[setup.split.retain],
       test_logits=logits['test'], test_labels=test_labels, test_forget_mask=test_forget_mask,
-      mia_feature=cfg.get('mia_feature', 'confidence'),
-      mia_classifier=cfg.get('mia_classifier', 'svc'), seed=seed)
+      mia_feature=cfg.mia_feature, mia_classifier=cfg.mia_classifier, seed=seed)
   return result, logits
 
 
@@ -151,24 +164,26 @@ def train_model(setup: Setup, *, kind: str, seed: int) -> tuple[ModelFns, dict, 
     meta['split_digest'] = setup.split.digest
   check_compatible(os.path.join(directory, 'checkpoints'), meta, '--config.workdir')
   metrics_path = os.path.join(directory, 'metrics.json')
+  training = setup.training
   program, optimizers = supervised_program(
-      model_fns, cfg.optimizer, num_examples=len(setup.train.sources[source]),
-      batch_size=cfg.batch_size, epochs=cfg.epochs, source=source)
+      model_fns, training.optimizer, num_examples=len(setup.train.sources[source]),
+      batch_size=training.batch_size, epochs=training.epochs, source=source)
   state = create_state(variables, optimizers)
   manager = CheckpointManager(os.path.join(directory, 'checkpoints'),
-                              every_steps=cfg.checkpoint_every_steps, keep=cfg.keep_checkpoints,
-                              best_metric=cfg.get('best_metric') or None, meta=meta)
+                              every_steps=training.checkpoint_every_steps,
+                              keep=training.keep_checkpoints,
+                              best_metric=training.best_metric or None, meta=meta)
   finished = manager.latest_step() == len(program.schedule) and os.path.exists(metrics_path)
 
   def eval_fn(state):
     logits = evaluation.predict(model_fns, state.variables, setup.test.images, setup.info,
                                 setup.test.sources['test'], mesh=setup.mesh,
-                                batch_size=cfg.get('eval_batch_size', 512))
+                                batch_size=setup.evaluation.eval_batch_size)
     return {'test_accuracy': metrics.accuracy(logits, np.asarray(setup.test.labels))}
 
   t0 = time.perf_counter()
   result = run(program, state, setup.train, mesh=setup.mesh, seed=seed, checkpointer=manager,
-               augment=True, log_every=cfg.log_every, eval_fn=eval_fn, name=kind)
+               augment=True, log_every=training.log_every, eval_fn=eval_fn, name=kind)
   manager.close()
   variables = jax.device_get(result.state.variables)
   if finished:

@@ -1,8 +1,11 @@
 """The one training loop that original training, retraining and every unlearning method run on.
 
 A method is a `Program`: named step kinds and a schedule naming the kind of every global step. A
-step kind is a pure function ``(state, batch, key) -> (state, metrics)`` plus the data source each
-slot of its batch draws from (``{'forget': 'forget', 'remain': 'retain'}``, say). The loop
+step kind is a pure function ``(state, batch, key, constants) -> (state, metrics)`` plus the data
+source each slot of its batch draws from (``{'forget': 'forget', 'remain': 'retain'}``, say).
+``state`` is what the run changes (and what checkpoints hold); ``constants`` is what is fixed for
+the run (a frozen teacher, a mask, fixed random labels), an argument of the compiled step that is
+never written to a checkpoint. The loop
 
 * keeps the datasets on device and gathers each batch by index inside the jitted step, followed by
   the dataset's preprocessing (augmentation keyed by the step's PRNG key);
@@ -19,9 +22,7 @@ weighted mean, so a pass over D_f covers each example exactly once at a fixed sh
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-import zlib
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import jax
@@ -29,10 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn import sharding as sharding_lib
-from jaxunlearn.data import DatasetInfo, preprocess
+from jaxunlearn.data.device import BatchSampler, DeviceData, gather_batch
 from jaxunlearn.state import TrainState
 
-StepFn = Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
+StepFn = Callable[[TrainState, dict, jax.Array, Any], tuple[TrainState, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,60 +56,6 @@ class Program:
       raise ValueError(f'schedule names unknown step kinds {unknown}; known: {sorted(self.kinds)}')
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceData:
-  """A dataset's arrays on device plus named index sets (sources) into them."""
-  images: jax.Array
-  labels: jax.Array
-  info: DatasetInfo
-  sources: Mapping[str, np.ndarray]
-
-  @classmethod
-  def create(cls, images: np.ndarray, labels: np.ndarray, info: DatasetInfo,
-             sources: Mapping[str, np.ndarray], mesh) -> 'DeviceData':
-    for name, positions in sources.items():
-      if len(positions) == 0:
-        raise ValueError(f'data source {name!r} is empty')
-    arrays = sharding_lib.replicate({'images': images, 'labels': labels.astype(np.int32)}, mesh)
-    return cls(arrays['images'], arrays['labels'], info,
-               {k: np.asarray(v, np.int64) for k, v in sources.items()})
-
-
-class BatchSampler:
-  """Index batches of one source: a fresh permutation each epoch, seeded by (seed, source, epoch)."""
-
-  def __init__(self, positions: np.ndarray, batch_size: int, seed: int, source: str):
-    self.positions = positions
-    self.batch_size = batch_size
-    self.batches_per_epoch = math.ceil(len(positions) / batch_size)
-    self._seed = (seed, zlib.crc32(source.encode()))
-    self._epoch, self._perm = -1, None
-
-  def batch(self, draw: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions and 0/1 weights of the `draw`-th batch of this source."""
-    epoch, k = divmod(draw, self.batches_per_epoch)
-    if epoch != self._epoch:
-      rng = np.random.default_rng((*self._seed, epoch))
-      self._epoch, self._perm = epoch, rng.permutation(self.positions)
-    chunk = self._perm[k * self.batch_size:(k + 1) * self.batch_size]
-    pad = self.batch_size - len(chunk)
-    weight = np.concatenate([np.ones(len(chunk), np.float32), np.zeros(pad, np.float32)])
-    positions = np.concatenate([chunk, np.full(pad, chunk[0], chunk.dtype)]).astype(np.int32)
-    return positions, weight
-
-
-def epoch_steps(num_examples: int, batch_size: int) -> int:
-  return math.ceil(num_examples / batch_size)
-
-
-def gather_batch(data_images, data_labels, info: DatasetInfo, positions, weight, key, *,
-                 augment: bool) -> dict:
-  """Gathers and preprocesses one batch on device."""
-  images = preprocess(jnp.take(data_images, positions, axis=0), info, train=augment, key=key)
-  return {'image': images, 'label': jnp.take(data_labels, positions, axis=0), 'weight': weight,
-          'position': positions}
-
-
 @dataclasses.dataclass
 class RunResult:
   state: TrainState
@@ -128,17 +75,19 @@ class Checkpointer(Protocol):
 
 
 def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: int,
-        checkpointer: Checkpointer | None = None, augment: bool = True, log_every: int = 50,
-        eval_fn: Callable[[TrainState], dict] | None = None, name: str = 'train',
-        stop_after: int | None = None) -> RunResult:
+        constants: Any = None, checkpointer: Checkpointer | None = None, augment: bool = True,
+        log_every: int = 50, eval_fn: Callable[[TrainState], dict] | None = None,
+        name: str = 'train', stop_after: int | None = None) -> RunResult:
   """Runs `program` from `state` (or from the latest checkpoint) to the end of its schedule.
 
-  `eval_fn` (host-side, outside the steps) is called at each checkpoint; its metrics go with the
-  checkpoint (the best-by-metric one is kept). `stop_after` ends the run early after that many
-  steps in this call (used to test resumption).
+  `constants` (a PyTree, default empty) is handed to every step and never checkpointed. `eval_fn`
+  (host-side, outside the steps) is called at each checkpoint; its metrics go with the checkpoint
+  (the best-by-metric one is kept). `stop_after` ends the run early after that many steps in this
+  call (used to test resumption).
   """
   sharding_lib.check_batch_size(program.batch_size, mesh)
   state = sharding_lib.replicate(state, mesh)
+  constants = sharding_lib.replicate({} if constants is None else constants, mesh)
   if checkpointer is not None:
     restored = checkpointer.restore_latest(state)
     if restored is not None:
@@ -150,6 +99,7 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
   draws = _draw_offsets(program, start)
   base_key = jax.random.key(seed)
   compiled, compile_seconds = compile_program(program, state, data, mesh, seed, augment,
+                                              constants=constants,
                                               kinds=set(program.schedule[start:]))
   history, pending = [], []
   run_start = last_time = time.perf_counter()
@@ -163,7 +113,8 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
       batch[slot] = samplers[source].batch(draws[source])
       draws[source] += 1
     batch = sharding_lib.shard_global_batch(batch, mesh)
-    state, metrics = compiled[kind_name](state, data.images, data.labels, batch, base_key)
+    state, metrics = compiled[kind_name](state, constants, data.images, data.labels, batch,
+                                         base_key)
     pending.append((kind_name, metrics))
     steps_run += 1
     done = step + 1
@@ -196,13 +147,14 @@ def _draw_offsets(program: Program, start: int) -> dict[str, int]:
 
 
 def compile_program(program: Program, state, data: DeviceData, mesh, seed: int, augment: bool,
-                    kinds=None):
+                    constants: Any = None, kinds=None):
   """Compiles each step kind in `kinds` (default: all) once, ahead of time.
 
-  Returns executables ``(state, images, labels, batch, base_key) -> (state, metrics)`` by kind
-  and the total compile time in seconds.
+  Returns executables ``(state, constants, images, labels, batch, base_key) -> (state, metrics)``
+  by kind and the total compile time in seconds.
   """
   kinds = program.kinds if kinds is None else kinds
+  constants = {} if constants is None else constants
   base_key = jax.random.key(seed)
   replicated = sharding_lib.replicated(mesh)
   batch_spec = sharding_lib.batch_sharded(mesh)
@@ -210,12 +162,12 @@ def compile_program(program: Program, state, data: DeviceData, mesh, seed: int, 
   for kind_name in sorted(kinds):
     kind = program.kinds[kind_name]
 
-    def program_step(state, images, labels, batch, base_key, kind=kind):
+    def program_step(state, constants, images, labels, batch, base_key, kind=kind):
       key = jax.random.fold_in(base_key, state.step)
       batch = {slot: gather_batch(images, labels, data.info, positions, weight,
                                   jax.random.fold_in(key, i), augment=augment)
                for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))}
-      new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)))
+      new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)), constants)
       return new_state.replace(step=state.step + 1), metrics
 
     abstract_batch = {
@@ -224,7 +176,7 @@ def compile_program(program: Program, state, data: DeviceData, mesh, seed: int, 
         for slot in kind.slots}
     t0 = time.perf_counter()
     lowered = jax.jit(program_step, out_shardings=(replicated, replicated)).lower(
-        state, data.images, data.labels, abstract_batch, base_key)
+        state, constants, data.images, data.labels, abstract_batch, base_key)
     compiled[kind_name] = lowered.compile()
     seconds += time.perf_counter() - t0
   return compiled, seconds

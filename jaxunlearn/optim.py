@@ -6,18 +6,25 @@ added to the gradient before momentum) for 'sgd' and 'adam'; 'adamw' decouples i
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable
 
 import jax
 import optax
 
-OPTIMIZERS = ('sgd', 'adam', 'adamw')
-SCHEDULES = ('constant', 'cosine', 'step', 'linear')
+from jaxunlearn.config import OptimizerConfig
 
 
-def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-  """Learning rate per step from ``cfg.lr``, ``cfg.schedule`` and (for 'step') ``cfg.lr_decay_steps``
-  and ``cfg.lr_decay_factor``; 'cosine' decays to 0 over `total_steps`, 'linear' likewise."""
+def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+  """The learning rate per step.
+
+  Args:
+    cfg: the optimiser config ('cosine' and 'linear' decay to 0 over `total_steps`; 'step'
+      multiplies by ``lr_decay_factor`` at each of ``lr_decay_steps``).
+    total_steps: the length of the run.
+
+  Returns:
+    An optax schedule.
+  """
   lr = float(cfg.lr)
   if cfg.schedule == 'constant':
     return optax.constant_schedule(lr)
@@ -26,56 +33,48 @@ def make_schedule(cfg, total_steps: int) -> optax.Schedule:
   if cfg.schedule == 'linear':
     return optax.linear_schedule(lr, 0.0, max(total_steps, 1))
   if cfg.schedule == 'step':
-    boundaries = {int(s): float(cfg.get('lr_decay_factor', 0.1)) for s in cfg.lr_decay_steps}
+    boundaries = {int(s): float(cfg.lr_decay_factor) for s in cfg.lr_decay_steps}
     return optax.piecewise_constant_schedule(lr, boundaries)
-  raise ValueError(f'optimizer.schedule={cfg.schedule!r}: allowed values are {SCHEDULES}.')
+  raise ValueError(f'optimizer.schedule={cfg.schedule!r} is not a schedule.')
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-  """Builds an optax optimiser from an optimizer config (name, lr, schedule, momentum,
-  weight_decay, grad_clip). ``grad_clip`` > 0 clips the global gradient norm first."""
-  if cfg.name not in OPTIMIZERS:
-    raise ValueError(f'optimizer.name={cfg.name!r}: allowed values are {OPTIMIZERS}.')
+def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+  """An optax optimiser; ``grad_clip`` > 0 clips the global gradient norm first.
+
+  Args:
+    cfg: name, lr, schedule, momentum, weight_decay, grad_clip, nesterov.
+    total_steps: the length of the run (for decaying schedules).
+
+  Returns:
+    The optax transformation.
+  """
   schedule = make_schedule(cfg, total_steps)
-  weight_decay = float(cfg.get('weight_decay', 0.0))
   parts = []
-  if cfg.get('grad_clip', 0.0):
+  if cfg.grad_clip:
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip)))
   if cfg.name == 'adamw':
-    parts.append(optax.adamw(schedule, weight_decay=weight_decay))
+    parts.append(optax.adamw(schedule, weight_decay=float(cfg.weight_decay)))
     return optax.chain(*parts)
-  if weight_decay:
-    parts.append(optax.add_decayed_weights(weight_decay))
+  if cfg.weight_decay:
+    parts.append(optax.add_decayed_weights(float(cfg.weight_decay)))
   if cfg.name == 'sgd':
-    momentum = float(cfg.get('momentum', 0.0)) or None
-    parts.append(optax.sgd(schedule, momentum=momentum, nesterov=bool(cfg.get('nesterov', False))))
-  else:
+    parts.append(optax.sgd(schedule, momentum=float(cfg.momentum) or None,
+                           nesterov=bool(cfg.nesterov)))
+  elif cfg.name == 'adam':
     parts.append(optax.adam(schedule))
+  else:
+    raise ValueError(f'optimizer.name={cfg.name!r} is not an optimiser.')
   return optax.chain(*parts)
 
 
-class MaskState(NamedTuple):
-  mask: Any
-
-
-def mask_final_update(mask) -> optax.GradientTransformation:
-  """Multiplies the final update by a fixed 0/1 mask PyTree (chain it last).
+def mask_updates(updates, mask):
+  """The final updates times a fixed 0/1 mask PyTree.
 
   Masking the gradient instead would let momentum and weight decay still move masked weights;
-  masking the final update keeps them bit-identical. The mask lives in the optimiser state, so it is
-  checkpointed with it.
+  masking the final update (after every transformation) keeps them bit-identical. The mask is a
+  run constant, passed to the step, never part of the optimiser state or a checkpoint.
   """
-
-  def init(params):
-    del params
-    return MaskState(mask=mask)
-
-  def update(updates, state, params=None):
-    del params
-    masked = jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, state.mask)
-    return masked, state
-
-  return optax.GradientTransformation(init, update)
+  return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, mask)
 
 
 def partition_by_type(tx: optax.GradientTransformation, param_types,

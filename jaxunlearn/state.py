@@ -69,17 +69,17 @@ def _abstract(x):
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a step reads and writes, as one PyTree (checkpointed whole).
+  """Everything a step changes, as one PyTree (checkpointed whole).
 
   ``opt_state`` maps an optimiser name to its optax state, so a method may keep several (the
-  fast forget and remain optimisers of SFR-on, say). ``extra`` holds method state: a frozen
-  teacher's variables, a fixed mask, slow weights. Frozen leaves simply pass through a step.
+  fast forget and remain optimisers of SFR-on, say). What stays fixed during a run (a frozen
+  teacher, a mask, fixed random labels) is not state: it is the run's ``constants``, passed to
+  every step beside the state and never checkpointed (`jaxunlearn.loop`).
   """
   step: jax.Array
   params: PyTree
   batch_stats: PyTree
   opt_state: dict
-  extra: dict
 
   @property
   def variables(self) -> dict:

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 
 from jaxunlearn import experiment, metrics
-from jaxunlearn.loop import run
-from jaxunlearn.methods import METHODS, UnlearnContext
+from jaxunlearn.config import ConfigError
+from jaxunlearn.loop import Checkpointer, run
+from jaxunlearn.methods import UnlearnContext, registry
 from jaxunlearn.state import ModelFns
 
 
@@ -21,54 +22,54 @@ class MethodResult:
   logits: dict | None   # None when the run diverged (non-finite weights)
 
 
-def check_methods(names) -> None:
-  unknown = [n for n in names if n not in METHODS]
-  if unknown:
-    raise ValueError(f'--methods: unknown method(s) {unknown}; allowed: {sorted(METHODS)}.')
-
-
-def parse_methods(value: str) -> list[str]:
-  names = sorted(METHODS) if value == 'all' else [m.strip() for m in value.split(',') if m.strip()]
-  if not names:
-    raise ValueError(f'--config.methods={value!r}: give method names separated by commas, or '
-                     f'"all"; allowed: {sorted(METHODS)}.')
-  check_methods(names)
-  return names
-
-
-def parse_seeds(value) -> list[int]:
+def parse_seeds(value, flag: str = '--config.seeds') -> list[int]:
   try:
     seeds = [int(s) for s in str(value).split(',') if s.strip()]
   except ValueError:
     seeds = []
   if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-    raise ValueError(f'--config.seeds={value!r}: give distinct non-negative integers separated by '
-                     'commas, e.g. 0,1,2.')
+    raise ConfigError(f'{flag}={value!r}: give distinct non-negative integers separated by '
+                      'commas, e.g. 0,1,2.')
   return seeds
+
+
+def context(setup: experiment.Setup, model_fns: ModelFns, original: dict, *, seed: int,
+            batch_size: int, cache_dir: str = '') -> UnlearnContext:
+  """What a method may read, for a run of `seed` at `batch_size`."""
+
+  def init_variables(init_seed: int) -> dict:
+    return experiment.build_model(setup.config, setup.info, init_seed)[1]
+
+  return UnlearnContext(model_fns=model_fns, original=original, data=setup.train,
+                        num_classes=setup.info.num_classes, batch_size=batch_size, seed=seed,
+                        mesh=setup.mesh, init_variables=init_variables, cache_dir=cache_dir)
 
 
 def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelFns,
                original: dict, *, seed: int, retrain_logits: dict | None = None,
-               retrain_scores: dict | None = None) -> MethodResult:
+               retrain_scores: dict | None = None, cache_dir: str = '',
+               checkpointer: Checkpointer | None = None, log_name: str | None = None,
+               prior_seconds: float = 0.0) -> MethodResult:
   """Unlearns `original` with method `name` and scores it; `original` itself is never modified.
 
+  `method_cfg` is the method's typed config or a ConfigDict of it (validated here).
+
   RTE is the wall time of the unlearning phase (the method's preparation, e.g. a saliency mask,
-  and its steps), excluding compilation, which is reported apart as ``compile_s``.
+  and its steps), excluding compilation, which is reported apart as ``compile_s``; a run resumed
+  from a checkpoint adds `prior_seconds`, the time its earlier part took.
   """
-  cfg = setup.config
-
-  def init_variables(init_seed: int) -> dict:
-    return experiment.build_model(cfg, setup.info, init_seed)[1]
-
-  ctx = UnlearnContext(model_fns=model_fns, original=original, data=setup.train,
-                       num_classes=setup.info.num_classes, batch_size=method_cfg.batch_size,
-                       seed=seed, mesh=setup.mesh, init_variables=init_variables)
+  method = registry.get(name)
+  method_cfg = registry.parse_config(name, method_cfg)
+  batch_size = getattr(method_cfg, 'batch_size', setup.training.batch_size)
+  ctx = context(setup, model_fns, original, seed=seed, batch_size=batch_size,
+                cache_dir=cache_dir)
   t0 = time.perf_counter()
-  program, state = METHODS[name](ctx, method_cfg)
-  jax.block_until_ready(state)
+  plan = method.build(ctx, method_cfg)
+  jax.block_until_ready((plan.state, plan.constants))
   prepare_seconds = time.perf_counter() - t0
-  result = run(program, state, setup.train, mesh=setup.mesh, seed=seed, augment=True,
-               log_every=cfg.log_every, name=f'{name} s{seed}')
+  result = run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=seed,
+               constants=plan.constants, checkpointer=checkpointer, augment=True,
+               log_every=setup.training.log_every, name=log_name or f'{name} s{seed}')
   variables = jax.device_get(result.state.variables)
   if all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables)):
     scores, logits = experiment.evaluate(setup, model_fns, variables, seed=seed)
@@ -80,8 +81,8 @@ def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelF
     scores = {k: float('nan') for k in DIVERGED_SCORES}
     scores['diverged'] = 1.0
     logits = None
-  scores.update(RTE_s=prepare_seconds + result.run_seconds, compile_s=result.compile_seconds,
-                steps=len(program.schedule))
+  scores.update(RTE_s=prior_seconds + prepare_seconds + result.run_seconds,
+                compile_s=result.compile_seconds, steps=len(plan.program.schedule))
   return MethodResult(variables, scores, logits)
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from jaxunlearn import experiment, sharding
 from jaxunlearn.checkpoint import CheckpointManager
-from jaxunlearn.loop import BatchSampler, DeviceData, run
+from jaxunlearn.data.device import BatchSampler, DeviceData
+from jaxunlearn.loop import run
 from jaxunlearn.train import create_state, supervised_program
 from tests.conftest import tiny_config
 
@@ -34,7 +35,7 @@ def setup(tmp_path_factory, data_dir):
 
 def _train(setup, mesh, steps=None, checkpointer=None, stop_after=None):
   fns, variables = experiment.build_model(setup.config, setup.info, 0)
-  program, txs = supervised_program(fns, setup.config.optimizer,
+  program, txs = supervised_program(fns, setup.training.optimizer,
                                     num_examples=len(setup.train.sources['all']),
                                     batch_size=64, epochs=1, source='all')
   if steps is not None:

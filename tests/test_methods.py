@@ -4,12 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import unlearn as unlearn_config
 from jaxunlearn import experiment, report
 from jaxunlearn.loop import run
-from jaxunlearn.methods import METHODS, UnlearnContext, salun
+from jaxunlearn.methods import registry, salun
 from jaxunlearn.methods.base import gradient_statistic, top_fraction_mask
-from jaxunlearn.unlearn import run_method, summarise
+from jaxunlearn.unlearn import context, run_method, summarise
 from tests.conftest import tiny_config
 
 
@@ -26,25 +25,20 @@ def original(setup):
 
 def _ctx(setup, original, seed=0):
   fns, variables, _ = original
-  return UnlearnContext(model_fns=fns, original=variables, data=setup.train,
-                        num_classes=setup.info.num_classes, batch_size=64, seed=seed,
-                        mesh=setup.mesh,
-                        init_variables=lambda s: experiment.build_model(setup.config, setup.info,
-                                                                        s)[1])
+  return context(setup, fns, variables, seed=seed, batch_size=64)
 
 
 def _method_cfg(name, **options):
-  cfg = unlearn_config.method_configs()[name]
-  cfg.batch_size = 64
-  cfg.epochs = 1
-  for key, value in options.items():
-    cfg[key] = value
+  cfg = registry.get(name).config().replace(batch_size=64, **options)
+  if hasattr(cfg, 'epochs'):
+    cfg = cfg.replace(epochs=1)
   return cfg
 
 
 def _unlearn(setup, original, name, seed=0, **options):
-  program, state = METHODS[name](_ctx(setup, original, seed), _method_cfg(name, **options))
-  return run(program, state, setup.train, mesh=setup.mesh, seed=seed, log_every=1000).state
+  plan = registry.get(name).build(_ctx(setup, original, seed), _method_cfg(name, **options))
+  return run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=seed,
+             constants=plan.constants, log_every=1000).state
 
 
 def test_top_fraction_mask_breaks_ties_by_position():
@@ -98,15 +92,17 @@ def test_mean_gradient_statistic_matches_direct_computation(setup, original):
 
 def test_scrub_moves_the_student_not_the_teacher(setup, original):
   _, variables, _ = original
-  state = _unlearn(setup, original, 'scrub')
-  teacher = jax.device_get(state.extra['teacher'])
-  jax.tree.map(np.testing.assert_array_equal, teacher, variables)
+  plan = registry.get('scrub').build(_ctx(setup, original), _method_cfg('scrub'))
+  state = run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=0,
+              constants=plan.constants, log_every=1000).state
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(plan.constants['teacher']),
+               variables)
   diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
       jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(variables['params']))]
   assert max(diffs) > 1e-4
 
 
-@pytest.mark.parametrize('name', sorted(METHODS))
+@pytest.mark.parametrize('name', registry.names())
 def test_every_method_is_deterministic_and_leaves_the_original_alone(setup, original, name):
   _, variables, _ = original
   before = jax.tree.map(np.array, variables)
@@ -131,8 +127,7 @@ def test_random_labels_never_draw_the_true_label():
 def test_a_diverged_run_is_reported_not_raised(setup, original):
   fns, variables, _ = original
   cfg = _method_cfg('ga')
-  cfg.optimizer.lr = 1e30
-  cfg.optimizer.grad_clip = 0.0
+  cfg = cfg.replace(optimizer=cfg.optimizer.replace(lr=1e30, grad_clip=0.0))
   result = run_method(setup, 'ga', cfg, fns, variables, seed=0)
   assert result.scores['diverged'] == 1.0 and result.logits is None
   assert np.isnan(result.scores['UA']) and result.scores['RTE_s'] > 0

@@ -53,7 +53,13 @@ def test_quickstart_runs_and_shows_table_and_plot(data_dir, tmp_path, monkeypatc
   # The original model learned the 3s; both methods end closer to Retrain than it is.
   assert float(rows['Original']['UA']) < 50
   for method in ('ft', 'salun'):
-    assert float(rows[method]['AvgGap']) < float(rows['Original']['AvgGap'])
+    assert float(rows[method]['AvgGap']) < float(rows['Original']['AvgGap']), rows
 
   plots = [out for out in outputs if 'image/png' in out.get('data', {})]
   assert len(plots) == 1
+
+
+def test_quickstart_config_to_table_in_six_lines():
+  nb = nbformat.read(QUICKSTART, as_version=4)
+  study_cell = next(c for c in _code_cells(nb) if 'jaxunlearn.Study(' in c.source)
+  assert len([line for line in study_cell.source.splitlines() if line.strip()]) <= 6

@@ -1,4 +1,5 @@
-"""SFR-on: mask, per-sample weights, the masked fast update, the slow step, the official schedule,
+"""SFR-on: each pure piece on its own (mask, per-sample weights, the forget update, the remain
+updates, the slow step), the official and paper schedules against hand-written re-statements,
 compile-once, sharding and the Fisher cache."""
 
 import dataclasses
@@ -10,11 +11,14 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import sfron as presets
 from jaxunlearn import experiment, sharding
+from jaxunlearn.config import ConfigError, validate
 from jaxunlearn.data import preprocess
-from jaxunlearn.loop import BatchSampler, DeviceData, run
-from jaxunlearn.methods import UnlearnContext, fisher, sfron
+from jaxunlearn.data.device import BatchSampler, DeviceData
+from jaxunlearn.loop import run
+from jaxunlearn.methods import fisher, sfron
+from jaxunlearn.unlearn import context
+from jaxunlearn.state import TrainState
 from tests.conftest import tiny_config
 
 BATCH = 64
@@ -36,31 +40,25 @@ def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('fisher_cache'))
 
 
-def _ctx(setup, original, mesh=None):
+def _ctx(setup, original, mesh=None, cache_dir=''):
   fns, variables = original
-  data = setup.train
   if mesh is not None:
-    data = DeviceData.create(np.asarray(data.images), np.asarray(data.labels), setup.info,
-                             data.sources, mesh)
-  return UnlearnContext(model_fns=fns, original=variables, data=data,
-                        num_classes=setup.info.num_classes, batch_size=BATCH, seed=0,
-                        mesh=mesh or setup.mesh, init_variables=lambda s: variables)
+    setup = dataclasses.replace(setup, mesh=mesh, train=DeviceData.create(
+        np.asarray(setup.train.images), np.asarray(setup.train.labels), setup.info,
+        setup.train.sources, mesh))
+  return context(setup, fns, variables, seed=0, batch_size=BATCH, cache_dir=cache_dir)
 
 
 def _cfg(preset='paper', **overrides):
-  cfg = getattr(presets, preset)()
-  cfg.batch_size = BATCH
-  cfg.saliency_batch_size = BATCH
-  for key, value in overrides.items():
-    cfg[key] = value
-  return cfg
+  return getattr(sfron, preset)().replace(batch_size=BATCH, saliency_batch_size=BATCH,
+                                          **overrides)
 
 
 def _run(ctx, cfg, mesh=None):
-  program, state = sfron.build(ctx, cfg)
-  result = run(program, state, ctx.data, mesh=mesh or ctx.mesh, seed=0, augment=False,
-               log_every=1000)
-  return result, state
+  plan = sfron.build(ctx, cfg)
+  result = run(plan.program, plan.state, ctx.data, mesh=mesh or ctx.mesh, seed=0,
+               constants=plan.constants, augment=False, log_every=1000)
+  return result, plan
 
 
 def _leaves(tree):
@@ -202,12 +200,11 @@ def test_torch_clip_formula():
 # --- R-on: masked fast update, slow step ---------------------------------------------------------
 
 def test_paper_forget_update_moves_no_masked_weight(setup, original, cache_dir):
-  ctx = _ctx(setup, original)
-  cfg = _cfg('paper', remain_steps=0, forget_every=1, iterations=4, forget_scale=50.0,
-             mask_cache_dir=cache_dir)
+  ctx = _ctx(setup, original, cache_dir=cache_dir)
+  cfg = _cfg('paper', remain_steps=0, forget_every=1, iterations=4, forget_scale=50.0)
   assert cfg.forget_optimizer.momentum > 0 and cfg.forget_optimizer.weight_decay > 0
-  result, state = _run(ctx, cfg)
-  mask = _leaves(state.extra['mask'])
+  result, plan = _run(ctx, cfg)
+  mask = _leaves(plan.constants['mask'])
   before, after = _leaves(ctx.original['params']), _leaves(result.state.params)
   kept = moved = 0
   for m, b, a in zip(mask, before, after):
@@ -218,7 +215,7 @@ def test_paper_forget_update_moves_no_masked_weight(setup, original, cache_dir):
   assert kept > 0 and moved > 0.9 * sum(np.sum(m) for m in mask)
   # Masking only the gradient (the official placement) lets weight decay move masked weights.
   drifted, _ = _run(ctx, _cfg('paper', remain_steps=0, forget_every=1, iterations=4,
-                              forget_scale=50.0, mask_on='gradient', mask_cache_dir=cache_dir))
+                              forget_scale=50.0, mask_on='gradient'))
   assert any(np.any(a[~m.astype(bool)] != b[~m.astype(bool)])
              for m, b, a in zip(mask, before, _leaves(drifted.state.params)))
 
@@ -293,9 +290,9 @@ def test_official_preset_matches_hand_written_schedule(setup, original):
   ctx = _ctx(setup, original)
   # A clip norm of 1 (the code's is 7) so that this model's forget gradients get clipped.
   iterations, every, lr0, scale0, clip = 6, 2, 0.01, 25.0, 1.0
-  result, state = _run(ctx, _cfg('official', iterations=iterations, forget_every=every,
-                                 forget_clip=clip, forget_scale=scale0))
-  mask, hand = state.extra['mask'], _Hand(ctx)
+  result, plan = _run(ctx, _cfg('official', iterations=iterations, forget_every=every,
+                                forget_clip=clip, forget_scale=scale0))
+  mask, hand = plan.constants['mask'], _Hand(ctx)
 
   def forget_loss(p, pos, w, alpha):
     loss = hand.per_example_ce(p, pos)
@@ -330,11 +327,11 @@ def test_paper_preset_matches_hand_written_schedule(setup, original, cache_dir):
   """The paper's iteration re-stated: weights eps_i = (1 - t/T) N_f c_i / sum_{D_f} c_j from the
   losses of all of D_f at theta_t, a masked forget step with its own SGD state (masked final
   update), a remain step with another, then theta_t - alpha (theta_t - theta_r)."""
-  ctx = _ctx(setup, original)
+  ctx = _ctx(setup, original, cache_dir=cache_dir)
   iterations, lr0, scale0, clip, alpha = 4, 0.01, 5.0, 1.0, 0.5
-  result, state = _run(ctx, _cfg('paper', iterations=iterations, forget_clip=clip,
-                                 forget_scale=scale0, slow_rate=alpha, mask_cache_dir=cache_dir))
-  mask, hand = state.extra['mask'], _Hand(ctx)
+  result, plan = _run(ctx, _cfg('paper', iterations=iterations, forget_clip=clip,
+                                forget_scale=scale0, slow_rate=alpha))
+  mask, hand = plan.constants['mask'], _Hand(ctx)
   forget_positions = np.asarray(ctx.data.sources['forget'])
   index_in_forget = {int(p): i for i, p in enumerate(forget_positions)}
 
@@ -376,37 +373,162 @@ def test_schedule_and_ablation_grid():
                         'sfron-R', 'sfron-none']
   assert [(c.saliency, c.adaptive_weights, c.r_on) for c in grid.values()] == [
       (s, f, r) for s in (True, False) for f in (True, False) for r in (True, False)]
-  with pytest.raises(ValueError, match='mask_on'):
-    sfron.check_config(_cfg('paper', mask_on='weights'))
-  with pytest.raises(ValueError, match='remain_steps'):
-    sfron.check_config(_cfg('paper', remain_steps=0, forget_every=5))
+  with pytest.raises(ConfigError, match=r'--config.method.sfron.mask_on=.weights.: must be one'):
+    validate(_cfg('paper', mask_on='weights'), '--config.method.sfron')
+  with pytest.raises(ConfigError, match='remain_steps=0: must be >= 1 unless forget_every = 1'):
+    validate(_cfg('paper', remain_steps=0, forget_every=5), '--config.method.sfron')
 
 
 def test_compiles_once(setup, original, cache_dir):
   """One executable per step kind: 3 iterations ('forget_remain', 'remain', 'forget_remain')
   compile 2 programs, not 3."""
-  ctx = _ctx(setup, original)
+  ctx = _ctx(setup, original, cache_dir=cache_dir)
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, secs, fun_name=None, **kw: compiles.append(fun_name)
       if name == '/jax/core/compile/backend_compile_duration' else None)
-  program, state = sfron.build(ctx, _cfg('paper', iterations=3, forget_every=2,
-                                         mask_cache_dir=cache_dir))
+  plan = sfron.build(ctx, _cfg('paper', iterations=3, forget_every=2))
   compiles.clear()
-  run(program, state, ctx.data, mesh=ctx.mesh, seed=0, augment=False, log_every=1000)
+  run(plan.program, plan.state, ctx.data, mesh=ctx.mesh, seed=0, constants=plan.constants,
+      augment=False, log_every=1000)
   assert compiles.count('jit(program_step)') == 2
 
 
 def test_sharded_equals_single_device_and_rolled_equals_unrolled(setup, original, cache_dir):
   assert jax.device_count() == 8, 'run the tests with 8 forced host devices'
-  cfg = _cfg('paper', iterations=4, forget_every=2, remain_steps=2, mask_cache_dir=cache_dir)
+  cfg = _cfg('paper', iterations=4, forget_every=2, remain_steps=2)
   one_mesh = sharding.make_mesh(jax.devices()[:1])
-  one, _ = _run(_ctx(setup, original, one_mesh), cfg.copy_and_resolve_references(), one_mesh)
+  one, _ = _run(_ctx(setup, original, one_mesh, cache_dir), cfg, one_mesh)
   assert one.history[-1]['forget_ce'] > 0
+  eight_mesh = sharding.make_mesh()
   for inner_loop in ('unrolled', 'rolled'):
-    cfg.inner_loop = inner_loop
-    eight, _ = _run(_ctx(setup, original), cfg)
+    eight, _ = _run(_ctx(setup, original, eight_mesh, cache_dir),
+                    cfg.replace(inner_loop=inner_loop), eight_mesh)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
                  jax.device_get(one.state.params), jax.device_get(eight.state.params))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
                  jax.device_get(one.state.opt_state), jax.device_get(eight.state.opt_state))
+
+
+# --- the pieces, called alone --------------------------------------------------------------------
+
+def _pieces(setup, original, cache_dir, **overrides):
+  """Settings, constants, a start state and one forget and one remain batch of a paper run."""
+  ctx = _ctx(setup, original, cache_dir=cache_dir)
+  cfg = _cfg('paper', iterations=10, **overrides)
+  plan = sfron.build(ctx, cfg)
+  s = sfron.make_settings(ctx, cfg)
+  hand = _Hand(ctx)
+  batch = {}
+  for slot, source in (('forget', 'forget'), ('remain', 'retain')):
+    pos, w = hand.batch(source)
+    x = preprocess(jnp.take(hand.images, pos, axis=0), ctx.data.info, train=False, key=None)
+    batch[slot] = {'image': x, 'label': jnp.take(hand.labels, pos), 'weight': jnp.asarray(w),
+                   'position': jnp.asarray(pos)}
+  return ctx, s, plan, batch
+
+
+def test_slow_step_piece():
+  slow = {'w': jnp.array([1.0, 2.0, -3.0])}
+  fast = {'w': jnp.array([0.0, 4.0, -1.0])}
+  np.testing.assert_allclose(sfron.slow_step(slow, fast, 0.25)['w'], [0.75, 2.5, -2.5])
+  same = sfron.slow_step(slow, fast, 1.0)['w']
+  np.testing.assert_array_equal(np.asarray(same).view(np.uint32),
+                                np.asarray(fast['w']).view(np.uint32))
+
+
+def test_remain_update_piece_is_one_sgd_step(setup, original, cache_dir):
+  ctx, s, plan, batch = _pieces(setup, original, cache_dir)
+  state = plan.state
+  (params, _, opt), metrics = sfron.remain_update(
+      s, (state.params, state.batch_stats, state.opt_state), batch['remain'], 3)
+  hand = _Hand(ctx)
+  grads = jax.grad(lambda p: losses_ce(ctx, p, batch['remain']))(state.params)
+  lr = s.remain_lr(3)
+  want = jax.tree.map(lambda p, g: p - lr * (g + WD * p), state.params, grads)  # first step: buf
+  del hand
+  _assert_close(params, want, state.params)
+  assert float(metrics['remain_ce']) == pytest.approx(float(losses_ce(ctx, state.params,
+                                                                      batch['remain'])), rel=1e-5)
+  # Only the remain optimiser's state moved.
+  jax.tree.map(np.testing.assert_array_equal, opt['forget'], state.opt_state['forget'])
+
+
+def losses_ce(ctx, params, data):
+  logits, _ = ctx.model_fns.apply({'params': params, 'batch_stats': ctx.original['batch_stats']},
+                                  data['image'], train=True)
+  ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), data['label'][:, None], 1)[:, 0]
+  return jnp.sum(ce * data['weight']) / jnp.sum(data['weight'])
+
+
+def test_forget_update_piece_masks_weights_and_follows_the_formula(setup, original, cache_dir):
+  ctx, s, plan, batch = _pieces(setup, original, cache_dir, forget_scale=3.0, forget_clip=0.0)
+  state, mask, t = plan.state, plan.constants['mask'], 2
+  params, _, opt, metrics = sfron.forget_update(s, state.params, state.batch_stats,
+                                                 state.opt_state, plan.constants,
+                                                 batch['forget'], t)
+  # eps over D_f at theta_t, by hand: N_f c_i / sum_j c_j, c = 1 / (l^0.5 + 1e-15).
+  positions = np.asarray(ctx.data.sources['forget'])
+  hand = _Hand(ctx)
+  all_ce = np.asarray(hand.per_example_ce(state.params, positions), np.float64)
+  c = 1.0 / (np.maximum(all_ce, 0) ** LAM + 1e-15)
+  index = {int(p): i for i, p in enumerate(positions)}
+  data = batch['forget']
+  eps = np.array([len(c) * c[index[int(q)]] / c.sum() for q in np.asarray(data['position'])],
+                 np.float32) * np.asarray(data['weight'])
+  scale = 3.0 * (1 - t / 10)
+
+  def loss(p):
+    logits, _ = ctx.model_fns.apply({'params': p, 'batch_stats': state.batch_stats},
+                                    data['image'], train=True)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), data['label'][:, None], 1)[:, 0]
+    return -scale * jnp.sum(eps * ce * data['weight']) / jnp.sum(data['weight'])
+
+  grads = jax.tree.map(jnp.multiply, jax.grad(loss)(state.params), mask)
+  lr = s.forget_lr(t)
+  want = jax.tree.map(lambda p, g, m: p - lr * m * (g + WD * p), state.params, grads, mask)
+  _assert_close(params, want)
+  for m, before, after in zip(_leaves(mask), _leaves(state.params), _leaves(params)):
+    np.testing.assert_array_equal(after[m == 0], before[m == 0])
+  assert float(metrics['forget_scale']) == pytest.approx(scale)
+  jax.tree.map(np.testing.assert_array_equal, opt['remain'], state.opt_state['remain'])
+
+
+def test_forget_set_losses_piece_equals_a_direct_pass(setup, original, cache_dir):
+  ctx, s, plan, _ = _pieces(setup, original, cache_dir)
+  scattered, total = sfron.forget_set_inverse_losses(s, plan.state.params, plan.state.batch_stats,
+                                                     plan.constants['forget_set'])
+  positions = np.asarray(ctx.data.sources['forget'])
+  logits, _ = ctx.model_fns.apply(ctx.original, preprocess(
+      np.asarray(ctx.data.images)[positions], ctx.data.info, train=False, key=None), train=False)
+  ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
+                           np.asarray(ctx.data.labels)[positions][:, None], 1)[:, 0]
+  c = 1.0 / (np.maximum(ce, 0) ** LAM + 1e-15)
+  np.testing.assert_allclose(np.asarray(scattered)[positions], c, rtol=1e-3)  # float32 losses
+  assert np.count_nonzero(np.asarray(scattered)) == len(positions)
+  assert float(total) == pytest.approx(c.sum(), rel=1e-3)
+
+
+def test_remain_updates_rolled_equals_unrolled_piece(setup, original, cache_dir):
+  ctx, s, plan, batch = _pieces(setup, original, cache_dir, remain_steps=2)
+  two = {'remain0': batch['remain'], 'remain1': batch['forget']}
+  carry = (plan.state.params, plan.state.batch_stats, plan.state.opt_state)
+  out = {}
+  for unrolled in (True, False):
+    settings = dataclasses.replace(s, unrolled=unrolled)
+    out[unrolled] = jax.jit(lambda c, b, st=settings: sfron.remain_updates(st, c, b, 1))(carry, two)
+  _assert_close(out[True][0][0], out[False][0][0])
+  assert float(out[True][1]['remain_ce']) == pytest.approx(float(out[False][1]['remain_ce']),
+                                                           rel=1e-5)
+
+
+def test_iteration_piece_composes_the_pieces(setup, original, cache_dir):
+  ctx, s, plan, batch = _pieces(setup, original, cache_dir)
+  state = plan.state.replace(step=jnp.asarray(4, jnp.int32))
+  new, _ = sfron.iteration(s, state, batch, plan.constants, with_forget=True)
+  p, bs, opt, _ = sfron.forget_update(s, state.params, state.batch_stats, state.opt_state,
+                                      plan.constants, batch['forget'], 4)
+  (p, bs, opt), _ = sfron.remain_update(s, (p, bs, opt), batch['remain'], 4)
+  want = sfron.slow_step(state.params, p, s.cfg.slow_rate)
+  _assert_close(new.params, want)
+  assert isinstance(new, TrainState)

@@ -9,23 +9,25 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import unlearn
-from experiments.configs import unlearn as unlearn_config
+import jaxunlearn
 from jaxunlearn import experiment
-from jaxunlearn.unlearn import parse_methods, parse_seeds
+from jaxunlearn.config import ConfigError
+from jaxunlearn.methods.registry import parse_methods
+from jaxunlearn.unlearn import parse_seeds
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(workdir, data_dir, **overrides):
-  c = unlearn_config.get_config()
+  c = jaxunlearn.study_config()
   tiny = tiny_config(workdir, data_dir)
   for key in ('workdir', 'data_dir', 'dataset', 'model_kwargs', 'batch_size', 'epochs',
               'checkpoint_every_steps', 'log_every', 'mia_classifier', 'num_devices'):
     c[key] = tiny[key]
   for name in c.method:
-    c.method[name].epochs = 1
+    if 'epochs' in c.method[name]:
+      c.method[name].epochs = 1
     c.method[name].batch_size = 64
   for key, value in overrides.items():
     c[key] = value
@@ -43,7 +45,7 @@ def _tree_digest(directory):
 
 def test_job_writes_results_and_leaves_the_original_untouched(tmp_path, data_dir):
   config = _config(tmp_path, data_dir, methods='ft,ga', seeds='0,1')
-  payload = unlearn.run_experiment(config)
+  payload = jaxunlearn.Study(config).run()
   exp_dir = tmp_path / 'digits-cnn' / 'random-0.1-split0'
   for name in ('results.json', 'results.md', 'results.png', 'split.npz', 'split.json'):
     assert (exp_dir / name).exists(), name
@@ -59,20 +61,20 @@ def test_job_writes_results_and_leaves_the_original_untouched(tmp_path, data_dir
   original_dir = tmp_path / 'digits-cnn' / 'original_s0'
   before = _tree_digest(original_dir)
   config.no_train = True
-  again = unlearn.run_experiment(config)        # reuses the trained models
+  again = jaxunlearn.Study(config).run()        # reuses the trained models and the runs
   assert _tree_digest(original_dir) == before
   np.testing.assert_allclose(again['summary']['ga']['UA']['mean'],
                              payload['summary']['ga']['UA']['mean'])
 
 
 def test_unknown_method_is_refused():
-  with pytest.raises(ValueError, match='--methods.*unknown'):
+  with pytest.raises(ConfigError, match='--config.methods.*unknown'):
     parse_methods('ft,forgetful')
 
 
 @pytest.mark.parametrize('seeds', ['', '0,0', 'a', '-1'])
 def test_bad_seeds_are_refused(seeds):
-  with pytest.raises(ValueError, match='--config.seeds'):
+  with pytest.raises(ConfigError, match='--config.seeds'):
     parse_seeds(seeds)
 
 
@@ -86,8 +88,8 @@ def test_option_a_method_does_not_take_is_refused():
 
 def test_no_train_without_retrain_model_is_refused(tmp_path, data_dir):
   config = _config(tmp_path, data_dir, methods='ft', no_train=True)
-  with pytest.raises(ValueError, match='--config.no_train'):
-    unlearn.run_experiment(config)
+  with pytest.raises(ConfigError, match='--config.no_train'):
+    jaxunlearn.Study(config).run()
   assert not (tmp_path / 'digits-cnn' / 'original_s0').exists()
 
 

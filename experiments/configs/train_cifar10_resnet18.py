@@ -1,4 +1,6 @@
-"""The reference recipe for CIFAR-10 / ResNet-18 original and retrain models (GPU/TPU users).
+r"""The reference recipe for CIFAR-10 / ResNet-18 Original and Retrain models (GPU/TPU users).
+
+  python -m experiments.train --config=experiments/configs/train_cifar10_resnet18.py
 
 200 epochs, SGD lr 0.1 with a cosine schedule, momentum 0.9, weight decay 5e-4, batch 128: the
 original and retrained models of the SFR-on and SalUn reference code (NOTES.md section 2).
@@ -7,13 +9,16 @@ Needs the TFDS `cifar10` data (TensorFlow installed, or array_record files prepa
 
 from experiments.configs import train
 
+RECIPE = dict(dataset='cifar10', model='resnet18', epochs=200, checkpoint_every_steps=2000,
+              log_every=100)
+
+
+def apply(c):
+  """Sets the recipe on a training or study config."""
+  c.update(RECIPE)
+  c.optimizer.update(lr=0.1, schedule='cosine', momentum=0.9, weight_decay=5e-4)
+  return c
+
 
 def get_config():
-  c = train.get_config()
-  c.dataset = 'cifar10'
-  c.model = 'resnet18'
-  c.epochs = 200
-  c.optimizer = train.optimizer(lr=0.1, schedule='cosine', momentum=0.9, weight_decay=5e-4)
-  c.checkpoint_every_steps = 2000
-  c.log_every = 100
-  return c
+  return apply(train.get_config())

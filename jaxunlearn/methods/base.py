@@ -1,15 +1,17 @@
-"""What every unlearning method shares: its context, a generic gradient step and parameter sweeps.
+"""What every unlearning method shares: its context, what it returns, a generic gradient step and
+parameter sweeps.
 
-A method is a function ``build(ctx, cfg) -> (Program, TrainState)``: it states its losses, its
-step kinds and their schedule over the sources 'forget' (D_f), 'retain' (D_r) and 'all' (D_f u D_r,
-with ``state.extra['is_forget']`` telling them apart), and its extra state. The shared loop runs it.
+A method is ``build(ctx, cfg) -> Plan``, registered with `jaxunlearn.methods.registry.register`:
+it states its losses, its step kinds and their schedule over the sources 'forget' (D_f), 'retain'
+(D_r) and 'all' (D_f u D_r, with a constant ``is_forget`` vector telling them apart), its initial
+state and its run constants. The shared loop runs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +20,21 @@ import optax
 
 from jaxunlearn import losses
 from jaxunlearn.data import preprocess
-from jaxunlearn.loop import DeviceData, StepFn
+from jaxunlearn.data.device import DeviceData, padded_chunks
+from jaxunlearn.loop import Program, StepFn
 from jaxunlearn.state import ModelFns, TrainState
 from jaxunlearn.train import apply_gradients
 
-# loss_fn(params, state, batch, key) -> (loss, (new_batch_stats, metrics))
-LossFn = Callable[[Any, TrainState, dict, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+# loss_fn(params, state, batch, key, constants) -> (loss, (new_batch_stats, metrics))
+LossFn = Callable[[Any, TrainState, dict, jax.Array, Any], tuple[jax.Array, tuple[Any, dict]]]
+
+
+class Plan(NamedTuple):
+  """What a method's `build` returns: the program, its initial state (what the run changes and
+  checkpoints hold) and its run constants (what stays fixed: never checkpointed)."""
+  program: Program
+  state: TrainState
+  constants: dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +48,7 @@ class UnlearnContext:
   seed: int
   mesh: Any
   init_variables: Callable[[int], dict]   # fresh, randomly initialised variables for a seed
+  cache_dir: str = ''      # where a method may cache statistics of the original ('' = none)
 
   @property
   def num_forget(self) -> int:
@@ -57,13 +69,15 @@ class UnlearnContext:
 
 
 def gradient_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
-                  opt_name: str = 'main') -> StepFn:
-  """A step that descends `loss_fn` with optimiser `opt_name` (ascent = a negated loss)."""
+                  opt_name: str = 'main', mask: str | None = None) -> StepFn:
+  """A step that descends `loss_fn` with optimiser `opt_name` (ascent = a negated loss); with
+  `mask`, the run constant of that name multiplies the final update."""
 
-  def step(state: TrainState, batch: dict, key: jax.Array):
+  def step(state: TrainState, batch: dict, key: jax.Array, constants):
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state, batch, key)
-    state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, opt_name)
+        state.params, state, batch, key, constants)
+    state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, opt_name,
+                            mask=constants[mask] if mask else None)
     return state, {'loss': loss, **metrics}
 
   return step
@@ -79,8 +93,8 @@ def forward(ctx_fns: ModelFns, params, state: TrainState, images, *, train: bool
 def cross_entropy_loss(model_fns: ModelFns, slot: str, *, sign: float = 1.0) -> LossFn:
   """``sign`` x weighted CE on the batch in `slot` (sign -1: gradient ascent)."""
 
-  def loss_fn(params, state, batch, key):
-    del key
+  def loss_fn(params, state, batch, key, constants):
+    del key, constants
     data = batch[slot]
     logits, batch_stats = forward(model_fns, params, state, data['image'])
     ce = losses.weighted_cross_entropy(logits, data['label'], data['weight'])
@@ -126,11 +140,8 @@ def gradient_statistic(model_fns: ModelFns, variables: dict, data: DeviceData, s
     raise ValueError(f'statistic={statistic!r}: allowed values are {GRADIENT_STATISTICS}.')
   if loop not in STATISTIC_LOOPS:
     raise ValueError(f'loop={loop!r}: allowed values are {STATISTIC_LOOPS}.')
-  positions = np.asarray(data.sources[source], np.int32)
-  num_batches = math.ceil(len(positions) / batch_size)
-  padded = np.concatenate([positions, np.full(num_batches * batch_size - len(positions),
-                                              positions[0], np.int32)])
-  weights = (np.arange(len(padded)) < len(positions)).astype(np.float32)
+  positions_2d, weights_2d = padded_chunks(data.sources[source], batch_size)
+  num_batches, num_examples = positions_2d.shape[0], len(data.sources[source])
 
   def batch_loss(params, images, labels, weight):
     logits, _ = model_fns.apply({'params': params, 'batch_stats': variables['batch_stats']},
@@ -151,11 +162,9 @@ def gradient_statistic(model_fns: ModelFns, variables: dict, data: DeviceData, s
       contrib = jax.tree.map(jnp.square, grads) if statistic == 'batch_fisher' else grads
     return jax.tree.map(jnp.add, total, contrib)
 
-  count = len(positions) if statistic == 'empirical_fisher' else num_batches
+  count = num_examples if statistic == 'empirical_fisher' else num_batches
   params = variables['params']
   zeros = jax.tree.map(jnp.zeros_like, params)
-  positions_2d = padded.reshape(num_batches, batch_size)
-  weights_2d = weights.reshape(num_batches, batch_size)
   if loop == 'host' or (loop == 'auto' and jax.default_backend() == 'cpu'):
     step = jax.jit(accumulate)
     total = zeros

@@ -15,16 +15,28 @@ wrong label but with no sampling noise, and it is bounded below by 0 (unlike asc
 label's CE). Each step takes one remain batch and one forget batch; `epochs` passes over D_r.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from jaxunlearn import losses
+from jaxunlearn.config import EpochMethodConfig, OptimizerConfig, nested, number, sgd
 from jaxunlearn.loop import Program, StepKind
-from jaxunlearn.methods.base import UnlearnContext, forward, gradient_step, random_other_labels
+from jaxunlearn.methods.base import (Plan, UnlearnContext, forward, gradient_step,
+                                     random_other_labels)
+from jaxunlearn.methods.registry import register
 from jaxunlearn.optim import make_optimizer
 from jaxunlearn.train import create_state
 
 VARIANTS = ('ce', 'kl', 'ice')
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminativeConfig(EpochMethodConfig):
+  """FT's settings plus alpha in (0, 1], so that retention is favoured over forgetting."""
+  optimizer: OptimizerConfig = nested(lambda: sgd(0.02))
+  alpha: float = number(0.5, gt=0, le=1)
 
 
 def wrong_label_kl(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
@@ -34,17 +46,16 @@ def wrong_label_kl(logits: jax.Array, labels: jax.Array, num_classes: int) -> ja
   return jnp.sum(q * (log_q - jax.nn.log_softmax(logits)), axis=-1)
 
 
-def build(ctx: UnlearnContext, cfg, variant: str):
+def plan(ctx: UnlearnContext, cfg: DiscriminativeConfig, variant: str) -> Plan:
+  """The plan of CE-FT, KL-FT or ICE-FT (`variant` 'ce', 'kl' or 'ice')."""
   if variant not in VARIANTS:
     raise ValueError(f'variant={variant!r}: allowed values are {VARIANTS}.')
   alpha = float(cfg.alpha)
-  if not 0.0 < alpha <= 1.0:
-    raise ValueError(f'--config.method.{variant}_ft.alpha={alpha}: allowed range is (0, 1].')
   steps = cfg.epochs * ctx.steps_per_epoch('retain')
   tx = make_optimizer(cfg.optimizer, steps)
   fns, num_classes = ctx.model_fns, ctx.num_classes
 
-  def loss_fn(params, state, batch, key):
+  def loss_fn(params, state, batch, key, constants):
     del key
     remain, forget = batch['remain'], batch['forget']
     r_logits, batch_stats = forward(fns, params, state, remain['image'])
@@ -54,7 +65,7 @@ def build(ctx: UnlearnContext, cfg, variant: str):
       f_loss = losses.weighted_mean(wrong_label_kl(f_logits, forget['label'], num_classes),
                                     forget['weight'])
     else:
-      wrong = jnp.take(state.extra['random_labels'], forget['position'])
+      wrong = jnp.take(constants['random_labels'], forget['position'])
       f_loss = losses.weighted_cross_entropy(f_logits, wrong, forget['weight'])
     loss = alpha * r_loss + f_loss if variant == 'ice' else r_loss + alpha * f_loss
     return loss, (batch_stats, {
@@ -62,20 +73,26 @@ def build(ctx: UnlearnContext, cfg, variant: str):
         'forget_accuracy': losses.weighted_accuracy(f_logits, forget['label'],
                                                     forget['weight'])})
 
-  extra = {'random_labels': random_other_labels(jax.random.key(ctx.seed), ctx.data.labels,
-                                                num_classes)}
+  constants = {'random_labels': random_other_labels(jax.random.key(ctx.seed), ctx.data.labels,
+                                                    num_classes)}
   kind = StepKind(gradient_step(loss_fn, tx), {'remain': 'retain', 'forget': 'forget'})
-  return Program({variant: kind}, [variant] * steps, ctx.batch_size), create_state(
-      ctx.original, {'main': tx}, extra)
+  return Plan(Program({variant: kind}, [variant] * steps, ctx.batch_size),
+              create_state(ctx.original, {'main': tx}), constants)
 
 
-def ce_ft(ctx, cfg):
-  return build(ctx, cfg, 'ce')
+@register('ce_ft', config=DiscriminativeConfig,
+          title='CE-FT (Ding, Xu, Ji v1): FT + alpha CE(D_f, wrong label)')
+def ce_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
+  return plan(ctx, cfg, 'ce')
 
 
-def kl_ft(ctx, cfg):
-  return build(ctx, cfg, 'kl')
+@register('kl_ft', config=DiscriminativeConfig,
+          title='KL-FT (Ding, Xu, Ji v1): FT + alpha KL(q, p), q uniform over wrong labels')
+def kl_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
+  return plan(ctx, cfg, 'kl')
 
 
-def ice_ft(ctx, cfg):
-  return build(ctx, cfg, 'ice')
+@register('ice_ft', config=DiscriminativeConfig,
+          title='ICE-FT (Ding, Xu, Ji v1): alpha CE(D_r) + CE(D_f, wrong label)')
+def ice_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
+  return plan(ctx, cfg, 'ice')

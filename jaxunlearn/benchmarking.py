@@ -1,0 +1,84 @@
+"""Step timings of every method on a fixed model and batch: compile time, steps/s and examples/s
+per step kind, and each method's time per step as a ratio to Retrain's supervised step (ratios
+compare across machines; absolute times do not)."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+from jaxunlearn import experiment
+from jaxunlearn import sharding as sharding_lib
+from jaxunlearn.config import Config
+from jaxunlearn.data.device import BatchSampler
+from jaxunlearn.loop import Program, StepKind, compile_program
+from jaxunlearn.methods import Plan, registry
+from jaxunlearn.optim import make_optimizer
+from jaxunlearn.train import create_state, supervised_step
+from jaxunlearn.unlearn import context
+
+
+def time_plan(plan: Plan, setup: experiment.Setup, seed: int, steps: int) -> dict:
+  """Compile time and throughput of each step kind of `plan`, on fixed batches.
+
+  Args:
+    plan: what a method's build returned.
+    setup: the experiment (data on device, mesh).
+    seed: the seed of the batches and keys.
+    steps: timed steps per step kind, after one warm-up step.
+
+  Returns:
+    {'compile_s': seconds, 'kinds': {kind: {'step_s', 'steps_per_s', 'examples_per_s'}}}.
+  """
+  program, state = plan.program, sharding_lib.replicate(plan.state, setup.mesh)
+  constants = sharding_lib.replicate(plan.constants, setup.mesh)
+  t0 = time.perf_counter()
+  compiled, _ = compile_program(program, state, setup.train, setup.mesh, seed, augment=True,
+                                constants=constants)
+  out = {'compile_s': time.perf_counter() - t0, 'kinds': {}}
+  base_key = jax.random.key(seed)
+  for name, kind in program.kinds.items():
+    batch = {slot: BatchSampler(setup.train.sources[source], program.batch_size, seed,
+                                source).batch(0) for slot, source in kind.slots.items()}
+    batch = sharding_lib.shard_global_batch(batch, setup.mesh)
+    args = (constants, setup.train.images, setup.train.labels, batch, base_key)
+    run_state, _ = compiled[name](state, *args)
+    jax.block_until_ready(run_state)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      run_state, metrics = compiled[name](run_state, *args)
+    jax.block_until_ready((run_state, metrics))
+    seconds = (time.perf_counter() - t0) / steps
+    out['kinds'][name] = {'step_s': seconds, 'steps_per_s': 1.0 / seconds,
+                          'examples_per_s': program.batch_size * max(len(kind.slots), 1) / seconds}
+  return out
+
+
+def benchmark(setup: experiment.Setup, rows: list[tuple[str, str, Config]], steps: int,
+              seed: int = 0) -> dict:
+  """Times Retrain's supervised step and every (row, method, config) of `rows` from a freshly
+  initialised model of the experiment; returns {'retrain_step': ..., row: ...}."""
+  fns, variables = experiment.build_model(setup.config, setup.info, seed)
+  tx = make_optimizer(setup.training.optimizer, 1000)
+  reference = Plan(Program({'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
+                           ['train'], setup.training.batch_size),
+                   create_state(variables, {'main': tx}), {})
+  results = {'retrain_step': time_plan(reference, setup, seed, steps)}
+  ref_step = results['retrain_step']['kinds']['train']['step_s']
+  print(f'retrain step: {ref_step * 1e3:.1f} ms', flush=True)
+  for row, method, cfg in rows:
+    ctx = context(setup, fns, variables, seed=seed, batch_size=cfg.batch_size)
+    t0 = time.perf_counter()
+    plan = registry.get(method).build(ctx, cfg)
+    jax.block_until_ready((plan.state, plan.constants))
+    prepare_s = time.perf_counter() - t0
+    timing = time_plan(plan, setup, seed, steps)
+    timing['prepare_s'] = prepare_s
+    for kind in timing['kinds'].values():
+      kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
+    results[row] = timing
+    print(f'{row}: prepare {prepare_s:.2f}s compile {timing["compile_s"]:.2f}s ' + ' '.join(
+        f'{k} {v["step_s"] * 1e3:.1f}ms ({v["examples_per_s"]:.0f} ex/s)'
+        for k, v in timing['kinds'].items()), flush=True)
+  return results

@@ -1,0 +1,311 @@
+"""Typed, validated configs and their bridge to the ConfigDicts that the binaries' flags override.
+
+A config section is a frozen dataclass of `Config` whose fields declare their allowed values::
+
+  @dataclasses.dataclass(frozen=True)
+  class SalunConfig(EpochMethodConfig):
+    mask_fraction: float = number(0.5, gt=0, le=1)
+
+`to_config_dict` turns defaults into an `ml_collections.ConfigDict` (what `--config.*` flags
+override); `from_config_dict` turns it back into a typed value, checking every field against its
+rule and the section's cross-field `constraints`. The first bad value raises `ConfigError`, one
+line naming the full flag and what is allowed::
+
+  --config.method.salun.mask_fraction=2: must be in (0, 1]
+
+Validation runs before any data is built or any model trained (`jaxunlearn.study.Study`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A bad config value; the message is one line naming the flag and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What a field allows: a type, an optional numeric range and an optional set of choices."""
+  kind: str                       # 'int', 'float', 'bool', 'str', 'ints' (tuple of int), 'any'
+  low: float | None = None
+  high: float | None = None
+  low_open: bool = False
+  high_open: bool = False
+  choices: tuple = ()
+
+  def describe(self) -> str:
+    if self.choices:
+      return f'must be one of {", ".join(map(str, self.choices))}'
+    noun = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false',
+            'str': 'a string', 'ints': 'a tuple of integers', 'any': 'a value'}[self.kind]
+    if self.low is not None and self.high is not None:
+      left, right = '(' if self.low_open else '[', ')' if self.high_open else ']'
+      return f'must be {noun} in {left}{_fmt(self.low)}, {_fmt(self.high)}{right}'
+    if self.low is not None:
+      return f'must be {noun} {">" if self.low_open else ">="} {_fmt(self.low)}'
+    if self.high is not None:
+      return f'must be {noun} {"<" if self.high_open else "<="} {_fmt(self.high)}'
+    return f'must be {noun}'
+
+  def allows(self, value) -> bool:
+    if self.kind == 'ints':
+      return isinstance(value, tuple) and all(self._number_ok(v, integral=True) for v in value)
+    if self.kind == 'bool':
+      return isinstance(value, bool)
+    if self.kind == 'str':
+      return isinstance(value, str) and (not self.choices or value in self.choices)
+    if self.kind in ('int', 'float'):
+      return self._number_ok(value, integral=self.kind == 'int') and (
+          not self.choices or value in self.choices)
+    return True
+
+  def _number_ok(self, value, *, integral: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      return False
+    if integral and not isinstance(value, int):
+      return False
+    if not math.isfinite(value):
+      return False
+    if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+      return False
+    if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+      return False
+    return True
+
+
+def _fmt(x: float) -> str:
+  return f'{x:g}'
+
+
+def _field(default, rule: Rule, doc: str):
+  if isinstance(default, (list, dict)):
+    raise TypeError('use nested() for mutable defaults')
+  return dataclasses.field(default=default, metadata={'rule': rule, 'doc': doc})
+
+
+def number(default: float, *, ge=None, gt=None, le=None, lt=None, doc: str = '') -> Any:
+  """A float field; `ge`/`gt`/`le`/`lt` bound it."""
+  low, low_open = (gt, True) if gt is not None else (ge, False)
+  high, high_open = (lt, True) if lt is not None else (le, False)
+  return _field(float(default), Rule('float', low, high, low_open, high_open), doc)
+
+
+def integer(default: int, *, ge=None, gt=None, le=None, lt=None, doc: str = '') -> Any:
+  """An int field; `ge`/`gt`/`le`/`lt` bound it."""
+  low, low_open = (gt, True) if gt is not None else (ge, False)
+  high, high_open = (lt, True) if lt is not None else (le, False)
+  return _field(int(default), Rule('int', low, high, low_open, high_open), doc)
+
+
+def choice(default: str, choices: Iterable[str], *, doc: str = '') -> Any:
+  """A string field restricted to `choices`."""
+  choices = tuple(choices)
+  if default not in choices:
+    raise ValueError(f'default {default!r} is not among {choices}')
+  return _field(default, Rule('str', choices=choices), doc)
+
+
+def flag(default: bool, *, doc: str = '') -> Any:
+  return _field(bool(default), Rule('bool'), doc)
+
+
+def text(default: str = '', *, doc: str = '') -> Any:
+  return _field(str(default), Rule('str'), doc)
+
+
+def integers(default: tuple = (), *, ge=None, doc: str = '') -> Any:
+  """A tuple-of-ints field, each element >= `ge`."""
+  return _field(tuple(default), Rule('ints', low=ge), doc)
+
+
+def nested(factory, *, doc: str = '') -> Any:
+  """A sub-config (a `Config` dataclass) built by `factory`."""
+  return dataclasses.field(default_factory=factory, metadata={'doc': doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Base of every config section."""
+
+  def constraints(self) -> Iterable[tuple[str, bool, str]]:
+    """Cross-field rules: (field name, holds, what is allowed). Override to add some."""
+    return ()
+
+  def replace(self, **changes) -> 'Config':
+    return dataclasses.replace(self, **changes)
+
+
+def to_config_dict(config: Config) -> ml_collections.ConfigDict:
+  """The ConfigDict of a config's values (nested sections become nested ConfigDicts)."""
+  out = ml_collections.ConfigDict()
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    out[f.name] = to_config_dict(value) if isinstance(value, Config) else value
+  return out
+
+
+def from_config_dict(cls: type, values, path: str) -> Any:
+  """A validated `cls` from a ConfigDict or mapping of its fields; `path` is the flag prefix
+  (e.g. '--config.method.salun') used in error messages. Unknown keys are an error."""
+  values = values.to_dict() if isinstance(values, ml_collections.ConfigDict) else dict(values)
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ConfigError(f'{path}.{unknown[0]}: unknown setting; allowed: {", ".join(sorted(names))}.')
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name not in values:
+      continue
+    value = values[f.name]
+    sub = hints[f.name]
+    if isinstance(sub, type) and issubclass(sub, Config):
+      kwargs[f.name] = from_config_dict(sub, value, f'{path}.{f.name}')
+      continue
+    rule: Rule = f.metadata['rule']
+    if rule.kind == 'float' and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if rule.kind == 'ints' and isinstance(value, list):
+      value = tuple(value)
+    kwargs[f.name] = value
+  return validate(cls(**kwargs), path)
+
+
+def validate(config: Config, path: str) -> Config:
+  """Checks every field of `config` (recursively) and its constraints; returns it unchanged.
+
+  Raises:
+    ConfigError: the first bad value, as '{path}.{field}={value}: {what is allowed}'.
+  """
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    if isinstance(value, Config):
+      validate(value, f'{path}.{f.name}')
+      continue
+    rule = f.metadata.get('rule')
+    if rule is not None and not rule.allows(value):
+      raise ConfigError(f'{path}.{f.name}={value!r}: {rule.describe()}.')
+  for name, holds, allowed in config.constraints():
+    if not holds:
+      raise ConfigError(f'{path}.{name}={getattr(config, name)!r}: {allowed}.')
+  return config
+
+
+def fields_doc(cls: type) -> dict[str, str]:
+  """Field name -> 'default; rule; doc' for docs and --help-like listings."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    rule = f.metadata.get('rule')
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    out[f.name] = '; '.join(p for p in (repr(default), rule.describe() if rule else '',
+                                        f.metadata.get('doc', '')) if p)
+  return out
+
+
+OPTIMIZERS = ('sgd', 'adam', 'adamw')
+SCHEDULES = ('constant', 'cosine', 'step', 'linear')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(Config):
+  """An optax optimiser (`jaxunlearn.optim.make_optimizer`)."""
+  name: str = choice('sgd', OPTIMIZERS)
+  lr: float = number(0.05, gt=0, doc='peak learning rate')
+  schedule: str = choice('cosine', SCHEDULES)
+  momentum: float = number(0.9, ge=0, lt=1)
+  weight_decay: float = number(5e-4, ge=0, doc="added to the gradient (PyTorch's convention) "
+                               "for sgd and adam; decoupled for adamw")
+  grad_clip: float = number(0.0, ge=0, doc='global-norm clip of the gradient; 0 = none')
+  nesterov: bool = flag(False)
+  lr_decay_steps: tuple = integers((), ge=0, doc="steps at which 'step' multiplies the rate by "
+                                   'lr_decay_factor')
+  lr_decay_factor: float = number(0.1, gt=0, le=1)
+
+
+def sgd(lr: float, *, schedule: str = 'constant', momentum: float = 0.9,
+        weight_decay: float = 5e-4, grad_clip: float = 0.0) -> OptimizerConfig:
+  """SGD with the field's usual momentum and weight decay, constant rate unless told."""
+  return OptimizerConfig(name='sgd', lr=lr, schedule=schedule, momentum=momentum,
+                         weight_decay=weight_decay, grad_clip=grad_clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochMethodConfig(Config):
+  """What every epoch-based unlearning method has: passes, batch size and optimiser."""
+  epochs: int = integer(5, ge=1, doc='passes over the method\'s main data source')
+  batch_size: int = integer(128, ge=1)
+  optimizer: OptimizerConfig = nested(lambda: sgd(0.01))
+
+
+# The experiment's own sections. Their fields are top-level keys of the binaries' configs
+# (`--config.epochs`, `--config.forget`, ...), so `section_from_flat` picks them out by name.
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Config):
+  """Which data, and which part of it is forgotten."""
+  dataset: str = text('mnist5k', doc="a built-in ('mnist5k', 'digits'), any TFDS image dataset "
+                      'prepared under data_dir, or imagefolder:PATH')
+  data_dir: str = text('', doc="'' = $JAXUNLEARN_DATA_DIR or ~/.cache/jaxunlearn/tfds")
+  forget: str = text('random:0.1', doc='random:FRACTION | random:COUNT | class:K[,K...] | '
+                     'indices:PATH.npy')
+  split_seed: int = integer(0, ge=0)
+
+  def constraints(self):
+    return (('dataset', bool(self.dataset.strip()), 'must name a dataset'),)
+
+
+BEST_METRICS = ('', 'test_accuracy')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(Config):
+  """The recipe of the Original and Retrain models, and how runs are placed and saved."""
+  workdir: str = text('workdir', doc='models and results go under it')
+  model: str = text('cnn')
+  num_devices: int = integer(0, ge=0, doc='data-parallel devices; 0 = every device JAX sees')
+  batch_size: int = integer(128, ge=1)
+  epochs: int = integer(15, ge=1)
+  optimizer: OptimizerConfig = nested(OptimizerConfig)
+  checkpoint_every_steps: int = integer(200, ge=0, doc='0 = only at the end')
+  keep_checkpoints: int = integer(2, ge=1)
+  best_metric: str = choice('test_accuracy', BEST_METRICS)
+  log_every: int = integer(50, ge=1)
+
+  def constraints(self):
+    return (('workdir', bool(self.workdir.strip()), 'must name a directory'),)
+
+
+MIA_FEATURES = ('confidence', 'entropy')
+MIA_CLASSIFIERS = ('svc', 'logreg')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(Config):
+  """How models are scored."""
+  eval_batch_size: int = integer(512, ge=1)
+  mia_feature: str = choice('confidence', MIA_FEATURES)
+  mia_classifier: str = choice('svc', MIA_CLASSIFIERS)
+
+
+def section_from_flat(cls: type, config, prefix: str = '--config') -> Any:
+  """The section `cls` read from the same-named top-level keys of `config` (absent keys keep
+  their defaults), validated."""
+  names = [f.name for f in dataclasses.fields(cls)]
+  values = {n: config[n] for n in names if n in config}
+  return from_config_dict(cls, values, prefix)
+
+
+def flat_defaults(*sections: Config) -> ml_collections.ConfigDict:
+  """One flat ConfigDict holding the fields of every section in `sections`."""
+  out = ml_collections.ConfigDict()
+  for section in sections:
+    out.update(to_config_dict(section))
+  return out

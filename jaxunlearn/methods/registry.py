@@ -1,0 +1,117 @@
+"""The method registry: each method module declares itself with `register`.
+
+A method is one file in `jaxunlearn/methods/` that decorates its ``build(ctx, cfg) -> Plan`` with
+`register`, naming its typed config (defaults sized for mnist5k and the small CNN), its presets
+(e.g. the CIFAR-10 / ResNet-18 reference values, with their sources) and any groups of variants
+(e.g. SFR-on's ablation). `jaxunlearn.methods` imports every module of the package, so the main
+job, the benchmark and `reproduce_results` see a new method without any other edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import ml_collections
+
+from jaxunlearn.config import Config, ConfigError, from_config_dict, to_config_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A registered unlearning method.
+
+  Attributes:
+    name: the name in ``--config.methods`` and in tables.
+    build: ``build(ctx, cfg) -> Plan``.
+    config: its typed config class; ``config()`` holds the mnist5k defaults.
+    title: the method and its paper, for tables and docs.
+    summary: one line on what is particular to this implementation.
+    presets: preset name -> a function returning a config (e.g. 'cifar10_resnet18').
+    groups: group name -> a function of the method's config returning {row name: config}, a
+      set of variants that ``--config.methods=GROUP`` runs as rows of one table.
+  """
+  name: str
+  build: Callable
+  config: type
+  title: str
+  summary: str = ''
+  presets: Mapping[str, Callable[[], Config]] = dataclasses.field(default_factory=dict)
+  groups: Mapping[str, Callable[[Config], dict[str, Config]]] = dataclasses.field(
+      default_factory=dict)
+
+  def preset(self, name: str | None) -> Config:
+    """The config of preset `name` (None or one the method lacks: its defaults)."""
+    return self.presets[name]() if name in self.presets else self.config()
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, config: type, title: str, summary: str = '',
+             presets: Mapping[str, Callable[[], Config]] | None = None,
+             groups: Mapping[str, Callable[[Config], dict]] | None = None):
+  """Decorator registering ``build(ctx, cfg) -> Plan`` as method `name`."""
+
+  def decorate(build):
+    if name in _METHODS:
+      raise ValueError(f'method {name!r} is registered twice')
+    _METHODS[name] = Method(name, build, config, title, summary, dict(presets or {}),
+                            dict(groups or {}))
+    return build
+
+  return decorate
+
+
+def methods() -> dict[str, Method]:
+  """Every registered method, by name (sorted)."""
+  return dict(sorted(_METHODS.items()))
+
+
+def names() -> list[str]:
+  return list(methods())
+
+
+def groups() -> dict[str, Method]:
+  """Group name -> the method that declares it."""
+  return {group: m for m in methods().values() for group in m.groups}
+
+
+def get(name: str, flag: str = '--config.methods') -> Method:
+  if name not in _METHODS:
+    raise ConfigError(f'{flag}: unknown method {name!r}; allowed: {", ".join(names())}.')
+  return _METHODS[name]
+
+
+def config_dicts(preset: str | None = None) -> ml_collections.ConfigDict:
+  """{method name: ConfigDict of its config}, the defaults or `preset` where a method has it;
+  what ``--config.method.NAME.FIELD`` overrides."""
+  return ml_collections.ConfigDict(
+      {name: to_config_dict(m.preset(preset)) for name, m in methods().items()})
+
+
+def parse_config(name: str, values: Any, path: str | None = None) -> Config:
+  """The validated typed config of method `name` from a ConfigDict (or a typed config)."""
+  method = get(name)
+  path = path or f'--config.method.{name}'
+  if isinstance(values, Config):
+    values = to_config_dict(values)
+  return from_config_dict(method.config, values, path)
+
+
+def parse_methods(value: str, flag: str = '--config.methods') -> list[str]:
+  """Method and group names from a comma-separated string ('all' = every method)."""
+  if str(value).strip() == 'all':
+    return names()
+  chosen = [m.strip() for m in str(value).split(',') if m.strip()]
+  allowed = names() + sorted(groups())
+  if not chosen:
+    raise ConfigError(f'{flag}={value!r}: give method names separated by commas, or "all"; '
+                      f'allowed: {", ".join(allowed)}.')
+  unknown = [m for m in chosen if m not in allowed]
+  if unknown:
+    raise ConfigError(f'{flag}={value!r}: unknown method {unknown[0]!r}; allowed: all, '
+                      f'{", ".join(allowed)}.')
+  if len(set(chosen)) != len(chosen):
+    raise ConfigError(f'{flag}={value!r}: a method is listed twice.')
+  return chosen
