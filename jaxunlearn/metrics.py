@@ -13,6 +13,7 @@ import dataclasses
 import math
 import time
 
+import jax
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
@@ -217,6 +218,168 @@ def feature_distance(features_a, features_b) -> float:
             f'features_a must have a non-empty leading example axis; got shape {a.shape}.')
     difference = (a - b).reshape(a.shape[0], -1)
     return float(np.mean(np.linalg.norm(difference, axis=1)))
+
+
+def _same_layers(features, reference_features):
+    """The layer names of `features`, checked to be those of `reference_features`."""
+    if set(features) != set(reference_features):
+        raise ValueError(
+            f'features and reference_features must name the same layers; got {list(features)} '
+            f'and {list(reference_features)}.')
+    return list(features)
+
+
+def layer_feature_distances(features, reference_features) -> dict:
+    """`feature_distance` per layer between two models' features on the same examples.
+
+    This is the library's activation distance: for each layer, the mean over examples of the L2
+    norm of the difference of the flattened layer outputs. RFA-LoRA reports an activation distance
+    on D_r between the unlearned and the original model without a formula; Golatkar et al.'s
+    (2020) activation distance is this formula on softmax outputs (pass probabilities as a layer).
+
+    Args:
+        features: maps layer name -> [examples, ...] array, e.g. the features of
+            ``ModelFns.apply(..., return_features=True)``.
+        reference_features: the reference model's, with the same names and shapes.
+
+    Returns:
+        {layer: distance}, in `features`' order.
+    """
+    return {name: feature_distance(features[name], reference_features[name])
+            for name in _same_layers(features, reference_features)}
+
+
+def mean_feature_distance(features, reference_features) -> float:
+    """Mean over layers of `layer_feature_distances`.
+
+    Layers are not rescaled, so wide layers (early conv maps) weigh most; compare per-layer values
+    when the layers' scales differ.
+    """
+    return float(np.mean(list(layer_feature_distances(features, reference_features).values())))
+
+
+def _as_feature_matrix(features, name):
+    array = np.asarray(features, dtype=np.float64)
+    if array.ndim < 2 or array.shape[0] < 2 or array.size == 0:
+        raise ValueError(
+            f'{name} must have shape (examples, ...) with at least 2 examples and 1 feature; '
+            f'got shape {array.shape}.')
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f'{name} contains nan or inf; only finite features are allowed.')
+    return array.reshape(array.shape[0], -1)
+
+
+def _debiased_hsic(dot, rows_x, rows_y, examples):
+    """The unbiased HSIC estimator (Song et al., 2012) from the plain one, up to a common factor.
+
+    `dot` is ``||Y^T X||_F^2`` of centred X, Y; `rows_x`, `rows_y` their rows' squared norms.
+    """
+    return (dot - examples / (examples - 2) * (rows_x @ rows_y)
+            + rows_x.sum() * rows_y.sum() / ((examples - 1) * (examples - 2)))
+
+
+def linear_cka(x, y, *, debiased: bool = False) -> float:
+    """Linear CKA (Kornblith et al., 2019) between two representations of the same examples.
+
+    ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` with X, Y column-centred: in [0, 1], 1 for
+    representations equal up to an orthogonal transform and an isotropic scaling. Computed in
+    float64, through D x D or N x N (Gram) products, whichever is cheaper; both are the same in
+    exact arithmetic.
+
+    Unrelated representations score near 0 only with many more examples than features: for
+    independent Gaussian features of widths p and q, CKA is about sqrt(p q / ((N + p) (N + q)))
+    (0.45 at N = 5000, p = q = 4096). `debiased` uses the unbiased HSIC estimator instead
+    (Kornblith et al.'s debiased CKA, whose reference code this follows): near 0 for unrelated
+    representations at any N, still 1 for equal ones, and possibly slightly negative.
+
+    Args:
+        x: [examples, ...] features; non-example dims are flattened.
+        y: [examples, ...] features of the same examples, any width.
+        debiased: use the unbiased HSIC estimator (needs at least 4 examples).
+
+    Returns:
+        The CKA, or nan when x or y is constant over the examples (nothing left after centring).
+    """
+    x = _as_feature_matrix(x, 'x')
+    y = _as_feature_matrix(y, 'y')
+    examples = x.shape[0]
+    if y.shape[0] != examples:
+        raise ValueError(
+            f'x and y must hold the same examples; got {examples} and {y.shape[0]} rows.')
+    if debiased and examples < 4:
+        raise ValueError(f'debiased CKA needs at least 4 examples; got {examples}.')
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    x_norm, y_norm = np.linalg.norm(x), np.linalg.norm(y)
+    if x_norm == 0 or y_norm == 0:
+        return math.nan
+    # CKA is scale-invariant: unit Frobenius norms keep the products near 1, far from overflow.
+    x, y = x / x_norm, y / y_norm
+    x_width, y_width = x.shape[1], y.shape[1]
+    if examples * (x_width + y_width) < x_width ** 2 + y_width ** 2 + x_width * y_width:
+        # <K, L>_F = ||Y^T X||_F^2 for the Gram matrices K = X X^T, L = Y Y^T.
+        gram_x, gram_y = x @ x.T, y @ y.T
+        dot_xy, dot_xx, dot_yy = (np.vdot(gram_x, gram_y), np.vdot(gram_x, gram_x),
+                                  np.vdot(gram_y, gram_y))
+    else:
+        dot_xy, dot_xx, dot_yy = (np.linalg.norm(y.T @ x) ** 2, np.linalg.norm(x.T @ x) ** 2,
+                                  np.linalg.norm(y.T @ y) ** 2)
+    if debiased:
+        rows_x, rows_y = np.einsum('ij,ij->i', x, x), np.einsum('ij,ij->i', y, y)
+        dot_xy = _debiased_hsic(dot_xy, rows_x, rows_y, examples)
+        dot_xx = _debiased_hsic(dot_xx, rows_x, rows_x, examples)
+        dot_yy = _debiased_hsic(dot_yy, rows_y, rows_y, examples)
+    return float(dot_xy / np.sqrt(dot_xx * dot_yy))
+
+
+def layer_linear_cka(features, reference_features, *, debiased: bool = False) -> dict:
+    """`linear_cka` per layer between two models' features on the same examples.
+
+    Args:
+        features, reference_features: as for `layer_feature_distances` (widths may differ).
+        debiased: as for `linear_cka`.
+
+    Returns:
+        {layer: CKA}, in `features`' order.
+    """
+    return {name: linear_cka(features[name], reference_features[name], debiased=debiased)
+            for name in _same_layers(features, reference_features)}
+
+
+def _leaf_bytes(leaf):
+    if hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'):
+        return math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+    return np.asarray(leaf).nbytes
+
+
+def tree_bytes(tree) -> int:
+    """Bytes held by the array leaves of a PyTree (arrays or `jax.ShapeDtypeStruct`s).
+
+    E.g. an optimiser state's memory: ``tree_bytes(jax.eval_shape(tx.init, params))``.
+    """
+    return sum(_leaf_bytes(leaf) for leaf in jax.tree.leaves(tree))
+
+
+def trainable_fraction(params, param_types, trainable) -> float:
+    """Fraction of the parameter scalars an optimiser partition trains.
+
+    Args:
+        params: the parameters (arrays or `jax.ShapeDtypeStruct`s), e.g. a LoRA model's, base
+            weights and adapters together (as PEFT's ``print_trainable_parameters``).
+        param_types: `params`' structure with each leaf's variable type (`ModelFns.param_types`).
+        trainable: ``trainable(type) -> bool``, the predicate given to `optim.partition_by_type`.
+
+    Returns:
+        Trainable scalars / all scalars of `params`.
+    """
+    if jax.tree.structure(params) != jax.tree.structure(param_types):
+        raise ValueError('param_types must have the tree structure of params (one type per leaf).')
+    sizes = [math.prod(np.shape(leaf)) for leaf in jax.tree.leaves(params)]
+    if not sum(sizes):
+        raise ValueError('params holds no parameters; the fraction is undefined.')
+    trained = sum(size for size, kind in zip(sizes, jax.tree.leaves(param_types))
+                  if trainable(kind))
+    return trained / sum(sizes)
 
 
 def _as_test_mask(test_forget_mask, num_test):

@@ -1,11 +1,16 @@
 """Tests for jaxunlearn.metrics against hand-computed answers."""
 
+import collections
+import functools
 import math
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 from jaxunlearn import metrics
 
@@ -96,6 +101,162 @@ def test_feature_distance_three_four_five():
     assert metrics.feature_distance(a, b) == 7.5
     assert metrics.feature_distance(a.reshape(2, 1, 2, 1), b.reshape(2, 1, 2, 1)) == 7.5
     assert metrics.feature_distance(jnp.asarray(b), jnp.asarray(b)) == 0.0
+
+
+# ---------------------------------------------------------------- representation metrics
+
+def test_layer_feature_distances_per_layer_in_order_and_their_mean():
+    features = collections.OrderedDict(
+        stem=np.zeros((2, 1, 2, 1)), penultimate=np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+    reference = {'penultimate': np.array([[1.0, 1.0, 1.0], [2.0, 0.0, 0.0]]),  # norms 0 and 2
+                 'stem': jnp.array([[3.0, 4.0], [6.0, 8.0]]).reshape(2, 1, 2, 1)}  # 5 and 10
+    distances = metrics.layer_feature_distances(features, reference)
+    assert list(distances) == ['stem', 'penultimate']
+    assert distances == {'stem': 7.5, 'penultimate': 1.0}
+    assert metrics.mean_feature_distance(features, reference) == 4.25
+    with pytest.raises(ValueError,
+                       match=r"must name the same layers; got \['stem', 'penultimate'\]"):
+        metrics.layer_feature_distances(features, {'stem': reference['stem']})
+
+
+def _centred_gram(features, unbiased):
+    """Gram matrix centred by H K H, or by Song et al.'s unbiased centring (zero diagonal)."""
+    gram = features @ features.T
+    n = len(gram)
+    if not unbiased:
+        centring = np.eye(n) - 1.0 / n
+        return centring @ gram @ centring
+    np.fill_diagonal(gram, 0.0)
+    means = gram.sum(axis=0) / (n - 2)
+    means -= means.sum() / (2 * (n - 1))
+    gram = gram - means[:, None] - means[None, :]
+    np.fill_diagonal(gram, 0.0)
+    return gram
+
+
+def _cka_by_hsic(x, y, debiased=False):
+    """Linear CKA from its definition: (unbiased) HSIC on centred Gram matrices."""
+    k, l = _centred_gram(x, debiased), _centred_gram(y, debiased)
+    return np.vdot(k, l) / np.sqrt(np.vdot(k, k) * np.vdot(l, l))
+
+
+def _random_orthogonal(size, seed):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(size, size)))
+    return q * np.sign(np.diag(r))
+
+
+def test_linear_cka_by_hand():
+    # Orthogonal centred columns of equal norm against the first: 1 / sqrt(2).
+    x = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert metrics.linear_cka(x, x[:, :1]) == pytest.approx(1 / math.sqrt(2), abs=1e-15)
+    # One feature each: the squared correlation. Centred (-1.5, -.5, .5, 1.5) and
+    # (-6.5, -3.5, 1.5, 8.5): 25^2 / (5 * 129).
+    t = np.arange(1.0, 5.0)[:, None]
+    assert metrics.linear_cka(t, t ** 2) == pytest.approx(125 / 129, abs=1e-15)
+
+
+# (examples, width of x, width of y): the first two take the Gram-matrix form, the last two the
+# feature-space form.
+SHAPES = [(40, 200, 300), (50, 4096, 64), (500, 20, 30), (5000, 64, 16)]
+
+
+@pytest.mark.parametrize('debiased', [False, True])
+@pytest.mark.parametrize('examples,x_width,y_width', SHAPES)
+def test_linear_cka_matches_the_hsic_definition_and_is_one_on_itself(examples, x_width, y_width,
+                                                                     debiased):
+    rng = np.random.default_rng(examples)
+    x = rng.normal(size=(examples, x_width)) + 3.0
+    y = np.tanh(x[:, :min(x_width, y_width)] @ rng.normal(size=(min(x_width, y_width), y_width)))
+    y = y + 0.5 * rng.normal(size=y.shape)
+    cka = functools.partial(metrics.linear_cka, debiased=debiased)
+    assert cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert cka(x.astype(np.float32), x) == pytest.approx(1.0, abs=1e-6)
+    value = cka(x, y)
+    assert value < 1.0 and (debiased or value > 0.0)  # Debiased CKA may dip below 0.
+    if examples <= 500:  # The N x N reference is too slow beyond.
+        assert value == pytest.approx(_cka_by_hsic(x, y, debiased), rel=1e-10)
+    assert cka(y, x) == pytest.approx(value, rel=1e-12)
+
+
+@pytest.mark.parametrize('debiased', [False, True])
+def test_linear_cka_is_invariant_to_orthogonal_maps_scaling_and_offsets_not_to_anisotropy(
+        debiased):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16))
+    y = np.maximum(x @ rng.normal(size=(16, 24)), 0.0)
+    cka = functools.partial(metrics.linear_cka, debiased=debiased)
+    value = cka(x, y)
+    for transformed in (x @ _random_orthogonal(16, 1), 1e-3 * x, 1e3 * x, x + 1e4):
+        assert cka(transformed, y) == pytest.approx(value, rel=1e-9)
+    assert cka(x, 7.0 * y @ _random_orthogonal(24, 2) - 3.0) == pytest.approx(value, rel=1e-9)
+    # Stretching one direction is not a similarity transform: CKA changes.
+    stretched = x * np.r_[10.0, np.ones(15)]
+    assert abs(cka(stretched, y) - value) > 1e-3
+    # Non-example dims are flattened.
+    assert cka(x.reshape(300, 4, 2, 2), y) == pytest.approx(value, rel=1e-12)
+
+
+def test_linear_cka_of_independent_features_is_small_with_many_examples_or_debiased():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(2000, 10)), rng.normal(size=(2000, 20))
+    # About sqrt(10 * 20) / 2000 = 0.007 for independent Gaussian features.
+    assert metrics.linear_cka(x, y) < 0.03
+    # With about as many features as examples the plain estimate is biased up, to about
+    # sqrt(p q / ((N + p) (N + q))) = 0.43 here; the debiased one stays near 0.
+    x, y = rng.normal(size=(400, 300)), rng.normal(size=(400, 300))
+    assert metrics.linear_cka(x, y) == pytest.approx(300 / 700, abs=0.03)
+    assert abs(metrics.linear_cka(x, y, debiased=True)) < 0.03
+
+
+def test_linear_cka_degenerate_and_bad_inputs():
+    x = np.random.default_rng(2).normal(size=(10, 3))
+    assert math.isnan(metrics.linear_cka(x, np.ones((10, 4))))
+    with pytest.raises(ValueError, match='must hold the same examples; got 10 and 9 rows'):
+        metrics.linear_cka(x, x[:9])
+    with pytest.raises(ValueError, match=r'at least 2 examples and 1 feature; got shape \(1, 3\)'):
+        metrics.linear_cka(x[:1], x[:1])
+    with pytest.raises(ValueError, match=r'y must have shape.*got shape \(10,\)'):
+        metrics.linear_cka(x, x[:, 0])
+    with pytest.raises(ValueError, match='x contains nan or inf'):
+        metrics.linear_cka(np.where(x > 1, np.inf, x), x)
+    with pytest.raises(ValueError, match='debiased CKA needs at least 4 examples; got 3'):
+        metrics.linear_cka(x[:3], x[:3], debiased=True)
+
+
+def test_layer_linear_cka():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(50, 6))
+    features = {'block0': x, 'penultimate': x[:, :3]}
+    reference = {'penultimate': x[:, :3] @ _random_orthogonal(3, 4), 'block0': x[:, :1]}
+    result = metrics.layer_linear_cka(features, reference)
+    assert list(result) == ['block0', 'penultimate']
+    assert result['penultimate'] == pytest.approx(1.0, abs=1e-12)
+    assert result['block0'] == pytest.approx(metrics.linear_cka(x, x[:, :1]), rel=1e-15)
+    debiased = metrics.layer_linear_cka(features, reference, debiased=True)
+    assert debiased['block0'] == pytest.approx(
+        metrics.linear_cka(x, x[:, :1], debiased=True), rel=1e-15)
+
+
+def test_tree_bytes_counts_arrays_and_abstract_leaves():
+    tree = {'w': np.zeros((3, 4), np.float32), 'b': [jnp.zeros(5, jnp.int8)],
+            'abstract': jax.ShapeDtypeStruct((2, 2), jnp.bfloat16), 'empty': optax.EmptyState()}
+    assert metrics.tree_bytes(tree) == 48 + 5 + 8
+    params = {'w': jnp.zeros((10, 3))}
+    assert metrics.tree_bytes(jax.eval_shape(optax.adam(0.1).init, params)) == 2 * 120 + 4
+
+
+def test_trainable_fraction():
+    params = {'dense': {'kernel': np.zeros((2, 3)),
+                        'lora_b': jax.ShapeDtypeStruct((4,), np.float32)},
+              'bias': np.zeros(10)}
+    types = {'dense': {'kernel': nnx.Param, 'lora_b': nnx.LoRAParam}, 'bias': nnx.Param}
+    is_lora = lambda kind: issubclass(kind, nnx.LoRAParam)
+    assert metrics.trainable_fraction(params, types, is_lora) == 4 / 20
+    assert metrics.trainable_fraction(params, types, lambda kind: True) == 1.0
+    with pytest.raises(ValueError, match='param_types must have the tree structure of params'):
+        metrics.trainable_fraction(params, {'bias': nnx.Param}, is_lora)
+    with pytest.raises(ValueError, match='params holds no parameters'):
+        metrics.trainable_fraction({'b': np.zeros(0)}, {'b': nnx.Param}, is_lora)
 
 
 # ---------------------------------------------------------------- MIA efficacy

@@ -18,20 +18,31 @@ This works on a model merged inside `jax.jit`. Plain calls (eager or under `nnx.
 nothing: Flax 0.12 deprecates sow outside capture, where it would store the value on the
 model and leave a variable that makes ``nnx.split(model, nnx.Param, nnx.BatchStat)``
 non-exhaustive after every call.
+
+Methods hold models as `state.ModelFns` plus variables dicts; `add_lora_variables`,
+`merge_lora_variables` and `base_variables` are the same operations on that form. Config strings
+pick the wrapped layers (`lora_targets`, `TARGET_PRESETS`); `default_lora_settings` gives each
+architecture's rank, alpha and targets.
 """
 
+import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxunlearn import state
 from jaxunlearn.models import initializers
 
 PathParts = tuple[str | int, ...]
 Targets = Callable[[PathParts, nnx.Module], bool]
 
 RESIDUAL_NAME = 'lora_residual'
+# The fold runs once per merge: full float32 precision costs nothing there, whereas a GPU's
+# default (TF32) matmul rounds scale * A @ B to about 4e-4 relative (measured on an H100).
+_FOLD_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def _as_lora_param(layer: nnx.Linear | nnx.Conv) -> nnx.Linear | nnx.Conv:
@@ -70,7 +81,8 @@ class LoRALinear(nnx.Module):
 
   def merged_kernel(self) -> jax.Array:
     """The base kernel with the branch folded in: W + scale * A @ B."""
-    return self.base.kernel[...] + self.scale * self.lora_a.kernel[...] @ self.lora_b.kernel[...]
+    return self.base.kernel[...] + self.scale * jnp.matmul(
+        self.lora_a.kernel[...], self.lora_b.kernel[...], precision=_FOLD_PRECISION)
 
 
 class LoRAConv(nnx.Module):
@@ -102,7 +114,7 @@ class LoRAConv(nnx.Module):
     """One kernel equal to base + A then 1x1 B: K + scale * sum_r A[..., i, r] B[r, o]."""
     b_matrix = self.lora_b.kernel[...].reshape(self.lora_b.kernel.shape[-2:])
     return self.base.kernel[...] + self.scale * jnp.einsum(
-        '...ir,ro->...io', self.lora_a.kernel[...], b_matrix)
+        '...ir,ro->...io', self.lora_a.kernel[...], b_matrix, precision=_FOLD_PRECISION)
 
 
 LORA_LAYERS = (LoRALinear, LoRAConv)
@@ -151,15 +163,19 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
   The result has the original architecture (plain nnx.Linear / nnx.Conv layers, only Param and
   BatchStat variables) and computes the same function as the LoRA model.
   """
+  return _unwrap(nnx.clone(model), _fold)
 
-  def fold(_, node):
-    if isinstance(node, LORA_LAYERS):
-      base = node.base
-      base.kernel = nnx.Param(node.merged_kernel())
-      return base
-    return node
 
-  return nnx.recursive_map(fold, nnx.clone(model))
+def _fold(layer: LoRALinear | LoRAConv) -> nnx.Linear | nnx.Conv:
+  base = layer.base
+  base.kernel = nnx.Param(layer.merged_kernel())
+  return base
+
+
+def _unwrap(model: nnx.Module, replace: Callable) -> nnx.Module:
+  """Replaces every LoRA layer of `model` (in place) by ``replace(layer)``, a plain layer."""
+  return nnx.recursive_map(
+      lambda _, node: replace(node) if isinstance(node, LORA_LAYERS) else node, model)
 
 
 def lora_residuals(intermediates: nnx.State) -> dict[str, jax.Array]:
@@ -171,5 +187,144 @@ def lora_residuals(intermediates: nnx.State) -> dict[str, jax.Array]:
   residuals = {}
   for path, variable in nnx.to_flat_state(intermediates):
     if path and path[-1] == RESIDUAL_NAME:
-      residuals['.'.join(str(part) for part in path[:-1])] = variable[...]
+      residuals[_dotted(path[:-1])] = variable[...]
   return residuals
+
+
+# ------------------------------------------------------------------ functional form (ModelFns)
+
+def add_lora_variables(fns: state.ModelFns, variables: dict, *, rank: int, alpha: float,
+                       targets: Targets | None = None,
+                       rngs: nnx.Rngs) -> tuple[state.ModelFns, dict]:
+  """`add_lora` on a functionalized model.
+
+  Args:
+    fns, variables: the plain model, as from `state.functionalize`.
+    rank, alpha, targets, rngs: as for `add_lora`.
+
+  Returns:
+    ``(lora_fns, lora_variables)``: the LoRA model's `ModelFns` (its `param_types` mark A and B
+    as `nnx.LoRAParam`) and variables; the base weights sit unchanged under '<layer>.base', and
+    the batch statistics are `variables`' own.
+  """
+  return state.functionalize(
+      add_lora(fns.module(variables), rank=rank, alpha=alpha, targets=targets, rngs=rngs))
+
+
+def merge_lora_variables(lora_fns: state.ModelFns, lora_variables: dict) -> dict:
+  """The plain model's ``{'params', 'batch_stats'}`` with every branch folded into its kernel.
+
+  The result has the tree structure, shapes and dtypes of the original model's variables, so
+  it loads with the original's `ModelFns` and checkpoints; batch statistics pass through
+  unchanged. Pure, and traceable under `jax.jit`.
+  """
+  return _variables(merge_lora(lora_fns.module(lora_variables)))
+
+
+def base_variables(lora_fns: state.ModelFns, lora_variables: dict) -> dict:
+  """The plain model's variables with every branch dropped: the frozen base, i.e. the teacher.
+
+  Under `jax.jit` this only regroups the base arrays (no copy), so a step can apply the teacher
+  (with the original's `ModelFns`) without the method storing its weights a second time.
+  """
+  return _variables(_unwrap(lora_fns.module(lora_variables), lambda layer: layer.base))
+
+
+def _variables(model: nnx.Module) -> dict:
+  _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return {'params': nnx.to_pure_dict(params), 'batch_stats': nnx.to_pure_dict(batch_stats)}
+
+
+# ------------------------------------------------------------------ targets from config strings
+
+# Named layer selections (regular expressions over dotted layer paths, see `lora_targets`).
+TARGET_PRESETS = {
+    # Every nnx.Linear and nnx.Conv, the head and the input layer included.
+    'all': r'.*',
+    # ViT: the attention query and value projections (LoRA's and PEFT's usual choice).
+    'attention_qv': r'blocks\.\d+\.attention\.(query|value)',
+    # ViT: all four attention projections.
+    'attention': r'blocks\.\d+\.attention\.(query|key|value|out)',
+    # ViT: every Linear of every encoder block (attention and MLP).
+    'attention_mlp': r'blocks\.\d+\.(attention\.(query|key|value|out)|mlp_in|mlp_out)',
+}
+
+
+class LoRASettings(NamedTuple):
+  """Branch rank, scale numerator and layer selection (a `TARGET_PRESETS` name or a regex)."""
+  rank: int
+  alpha: float
+  targets: str
+
+
+# Per `models.MODELS` name: (rank, targets). The branches go on intermediate layers, as in
+# RFA-LoRA, never on the head: a head branch could meet the output target on D_f by re-mapping
+# the logits alone, leaving D_f's features (and what a probe reads from them) as before; through
+# the last hidden layer's branch the output target still moves the features. The input layer
+# (ResNet's stem, ViT's patch embedding) stays frozen too: its filters are generic low-level
+# ones, and with 27 (3x3x3) or 48 (4x4x3) inputs a rank-16 branch would not be low-rank there.
+# ResNet's 1x1 shortcut convs stay frozen: the 3x3 convs carry each block's learned function.
+# The small CNN is the exception: with only three intermediate layers, each of them gets a
+# branch, so that every feature it returns can move.
+_DEFAULTS = {
+    'mlp': (16, r'hidden\.\d+'),
+    # Rank 8: the small CNN's convs have 32 and 64 output channels (the first only 9 inputs on
+    # MNIST), so rank 16 would be half the first conv's width.
+    'cnn': (8, r'convs\.\d+|dense'),
+    'resnet18': (16, r'layer\d\.\d+\.conv[12]'),
+    'vit': (16, 'attention_qv'),
+    'vit_tiny': (16, 'attention_qv'),
+    'vit_small': (16, 'attention_qv'),
+}
+
+
+def default_lora_settings(model_name: str) -> LoRASettings:
+  """The default rank, alpha and targets of the model named `model_name` in `models.MODELS`.
+
+  alpha = rank: a scale alpha / rank = 1 keeps the branch's size at a given B independent of
+  the rank, as PEFT's common default, so a learning rate tuned at one rank carries over.
+  """
+  if model_name not in _DEFAULTS:
+    raise ValueError(f'No LoRA defaults for model {model_name!r}; known: {sorted(_DEFAULTS)}.')
+  rank, targets = _DEFAULTS[model_name]
+  return LoRASettings(rank=rank, alpha=float(rank), targets=targets)
+
+
+def lora_layer_paths(model: nnx.Module) -> list[str]:
+  """Dotted paths (e.g. 'layer1.0.conv1') of every nnx.Linear and nnx.Conv of `model`."""
+  return [_dotted(path) for path, node in nnx.iter_graph(model)
+          if isinstance(node, (nnx.Linear, nnx.Conv))]
+
+
+def lora_targets(spec: str, model: nnx.Module, *, model_name: str, config_key: str) -> Targets:
+  """Turns a config string into `add_lora`'s `targets` predicate, checked against `model`.
+
+  Args:
+    spec: a `TARGET_PRESETS` name, else a regular expression that must match a layer's whole
+      dotted path (`re.fullmatch`: 'dense' selects 'dense', not 'dense_2'; 'layer1.0.conv1' and
+      'blocks.3.attention.query' are such paths, listed by `lora_layer_paths`).
+    model: the model to be wrapped, without LoRA branches.
+    model_name: its `models.MODELS` name, for the error message.
+    config_key: the config entry `spec` came from (e.g. 'method.rfa_lora.targets'), for the
+      error message.
+
+  Returns:
+    ``targets(path, layer) -> bool``, true for the layers `spec` selects.
+
+  Raises:
+    ValueError: `spec` is not a valid regular expression, or selects no layer of `model`.
+  """
+  try:
+    pattern = re.compile(TARGET_PRESETS.get(spec, spec))
+  except re.error as error:
+    raise ValueError(f'--config.{config_key}={spec!r}: neither a preset {sorted(TARGET_PRESETS)} '
+                     f'nor a valid regular expression ({error}).') from None
+  layers = lora_layer_paths(model)
+  if not any(pattern.fullmatch(path) for path in layers):
+    raise ValueError(f'--config.{config_key}={spec!r}: selects no layer of model {model_name}; '
+                     f'layers are: {", ".join(layers)}.')
+  return lambda path, _: pattern.fullmatch(_dotted(path)) is not None
+
+
+def _dotted(path: PathParts) -> str:
+  return '.'.join(str(part) for part in path)
