@@ -427,18 +427,42 @@ def format_table(results: dict) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  """Parses this binary's flags from argv, computes, writes the outputs and prints the table."""
+def _parse(argv) -> dict:
+  """Parses this binary's flags from argv into a validated config."""
   for name in _FLAGS:  # back to defaults, so that repeated calls (tests) do not leak values
     _FLAGS[name].unparse()
   _FLAGS(argv)
-  config = config_from_flags(_FLAGS)
-  start = time.time()
+  return config_from_flags(_FLAGS)
+
+
+def make_config(**flag_values) -> dict:
+  """The validated config of a run with these flags, the others at their defaults.
+
+  For notebooks: make_config(workdir='/tmp/theory', d=120, alphas=[0.1, 1.0]) is
+  `--workdir=/tmp/theory --d=120 --alphas=0.1,1.0`, checked as the binary checks it.
+  """
+  argv = ['linreg_theory']
+  for name, value in flag_values.items():
+    if isinstance(value, (list, tuple)):
+      value = ','.join(str(v) for v in value)
+    argv.append(f'--{name}={value}')
+  return _parse(argv)
+
+
+def compute(config: dict) -> dict:
+  """Every number of the figures and the table (`run`) at the config's precision."""
   # Every matrix here is small: multi-threaded BLAS/LAPACK (jaxlib's CPU SVD calls scipy's, loaded
   # by the import above so that the limit reaches it) only adds synchronisation, up to 30x slower
   # on a busy 2-core machine.
   with jax.enable_x64(config['x64']), threadpoolctl.threadpool_limits(1, user_api='blas'):
-    results = run(config)
+    return run(config)
+
+
+def main(argv):
+  """Parses this binary's flags from argv, computes, writes the outputs and prints the table."""
+  config = _parse(argv)
+  start = time.time()
+  results = compute(config)
   paths = write_outputs(results, config['workdir'])
   print(format_table(results))
   print(f'Wrote {", ".join(paths)} in {time.time() - start:.1f} s.')

@@ -10,8 +10,10 @@ exists is not run again, and runs shared between comparisons are run once):
   * the discriminative-regulariser protocol of Ding, Xu, Ji: single-class forgetting of classes 3,
     6 and 9 with FT, CE-FT, KL-FT, ICE-FT and SalUn.
 and the linear-regression theory figures (experiments/linreg_theory.py, written into
-experiments/figures/theory/). `--only_render` rewrites RESULTS.md from the results already there,
-and the methods table between the README's `<!-- methods -->` markers from the method registry.
+experiments/figures/theory/). `--only_render` rewrites RESULTS.md, and the trade-off picture of each
+"All methods" table (`report.plot`, all_methods.png next to the results files), from the results
+already there, and the methods table between the README's `<!-- methods -->` markers from the
+method registry.
 """
 
 import json
@@ -37,6 +39,9 @@ _RESULTS_DIR = flags.DEFINE_string(
     'results_dir', os.path.join(os.path.dirname(__file__), 'results'),
     'Where the results files (json/md/png of each comparison, no models) are copied and read from '
     'for the page.')
+_FIGURES_DIR = flags.DEFINE_string(
+    'figures_dir', None, 'Where the pictures of the tables go (default: --results_dir); the page '
+    'links them under --results_dir.')
 
 DISCRIMINATIVE = 'ft,ce_ft,kl_ft,ice_ft,salun'
 
@@ -66,6 +71,8 @@ TABLES = (
     ('Discriminative regularisation (Ding, Xu, Ji v1 protocol)', ('class:3', 'class:6', 'class:9'),
      (('baselines', {m: m for m in DISCRIMINATIVE.split(',')}), ('discriminative', None))),
 )
+# Tables shown as a picture too (`report.plot`), by section title: the name of its PNG.
+FIGURES = {'All methods': 'all_methods'}
 
 
 def _config(forget, methods, name):
@@ -130,6 +137,10 @@ zero; the forget option is void at full overlap.
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURE_NOTE = ("Left: each method's UA, RA, TA and MIA minus Retrain's (Retrain is the line at "
+               '0), methods sorted by Avg. Gap; right: Avg. Gap against run time, with the Pareto '
+               'front. Both value axes are linear within ±1 point and logarithmic beyond, so gaps '
+               'of 10-50 points and differences of 0.1-2 points are readable in one picture.')
 
 
 def gap_ranking(rows: dict) -> str:
@@ -140,6 +151,21 @@ def gap_ranking(rows: dict) -> str:
     return ''
   ranked = ', '.join(f'{name} {rows[name]["AvgGap"]["mean"]:.2f}' for _, name in methods)
   return f'By Avg. Gap to Retrain (lower is better): {ranked}.\n'
+
+
+def _figure_path(forget, name, root=None):
+  return _results_path(forget, name, root or _RESULTS_DIR.value)[:-5] + '.png'
+
+
+def write_figures() -> None:
+  """Draws the picture of every table named in FIGURES from the results files (--figures_dir)."""
+  for title, forgets, sources in TABLES:
+    for forget in forgets if title in FIGURES else ():
+      rows, payloads = _load(forget, sources)
+      if payloads:
+        path = _figure_path(forget, FIGURES[title], _FIGURES_DIR.value)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        report.plot(rows, path, f'{title}: forget {forget} (seeds {_SEEDS.value}, mean ± std)')
 
 
 def render() -> str:
@@ -162,8 +188,12 @@ def render() -> str:
                         if os.path.exists(_results_path(forget, n, _RESULTS_DIR.value)))
       lines += [f'## {title}: forget {forget}', '',
                 report.markdown_table(rows, class_wise=forget.startswith('class')), '',
-                gap_ranking(rows),
-                f'Split digest `{payloads[0]["split"]["digest"][:16]}`, '
+                gap_ranking(rows)]
+      if title in FIGURES:
+        figure = os.path.relpath(_figure_path(forget, FIGURES[title]), HERE)
+        lines += [f'![{title}, forget {forget}: difference to Retrain per metric, and Avg. Gap '
+                  f'against run time]({figure})', '', FIGURE_NOTE, '']
+      lines += [f'Split digest `{payloads[0]["split"]["digest"][:16]}`, '
                 f'{payloads[0]["split"]["num_forget"]} forget / '
                 f'{payloads[0]["split"]["num_retain"]} retain examples; '
                 f'{" and ".join(devices)}; wall time {wall / 60:.1f} min; every number per seed: '
@@ -214,6 +244,7 @@ def main(argv):
       if not os.path.exists(_results_path(forget, name)):
         jaxunlearn.Study(_config(forget, methods, name)).run()
       publish(forget, name)
+  write_figures()
   report.write_text(_OUT.value, render() + '\n')
   print(f'wrote {_OUT.value}')
   if _WRITE_README.value:

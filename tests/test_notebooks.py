@@ -1,17 +1,119 @@
-"""The Colab quickstart runs top to bottom on a CPU and shows the comparison table and the plot."""
+"""The Colab notebooks: stored clean, built on the template, and running headless on a CPU.
 
+The template of every notebook in colab/: a markdown title with an "Open in Colab" badge, an
+install cell (the checkout's code when run from colab/, else `pip install git+URL`), a cell that
+prints the runtime's devices, one cell tagged `parameters` holding only literal assignments, then
+the work. The repository URL is setup.cfg's `url`: a fork changes it there, and the tests below
+name every notebook line that still points elsewhere.
+"""
+
+import ast
+import configparser
+import glob
 import os
+import re
 import sys
 
+import jax
 import nbclient
 import nbformat
+import pytest
+
+from jaxunlearn import theory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(REPO, 'colab', 'quickstart.ipynb')
+COLAB = os.path.join(REPO, 'colab')
+NOTEBOOKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(COLAB, '*.ipynb')))
+
+
+def _read(name):
+  return nbformat.read(os.path.join(COLAB, name), as_version=4)
+
+
+def _repository_url() -> str:
+  config = configparser.ConfigParser()
+  config.read(os.path.join(REPO, 'setup.cfg'))
+  return config['metadata']['url']
 
 
 def _code_cells(nb):
   return [cell for cell in nb.cells if cell.cell_type == 'code']
+
+
+def _parameters_cell(nb):
+  cells = [c for c in nb.cells if 'parameters' in c.metadata.get('tags', [])]
+  assert len(cells) == 1, 'exactly one cell must be tagged "parameters"'
+  return cells[0]
+
+
+def _parameters(nb) -> dict:
+  """The values of the parameters cell (literal assignments only, see the template test)."""
+  return {node.targets[0].id: ast.literal_eval(node.value)
+          for node in ast.parse(_parameters_cell(nb).source).body}
+
+
+def _execute(name, tmp_path, monkeypatch, append=()):
+  """Runs every cell (and `append`ed code) as Jupyter would, started in colab/.
+
+  Raises nbclient's CellExecutionError on a failing cell.
+  """
+  monkeypatch.setenv('TMPDIR', str(tmp_path))   # the notebook's workdir goes under tmp_path
+  nb = _read(name)
+  nb.cells += [nbformat.v4.new_code_cell(source) for source in append]
+  nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
+                          resources={'metadata': {'path': COLAB}}).execute()
+  return nb
+
+
+def _text(cell) -> str:
+  return ''.join(out.get('text', '') for out in cell.outputs)
+
+
+def _images(nb):
+  return [out for cell in _code_cells(nb) for out in cell.outputs
+          if 'image/png' in out.get('data', {})]
+
+
+def test_every_notebook_is_tested():
+  assert NOTEBOOKS == ['linreg_theory.ipynb', 'quickstart.ipynb'], (
+      'a notebook was added or removed in colab/: give each one a test that runs it below')
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_stored_without_outputs(name):
+  nb = _read(name)
+  assert nb.metadata.kernelspec.name == 'python3'
+  for cell in _code_cells(nb):
+    assert cell.outputs == [] and cell.execution_count is None, (
+        f'colab/{name} is stored with outputs: clear them (cell {cell.source[:40]!r})')
+
+
+@pytest.mark.parametrize('name', NOTEBOOKS)
+def test_follows_the_template_and_setup_cfg_url(name):
+  nb = _read(name)
+  url = _repository_url()
+  owner_repo = url.removeprefix('https://github.com/')
+  title, install, devices = nb.cells[:3]
+  badge = f'https://colab.research.google.com/github/{owner_repo}/blob/main/colab/{name}'
+  command = f'%pip install -q git+{url}'
+  assert title.cell_type == 'markdown' and title.source.startswith('# ')
+  assert badge in title.source, (
+      f'colab/{name}: the first cell\'s Open in Colab badge must link {badge} (setup.cfg url)')
+  assert install.cell_type == 'code' and 'import jaxunlearn' in install.source
+  assert command in install.source, (
+      f'colab/{name}: the install cell (second cell) must run `{command}` (setup.cfg url)')
+  # Nothing else names a repository: a fork updates setup.cfg and the two lines above.
+  text = '\n'.join(cell.source for cell in nb.cells)
+  for other in set(re.findall(r'github(?:\.com)?/([\w.-]+/[\w.-]+?)(?:\.git)?[/)\s]', text)):
+    assert other == owner_repo, f'colab/{name} names the repository {other}, setup.cfg {url}'
+  assert devices.cell_type == 'code' and 'jax.devices()' in devices.source
+  # One parameters cell, right after the devices and a markdown cell, with only literal
+  # assignments: readers change values there, and tests read them.
+  parameters = _parameters_cell(nb)
+  assert nb.cells.index(parameters) == 4 and nb.cells[3].cell_type == 'markdown'
+  for node in ast.parse(parameters.source).body:
+    assert isinstance(node, ast.Assign) and len(node.targets) == 1
+    ast.literal_eval(node.value)
 
 
 def _table_rows(markdown: str) -> dict[str, dict[str, str]]:
@@ -22,22 +124,19 @@ def _table_rows(markdown: str) -> dict[str, dict[str, str]]:
           for cells in lines[2:]}
 
 
-def test_quickstart_is_stored_without_outputs():
-  nb = nbformat.read(QUICKSTART, as_version=4)
-  assert nb.metadata.kernelspec.name == 'python3'
-  for cell in _code_cells(nb):
-    assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+def _check_template_outputs(nb):
+  """The checkout's code ran (not an installed copy), on a CPU runtime."""
+  install, devices = _code_cells(nb)[:2]
+  assert _text(install).strip() == f'jaxunlearn from {os.path.join(REPO, "jaxunlearn")}'
+  assert _text(devices).startswith('CPU runtime: ')
 
 
 def test_quickstart_runs_and_shows_table_and_plot(data_dir, tmp_path, monkeypatch):
   del data_dir   # sets JAXUNLEARN_DATA_DIR, which the kernel inherits
-  monkeypatch.setenv('TMPDIR', str(tmp_path))   # the notebook's workdir goes under tmp_path
-  nb = nbformat.read(QUICKSTART, as_version=4)
-  # Added here only: which interpreter the 'python3' kernel resolved to.
-  nb.cells.append(nbformat.v4.new_code_cell('import sys\nprint(sys.executable)'))
-  # Started in the notebook's folder, as Jupyter does; raises CellExecutionError on a failing cell.
-  nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
-                          resources={'metadata': {'path': os.path.dirname(QUICKSTART)}}).execute()
+  # Appended here only: which interpreter the 'python3' kernel resolved to.
+  nb = _execute('quickstart.ipynb', tmp_path, monkeypatch,
+                append=['import sys\nprint(sys.executable)'])
+  _check_template_outputs(nb)
   cells = _code_cells(nb)
   outputs = [out for cell in cells for out in cell.outputs]
   assert cells[-1].outputs[0].text.strip() == sys.executable
@@ -53,13 +152,47 @@ def test_quickstart_runs_and_shows_table_and_plot(data_dir, tmp_path, monkeypatc
   # The original model learned the 3s; both methods end closer to Retrain than it is.
   assert float(rows['Original']['UA']) < 50
   for method in ('ft', 'salun'):
-    assert float(rows[method]['AvgGap']) < float(rows['Original']['AvgGap']), rows
+    assert float(rows[method]['AvgGap']) < float(rows['Original']['AvgGap'])
+  assert len(_images(nb)) == 1
 
-  plots = [out for out in outputs if 'image/png' in out.get('data', {})]
-  assert len(plots) == 1
+
+def test_linreg_theory_runs_and_shows_the_claims_and_figures(tmp_path, monkeypatch):
+  nb = _execute('linreg_theory.ipynb', tmp_path, monkeypatch)
+  _check_template_outputs(nb)
+  params = _parameters(nb)
+
+  # The one-task cell shows the library's closed forms: FT stays at w_o, golden's unlearning
+  # loss is (1/n_f) ||y_f||^2, both remedies equal golden (distinct features).
+  claims = next(_text(c) for c in _code_cells(nb) if 'FT moves no weight' in _text(c))
+  task = theory.make_task(jax.random.key(params['seed']),
+                          theory.TaskSpec(d=params['d'], n_r=params['n_r'], n_f=params['n_f']))
+  golden = float(theory.unlearning_loss(theory.golden(task), task))
+  assert golden > 0.1
+  assert f'unlearning loss: FT 0.0000, golden {golden:.4f}' in claims
+  assert f'(1/n_f) ||y_f||^2 = {golden:.4f}' in claims
+  for line in claims.splitlines():
+    if 'max |' in line:
+      assert float(line.rsplit('= ', 1)[1]) < 1e-5, line
+
+  table = next(_text(c) for c in _code_cells(nb) if 'gap to golden against overlap' in _text(c))
+  assert f'mean over {params["seeds"]} seeds' in table
+  overlap_rows = table.split('gap to golden against overlap')[1].strip().splitlines()[2:]
+  assert len(overlap_rows) == params['overlap_points']
+
+  # The three figures, inline, one per figure cell; then the saved files.
+  figure_cells = [c for c in _code_cells(nb) if 'linreg_theory.plot_' in c.source]
+  assert len(figure_cells) == 3
+  for cell in figure_cells:
+    assert [o for o in cell.outputs if 'image/png' in o.get('data', {})], cell.source
+  assert len(_images(nb)) == 3
+  saved = _text(_code_cells(nb)[-1]).split()
+  assert [os.path.basename(p) for p in saved] == ['loss_curves.png', 'overlap_sweep.png',
+                                                  'alpha_sweep.png', 'results.json']
+  for path in saved:
+    assert path.startswith(str(tmp_path)) and os.path.getsize(path) > 0
 
 
 def test_quickstart_config_to_table_in_six_lines():
-  nb = nbformat.read(QUICKSTART, as_version=4)
+  nb = nbformat.read(os.path.join(COLAB, 'quickstart.ipynb'), as_version=4)
   study_cell = next(c for c in _code_cells(nb) if 'jaxunlearn.Study(' in c.source)
   assert len([line for line in study_cell.source.splitlines() if line.strip()]) <= 6

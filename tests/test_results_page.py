@@ -1,31 +1,47 @@
 """experiments/RESULTS.md is exactly what reproduce_results renders from the committed results."""
 
 import os
+import re
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = os.path.join(REPO, 'experiments')
 
 
 def test_results_page_matches_the_committed_results(tmp_path):
   out = tmp_path / 'RESULTS.md'
+  figures = tmp_path / 'figures'
+  # The pictures go to tmp_path and the README stays: a test never rewrites committed files.
   subprocess.run([sys.executable, '-m', 'experiments.reproduce_results', '--only_render',
-                  '--nowrite_readme', f'--out={out}'], cwd=REPO, check=True, capture_output=True)
+                  '--nowrite_readme', f'--out={out}', f'--figures_dir={figures}'], cwd=REPO,
+                 check=True, capture_output=True)
   page = out.read_text()
-  with open(os.path.join(REPO, 'experiments', 'RESULTS.md')) as f:
+  with open(os.path.join(EXPERIMENTS, 'RESULTS.md')) as f:
     assert page == f.read(), 'RESULTS.md is stale: rerun reproduce_results --only_render'
   assert 'Not measured yet' not in page
   for table in ('All methods: forget random:0.1', 'All methods: forget class:3',
                 'ablation (S = saliency mask, F = adaptive weights, R = R-on): forget class:3',
                 'Discriminative regularisation (Ding, Xu, Ji v1 protocol): forget class:9'):
     assert table in page
+  # One picture per all-methods table, drawn by --only_render, committed where the page links it.
+  images = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', page)
+  drawn = sorted(os.path.relpath(os.path.join(root, name), figures)
+                 for root, _, names in os.walk(figures) for name in names)
+  assert drawn == ['mnist5k-cnn/class-3-split0/all_methods.png',
+                   'mnist5k-cnn/random-0.1-split0/all_methods.png']
+  for name in drawn:
+    assert f'results/{name}' in images
+  for image in images:
+    assert os.path.exists(os.path.join(EXPERIMENTS, image)), f'{image} is not committed'
 
 
 def test_readme_methods_table_comes_from_the_registry():
   from experiments import reproduce_results
+  import jaxunlearn
   with open(os.path.join(REPO, 'README.md')) as f:
     readme = f.read()
   assert reproduce_results.with_methods_table(readme) == readme, (
       'the README methods table is stale: rerun reproduce_results --only_render')
-  for name in __import__('jaxunlearn').methods.names():
+  for name in jaxunlearn.methods.names():
     assert f'| `{name}` |' in readme

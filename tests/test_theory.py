@@ -266,3 +266,11 @@ def test_experiment_flag_validation_names_the_flag(tmp_path, extra, flag):
 def test_experiment_requires_workdir():
   with pytest.raises(flags.IllegalFlagValueError, match='workdir'):
     linreg_theory.main(_TINY)
+
+
+def test_make_config_is_the_binary_flags(tmp_path):
+  config = linreg_theory.make_config(workdir=str(tmp_path), d=300, alphas=[1, 0.5], x64=True)
+  assert config['d'] == 300 and config['alphas'] == [0.5, 1.0] and config['x64'] is True
+  assert config['n_f'] == 40 and config['seeds'] == 5   # the others at their defaults
+  with pytest.raises(ValueError, match='--n_r'):
+    linreg_theory.make_config(workdir=str(tmp_path), d=60)   # n_r = 100 > d_r = 30
