@@ -11,14 +11,13 @@ given as a ratio to it, so numbers compare across machines.
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 import jaxunlearn
 from jaxunlearn import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
-    'Unlearning config file (dataset, model, methods, method options).', lock_config=True)
+_CONFIG = cli.define_config(
+    os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
+    'Unlearning config file (dataset, model, methods, method options).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per step kind.', lower_bound=1)
 _OUT = flags.DEFINE_string('out', 'benchmark.json', 'Output JSON path.')
 

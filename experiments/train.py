@@ -10,14 +10,13 @@ checkpoints/, config.json and metrics.json, and the experiment directory holds t
 import json
 import os
 
-from ml_collections import config_flags
 
 import jaxunlearn
 from jaxunlearn import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'train.py'),
-    'Training config file.', lock_config=True)
+_CONFIG = cli.define_config(
+    os.path.join(os.path.dirname(__file__), 'configs', 'train.py'),
+    'Training config file.')
 TRAIN_CHOICES = ('original', 'retrain', 'both')
 
 

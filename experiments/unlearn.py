@@ -12,14 +12,13 @@ again, it resumes: completed runs are reused, an interrupted one continues from 
 
 import os
 
-from ml_collections import config_flags
 
 import jaxunlearn
 from jaxunlearn import cli, report
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
-    'Unlearning config file.', lock_config=True)
+_CONFIG = cli.define_config(
+    os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
+    'Unlearning config file.')
 
 
 def main(argv):

@@ -12,6 +12,7 @@ import sys
 import traceback
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from jaxunlearn.config import ConfigError
 
@@ -23,12 +24,33 @@ def _one_line(message: str) -> str:
   return ' '.join(lines) if lines else 'invalid input'
 
 
+def _usage_error(error: Exception, argv) -> None:
+  """Prints a flag error as one line and exits with USAGE_EXIT."""
+  message = _one_line(error)
+  if isinstance(error, (AttributeError, KeyError)):
+    # ml_collections names only the key of a config field that does not exist.
+    key = str(error).strip('"\'')
+    named = [a.split('=')[0] for a in argv[1:]
+             if a.startswith('--config.') and a.split('=')[0].split('.')[-1] == key]
+    message = f'{named[0] if named else key}: no such setting in the config'
+  sys.stderr.write(f'error: {message}\n')
+  sys.exit(USAGE_EXIT)
+
+
+def define_config(default_path: str, help_string: str):
+  """`config_flags.DEFINE_config_file` (locked), whose `--config.*` overrides are read when it is
+  defined: one that names no field, or a value of the wrong type, is a usage error."""
+  try:
+    return config_flags.DEFINE_config_file('config', default_path, help_string, lock_config=True)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    _usage_error(error, sys.argv)
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
-  except flags.Error as error:
-    sys.stderr.write(f'error: {_one_line(error)}\n')
-    sys.exit(USAGE_EXIT)
+  except (flags.Error, AttributeError, KeyError) as error:
+    _usage_error(error, argv)
 
 
 def run(main) -> None:
