@@ -9,10 +9,12 @@ architecture or forget split before any work starts.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers
 
 from jaxunlearn.state import TrainState
@@ -67,14 +69,37 @@ class CheckpointManager:
     return restored.state
 
   def restore_meta(self, step: int | None = None) -> dict | None:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    """The metadata of `step` (default: the newest readable checkpoint)."""
+    steps = [step] if step is not None else self._steps_newest_first()
+    for candidate in steps:
+      try:
+        return self._manager.restore(candidate,
+                                     args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      except Exception as error:  # pylint: disable=broad-except
+        if step is not None:
+          raise
+        self._warn_unreadable(candidate, error)
+    return None
 
   def restore_latest(self, target: TrainState) -> TrainState | None:
-    step = self.latest_step()
-    return None if step is None else self.restore(step, target)
+    """The newest checkpoint that reads back whole; a truncated or corrupted one is named in a
+    warning and skipped for the one before it (None when none is readable)."""
+    for step in self._steps_newest_first():
+      try:
+        return self.restore(step, target)
+      except Exception as error:  # pylint: disable=broad-except
+        self._warn_unreadable(step, error)
+    return None
+
+  def _steps_newest_first(self) -> list[int]:
+    return sorted(self._manager.all_steps(), reverse=True)
+
+  def _warn_unreadable(self, step: int, error: Exception) -> None:
+    message = (f'checkpoint {os.path.join(self.directory, str(step))} cannot be read '
+               f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}); '
+               'falling back to the one before it')
+    logging.warning(message)
+    print(f'WARNING: {message}', file=sys.stderr, flush=True)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

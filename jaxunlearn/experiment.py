@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -27,7 +28,8 @@ from jaxunlearn import data as data_lib
 from jaxunlearn import evaluation, metrics
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.checkpoint import CheckpointManager, check_compatible, model_signature
-from jaxunlearn.config import (DataConfig, EvalConfig, TrainingConfig, section_from_flat)
+from jaxunlearn.config import (ConfigError, DataConfig, EvalConfig, TrainingConfig,
+                               section_from_flat)
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.loop import run
 from jaxunlearn.models import create_model
@@ -69,9 +71,34 @@ def sections(config) -> tuple[DataConfig, TrainingConfig, EvalConfig]:
           section_from_flat(EvalConfig, config))
 
 
+MIN_FREE_BYTES = 100 * 2**20
+
+
+def check_workdir(workdir: str, flag: str = '--config.workdir') -> None:
+  """Raises ConfigError unless `workdir` (or, if it does not exist yet, its nearest existing
+  parent) is a directory we can write a file into, on a disk with MIN_FREE_BYTES free. Leaves
+  nothing behind."""
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'{flag}={workdir!r}: {existing} is a file, not a directory.')
+  try:
+    with tempfile.TemporaryFile(dir=existing):
+      pass
+  except OSError as error:
+    raise ConfigError(f'{flag}={workdir!r}: cannot write into {existing} '
+                      f'({error.strerror}).') from None
+  free = shutil.disk_usage(existing).free
+  if free < MIN_FREE_BYTES:
+    raise ConfigError(f'{flag}={workdir!r}: only {free / 2**20:.0f} MiB free on its disk; a '
+                      f'study needs at least {MIN_FREE_BYTES / 2**20:.0f} MiB.')
+
+
 def prepare(config) -> Setup:
   """Validates the config, loads the data, makes the split and the mesh, writes the split file."""
   data_config, training, evaluation_config = sections(config)
+  check_workdir(training.workdir)
   info = data_lib.dataset_info(config.dataset)
   mesh = sharding_lib.make_mesh(sharding_lib.select_devices(config.get('num_devices', 0)))
   sharding_lib.check_batch_size(config.batch_size, mesh)
@@ -183,7 +210,8 @@ def train_model(setup: Setup, *, kind: str, seed: int) -> tuple[ModelFns, dict, 
 
   t0 = time.perf_counter()
   result = run(program, state, setup.train, mesh=setup.mesh, seed=seed, checkpointer=manager,
-               augment=True, log_every=training.log_every, eval_fn=eval_fn, name=kind)
+               augment=True, log_every=training.log_every, eval_fn=eval_fn, name=kind,
+               stop_on_nonfinite=True)
   manager.close()
   variables = jax.device_get(result.state.variables)
   if finished:

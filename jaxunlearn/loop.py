@@ -56,6 +56,16 @@ class Program:
       raise ValueError(f'schedule names unknown step kinds {unknown}; known: {sorted(self.kinds)}')
 
 
+class NonFiniteLoss(RuntimeError):
+  """A run's loss became nan or inf; `step` is the first such global step (1-based count of steps
+  done). No checkpoint after it was written."""
+
+  def __init__(self, name: str, step: int, metric: str):
+    super().__init__(f'{name}: {metric} became non-finite at step {step}; stopped there, and the '
+                     'last checkpoint (if any) holds the weights before it.')
+    self.step = step
+
+
 @dataclasses.dataclass
 class RunResult:
   state: TrainState
@@ -77,13 +87,17 @@ class Checkpointer(Protocol):
 def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: int,
         constants: Any = None, checkpointer: Checkpointer | None = None, augment: bool = True,
         log_every: int = 50, eval_fn: Callable[[TrainState], dict] | None = None,
-        name: str = 'train', stop_after: int | None = None) -> RunResult:
+        name: str = 'train', stop_after: int | None = None,
+        stop_on_nonfinite: bool = False) -> RunResult:
   """Runs `program` from `state` (or from the latest checkpoint) to the end of its schedule.
 
   `constants` (a PyTree, default empty) is handed to every step and never checkpointed. `eval_fn`
   (host-side, outside the steps) is called at each checkpoint; its metrics go with the checkpoint
   (the best-by-metric one is kept). `stop_after` ends the run early after that many steps in this
-  call (used to test resumption).
+  call (used to test resumption). With `stop_on_nonfinite`, the 'loss' metric of every step is
+  checked (when a progress line is printed and before each checkpoint, so no host sync is added
+  inside a step) and a nan or inf raises `NonFiniteLoss` naming the step, before a checkpoint of
+  the bad weights could be written.
   """
   sharding_lib.check_batch_size(program.batch_size, mesh)
   state = sharding_lib.replicate(state, mesh)
@@ -101,7 +115,7 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
   compiled, compile_seconds = compile_program(program, state, data, mesh, seed, augment,
                                               constants=constants,
                                               kinds=set(program.schedule[start:]))
-  history, pending = [], []
+  history, pending, unchecked = [], [], []
   run_start = last_time = time.perf_counter()
   last_step = start
   steps_run = 0
@@ -118,6 +132,12 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
     pending.append((kind_name, metrics))
     steps_run += 1
     done = step + 1
+    saving = checkpointer is not None and (checkpointer.should_save(done) or done == total)
+    if stop_on_nonfinite:
+      unchecked.append((done, metrics))
+      if saving or done % log_every == 0 or done == total:
+        _check_finite(unchecked, name)
+        unchecked = []
     if done % log_every == 0 or done == total:
       now = time.perf_counter()
       record = _summarise(pending, done, total, now - last_time, done - last_step,
@@ -125,7 +145,7 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
       print(f'[{name}] {_format(record)}', flush=True)
       history.append(record)
       pending, last_time, last_step = [], now, done
-    if checkpointer is not None and (checkpointer.should_save(done) or done == total):
+    if saving:
       checkpointer.save(state, eval_fn(state) if eval_fn else {})
     if stop_after is not None and steps_run >= stop_after:
       break
@@ -133,6 +153,15 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
   if checkpointer is not None:
     checkpointer.wait()
   return RunResult(state, history, compile_seconds, time.perf_counter() - run_start, steps_run)
+
+
+def _check_finite(entries: list[tuple[int, dict]], name: str) -> None:
+  """Raises NonFiniteLoss at the first (step, metrics) entry whose losses are not finite."""
+  values = jax.device_get([m for _, m in entries])
+  for (done, _), metrics in zip(entries, values):
+    for key, value in sorted(metrics.items()):
+      if 'loss' in key and not np.all(np.isfinite(value)):
+        raise NonFiniteLoss(name, done, key)
 
 
 def _draw_offsets(program: Program, start: int) -> dict[str, int]:
