@@ -16,8 +16,16 @@ def optimizer(name='sgd', lr=0.05, schedule='cosine', momentum=0.9, weight_decay
 def get_config():
   c = ml_collections.ConfigDict()
   c.workdir = 'workdir'
+  # mnist5k | digits | any TFDS image dataset with a ClassLabel label (e.g. cifar10) |
+  # imagefolder:PATH (PATH/train/<class>/*.jpg|jpeg|png and PATH/test/<class>/...)
   c.dataset = 'mnist5k'
   c.data_dir = ''             # '' = $JAXUNLEARN_DATA_DIR or ~/.cache/jaxunlearn/tfds
+  c.test_split = 'test'       # the split evaluated as the test set (e.g. 'validation')
+  c.image_size = ''           # 'H,W' resizes every image on load (needed when their sizes differ)
+  c.augment = 'auto'          # crop+flip: auto (colour images >= 32x32, not SVHN) | true | false
+  # N > 0: train on N train examples, stratified by class, drawn with a fixed seed (the same for
+  # every split seed, since the original model is shared); 0: the whole train split.
+  c.train_subset = 0
   c.model = 'cnn'
   c.model_kwargs = ml_collections.ConfigDict()
   c.forget = 'random:0.1'     # random:FRACTION | random:COUNT | class:K[,K...] | indices:PATH.npy
