@@ -181,19 +181,16 @@ def announce(message: str) -> Iterator[None]:
 
 
 def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], label: str, *,
-                    rebuild: bool = False,
-                    before_build: Callable[[], None] | None = None) -> tfds.core.DatasetBuilder:
+                    rebuild: bool = False) -> tfds.core.DatasetBuilder:
   """Returns the prepared builder that `make_builder()` makes, building its files if needed.
 
-  Builds the array_record files when they are missing, or always with `rebuild`, first deleting
-  whatever copy is on disk, and prints one progress line naming `label` meanwhile. `before_build`
-  runs inside that line, before TFDS starts (to read the source data only when a build is due).
+  Builds the array_record files when they are missing, or always with `rebuild`, and prints one
+  progress line naming `label` meanwhile.
 
   Args:
     make_builder: makes a fresh builder with its data_dir and `file_format='array_record'`.
     label: the dataset's name in the progress line.
     rebuild: build even if a prepared copy exists (it is damaged).
-    before_build: called once before a build.
 
   Returns:
     A builder whose files are prepared.
@@ -202,23 +199,40 @@ def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], label:
     builder = make_builder()
     if builder.is_prepared() and not rebuild:
       return builder
+  with announce(preparing_message(label, builder.data_dir, rebuild)):
+    return build_in_place(make_builder)
+
+
+def preparing_message(label: str, directory: str, rebuild: bool) -> str:
+  """The progress line of a build: 'Preparing LABEL (first use) into DIRECTORY'."""
   why = 'its copy on disk is damaged' if rebuild else 'first use'
-  with announce(f'Preparing {label} ({why}) into {builder.data_dir}'):
-    if before_build is not None:
-      before_build()
-    with quiet_tfds():
-      # TFDS reuses an existing version folder as it is, so a damaged one must go first.
-      shutil.rmtree(builder.data_dir, ignore_errors=True)
+  return f'Preparing {label} ({why}) into {directory}'
+
+
+def build_in_place(make_builder: Callable[[], tfds.core.DatasetBuilder]
+                   ) -> tfds.core.DatasetBuilder:
+  """Builds the files of `make_builder()` quietly, first deleting whatever copy is on disk.
+
+  Args:
+    make_builder: makes a fresh builder with its data_dir and `file_format='array_record'`.
+
+  Returns:
+    A builder whose files are prepared (by this call, or by another process that won the race).
+  """
+  with quiet_tfds():
+    builder = make_builder()
+    # TFDS reuses an existing version folder as it is, so a damaged one must go first.
+    shutil.rmtree(builder.data_dir, ignore_errors=True)
+    builder = make_builder()
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except OSError:
+      # Another process (a second host on a shared disk, say) finished the same build first and
+      # TFDS could not move our copy onto its folder: use theirs.
       builder = make_builder()
-      try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-      except OSError:
-        # Another process (a second host on a shared disk, say) finished the same build first
-        # and TFDS could not move our copy onto its folder: use theirs.
-        builder = make_builder()
-        if not builder.is_prepared():
-          raise
+      if not builder.is_prepared():
+        raise
   return builder
 
 

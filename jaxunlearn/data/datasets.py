@@ -119,11 +119,16 @@ def parse_image_size(value) -> tuple[int, int] | None:
   return size
 
 
-def _resolve_augment(setting, name: str, image_shape: tuple[int, int, int]) -> bool:
-  """--config.augment ('auto', 'true' or 'false'; bools are taken too) -> whether to augment."""
+def _parse_augment(setting) -> str:
+  """--config.augment ('auto', 'true' or 'false'; bools are taken too) -> one of AUGMENT_CHOICES."""
   choice = str(setting).lower()
   if choice not in AUGMENT_CHOICES:
     raise ValueError(f'--config.augment: got {setting!r}; allowed: {", ".join(AUGMENT_CHOICES)}.')
+  return choice
+
+
+def _resolve_augment(choice: str, name: str, image_shape: tuple[int, int, int]) -> bool:
+  """Whether to augment, for a parsed --config.augment `choice`."""
   if choice == 'auto':
     height, width, channels = image_shape
     return (channels == 3 and min(height, width) >= AUGMENT_MIN_SIZE and name not in NO_AUGMENT)
@@ -166,6 +171,7 @@ def dataset_info(name: str, data_dir: str | None = None, *,
   Returns:
     The dataset's info.
   """
+  augment = _parse_augment(augment)
   source = _open(name, default_data_dir(data_dir), parse_image_size(image_size))
   return _info(source, lambda: source.read('train'), augment)
 
@@ -185,6 +191,7 @@ def load_dataset(name: str, data_dir: str | None = None, *, test_split: str = 't
   Returns:
     The dataset, its info read from the data.
   """
+  augment = _parse_augment(augment)
   source = _open(name, default_data_dir(data_dir), parse_image_size(image_size))
   for split, flag in (('train', '--config.dataset'), (test_split, '--config.test_split')):
     if source.splits is not None and split not in source.splits:
@@ -219,7 +226,7 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
   return source.read(split)
 
 
-def _info(source: _Source, train: Callable[[], ArraySplit], augment) -> DatasetInfo:
+def _info(source: _Source, train: Callable[[], ArraySplit], augment: str) -> DatasetInfo:
   if source.builtin:
     mean, std = BUILTIN_STATISTICS[source.name]
   else:
@@ -277,9 +284,6 @@ def _open_image_folder(name: str, root: str, image_size: tuple[int, int] | None)
   builder = imagefolder.prepare(listing, root, image_size)
 
   def read(split: str) -> ArraySplit:
-    if split not in imagefolder.SPLITS:
-      raise ValueError(f'--config.test_split: got {split!r}; an image folder has the splits '
-                       f'{", ".join(imagefolder.SPLITS)}.')
     where = f'{name}/{split}'
     try:
       return _read_image_folder(builder, listing, split, where)
@@ -326,8 +330,10 @@ def _open_tfds(name: str, root: str, image_size: tuple[int, int] | None) -> _Sou
   elif None in shape:
     raise ValueError(f'--config.dataset={name}: its images differ in size (image feature shape '
                      f'{shape}); set --config.image_size=H,W to resize them on load.')
-  read = lambda split: _check(_read_tfds(name, split, root, image_key, label_key, image_size),
-                              shape, label_feature.num_classes, f'{name}/{split}')
+  def read(split: str) -> ArraySplit:
+    arrays = _read_tfds(name, split, root, image_key, label_key, image_size)
+    return _check(arrays, shape, label_feature.num_classes, f'{name}/{split}')
+
   return _Source(name=name if image_size is None else f'{name}-{image_size[0]}x{image_size[1]}',
                  tfds_name=name, image_shape=shape, class_names=tuple(label_feature.names),
                  splits=tuple(info.splits) if prepared else None,
