@@ -7,18 +7,22 @@ colour with 3 classes, so the training steps compile once for all of them.
 import io
 import json
 import os
+import tarfile
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from absl import app
 from PIL import Image
 
+from experiments import prepare_cifar10
 from experiments.configs import unlearn as unlearn_config
 from jaxunlearn import data, experiment
 from jaxunlearn.unlearn import run_method
 from tests.conftest import tiny_config
 
 CLASSES = ('red', 'green', 'blue')
+SHARED_ARCHIVE = os.path.join(prepare_cifar10.REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
 
 
 def _unlearn_scores(setup, model_fns, variables) -> dict:
@@ -202,9 +206,9 @@ def test_not_an_image_classification_dataset(tmp_path):
 # Image folders.
 
 
-def _write_folder(root, counts={'train': 4, 'test': 2}, classes=CLASSES, size=(32, 32)):
+def _write_folder(root, counts=(('train', 4), ('test', 2)), classes=CLASSES, size=(32, 32)):
   """PNG files root/{split}/{class}/{k:02d}.png, image k of class c seeded by (split, c, k)."""
-  for split, count in counts.items():
+  for split, count in dict(counts).items():
     for label, name in enumerate(classes):
       os.makedirs(os.path.join(root, split, name), exist_ok=True)
       for k in range(count):
@@ -379,3 +383,27 @@ def test_building_a_builtin_prints_one_line(tmp_path, capfd):
   assert out.startswith(f'Preparing digits (first use) into {tmp_path}')
   assert out.endswith(' s.\n') and out.count('\n') == 1
   assert err == ''
+
+
+# The shared CIFAR-10 archive.
+
+
+def test_prepare_cifar10_checks_and_extracts_an_archive(tmp_path, monkeypatch):
+  _write_folder(tmp_path / 'src' / prepare_cifar10.FOLDER, counts={'train': 1, 'test': 1})
+  archive = str(tmp_path / 'cifar10-jpeg.tar.gz')
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tmp_path / 'src' / prepare_cifar10.FOLDER, arcname=prepare_cifar10.FOLDER)
+  with pytest.raises(app.UsageError, match='sha256'):
+    prepare_cifar10.extract(archive, str(tmp_path / 'dest'))
+  monkeypatch.setattr(prepare_cifar10, 'ARCHIVE_SHA256', prepare_cifar10.sha256_of(archive))
+  folder = prepare_cifar10.extract(archive, str(tmp_path / 'dest'))
+  assert folder == str(tmp_path / 'dest' / prepare_cifar10.FOLDER)
+  assert sorted(os.listdir(os.path.join(folder, 'test'))) == sorted(CLASSES)
+  assert os.listdir(tmp_path / 'dest') == [prepare_cifar10.FOLDER]   # no staging folder left
+  assert data.load_dataset(f'imagefolder:{folder}', str(tmp_path / 'tfds')).info.class_names == (
+      tuple(sorted(CLASSES)))
+
+
+@pytest.mark.skipif(not os.path.isfile(SHARED_ARCHIVE), reason='no ../shared/data checkout')
+def test_the_shared_archive_is_the_documented_one():
+  assert prepare_cifar10.sha256_of(SHARED_ARCHIVE) == prepare_cifar10.ARCHIVE_SHA256

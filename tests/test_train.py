@@ -95,7 +95,7 @@ def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, da
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(dataset='imagenet'), '--dataset'),
+    (dict(dataset='imagenet'), '--config.dataset=imagenet'),
     (dict(model='resnet50'), 'model'),
     (dict(forget='random:1.5'), '--forget'),
     (dict(forget='random:0'), '--forget'),

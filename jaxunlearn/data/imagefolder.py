@@ -3,8 +3,9 @@
 The images (.jpg, .jpeg, .png; hidden files are ignored) are decoded with Pillow once and written
 by a TFDS builder of ours into array_record files under the data dir, as raw uint8 tensors (no
 TensorFlow needed), in `{data_dir}/imagefolder/{folder}-{digest}[-{H}x{W}]/1.0.0/`. The digest
-covers every image's relative path and size in bytes, so adding, removing, renaming or resizing a
-file gives a new build; an edit that keeps a file's size is not seen (delete the build folder).
+covers every image's relative path and size in bytes, so adding, removing or renaming a file, or
+any edit that changes its size in bytes, gives a new build; an edit that keeps a file's size in
+bytes is not seen (delete the build folder then).
 
 Class names are the sorted class-folder names; labels are their positions. Example ids are
 positions in the sorted relative paths ('cat/0001.jpg') of a split, so they are the same on every
