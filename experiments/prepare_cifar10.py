@@ -1,7 +1,8 @@
 r"""Extracts the shared CIFAR-10 JPEG archive into an image folder, and builds it for training.
 
-  python -m experiments.prepare_cifar10          # archive from ../shared/data, into the data dir
-  python -m experiments.train --config.dataset=imagefolder:$JAXUNLEARN_DATA_DIR/downloads/cifar10-jpeg
+  python -m experiments.prepare_cifar10      # archive from ../shared/data, into the data dir
+  python -m experiments.train \
+      --config.dataset=imagefolder:$JAXUNLEARN_DATA_DIR/downloads/cifar10-jpeg
 
 The archive (`cifar10-jpeg.tar.gz`, see ../shared/data/README.md) holds the 50,000 train and
 10,000 test images of CIFAR-10 re-encoded as JPEG (quality 75), one folder per class. Its sha256

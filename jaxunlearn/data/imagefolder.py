@@ -1,4 +1,4 @@
-"""Image-folder datasets: `imagefolder:PATH`, with PATH holding `train/<class>/*` and `test/<class>/*`.
+"""Image-folder datasets: `imagefolder:PATH`, PATH holding `train/<class>/*` and `test/<class>/*`.
 
 The images (.jpg, .jpeg, .png; hidden files are ignored) are decoded with Pillow once and written
 by a TFDS builder of ours into array_record files under the data dir, as raw uint8 tensors (no
