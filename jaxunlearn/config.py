@@ -257,9 +257,24 @@ class DataConfig(Config):
   forget: str = text('random:0.1', doc='random:FRACTION | random:COUNT | class:K[,K...] | '
                      'indices:PATH.npy')
   split_seed: int = integer(0, ge=0)
+  test_split: str = text('test', doc="the split evaluated as the test set (e.g. 'validation')")
+  image_size: str = text('', doc="'H,W' resizes every image once on load (needed when their "
+                         'sizes differ)')
+  augment: str = choice('auto', ('auto', 'true', 'false'), doc='crop+flip; auto: colour images '
+                        'of at least 32x32 (not SVHN)')
+  train_subset: int = integer(0, ge=0, doc='N > 0: a stratified subset of N train examples '
+                              '(fixed seed, shared by every split seed); 0: all')
 
   def constraints(self):
-    return (('dataset', bool(self.dataset.strip()), 'must name a dataset'),)
+    return (('dataset', bool(self.dataset.strip()), 'must name a dataset'),
+            ('test_split', bool(self.test_split.strip()), 'must name a split'),
+            ('image_size', self.image_size == '' or _is_size(self.image_size),
+             "must be '' or 'H,W' with positive integers"))
+
+
+def _is_size(value: str) -> bool:
+  parts = value.split(',')
+  return len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts)
 
 
 BEST_METRICS = ('', 'test_accuracy')

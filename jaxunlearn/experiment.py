@@ -99,15 +99,19 @@ def prepare(config) -> Setup:
   """Validates the config, loads the data, makes the split and the mesh, writes the split file."""
   data_config, training, evaluation_config = sections(config)
   check_workdir(training.workdir)
-  info = data_lib.dataset_info(config.dataset)
   mesh = sharding_lib.make_mesh(sharding_lib.select_devices(config.get('num_devices', 0)))
   sharding_lib.check_batch_size(config.batch_size, mesh)
+  dataset = data_lib.load_dataset(
+      config.dataset, config.get('data_dir') or None, test_split=config.get('test_split', 'test'),
+      image_size=config.get('image_size', ''), augment=config.get('augment', 'auto'))
+  info, test = dataset.info, dataset.test
   build_model(config, info, 0)   # fails fast on an unknown model or model kwargs
-  data_dir = config.get('data_dir') or None
-  train = data_lib.load_split(config.dataset, 'train', data_dir)
-  test = data_lib.load_split(config.dataset, 'test', data_dir)
-  split = data_lib.make_forget_split(config.forget, config.split_seed, train, test, info)
-  model_dir = os.path.join(config.workdir, f'{config.dataset}-{config.model}')
+  train_subset = config.get('train_subset', 0)
+  train, subset = data_lib.select_train_subset(dataset.train, train_subset, info.num_classes)
+  split = data_lib.make_forget_split(config.forget, config.split_seed, train, test, info,
+                                     subset=subset)
+  model_dir = os.path.join(config.workdir,
+                           f'{data_lib.data_name(info.name, train_subset)}-{config.model}')
   experiment_dir = os.path.join(model_dir, f'{forget_tag(config.forget)}-split{config.split_seed}')
   existing = data_lib.load_forget_split(experiment_dir)
   if existing is not None and existing.digest != split.digest:

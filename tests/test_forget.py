@@ -176,13 +176,13 @@ def test_load_rejects_positions_that_do_not_match_the_digest(tmp_path):
 def test_bad_specs_name_the_flag(spec, message):
     with pytest.raises(ValueError, match=message) as err:
         _split(spec)
-    assert str(err.value).startswith('--forget:')
+    assert str(err.value).startswith('--config.forget=')
     assert 'allowed forms' in str(err.value)
 
 
 def test_class_with_no_train_example_gives_empty_forget_set():
     train = _arrays(np.arange(900) % 9)
-    with pytest.raises(ValueError, match='--forget.*forget set is empty'):
+    with pytest.raises(ValueError, match='--config.forget.*forget set is empty'):
         _split('class:9', train=train)
 
 
@@ -198,13 +198,13 @@ def test_class_with_no_train_example_gives_empty_forget_set():
 def test_bad_indices_files(tmp_path, positions, message):
     path = str(tmp_path / 'forget.npy')
     np.save(path, positions)
-    with pytest.raises(ValueError, match='--forget:.*' + message):
+    with pytest.raises(ValueError, match='--config.forget=.*' + message):
         _split(f'indices:{path}')
 
 
 def test_missing_indices_file(tmp_path):
     path = str(tmp_path / 'absent.npy')
-    with pytest.raises(ValueError, match='--forget:.*does not exist'):
+    with pytest.raises(ValueError, match='--config.forget=.*does not exist'):
         _split(f'indices:{path}')
 
 

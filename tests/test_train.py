@@ -95,15 +95,15 @@ def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, da
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(dataset='imagenet'), '--dataset'),
+    (dict(dataset='imagenet'), '--config.dataset=imagenet'),
     (dict(model='resnet50'), 'model'),
-    (dict(forget='random:1.5'), '--forget'),
-    (dict(forget='random:0'), '--forget'),
-    (dict(forget='random:99999'), '--forget'),
-    (dict(forget='class:12'), '--forget'),
-    (dict(forget='class:0,1,2,3,4,5,6,7,8,9'), '--forget'),
-    (dict(forget='bogus'), '--forget'),
-    (dict(forget='indices:/nonexistent.npy'), '--forget'),
+    (dict(forget='random:1.5'), '--config.forget'),
+    (dict(forget='random:0'), '--config.forget'),
+    (dict(forget='random:99999'), '--config.forget'),
+    (dict(forget='class:12'), '--config.forget'),
+    (dict(forget='class:0,1,2,3,4,5,6,7,8,9'), '--config.forget'),
+    (dict(forget='bogus'), '--config.forget'),
+    (dict(forget='indices:/nonexistent.npy'), '--config.forget'),
     (dict(batch_size=60, num_devices=0), '--config.batch_size'),
     (dict(num_devices=9), '--config.num_devices'),
 ])
@@ -116,7 +116,7 @@ def test_bad_input_is_refused_before_training(tmp_path, data_dir, overrides, mes
 def test_empty_forget_set_is_refused(tmp_path, data_dir):
   empty = tmp_path / 'empty.npy'
   np.save(empty, np.array([], np.int64))
-  with pytest.raises(ValueError, match='--forget'):
+  with pytest.raises(ValueError, match='--config.forget'):
     experiment.prepare(tiny_config(tmp_path, data_dir, forget=f'indices:{empty}'))
 
 

@@ -1,41 +1,51 @@
-"""Datasets (TFDS), on-device preprocessing and forget-set splits."""
+"""Datasets (built-in, TFDS, image folders), on-device preprocessing and forget-set splits."""
 
 from jaxunlearn.data.datasets import (
     DATA_DIR_ENV,
-    DATASETS,
     DEFAULT_DATASET,
     ArraySplit,
+    Dataset,
     DatasetInfo,
+    channel_statistics,
     dataset_info,
     default_data_dir,
+    load_dataset,
     load_split,
+    parse_image_size,
     preprocess,
 )
 from jaxunlearn.data.forget import (
     ForgetSpec,
     ForgetSplit,
+    data_name,
     forget_split_digest,
     load_forget_split,
     make_forget_split,
     parse_forget_spec,
     save_forget_split,
+    select_train_subset,
 )
 
 __all__ = [
     'DATA_DIR_ENV',
-    'DATASETS',
     'DEFAULT_DATASET',
     'ArraySplit',
+    'Dataset',
     'DatasetInfo',
     'ForgetSpec',
     'ForgetSplit',
+    'channel_statistics',
+    'data_name',
     'dataset_info',
     'default_data_dir',
     'forget_split_digest',
+    'load_dataset',
     'load_forget_split',
     'load_split',
     'make_forget_split',
     'parse_forget_spec',
+    'parse_image_size',
     'preprocess',
     'save_forget_split',
+    'select_train_subset',
 ]

@@ -1,4 +1,5 @@
-"""TFDS builders for the datasets that ship inside pip packages (usable offline).
+"""TFDS builders for the datasets that ship inside pip packages (usable offline), and the quiet,
+race-safe preparation that every builder of ours goes through.
 
 Both builders write TFDS array_record files (no TensorFlow needed) with three features: `image`
 (uint8 HxWx1), `label` (ClassLabel) and `index` (int64, the example's row in the source data).
@@ -11,13 +12,17 @@ builds a dataset gets the same partition.
 from __future__ import annotations
 
 import abc
+import contextlib
 import gzip
+import io
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 SPLIT_SEED = 0
 
@@ -143,6 +148,94 @@ class Digits(_BuiltinBuilder, skip_registration=True):
 BUILDERS: dict[str, type[_BuiltinBuilder]] = {'mnist5k': Mnist5k, 'digits': Digits}
 
 
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+  """Silences TFDS while it builds or opens one of our datasets.
+
+  TFDS prints banners to stdout, draws tqdm progress bars on stderr and logs warnings that say
+  nothing to our users (a custom builder config, a folder that is not prepared yet). Progress bars
+  are switched back on afterwards, TFDS's default.
+  """
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.display_progress_bar(True)
+    logging.set_verbosity(verbosity)
+
+
+@contextlib.contextmanager
+def announce(message: str) -> Iterator[None]:
+  """Prints `message ...` on one line, then ` done in S s.` (or ` failed.`) when the block ends."""
+  print(f'{message} ...', end='', flush=True)
+  start = time.perf_counter()
+  try:
+    yield
+  except BaseException:
+    print(' failed.', flush=True)
+    raise
+  print(f' done in {time.perf_counter() - start:.1f} s.', flush=True)
+
+
+def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], label: str, *,
+                    rebuild: bool = False) -> tfds.core.DatasetBuilder:
+  """Returns the prepared builder that `make_builder()` makes, building its files if needed.
+
+  Builds the array_record files when they are missing, or always with `rebuild`, and prints one
+  progress line naming `label` meanwhile.
+
+  Args:
+    make_builder: makes a fresh builder with its data_dir and `file_format='array_record'`.
+    label: the dataset's name in the progress line.
+    rebuild: build even if a prepared copy exists (it is damaged).
+
+  Returns:
+    A builder whose files are prepared.
+  """
+  with quiet_tfds():
+    builder = make_builder()
+    if builder.is_prepared() and not rebuild:
+      return builder
+  with announce(preparing_message(label, builder.data_dir, rebuild)):
+    return build_in_place(make_builder)
+
+
+def preparing_message(label: str, directory: str, rebuild: bool) -> str:
+  """The progress line of a build: 'Preparing LABEL (first use) into DIRECTORY'."""
+  why = 'its copy on disk is damaged' if rebuild else 'first use'
+  return f'Preparing {label} ({why}) into {directory}'
+
+
+def build_in_place(make_builder: Callable[[], tfds.core.DatasetBuilder]
+                   ) -> tfds.core.DatasetBuilder:
+  """Builds the files of `make_builder()` quietly, first deleting whatever copy is on disk.
+
+  Args:
+    make_builder: makes a fresh builder with its data_dir and `file_format='array_record'`.
+
+  Returns:
+    A builder whose files are prepared (by this call, or by another process that won the race).
+  """
+  with quiet_tfds():
+    builder = make_builder()
+    # TFDS reuses an existing version folder as it is, so a damaged one must go first.
+    shutil.rmtree(builder.data_dir, ignore_errors=True)
+    builder = make_builder()
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except OSError:
+      # Another process (a second host on a shared disk, say) finished the same build first and
+      # TFDS could not move our copy onto its folder: use theirs.
+      builder = make_builder()
+      if not builder.is_prepared():
+        raise
+  return builder
+
+
 def build(name: str, data_dir: str, *, rebuild: bool = False) -> _BuiltinBuilder:
   """Returns the prepared builder of built-in dataset `name` under `data_dir`.
 
@@ -150,19 +243,5 @@ def build(name: str, data_dir: str, *, rebuild: bool = False) -> _BuiltinBuilder
   whatever copy is on disk.
   """
   builder_cls = BUILDERS[name]
-  builder = builder_cls(data_dir=data_dir, file_format='array_record')
-  if builder.is_prepared() and not rebuild:
-    return builder
-  # TFDS reuses an existing version folder as it is, so a damaged one must go first.
-  shutil.rmtree(builder.data_dir, ignore_errors=True)
-  builder = builder_cls(data_dir=data_dir, file_format='array_record')
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  except OSError:
-    # Another process (a second host on a shared disk, say) finished the same build first and
-    # TFDS could not move our copy onto its folder: use theirs.
-    builder = builder_cls(data_dir=data_dir, file_format='array_record')
-    if not builder.is_prepared():
-      raise
-  return builder
+  return prepare_builder(lambda: builder_cls(data_dir=data_dir, file_format='array_record'), name,
+                         rebuild=rebuild)

@@ -9,6 +9,12 @@ A spec is one string, the --forget flag:
 The split depends only on (dataset, spec, seed): random draws come from
 `np.random.default_rng(seed)` and nothing else, so the original, retrain and unlearning runs of one
 experiment get the same split. It is saved to the run directory and identified by a digest.
+
+A training subset (--config.train_subset=N) is drawn before the split: N train examples,
+stratified by class, seeded by the fixed `SUBSET_SEED` rather than the split seed, because the
+original model, which trains on the subset, is shared by every split of an experiment. The split's
+positions then index the subset, and the subset's positions in the full train split are part of
+the split's digest.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import tempfile
 
 import numpy as np
 
+from jaxunlearn.config import ConfigError
+from jaxunlearn.data.builders import stratified_split
 from jaxunlearn.data.datasets import ArraySplit, DatasetInfo
 
 KINDS = ('random', 'class', 'indices')
@@ -32,6 +40,7 @@ _ALLOWED = ("allowed forms: 'random:FRACTION' with 0 < FRACTION < 1 (e.g. random
             "'random:COUNT' (e.g. random:400), 'class:C' or 'class:C1,C2,...', "
             "'indices:PATH.npy'")
 _INTEGER = re.compile(r'[+-]?\d+')
+SUBSET_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +61,8 @@ class ForgetSplit:
 
   `forget` and `retain` are sorted int64 positions that partition the train arrays. For class
   forgetting, `test_forget` and `test_retain` split the test arrays into forgotten-class and
-  remaining-class positions; otherwise both are None.
+  remaining-class positions; otherwise both are None. With a training subset, `subset` holds its
+  sorted positions in the full train split (the train arrays are that subset); else it is None.
   """
 
   dataset: str
@@ -65,10 +75,11 @@ class ForgetSplit:
   test_forget: np.ndarray | None
   test_retain: np.ndarray | None
   digest: str
+  subset: np.ndarray | None = None
 
 
 def _bad_spec(spec: str, problem: str) -> ValueError:
-  return ValueError(f'--forget: {problem} (got {spec!r}); {_ALLOWED}.')
+  return ConfigError(f'--config.forget={spec!r}: {problem}; {_ALLOWED}.')
 
 
 def parse_forget_spec(spec: str) -> ForgetSpec:
@@ -103,13 +114,57 @@ def parse_forget_spec(spec: str) -> ForgetSpec:
   return ForgetSpec('indices', value)
 
 
-def forget_split_digest(dataset: str, forget: np.ndarray, num_train: int) -> str:
+def forget_split_digest(dataset: str, forget: np.ndarray, num_train: int,
+                        subset: np.ndarray | None = None) -> str:
   """sha256 hex digest of the dataset name in UTF-8, a NUL byte, then num_train and the sorted
-  forget positions as little-endian int64."""
+  forget positions as little-endian int64; with a training subset, then the bytes b'subset' and
+  its sorted positions as little-endian int64."""
   digest = hashlib.sha256(dataset.encode('utf-8') + b'\0')
   digest.update(np.asarray([num_train], '<i8').tobytes())
   digest.update(np.sort(np.asarray(forget)).astype('<i8').tobytes())
+  if subset is not None:
+    digest.update(b'subset' + np.sort(np.asarray(subset)).astype('<i8').tobytes())
   return digest.hexdigest()
+
+
+def select_train_subset(train: ArraySplit, size: int,
+                        num_classes: int) -> tuple[ArraySplit, np.ndarray | None]:
+  """The training subset of --config.train_subset: `size` examples of `train`, or all for 0.
+
+  The draw is stratified by class (each class gets its share of `size`, rounded by largest
+  remainder) and seeded by `SUBSET_SEED`, so it depends only on the train labels and `size`.
+
+  Args:
+    train: the full train split.
+    size: how many examples to keep; 0 keeps them all.
+    num_classes: the dataset's number of classes (the smallest allowed size).
+
+  Returns:
+    (the subset's arrays, its sorted int64 positions in `train`), or (`train`, None) for 0.
+  """
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not (
+      size == 0 or num_classes <= size <= len(train)):
+    raise ConfigError(f'--config.train_subset: got {size!r}; allowed: 0 (the whole train split) or '
+                     f'{num_classes} (one example per class) to {len(train)} (the train split).')
+  if size == 0:
+    return train, None
+  if size == len(train):
+    positions = np.arange(len(train), dtype=np.int64)
+  else:
+    positions = stratified_split(train.labels, int(size), SUBSET_SEED)[1]
+  subset = ArraySplit(images=train.images[positions], labels=train.labels[positions],
+                      index=train.index[positions])
+  return subset, positions
+
+
+def data_name(dataset: str, train_subset: int = 0) -> str:
+  """A directory-safe name for an experiment's training data.
+
+  The dataset's name with every run of characters other than letters, digits, '.', '_' and '-'
+  replaced by '-', then '-subsetN' for a training subset of N examples.
+  """
+  name = re.sub(r'[^A-Za-z0-9._-]+', '-', dataset).strip('-')
+  return f'{name}-subset{train_subset}' if train_subset else name
 
 
 def _random_forget(spec: str, value: float | int, seed: int, num_train: int) -> np.ndarray:
@@ -164,10 +219,11 @@ def _indices_forget(spec: str, path: str, num_train: int) -> np.ndarray:
 
 
 def make_forget_split(spec: str, seed: int, train: ArraySplit, test: ArraySplit,
-                      info: DatasetInfo) -> ForgetSplit:
+                      info: DatasetInfo, *, subset: np.ndarray | None = None) -> ForgetSplit:
   """Splits `train` into D_f and D_r as `spec` says (see the module docstring).
 
-  `seed` drives the random kind only; class and indices splits do not depend on it. Raises
+  `seed` drives the random kind only; class and indices splits do not depend on it. `subset`,
+  from `select_train_subset`, says that `train` is that subset of the train split. Raises
   ValueError naming --forget when the spec is malformed or leaves D_f or D_r empty.
   """
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -191,7 +247,7 @@ def make_forget_split(spec: str, seed: int, train: ArraySplit, test: ArraySplit,
       dataset=info.name, spec=spec, seed=int(seed), kind=parsed.kind, forget=forget,
       retain=np.setdiff1d(np.arange(num_train, dtype=np.int64), forget), classes=classes,
       test_forget=test_forget, test_retain=test_retain,
-      digest=forget_split_digest(info.name, forget, num_train))
+      digest=forget_split_digest(info.name, forget, num_train, subset), subset=subset)
 
 
 def _write_atomically(path: str, write) -> None:
@@ -223,6 +279,9 @@ def save_forget_split(split: ForgetSplit, directory: str) -> None:
   meta = {'dataset': split.dataset, 'spec': split.spec, 'seed': split.seed, 'kind': split.kind,
           'classes': list(split.classes), 'num_train': int(split.forget.size + split.retain.size),
           'num_forget': int(split.forget.size), 'digest': split.digest}
+  if split.subset is not None:
+    arrays['subset'] = split.subset
+    meta['train_subset'] = int(split.subset.size)
   _write_atomically(os.path.join(directory, SPLIT_ARRAYS), lambda f: np.savez(f, **arrays))
   _write_atomically(os.path.join(directory, SPLIT_META),
                     lambda f: f.write(json.dumps(meta, indent=2).encode('utf-8') + b'\n'))
@@ -241,7 +300,8 @@ def load_forget_split(directory: str) -> ForgetSplit | None:
   with np.load(os.path.join(directory, SPLIT_ARRAYS), allow_pickle=False) as saved:
     arrays = {name: saved[name].astype(np.int64) for name in saved.files}
   forget, retain, num_train = arrays['forget'], arrays['retain'], meta['num_train']
-  digest = forget_split_digest(meta['dataset'], forget, num_train)
+  subset = arrays.get('subset')
+  digest = forget_split_digest(meta['dataset'], forget, num_train, subset)
   partition = np.array_equal(np.sort(np.concatenate([forget, retain])), np.arange(num_train))
   if digest != meta['digest'] or not partition:
     raise ValueError(f'{directory}: the saved forget split is inconsistent (digest '
@@ -250,4 +310,4 @@ def load_forget_split(directory: str) -> ForgetSplit | None:
       dataset=meta['dataset'], spec=meta['spec'], seed=meta['seed'], kind=meta['kind'],
       forget=forget, retain=retain, classes=tuple(meta['classes']),
       test_forget=arrays.get('test_forget'), test_retain=arrays.get('test_retain'),
-      digest=meta['digest'])
+      digest=meta['digest'], subset=subset)
