@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.data import preprocess
-from jaxunlearn.loop import DeviceData
+from jaxunlearn.data.device import DeviceData
 from jaxunlearn.state import ModelFns
 
 
@@ -50,3 +50,43 @@ def logits_on_sources(model_fns: ModelFns, variables: dict, data: DeviceData, *,
   return {name: predict(model_fns, variables, data.images, data.info, positions, mesh=mesh,
                         batch_size=batch_size)
           for name, positions in data.sources.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _distance_fn(model_fns: ModelFns, reference_fns: ModelFns, info, mesh):
+
+  def distances(variables, reference, images, positions):
+    x = preprocess(jnp.take(images, positions, axis=0), info, train=False, key=None)
+    (_, features), _ = model_fns.apply(variables, x, train=False, return_features=True)
+    (_, ref_features), _ = reference_fns.apply(reference, x, train=False, return_features=True)
+    per_layer = {name: jnp.sqrt(jnp.sum(jnp.square(
+        (features[name] - ref_features[name]).reshape(x.shape[0], -1)), axis=-1))
+                 for name in features if name != 'penultimate'}
+    return per_layer, features['penultimate']
+
+  return jax.jit(distances, out_shardings=sharding_lib.replicated(mesh))
+
+
+def feature_distances(model_fns: ModelFns, variables: dict, reference_fns: ModelFns,
+                      reference: dict, images: jax.Array, info, positions: np.ndarray, *, mesh,
+                      batch_size: int = 512) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Per-example feature distances to a reference model, and the model's penultimate features.
+
+  The distance of a layer is the L2 norm of the flattened difference of the two models' features
+  (`metrics.feature_distance` before its mean over examples), for every feature but
+  'penultimate'; it is computed on device, batch by batch, so no layer's features leave it.
+
+  Returns:
+    ({layer: distances [N]}, penultimate features [N, D]) for `positions`, in their order.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  fn = _distance_fn(model_fns, reference_fns, info, mesh)
+  parts = []
+  positions = np.asarray(positions, np.int32)
+  for start in range(0, len(positions), batch_size):
+    chunk = positions[start:start + batch_size]
+    padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
+    out = fn(variables, reference, images, sharding_lib.shard_global_batch(padded, mesh))
+    parts.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], out))
+  return jax.tree.map(lambda *p: np.concatenate(p), *parts)

@@ -182,6 +182,40 @@ def evaluate(setup: Setup, model_fns: ModelFns, variables: dict, *, seed: int = 
   return result, logits
 
 
+REPRESENTATION_SOURCES = {'r': 'retain', 'f': 'forget'}
+
+
+def penultimate_features(setup: Setup, model_fns: ModelFns, variables: dict) -> dict:
+  """A model's penultimate features on D_r and D_f: {'retain': [N_r, D], 'forget': [N_f, D]}."""
+  return {source: evaluation.feature_distances(
+      model_fns, variables, model_fns, variables, setup.train.images, setup.info,
+      setup.train.sources[source], mesh=setup.mesh,
+      batch_size=setup.evaluation.eval_batch_size)[1]
+          for source in REPRESENTATION_SOURCES.values()}
+
+
+def representation_scores(setup: Setup, model_fns: ModelFns, variables: dict, original: dict,
+                          references: dict[str, dict]) -> dict:
+  """How far a model's representations are from the Original's, on D_r (suffix _r) and D_f (_f).
+
+  FD: feature distance to the Original (the RFA-LoRA paper's "activation distance"; per example
+  the L2 norm of the flattened difference, averaged over examples), per layer ('FD_r/conv1', ...)
+  and averaged over the layers ('FD_r'). CKA_{name}: linear CKA between the model's penultimate
+  features and those of each reference model in `references` ({name: penultimate_features}).
+  """
+  scores = {}
+  for suffix, source in REPRESENTATION_SOURCES.items():
+    distances, penultimate = evaluation.feature_distances(
+        model_fns, variables, model_fns, original, setup.train.images, setup.info,
+        setup.train.sources[source], mesh=setup.mesh, batch_size=setup.evaluation.eval_batch_size)
+    per_layer = {layer: float(np.mean(d)) for layer, d in distances.items()}
+    scores[f'FD_{suffix}'] = float(np.mean(list(per_layer.values())))
+    scores.update({f'FD_{suffix}/{layer}': v for layer, v in per_layer.items()})
+    for name, features in references.items():
+      scores[f'CKA_{name}_{suffix}'] = metrics.linear_cka(penultimate, features[source])
+  return scores
+
+
 def train_model(setup: Setup, *, kind: str, seed: int) -> tuple[ModelFns, dict, dict]:
   """Trains (or resumes, or loads when finished) the original (`kind='original'`, all training
   data) or the retrained model (`kind='retrain'`, D_r only). Returns fns, variables, metrics."""

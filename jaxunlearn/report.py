@@ -14,7 +14,7 @@ from matplotlib import ticker  # noqa: E402
 
 from jaxunlearn.experiment import write_json  # noqa: E402
 
-COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'KL', 'RTE_s')
+COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'KL', 'FD_r', 'RTE_s')
 CLASS_COLUMNS = ('TA_retain', 'TA_forget')
 
 
@@ -45,7 +45,9 @@ def markdown_table(rows: dict[str, dict], *, class_wise: bool) -> str:
 
 TABLE_NOTE = ('UA = 100 - accuracy on D_f; RA, TA = accuracy on D_r and the test set (%); '
               'MIA = MIA-Efficacy, % of D_f predicted non-member; AvgGap = mean |diff| to Retrain '
-              'over UA, RA, TA, MIA; KL = KL(Retrain || method) on D_f (nats); RTE_s = wall time '
+              'over UA, RA, TA, MIA; KL = KL(Retrain || method) on D_f (nats); FD_r = mean '
+              'feature distance to the Original on D_r (L2, averaged over examples and layers); '
+              'RTE_s = wall time '
               'of the unlearning phase in seconds, compilation excluded (Original/Retrain: '
               'training time).')
 

@@ -46,7 +46,7 @@ from jaxunlearn.methods import registry
 from jaxunlearn.unlearn import MethodResult, add_reference_scores, parse_seeds, run_method, summarise
 
 RERUN = ('missing', 'all')
-RUN_FORMAT = 1        # bump when what a run's scores mean changes: every run is redone
+RUN_FORMAT = 2        # bump when what a run's scores mean changes: every run is redone
 _PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
              'scikit-learn', 'numpy')
 
@@ -232,6 +232,19 @@ class Study:
     return scores, logits
 
   @functools.cache
+  def _penultimate(self, kind: str, seed: int) -> dict:
+    model = self.original() if kind == 'Original' else self.retrain(seed)
+    return experiment.penultimate_features(self.setup, model.model_fns, model.variables)
+
+  def representation(self, variables: dict, seed: int) -> dict:
+    """FD and CKA of a model against the Original (and CKA against Retrain of `seed`)."""
+    original = self.original()
+    return experiment.representation_scores(
+        self.setup, original.model_fns, variables, original.variables,
+        {'original': self._penultimate('Original', self.options.original_seed),
+         'retrain': self._penultimate('Retrain', seed)})
+
+  @functools.cache
   def _fingerprint_base(self, seed: int) -> dict:
     return {'format': RUN_FORMAT, 'dataset': self.data_config.dataset,
             'split': self.setup.split.digest, 'model': self.training.model,
@@ -254,6 +267,7 @@ class Study:
     if self.options.only_report:
       return self.write_results()
     start = time.perf_counter()
+    self.check_methods()
     with self._lock():
       for seed in self.seeds:
         self.reference_rows(seed)
@@ -261,6 +275,15 @@ class Study:
           self.run_row(row, method, cfg, seed)
       self.wall_seconds += time.perf_counter() - start
       return self.write_results()
+
+  def check_methods(self) -> None:
+    """The checks of every row's config that need the model (e.g. RFA-LoRA's layer names), on a
+    freshly initialised model, before any training."""
+    fns, variables = experiment.build_model(self.config, self.setup.info, 0)
+    for _, method, cfg in self.rows:
+      check = registry.get(method).check
+      if check is not None:
+        check(cfg, fns, variables, self.training.model, self.setup.info.image_shape)
 
   def reference_rows(self, seed: int) -> None:
     """The Original and Retrain rows of `seed` (scored against Retrain)."""
@@ -271,12 +294,15 @@ class Study:
       retrain_scores, retrain_logits = self._reference(seed)
       if row == 'Retrain':
         scores = dict(retrain_scores)
+        variables = self.retrain(seed).variables
       else:
         original = self.original()
+        variables = original.variables
         scores, logits = experiment.evaluate(self.setup, original.model_fns, original.variables,
                                              seed=seed)
         scores['RTE_s'] = original.scores['run_seconds']
         add_reference_scores(scores, logits, retrain_scores, retrain_logits)
+      scores.update(self.representation(variables, seed))
       self._save_run(row, seed, fingerprint, row, scores, None)
 
   def run_row(self, row: str, method: str, cfg: Config, seed: int) -> dict:
@@ -299,6 +325,8 @@ class Study:
                         checkpointer=manager, log_name=f'{row} s{seed}', prior_seconds=prior)
     if manager is not None:
       manager.close()
+    if result.logits is not None:
+      result.scores.update(self.representation(result.variables, seed))
     self._save_run(method, seed, fingerprint, row, result.scores, result)
     print(f'[{row} s{seed}] ' + ', '.join(
         f'{k} {result.scores[k]:.2f}' for k in ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'RTE_s')),

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from jaxunlearn import experiment, metrics
+from jaxunlearn.metrics import tree_bytes
 from jaxunlearn.config import ConfigError
 from jaxunlearn.loop import Checkpointer, run
 from jaxunlearn.methods import UnlearnContext, registry
@@ -42,7 +43,8 @@ def context(setup: experiment.Setup, model_fns: ModelFns, original: dict, *, see
 
   return UnlearnContext(model_fns=model_fns, original=original, data=setup.train,
                         num_classes=setup.info.num_classes, batch_size=batch_size, seed=seed,
-                        mesh=setup.mesh, init_variables=init_variables, cache_dir=cache_dir)
+                        mesh=setup.mesh, init_variables=init_variables, cache_dir=cache_dir,
+                        model_name=setup.training.model)
 
 
 def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelFns,
@@ -70,7 +72,8 @@ def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelF
   result = run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=seed,
                constants=plan.constants, checkpointer=checkpointer, augment=True,
                log_every=setup.training.log_every, name=log_name or f'{name} s{seed}')
-  variables = jax.device_get(result.state.variables)
+  variables = jax.device_get(plan.finalize(result.state) if plan.finalize
+                             else result.state.variables)
   if all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables)):
     scores, logits = experiment.evaluate(setup, model_fns, variables, seed=seed)
     scores['diverged'] = 0.0
@@ -82,7 +85,9 @@ def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelF
     scores['diverged'] = 1.0
     logits = None
   scores.update(RTE_s=prior_seconds + prepare_seconds + result.run_seconds,
-                compile_s=result.compile_seconds, steps=len(plan.program.schedule))
+                compile_s=result.compile_seconds, steps=len(plan.program.schedule),
+                trainable_fraction=(plan.info or {}).get('trainable_fraction', 1.0),
+                opt_state_bytes=float(tree_bytes(plan.state.opt_state)))
   return MethodResult(variables, scores, logits)
 
 

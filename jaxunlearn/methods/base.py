@@ -31,10 +31,17 @@ LossFn = Callable[[Any, TrainState, dict, jax.Array, Any], tuple[jax.Array, tupl
 
 class Plan(NamedTuple):
   """What a method's `build` returns: the program, its initial state (what the run changes and
-  checkpoints hold) and its run constants (what stays fixed: never checkpointed)."""
+  checkpoints hold) and its run constants (what stays fixed: never checkpointed).
+
+  `finalize` maps the final state to the unlearned model's variables, in the original
+  architecture (default: the state's own params and batch_stats); `info` holds facts to report,
+  e.g. 'trainable_fraction' (default 1: every weight may move).
+  """
   program: Program
   state: TrainState
   constants: dict
+  finalize: Callable[[TrainState], dict] | None = None
+  info: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +56,7 @@ class UnlearnContext:
   mesh: Any
   init_variables: Callable[[int], dict]   # fresh, randomly initialised variables for a seed
   cache_dir: str = ''      # where a method may cache statistics of the original ('' = none)
+  model_name: str = ''     # the architecture's name in `jaxunlearn.models.MODELS`
 
   @property
   def num_forget(self) -> int:

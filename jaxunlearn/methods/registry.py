@@ -30,6 +30,8 @@ class Method:
     presets: preset name -> a function returning a config (e.g. 'cifar10_resnet18').
     groups: group name -> a function of the method's config returning {row name: config}, a
       set of variants that ``--config.methods=GROUP`` runs as rows of one table.
+    check: ``check(cfg, model_fns, variables, model_name, image_shape)``, the checks of a config
+      that need the model (raising `ConfigError`), run before any training; None: none.
   """
   name: str
   build: Callable
@@ -39,6 +41,7 @@ class Method:
   presets: Mapping[str, Callable[[], Config]] = dataclasses.field(default_factory=dict)
   groups: Mapping[str, Callable[[Config], dict[str, Config]]] = dataclasses.field(
       default_factory=dict)
+  check: Callable | None = None
 
   def preset(self, name: str | None) -> Config:
     """The config of preset `name` (None or one the method lacks: its defaults)."""
@@ -50,14 +53,15 @@ _METHODS: dict[str, Method] = {}
 
 def register(name: str, *, config: type, title: str, summary: str = '',
              presets: Mapping[str, Callable[[], Config]] | None = None,
-             groups: Mapping[str, Callable[[Config], dict]] | None = None):
-  """Decorator registering ``build(ctx, cfg) -> Plan`` as method `name`."""
+             groups: Mapping[str, Callable[[Config], dict]] | None = None,
+             check: Callable | None = None):
+  """Decorator registering ``build(ctx, cfg) -> Plan`` as method `name` (see `Method`)."""
 
   def decorate(build):
     if name in _METHODS:
       raise ValueError(f'method {name!r} is registered twice')
     _METHODS[name] = Method(name, build, config, title, summary, dict(presets or {}),
-                            dict(groups or {}))
+                            dict(groups or {}), check)
     return build
 
   return decorate

@@ -40,6 +40,7 @@ PathParts = tuple[str | int, ...]
 Targets = Callable[[PathParts, nnx.Module], bool]
 
 RESIDUAL_NAME = 'lora_residual'
+BASE_OUTPUT_NAME = 'lora_base_output'
 # The fold runs once per merge: full float32 precision costs nothing there, whereas a GPU's
 # default (TF32) matmul rounds scale * A @ B to about 4e-4 relative (measured on an H100).
 _FOLD_PRECISION = jax.lax.Precision.HIGHEST
@@ -54,11 +55,12 @@ def _keep_latest(_, value):
   return value
 
 
-def _sow_residual(layer: nnx.Module, residual: jax.Array) -> None:
+def _sow_residual(layer: nnx.Module, residual: jax.Array, base_output: jax.Array) -> None:
   # nnx.capture marks every module it records with `__captures__`; outside it, sow would
   # store the value on the module (see the module docstring).
   if hasattr(layer, '__captures__'):
     layer.sow(nnx.Intermediate, RESIDUAL_NAME, residual, reduce_fn=_keep_latest)
+    layer.sow(nnx.Intermediate, BASE_OUTPUT_NAME, base_output, reduce_fn=_keep_latest)
 
 
 class LoRALinear(nnx.Module):
@@ -76,8 +78,9 @@ class LoRALinear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = self.scale * self.lora_b(self.lora_a(x))
-    _sow_residual(self, residual)
-    return self.base(x) + residual
+    base_output = self.base(x)
+    _sow_residual(self, residual, base_output)
+    return base_output + residual
 
   def merged_kernel(self) -> jax.Array:
     """The base kernel with the branch folded in: W + scale * A @ B."""
@@ -107,8 +110,9 @@ class LoRAConv(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = self.scale * self.lora_b(self.lora_a(x))
-    _sow_residual(self, residual)
-    return self.base(x) + residual
+    base_output = self.base(x)
+    _sow_residual(self, residual, base_output)
+    return base_output + residual
 
   def merged_kernel(self) -> jax.Array:
     """One kernel equal to base + A then 1x1 B: K + scale * sum_r A[..., i, r] B[r, o]."""
@@ -178,15 +182,16 @@ def _unwrap(model: nnx.Module, replace: Callable) -> nnx.Module:
       lambda _, node: replace(node) if isinstance(node, LORA_LAYERS) else node, model)
 
 
-def lora_residuals(intermediates: nnx.State) -> dict[str, jax.Array]:
-  """Maps each LoRA layer's dotted path (e.g. 'layer1.0.conv1') to its sown residual.
+def lora_residuals(intermediates: nnx.State, name: str = RESIDUAL_NAME) -> dict[str, jax.Array]:
+  """Maps each LoRA layer's dotted path (e.g. 'layer1.0.conv1') to its sown residual (or, with
+  ``name=BASE_OUTPUT_NAME``, to its base layer's output).
 
-  `intermediates` is the State from ``nnx.capture(model, nnx.Intermediate)``; entries other
-  than 'lora_residual' are ignored. A model that is itself one wrapped layer has the path ''.
+  `intermediates` is the State from ``nnx.capture(model, nnx.Intermediate)``; other entries are
+  ignored. A model that is itself one wrapped layer has the path ''.
   """
   residuals = {}
   for path, variable in nnx.to_flat_state(intermediates):
-    if path and path[-1] == RESIDUAL_NAME:
+    if path and path[-1] == name:
       residuals[_dotted(path[:-1])] = variable[...]
   return residuals
 
