@@ -137,7 +137,7 @@ def student(ctx_fns: ModelFns, original: dict, cfg: RfaLoraConfig, model_name: s
       cfg.targets)
   try:
     targets = lora.lora_targets(spec, module, model_name=model_name,
-                                config_key='--config.method.rfa_lora.targets')
+                                config_key='method.rfa_lora.targets')
   except ValueError as error:
     raise ConfigError(str(error)) from None
   return lora.add_lora_variables(ctx_fns, original, rank=cfg.rank, alpha=cfg.alpha,

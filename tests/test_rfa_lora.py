@@ -1,0 +1,236 @@
+"""RFA-LoRA: the student starts as the teacher, the base stays bit-identical, the merged model is
+the LoRA model, each loss term against a hand computation, the D_r means, compile-once, sharding,
+and bad input."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import jaxunlearn
+from jaxunlearn import experiment, sharding
+from jaxunlearn.config import ConfigError
+from jaxunlearn.data import preprocess
+from jaxunlearn.data.device import DeviceData
+from jaxunlearn.loop import run
+from jaxunlearn.methods import rfa_lora
+from jaxunlearn.unlearn import context
+from tests.conftest import tiny_config
+
+BATCH = 64
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory, data_dir):
+  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir,
+                                        forget='class:3'))
+
+
+@pytest.fixture(scope='module')
+def original(setup):
+  fns, variables, _ = experiment.train_model(setup, kind='original', seed=0)
+  return fns, variables
+
+
+def _cfg(**overrides):
+  return rfa_lora.RfaLoraConfig(batch_size=BATCH, epochs=1, **overrides)
+
+
+def _ctx(setup, original, mesh=None):
+  if mesh is not None:
+    setup = dataclasses.replace(setup, mesh=mesh, train=DeviceData.create(
+        np.asarray(setup.train.images), np.asarray(setup.train.labels), setup.info,
+        setup.train.sources, mesh))
+  return context(setup, *original, seed=0, batch_size=BATCH)
+
+
+def _settings(ctx, plan):
+  return plan.program.kinds['align'].fn.__closure__[0].cell_contents
+
+
+def _batch(ctx, source, size=BATCH):
+  pos = np.asarray(ctx.data.sources[source])[:size]
+  x = preprocess(jnp.take(ctx.data.images, pos, axis=0), ctx.data.info, train=False, key=None)
+  return {'image': x, 'label': jnp.take(ctx.data.labels, pos), 'weight': jnp.ones(len(pos)),
+          'position': jnp.asarray(pos)}
+
+
+@pytest.mark.parametrize('form', ['feature', 'branch'])
+def test_student_equals_teacher_at_initialisation(setup, original, form):
+  ctx = _ctx(setup, original)
+  plan = rfa_lora.build(ctx, _cfg(form=form))
+  s = _settings(ctx, plan)
+  x = _batch(ctx, 'forget')['image']
+  logits, features, branch, _ = rfa_lora.apply_student(s, plan.state.params, ctx.original, x)
+  (t_logits, t_features), _ = ctx.model_fns.apply(ctx.original, x, train=False,
+                                                  return_features=True)
+  np.testing.assert_array_equal(logits, t_logits)
+  for name in t_features:
+    np.testing.assert_array_equal(features[name], t_features[name])
+  assert branch and all(float(jnp.abs(r).max()) == 0.0 for r in branch.values())
+  # The state is the LoRA weights alone; the optimiser holds state for nothing else.
+  assert all('lora_' in '.'.join(map(str, p))
+             for p in traverse_util.flatten_dict(plan.state.params))
+  assert 0 < plan.info['trainable_fraction'] < 0.5
+
+
+def test_run_keeps_the_base_and_merges_exactly(setup, original):
+  ctx = _ctx(setup, original)
+  plan = rfa_lora.build(ctx, _cfg(gamma=3.0))
+  result = run(plan.program, plan.state, ctx.data, mesh=ctx.mesh, seed=0,
+               constants=plan.constants, log_every=1000)
+  s = _settings(ctx, plan)
+  full = rfa_lora.student_params(s, jax.device_get(result.state.params), ctx.original['params'])
+  flat = traverse_util.flatten_dict(full)
+  teacher_flat = traverse_util.flatten_dict(ctx.original['params'])
+  for path, base in s.base_paths.items():
+    np.testing.assert_array_equal(np.asarray(flat[path]).view(np.uint32),
+                                  np.asarray(teacher_flat[base]).view(np.uint32))
+  merged = plan.finalize(result.state)
+  assert jax.tree.structure(merged) == jax.tree.structure(ctx.original)
+  x = _batch(ctx, 'forget')['image']
+  lora_logits, lora_features, _, _ = rfa_lora.apply_student(s, result.state.params,
+                                                            ctx.original, x)
+  (merged_logits, merged_features), _ = ctx.model_fns.apply(merged, x, train=False,
+                                                            return_features=True)
+  np.testing.assert_allclose(merged_logits, lora_logits, atol=1e-5, rtol=1e-5)
+  for name in merged_features:
+    np.testing.assert_allclose(merged_features[name], lora_features[name], atol=1e-5, rtol=1e-5)
+  assert not np.allclose(merged_logits, ctx.model_fns.apply(ctx.original, x, train=False)[0])
+  jax.tree.map(np.testing.assert_array_equal, merged['batch_stats'],
+               ctx.original['batch_stats'])
+
+
+def test_means_are_direct_means(setup, original):
+  ctx = _ctx(setup, original)
+  plan = rfa_lora.build(ctx, _cfg(form='branch'))
+  means = plan.constants['means']
+  positions = np.asarray(ctx.data.sources['retain'])
+  x = preprocess(np.asarray(ctx.data.images)[positions], ctx.data.info, train=False, key=None)
+  (logits, features), _ = ctx.model_fns.apply(ctx.original, x, train=False, return_features=True)
+  np.testing.assert_allclose(means['logits'], logits.mean(0), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(means['probabilities'], jax.nn.softmax(logits).mean(0), atol=1e-5)
+  for name in ('conv1', 'dense1'):
+    np.testing.assert_allclose(means['features'][name], features[name].mean(0), atol=1e-4)
+  s = _settings(ctx, plan)
+  base = rfa_lora.apply_student(s, plan.state.params, ctx.original, x)[3]
+  for name, out in base.items():
+    np.testing.assert_allclose(means['base_outputs'][name], out.mean(0), atol=1e-4)
+
+
+@pytest.mark.parametrize('distance, output_target', [('mse', 'logits'),
+                                                     ('cosine', 'probabilities')])
+def test_loss_terms_equal_a_hand_computation(setup, original, distance, output_target):
+  ctx = _ctx(setup, original)
+  gamma = 0.7
+  plan = rfa_lora.build(ctx, _cfg(distance=distance, output_target=output_target, gamma=gamma,
+                                  layer_weights='1,0.5'))
+  s = _settings(ctx, plan)
+  # Perturb the adapters so that the student differs from the teacher.
+  keys = iter(jax.random.split(jax.random.key(1), 64))
+  adapters = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(next(keys), a.shape),
+                          plan.state.params)
+  batch = {'remain': _batch(ctx, 'retain', 16), 'forget': _batch(ctx, 'forget', 16)}
+  loss, parts = rfa_lora.alignment_loss(s, adapters, batch, plan.constants)
+  means = jax.device_get(plan.constants['means'])
+
+  def feats(x, student):
+    if student:
+      logits, features, _, _ = rfa_lora.apply_student(s, adapters, ctx.original, x)
+    else:
+      (logits, features), _ = ctx.model_fns.apply(ctx.original, x, train=False,
+                                                  return_features=True)
+    return np.asarray(logits, np.float64), {k: np.asarray(v, np.float64).reshape(len(x), -1)
+                                            for k, v in features.items()}
+
+  def d(a, b):
+    b = np.broadcast_to(b.reshape(-1, a.shape[1]), a.shape)
+    if distance == 'mse':
+      return np.mean((a - b) ** 2, -1).mean()
+    return (1 - (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)).mean()
+
+  def d_out(z, target):
+    if output_target == 'logits':
+      return d(z, target)
+    log_p = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(
+        -1, keepdims=True)
+    target = np.broadcast_to(target, z.shape)
+    return (target * (np.log(np.maximum(target, 1e-12)) - log_p)).sum(-1).mean()
+
+  softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(
+      z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  sr_logits, sr = feats(batch['remain']['image'], True)
+  tr_logits, tr = feats(batch['remain']['image'], False)
+  sf_logits, sf = feats(batch['forget']['image'], True)
+  weights = {'conv1': 1.0, 'dense1': 0.5}   # the tiny CNN's blocks
+  remain = sum(w * d(sr[k], tr[k]) for k, w in weights.items())
+  forget = sum(w * d(sf[k], np.asarray(means['features'][k], np.float64)) for k, w in
+               weights.items())
+  if output_target == 'logits':
+    remain_out, forget_out = d_out(sr_logits, tr_logits), d_out(sf_logits, means['logits'])
+  else:
+    remain_out = d_out(sr_logits, softmax(tr_logits))
+    forget_out = d_out(sf_logits, np.asarray(means['probabilities'], np.float64))
+  np.testing.assert_allclose(parts['remain_align'], remain, rtol=2e-4)
+  np.testing.assert_allclose(parts['forget_align'], forget, rtol=2e-4)
+  np.testing.assert_allclose(parts['remain_out'], remain_out, rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(parts['forget_out'], forget_out, rtol=2e-4)
+  np.testing.assert_allclose(loss, remain + gamma * forget + remain_out + gamma * forget_out,
+                             rtol=2e-4)
+
+
+def test_gamma_zero_removes_the_forget_terms_from_the_gradient(setup, original):
+  ctx = _ctx(setup, original)
+  plan = rfa_lora.build(ctx, _cfg(gamma=0.0))
+  s = _settings(ctx, plan)
+  keys = iter(jax.random.split(jax.random.key(2), 64))
+  adapters = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(next(keys), a.shape),
+                          plan.state.params)
+  remain = _batch(ctx, 'retain', 16)
+  grads = [jax.grad(lambda a, f=f: rfa_lora.alignment_loss(
+      s, a, {'remain': remain, 'forget': f}, plan.constants)[0])(adapters)
+           for f in (_batch(ctx, 'forget', 16), _batch(ctx, 'retain', 16))]
+  jax.tree.map(np.testing.assert_array_equal, *grads)   # the D_f batch does not matter
+
+
+def test_compiles_once_and_sharded_equals_one_device(setup, original):
+  assert jax.device_count() == 8, 'run the tests with 8 forced host devices'
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, secs, fun_name=None, **kw: compiles.append(fun_name)
+      if name == '/jax/core/compile/backend_compile_duration' else None)
+  results = {}
+  for label, mesh in (('one', sharding.make_mesh(jax.devices()[:1])),
+                      ('eight', sharding.make_mesh())):
+    ctx = _ctx(setup, original, mesh)
+    plan = rfa_lora.build(ctx, _cfg())
+    compiles.clear()
+    results[label] = run(plan.program, plan.state, ctx.data, mesh=mesh, seed=0,
+                         constants=plan.constants, log_every=1000)
+    assert compiles.count('jit(program_step)') == 1
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               jax.device_get(results['one'].state.params),
+               jax.device_get(results['eight'].state.params))
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'rank': 0}, '--config.method.rfa_lora.rank=0: must be an integer >= 1.'),
+    ({'alpha': 0.0}, '--config.method.rfa_lora.alpha=0.0: must be a number > 0.'),
+    ({'gamma': -1.0}, '--config.method.rfa_lora.gamma=-1.0: must be a number >= 0.'),
+    ({'targets': 'nothing_here'}, "--config.method.rfa_lora.targets='nothing_here': selects no "
+                                  'layer of model cnn'),
+    ({'layers': 'conv1,conv9'}, "--config.method.rfa_lora.layers='conv1,conv9': the model has no "
+                                "layer 'conv9'"),
+    ({'layer_weights': '1,2,3'}, "--config.method.rfa_lora.layer_weights='1,2,3': give one weight "
+                                 'per aligned layer'),
+])
+def test_bad_input_is_one_line_before_work(tmp_path, data_dir, overrides, message):
+  config = jaxunlearn.study_config(methods='rfa_lora', **tiny_config(tmp_path / 'wd', data_dir))
+  config.method.rfa_lora.update(overrides)
+  with pytest.raises(ConfigError) as error:
+    jaxunlearn.Study(config).run()
+  assert str(error.value).startswith(message) and '\n' not in str(error.value), str(error.value)
+  assert not list((tmp_path / 'wd').glob('*/original_s0'))
