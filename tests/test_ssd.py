@@ -62,7 +62,7 @@ def test_importances_are_squared_batch_gradients(setup, original):
 
 def test_run_dampens_only_selected_weights(setup, original):
   fns, variables, _ = original
-  cfg = ssd.SsdConfig(batch_size=64, selection_weighting=2.0)
+  cfg = ssd.SsdConfig(batch_size=64, selection_weighting=2.0, dampening_constant=1.0)
   ctx = context(setup, fns, variables, seed=0, batch_size=64)
   plan = registry.get('ssd').build(ctx, cfg)
   state = run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=0,

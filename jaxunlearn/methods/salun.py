@@ -43,4 +43,5 @@ def saliency_mask(ctx: UnlearnContext, fraction: float):
           summary='RL on the top-k% salient weights; the mask multiplies the final update, so '
           'masked weights never move', presets={'cifar10_resnet18': cifar10_resnet18})
 def build(ctx: UnlearnContext, cfg: SalunConfig) -> Plan:
-  return random_label.plan(ctx, cfg, saliency_mask=saliency_mask(ctx, float(cfg.mask_fraction)))
+  plan = random_label.plan(ctx, cfg, saliency_mask=saliency_mask(ctx, float(cfg.mask_fraction)))
+  return plan._replace(info={'trainable_fraction': float(cfg.mask_fraction)})
