@@ -4,6 +4,10 @@ Orbax writes each step to a temporary directory and renames it when complete, so
 any moment leaves only whole checkpoints. A JSON metadata item (config, split digest, model
 signature) is saved beside the state; `check_compatible` refuses a directory written for another
 architecture or forget split before any work starts.
+
+In a multi-host run every process must call the manager's methods in the same order: each may
+hold a barrier, and orbax's default barrier is a collective (`sync_global_devices`), so a barrier
+that only some processes take pairs with another collective on the others and hangs them all.
 """
 
 from __future__ import annotations
@@ -108,18 +112,29 @@ class CheckpointManager:
     self._manager.close()
 
 
+def read_meta(directory: str) -> dict | None:
+  """The JSON metadata of the latest finished checkpoint in `directory`; None if there is none.
+
+  Reads files only. An `ocp.CheckpointManager` would do here what it does everywhere in a
+  multi-host run: a barrier (a collective) on creation and on restore. Only the processes that
+  find the directory would take those barriers, and a barrier that its peers never enter pairs
+  with whatever collective they run next (a training step), which hangs every process.
+  """
+  if not os.path.isdir(directory):
+    return None
+  latest = ocp.path.step.latest_step_metadata(directory, ocp.path.step.standard_name_format())
+  if latest is None:
+    return None
+  return ocp.JsonCheckpointHandler().restore(latest.path / 'meta', args=ocp.args.JsonRestore())
+
+
 def check_compatible(directory: str, expected: dict[str, Any], flag: str) -> None:
   """Raises ValueError if the checkpoint metadata in `directory` disagrees with `expected`.
 
-  `expected` maps metadata keys (e.g. 'model', 'model_signature', 'split_digest') to values.
+  `expected` maps metadata keys (e.g. 'model', 'model_signature', 'split_digest') to values. Safe
+  to call from one process of a multi-host run at any moment: see `read_meta`.
   """
-  if not os.path.isdir(directory):
-    return
-  manager = CheckpointManager(directory, every_steps=0)
-  try:
-    meta = manager.restore_meta()
-  finally:
-    manager.close()
+  meta = read_meta(directory)
   if meta is None:
     return
   for key, value in expected.items():

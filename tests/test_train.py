@@ -29,13 +29,43 @@ def _worker(out_dir, workdir, data_dir, *extra):
   return proc
 
 
-def _finish(proc, timeout=300):
-  """Waits for a worker; returns its exit code and output."""
-  proc.wait(timeout=timeout)
-  proc.log.seek(0)
-  output = proc.log.read()
-  proc.log.close()
-  return proc.returncode, output
+def _finish(*procs, timeout=240):
+  """Waits for workers; returns the exit code and output of each.
+
+  When one worker fails, the others are ended at once: they would wait for it in their next
+  collective until the timeout. Workers still running at `timeout` print their stacks (SIGUSR1,
+  see train_worker) and are killed, and the test fails with every worker's output.
+  """
+  deadline = time.monotonic() + timeout
+  hung = False
+  while any(p.poll() is None for p in procs):
+    failed = any(p.returncode not in (None, 0) for p in procs)
+    hung = time.monotonic() > deadline
+    if failed or hung:
+      running = [p for p in procs if p.poll() is None]
+      for p in running:
+        p.send_signal(signal.SIGUSR1)
+      time.sleep(2)
+      for p in running:
+        p.kill()
+        p.wait()
+      break
+    time.sleep(0.1)
+  results = []
+  for p in procs:
+    p.log.seek(0)
+    results.append((p.returncode, p.log.read()))
+    p.log.close()
+  if hung:
+    pytest.fail(f'worker(s) still running after {timeout} s; their stacks end their output:\n'
+                f'{_outputs(results)}', pytrace=False)
+  return results
+
+
+def _outputs(results):
+  """Every worker's exit code and output, for a failure message."""
+  return '\n'.join(f'--- worker {i} (exit {code}) ---\n{log}'
+                   for i, (code, log) in enumerate(results))
 
 
 def _params(path):
@@ -46,7 +76,7 @@ def _params(path):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, data_dir):
   out = tmp_path_factory.mktemp('full')
-  code, log = _finish(_worker(out, out / 'wd', data_dir))
+  [(code, log)] = _finish(_worker(out, out / 'wd', data_dir))
   assert code == 0, log
   return _params(out / 'params.npz'), log
 
@@ -68,7 +98,7 @@ def test_killed_run_resumes_to_the_same_params(uninterrupted, tmp_path, data_dir
   steps = sorted(int(d.name) for d in ckpt.iterdir() if d.name.isdigit())
   assert steps and steps[-1] < 69, f'the run ended before it was killed: {steps}'
   assert not (tmp_path / 'params.npz').exists()
-  code, log = _finish(_worker(tmp_path, tmp_path / 'wd', data_dir))
+  [(code, log)] = _finish(_worker(tmp_path, tmp_path / 'wd', data_dir))
   assert code == 0, log
   expected, _ = uninterrupted
   resumed = _params(tmp_path / 'params.npz')
@@ -84,10 +114,11 @@ def _free_port():
 
 
 def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, data_dir):
+  """Two processes with 4 CPU devices each (gloo between them) train as one process does."""
   port = _free_port()
   procs = [_worker(tmp_path, tmp_path / 'wd', data_dir, pid, 2, port) for pid in (0, 1)]
-  for code, log in [_finish(p) for p in procs]:
-    assert code == 0, log
+  results = _finish(*procs, timeout=180)
+  assert all(code == 0 for code, _ in results), _outputs(results)
   expected, _ = uninterrupted
   got = _params(tmp_path / 'params.npz')
   for key in expected:
