@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.data.device import BatchSampler, DeviceData, gather_batch
@@ -216,7 +217,7 @@ def _summarise(pending, done, total, seconds, steps, batch_size, elapsed, steps_
   record: dict[str, Any] = {'step': done}
   keys = sorted({k for m in values for k in m})
   for k in keys:
-    vals = [float(m[k]) for m in values if k in m]
+    vals = [float(np.mean(m[k])) for m in values if k in m]   # mean over models, if many
     record[k] = float(np.mean(vals))
   record['examples_per_s'] = steps * batch_size / max(seconds, 1e-9)
   rate = steps_run / max(elapsed, 1e-9)
@@ -233,3 +234,109 @@ def _format(record: dict) -> str:
   total_bits.append(f'{record["examples_per_s"]:.0f} ex/s')
   total_bits.append(f'ETA {record["eta_s"]:.0f}s')
   return ' | '.join(total_bits)
+
+
+def split_constants(per_model: Sequence[Any]) -> tuple[Any, Any]:
+  """Splits the constants of K runs into (shared, stacked): a leaf equal in every run is shared
+  (one copy, e.g. a teacher), the others are stacked on a leading model axis (e.g. each seed's
+  random labels). Leaves that are shared are None in `stacked` and vice versa."""
+  flat = [jax.tree_util.tree_flatten(c) for c in per_model]
+  treedef = flat[0][1]
+  if any(t != treedef for _, t in flat):
+    raise ValueError('the runs have constants of different structures')
+  shared, stacked = [], []
+  for leaves in zip(*(f[0] for f in flat)):
+    first = np.asarray(leaves[0])
+    same = all(leaf is leaves[0] or np.array_equal(np.asarray(leaf), first) for leaf in leaves)
+    shared.append(leaves[0] if same else None)
+    stacked.append(None if same else jnp.stack([jnp.asarray(x) for x in leaves]))
+  return (jax.tree_util.tree_unflatten(treedef, shared),
+          jax.tree_util.tree_unflatten(treedef, stacked))
+
+
+def _merge_constants(shared, stacked):
+  return jax.tree.map(lambda a, b: a if b is None else b, shared, stacked,
+                      is_leaf=lambda x: x is None)
+
+
+def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *, mesh,
+             seeds: Sequence[int], constants: Sequence[Any] | None = None, augment: bool = True,
+             log_every: int = 50, name: str = 'train') -> RunResult:
+  """Runs K independent copies of `program` as one compiled, vmapped program.
+
+  Model k starts from ``states[k]`` with ``constants[k]`` and draws its batches and keys from
+  ``seeds[k]`` exactly as `run` with that seed does. The state gets a leading model axis, sharded
+  over the ('models', 'data') `mesh`'s model axis; each model's batch over its data axis.
+  Constants equal in every run are passed once (`split_constants`).
+
+  Returns:
+    A RunResult whose state has the leading model axis; progress metrics average over models.
+  """
+  num_models = len(seeds)
+  model_devices = mesh.shape[sharding_lib.MODEL_AXIS]
+  if num_models % model_devices:
+    raise ValueError(f'{num_models} models do not split over {model_devices} model devices.')
+  sharding_lib.check_batch_size(program.batch_size, mesh)
+  constants = list(constants) if constants is not None else [{}] * num_models
+  shared, stacked = split_constants(constants)
+  models = sharding_lib.model_sharded(mesh)
+  replicated = sharding_lib.replicated(mesh)
+  state = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), models)
+  stacked = jax.device_put(stacked, models)
+  shared = jax.device_put(shared, replicated)
+  base_keys = jax.device_put(jnp.stack([jax.random.key(s) for s in seeds]), models)
+  total = len(program.schedule)
+  samplers = [{source: BatchSampler(positions, program.batch_size, seed, source)
+               for source, positions in data.sources.items()} for seed in seeds]
+  draws = _draw_offsets(program, 0)
+  batch_sharding = NamedSharding(mesh, PartitionSpec(sharding_lib.MODEL_AXIS,
+                                                     sharding_lib.DATA_AXIS))
+  compiled, compile_seconds = {}, 0.0
+  for kind_name in sorted(set(program.schedule)):
+    kind = program.kinds[kind_name]
+
+    def one_model(state, stacked, shared, images, labels, batch, base_key, kind=kind):
+      key = jax.random.fold_in(base_key, state.step)
+      batch = {slot: gather_batch(images, labels, data.info, positions, weight,
+                                  jax.random.fold_in(key, i), augment=augment)
+               for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))}
+      new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)),
+                                   _merge_constants(shared, stacked))
+      return new_state.replace(step=state.step + 1), metrics
+
+    many = jax.vmap(one_model, in_axes=(0, 0, None, None, None, 0, 0))
+    abstract_batch = {
+        slot: (jax.ShapeDtypeStruct((num_models, program.batch_size), jnp.int32,
+                                    sharding=batch_sharding),
+               jax.ShapeDtypeStruct((num_models, program.batch_size), jnp.float32,
+                                    sharding=batch_sharding))
+        for slot in kind.slots}
+    t0 = time.perf_counter()
+    compiled[kind_name] = jax.jit(many, out_shardings=(models, models)).lower(
+        state, stacked, shared, data.images, data.labels, abstract_batch, base_keys).compile()
+    compile_seconds += time.perf_counter() - t0
+  history, pending = [], []
+  run_start = last_time = time.perf_counter()
+  last_step = 0
+  for step in range(total):
+    kind_name = program.schedule[step]
+    kind = program.kinds[kind_name]
+    batch = {}
+    for slot, source in kind.slots.items():
+      drawn = [s[source].batch(draws[source]) for s in samplers]
+      batch[slot] = (np.stack([p for p, _ in drawn]), np.stack([w for _, w in drawn]))
+      draws[source] += 1
+    batch = jax.device_put(batch, batch_sharding)
+    state, metrics = compiled[kind_name](state, stacked, shared, data.images, data.labels, batch,
+                                         base_keys)
+    pending.append((kind_name, metrics))
+    done = step + 1
+    if done % log_every == 0 or done == total:
+      now = time.perf_counter()
+      record = _summarise(pending, done, total, now - last_time, done - last_step,
+                          program.batch_size * num_models, now - run_start, done)
+      print(f'[{name} x{num_models}] {_format(record)}', flush=True)
+      history.append(record)
+      pending, last_time, last_step = [], now, done
+  jax.block_until_ready(state)
+  return RunResult(state, history, compile_seconds, time.perf_counter() - run_start, total)

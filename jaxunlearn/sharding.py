@@ -87,3 +87,33 @@ def shard_global_batch(tree, mesh: Mesh):
 
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, local_slice(x), np.shape(x)), tree)
+
+
+MODEL_AXIS = 'models'
+
+
+def make_model_mesh(model_devices: int = 0, devices=None) -> Mesh:
+  """A ('models', 'data') mesh for many models trained at once: the model axis spans
+  `model_devices` devices (0: all), the data axis the rest.
+
+  Raises:
+    ValueError: `model_devices` does not divide the device count.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  model_devices = model_devices or len(devices)
+  if model_devices < 1 or len(devices) % model_devices:
+    raise ValueError(f'--config.eval.model_devices={model_devices}: must divide the number of '
+                     f'devices ({len(devices)}).')
+  return jax.make_mesh((model_devices, len(devices) // model_devices), (MODEL_AXIS, DATA_AXIS),
+                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def model_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading axis over the mesh's model axis (a stacked state of many models)."""
+  return NamedSharding(mesh, PartitionSpec(MODEL_AXIS))
+
+
+def shard_models(tree, mesh: Mesh):
+  """Places a host PyTree whose leaves have a leading model axis, sharded over the model axis
+  (single host)."""
+  return jax.device_put(tree, model_sharded(mesh))

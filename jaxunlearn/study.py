@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 
 from jaxunlearn import benchmarking, experiment, report
 from jaxunlearn import sharding as sharding_lib
-from jaxunlearn.checkpoint import CheckpointManager
+from jaxunlearn.checkpoint import CheckpointManager, read_meta
 from jaxunlearn.config import (Config, ConfigError, DataConfig, EvalConfig, TrainingConfig,
                                choice, flag, flat_defaults, from_config_dict, integer,
                                section_from_flat, text, to_config_dict)
@@ -508,13 +508,12 @@ class RunCheckpointer(CheckpointManager):
 
 
 def _checkpoint_matches(directory: str, fingerprint: str) -> bool:
-  if not os.path.isdir(directory):
-    return False
-  manager = CheckpointManager(directory, every_steps=0)
+  """Whether `directory` holds checkpoints of the run with `fingerprint` (files only: no
+  collective, so every process of a multi-host run may ask at any moment)."""
   try:
-    meta = manager.restore_meta()
-  finally:
-    manager.close()
+    meta = read_meta(directory)
+  except Exception:  # pylint: disable=broad-except
+    return False     # unreadable: the run starts afresh
   return bool(meta) and meta.get('fingerprint') == fingerprint
 
 
