@@ -304,7 +304,16 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
                                    _merge_constants(shared, stacked))
       return new_state.replace(step=state.step + 1), metrics
 
-    many = jax.vmap(one_model, in_axes=(0, 0, None, None, None, 0, 0))
+    # Each device group runs the models it holds (a vmap) under shard_map over the model axis:
+    # left to the SPMD partitioner, a vmapped convolution whose kernels differ per model
+    # (LoRA's batched 1x1 convs, say) came out wrong on XLA:CPU when split over model devices.
+    model_spec, replicated_spec = PartitionSpec(sharding_lib.MODEL_AXIS), PartitionSpec()
+    many = jax.shard_map(
+        jax.vmap(one_model, in_axes=(0, 0, None, None, None, 0, 0)), mesh=mesh,
+        in_specs=(model_spec, model_spec, replicated_spec, replicated_spec, replicated_spec,
+                  model_spec, model_spec),
+        out_specs=(model_spec, model_spec), axis_names={sharding_lib.MODEL_AXIS},
+        check_vma=False)
     abstract_batch = {
         slot: (jax.ShapeDtypeStruct((num_models, program.batch_size), jnp.int32,
                                     sharding=batch_sharding),
