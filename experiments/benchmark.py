@@ -20,11 +20,14 @@ _CONFIG = cli.define_config(
     'Unlearning config file (dataset, model, methods, method options).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per step kind.', lower_bound=1)
 _OUT = flags.DEFINE_string('out', 'benchmark.json', 'Output JSON path.')
+_MANY = flags.DEFINE_list('many', [], 'Numbers of models K: time K vmapped training steps against '
+                          'K single ones (e.g. 8,32).')
 
 
 def main(argv):
   del argv
-  jaxunlearn.Study(_CONFIG.value).benchmark(_STEPS.value, out=_OUT.value)
+  jaxunlearn.Study(_CONFIG.value).benchmark(_STEPS.value, out=_OUT.value,
+                                            many_models=tuple(int(k) for k in _MANY.value))
   print(f'wrote {_OUT.value}')
 
 

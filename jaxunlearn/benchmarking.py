@@ -82,3 +82,46 @@ def benchmark(setup: experiment.Setup, rows: list[tuple[str, str, Config]], step
         f'{k} {v["step_s"] * 1e3:.1f}ms ({v["examples_per_s"]:.0f} ex/s)'
         for k, v in timing['kinds'].items()), flush=True)
   return results
+
+
+def many_models_speed(setup: experiment.Setup, model_mesh, num_models: list[int], steps: int,
+                      seed: int = 0) -> dict:
+  """Time per training step of K models in one program (`loop.run_many`, on `model_mesh`)
+  against K single-model steps one after another, for each K in `num_models`: vmapped, and on
+  CPU also unrolled (the models one after another inside the compiled step).
+
+  Returns:
+    {'K=k': {'sequential_step_s', form: {'step_s', 'compile_s', 'speedup'}}}, and the single
+    step's time under 'single_step_s'.
+  """
+  from jaxunlearn.loop import run_many
+  fns, variables = experiment.build_model(setup.config, setup.info, seed)
+  tx = make_optimizer(setup.training.optimizer, 1000)
+  program = Program({'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
+                    ['train'] * steps, setup.training.batch_size)
+  single = time_plan(Plan(program, create_state(variables, {'main': tx}), {}), setup, seed, steps)
+  single_s = single['kinds']['train']['step_s']
+  out = {'single_step_s': single_s}
+  data = many_setup_data(setup, model_mesh)
+  forms = ('vmap', 'unroll') if jax.default_backend() == 'cpu' else ('vmap',)
+  for k in num_models:
+    states = [create_state(experiment.build_model(setup.config, setup.info, s)[1], {'main': tx})
+              for s in range(k)]
+    entry = {'sequential_step_s': k * single_s}
+    for form in forms:
+      result = run_many(program, states, data, mesh=model_mesh, seeds=list(range(k)),
+                        log_every=10**9, form=form)
+      step_s = result.run_seconds / steps
+      entry[form] = {'step_s': step_s, 'compile_s': result.compile_seconds,
+                     'speedup': k * single_s / step_s}
+      print(f'K={k} {form}: {step_s * 1e3:.1f} ms per step of all K (compile '
+            f'{result.compile_seconds:.1f} s); {k} single steps {k * single_s * 1e3:.1f} ms; '
+            f'speedup {k * single_s / step_s:.2f}x', flush=True)
+    out[f'K={k}'] = entry
+  return out
+
+
+def many_setup_data(setup: experiment.Setup, mesh):
+  from jaxunlearn.data.device import DeviceData
+  return DeviceData.create(jax.device_get(setup.train.images), jax.device_get(setup.train.labels),
+                           setup.info, setup.train.sources, mesh)

@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.data import preprocess
@@ -90,3 +91,32 @@ def feature_distances(model_fns: ModelFns, variables: dict, reference_fns: Model
     out = fn(variables, reference, images, sharding_lib.shard_global_batch(padded, mesh))
     parts.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], out))
   return jax.tree.map(lambda *p: np.concatenate(p), *parts)
+
+
+@functools.lru_cache(maxsize=32)
+def _predict_many_fn(model_fns: ModelFns, info, mesh):
+
+  def predict(variables, images, positions):
+    x = preprocess(jnp.take(images, positions, axis=0), info, train=False, key=None)
+    return model_fns.apply(variables, x, train=False)[0]
+
+  models = PartitionSpec(sharding_lib.MODEL_AXIS)
+  # Under shard_map, as in `loop.run_many`: each device group evaluates the models it holds.
+  many = jax.shard_map(jax.vmap(predict, in_axes=(0, None, None)), mesh=mesh,
+                       in_specs=(models, PartitionSpec(), PartitionSpec()), out_specs=models,
+                       axis_names={sharding_lib.MODEL_AXIS}, check_vma=False)
+  return jax.jit(many)
+
+
+def predict_many(model_fns: ModelFns, variables: dict, images: jax.Array, info,
+                 positions: np.ndarray, *, mesh, batch_size: int = 512) -> np.ndarray:
+  """Eval-mode logits [K, N, C] of K models (variables with a leading model axis, sharded over
+  the ('models', 'data') mesh's model axis) on `positions`, in their order."""
+  fn = _predict_many_fn(model_fns, info, mesh)
+  outputs = []
+  positions = np.asarray(positions, np.int32)
+  for start in range(0, len(positions), batch_size):
+    chunk = positions[start:start + batch_size]
+    padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
+    outputs.append(np.asarray(fn(variables, images, padded))[:, :len(chunk)])
+  return np.concatenate(outputs, axis=1)

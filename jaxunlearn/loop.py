@@ -74,6 +74,7 @@ class RunResult:
   compile_seconds: float
   run_seconds: float
   steps_run: int
+  step_metrics: list[dict] | None = None   # every step's metrics (run_many, keep_metrics)
 
 
 class Checkpointer(Protocol):
@@ -259,18 +260,48 @@ def _merge_constants(shared, stacked):
                       is_leaf=lambda x: x is None)
 
 
+MANY_MODEL_FORMS = ('auto', 'vmap', 'unroll')
+
+
+def use_vmap(form: str) -> bool:
+  """Whether a device's models run as one vmapped step ('vmap') or one after another inside the
+  compiled step ('unroll'). 'auto': vmap off CPU only. On XLA:CPU a vmapped convolution whose
+  kernels differ per model becomes a grouped convolution, which ran 4-5x slower than the same
+  steps one after another (mnist5k CNN, K = 8 and 32, 2 cores)."""
+  if form not in MANY_MODEL_FORMS:
+    raise ValueError(f'form={form!r}: allowed values are {MANY_MODEL_FORMS}.')
+  return form == 'vmap' or (form == 'auto' and jax.default_backend() != 'cpu')
+
+
+def _unrolled(fn, in_axes):
+  """`fn` mapped over the leading axis of the arguments whose in_axes is 0, as a Python loop
+  (the models one after another in one compiled program), results stacked."""
+
+  def mapped(*args):
+    size = next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes)
+                if axis == 0 and jax.tree.leaves(a))
+    outs = [fn(*[jax.tree.map(lambda x, i=i: x[i], a) if axis == 0 else a
+                 for a, axis in zip(args, in_axes)]) for i in range(size)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+  return mapped
+
+
 def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *, mesh,
              seeds: Sequence[int], constants: Sequence[Any] | None = None, augment: bool = True,
-             log_every: int = 50, name: str = 'train') -> RunResult:
+             log_every: int = 50, name: str = 'train', keep_metrics: bool = False,
+             form: str = 'auto') -> RunResult:
   """Runs K independent copies of `program` as one compiled, vmapped program.
 
   Model k starts from ``states[k]`` with ``constants[k]`` and draws its batches and keys from
-  ``seeds[k]`` exactly as `run` with that seed does. The state gets a leading model axis, sharded
+  ``seeds[k]`` exactly as `run` with that seed does. `form` (`use_vmap`) says how a device runs
+  the models it holds: vmapped, or one after another inside the compiled step. The state gets a leading model axis, sharded
   over the ('models', 'data') `mesh`'s model axis; each model's batch over its data axis.
   Constants equal in every run are passed once (`split_constants`).
 
   Returns:
-    A RunResult whose state has the leading model axis; progress metrics average over models.
+    A RunResult whose state has the leading model axis; progress metrics average over models;
+    with `keep_metrics`, `step_metrics` holds every step's metrics per model ([K] arrays).
   """
   num_models = len(seeds)
   model_devices = mesh.shape[sharding_lib.MODEL_AXIS]
@@ -308,8 +339,11 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
     # left to the SPMD partitioner, a vmapped convolution whose kernels differ per model
     # (LoRA's batched 1x1 convs, say) came out wrong on XLA:CPU when split over model devices.
     model_spec, replicated_spec = PartitionSpec(sharding_lib.MODEL_AXIS), PartitionSpec()
+    in_axes = (0, 0, None, None, None, 0, 0)
+    local = jax.vmap(one_model, in_axes=in_axes) if use_vmap(form) else _unrolled(one_model,
+                                                                                  in_axes)
     many = jax.shard_map(
-        jax.vmap(one_model, in_axes=(0, 0, None, None, None, 0, 0)), mesh=mesh,
+        local, mesh=mesh,
         in_specs=(model_spec, model_spec, replicated_spec, replicated_spec, replicated_spec,
                   model_spec, model_spec),
         out_specs=(model_spec, model_spec), axis_names={sharding_lib.MODEL_AXIS},
@@ -324,7 +358,7 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
     compiled[kind_name] = jax.jit(many, out_shardings=(models, models)).lower(
         state, stacked, shared, data.images, data.labels, abstract_batch, base_keys).compile()
     compile_seconds += time.perf_counter() - t0
-  history, pending = [], []
+  history, pending, kept = [], [], []
   run_start = last_time = time.perf_counter()
   last_step = 0
   for step in range(total):
@@ -339,6 +373,8 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
     state, metrics = compiled[kind_name](state, stacked, shared, data.images, data.labels, batch,
                                          base_keys)
     pending.append((kind_name, metrics))
+    if keep_metrics:
+      kept.append(metrics)
     done = step + 1
     if done % log_every == 0 or done == total:
       now = time.perf_counter()
@@ -348,4 +384,5 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
       history.append(record)
       pending, last_time, last_step = [], now, done
   jax.block_until_ready(state)
-  return RunResult(state, history, compile_seconds, time.perf_counter() - run_start, total)
+  return RunResult(state, history, compile_seconds, time.perf_counter() - run_start, total,
+                   jax.device_get(kept) if keep_metrics else None)

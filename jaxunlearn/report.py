@@ -371,9 +371,8 @@ def trade_off_figure(rows: dict[str, dict], title: str):
   return fig
 
 
-def plot(rows: dict[str, dict], path: str, title: str) -> None:
-  """Writes `trade_off_figure` to `path` as a PNG, atomically (a reader never sees half a file)."""
-  fig = trade_off_figure(rows, title)
+def save_figure(fig, path: str) -> None:
+  """Writes `fig` to `path` as a PNG, atomically (a reader never sees half a file)."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.png')
   os.close(fd)
   try:
@@ -383,6 +382,13 @@ def plot(rows: dict[str, dict], path: str, title: str) -> None:
   except BaseException:
     os.remove(tmp)
     raise
+
+
+def plot(rows: dict[str, dict], path: str, title: str) -> None:
+  """Writes `trade_off_figure` to `path` as a PNG, atomically."""
+  fig = trade_off_figure(rows, title)
+  try:
+    save_figure(fig, path)
   finally:
     plt.close(fig)
 

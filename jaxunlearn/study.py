@@ -470,13 +470,19 @@ class Study:
                            name=self.options.results_name)
     return payload
 
-  def benchmark(self, steps: int = 20, out: str | None = None) -> dict:
+  def benchmark(self, steps: int = 20, out: str | None = None,
+                many_models: tuple[int, ...] = ()) -> dict:
     """Step timings of every row from a freshly initialised model (`jaxunlearn.benchmarking`),
-    with the device and versions; written to `out` (JSON) if given."""
+    and, for each K in `many_models`, K vmapped training steps against K single ones; with the
+    device and versions; written to `out` (JSON) if given."""
     payload = {'results': benchmarking.benchmark(self.setup, self.rows, steps), 'steps': steps,
                'dataset': self.data_config.dataset, 'model': self.training.model,
                'batch_size': self.training.batch_size, 'device': _device(),
                'versions': _versions()}
+    if many_models:
+      mesh = sharding_lib.make_model_mesh(0)
+      payload['many_models'] = benchmarking.many_models_speed(self.setup, mesh, list(many_models),
+                                                              steps)
     if out:
       experiment.write_json(out, payload)
     return payload
