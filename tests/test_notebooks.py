@@ -75,7 +75,8 @@ def _images(nb):
 
 
 def test_every_notebook_is_tested():
-  assert NOTEBOOKS == ['linreg_theory.ipynb', 'quickstart.ipynb'], (
+  assert NOTEBOOKS == ['linreg_theory.ipynb', 'many_models.ipynb', 'quickstart.ipynb',
+                       'rfa_lora.ipynb', 'sfron.ipynb'], (
       'a notebook was added or removed in colab/: give each one a test that runs it below')
 
 
@@ -196,3 +197,48 @@ def test_quickstart_config_to_table_in_six_lines():
   nb = nbformat.read(os.path.join(COLAB, 'quickstart.ipynb'), as_version=4)
   study_cell = next(c for c in _code_cells(nb) if 'jaxunlearn.Study(' in c.source)
   assert len([line for line in study_cell.source.splitlines() if line.strip()]) <= 6
+
+
+def _markdown_tables(nb):
+  return [out.data['text/markdown'] for cell in _code_cells(nb) for out in cell.outputs
+          if 'text/markdown' in out.get('data', {})]
+
+
+def test_sfron_notebook_shows_mask_weights_and_ablation(data_dir, tmp_path, monkeypatch):
+  del data_dir
+  nb = _execute('sfron.ipynb', tmp_path, monkeypatch)
+  _check_template_outputs(nb)
+  text = '\n'.join(_text(c) for c in _code_cells(nb))
+  assert re.search(r'convs/0/kernel\s+\d+ weights, +\d+\.\d% salient', text)
+  assert 'of D_f weigh more than the uniform 1' in text
+  rows = _table_rows(_markdown_tables(nb)[-1])
+  assert list(rows)[:2] == ['Original', 'Retrain'] and 'sfron-SFR' in rows and 'sfron-none' in rows
+  assert len(_images(nb)) == 3      # mask density, weights, the ablation picture
+
+
+def test_rfa_lora_notebook_shows_adapters_gamma_and_distances(data_dir, tmp_path, monkeypatch):
+  del data_dir
+  nb = _execute('rfa_lora.ipynb', tmp_path, monkeypatch)
+  _check_template_outputs(nb)
+  text = '\n'.join(_text(c) for c in _code_cells(nb))
+  assert 'layers with a branch: convs.0, convs.1, dense' in text
+  share = float(re.search(r'\(([\d.]+)% of all weights\)', text).group(1))
+  assert 0 < share < 20
+  rows = _table_rows(_markdown_tables(nb)[-1])
+  assert {'ft', 'rfa_lora'} <= set(rows)
+  # RFA-LoRA forgets much of the class the Original knew.
+  assert float(rows['rfa_lora']['UA']) > float(rows['Original']['UA']) + 10
+  assert len(_images(nb)) == 2      # the gamma figure, the distances per layer
+
+
+def test_many_models_notebook_shows_scores_and_epsilons(data_dir, tmp_path, monkeypatch):
+  del data_dir
+  nb = _execute('many_models.ipynb', tmp_path, monkeypatch)
+  _check_template_outputs(nb)
+  rows = _table_rows(_markdown_tables(nb)[0])
+  assert list(rows) == ['Retrain', 'ft', 'salun']
+  for name in ('ft', 'salun'):
+    assert 0.0 <= float(rows[name]['F']) <= 1.0
+  assert len(_images(nb)) == 1
+  text = '\n'.join(_text(c) for c in _code_cells(nb))
+  assert 'median epsilon' in text and 'scoring examples' in text
