@@ -82,12 +82,19 @@ FORMS = ('feature', 'branch')
 
 @dataclasses.dataclass(frozen=True)
 class RfaLoraConfig(Config):
-  """RFA-LoRA's settings (mnist5k defaults; the module docstring gives every reading)."""
+  """RFA-LoRA's settings (the module docstring gives every reading).
+
+  The mnist5k defaults (Adam lr 3e-3 with a cosine decay, 3 epochs, gamma 0.3) were chosen against
+  Retrain on split seed 1 (the reported tables use split seed 0), seed 0, over lr in {3e-4, 1e-3,
+  3e-3} x gamma in {0.3, 1, 3}, as the smallest sum of Avg. Gap over random 10% and class 3
+  (`experiments/results/mnist5k-cnn/rfa_lora_tuning_split1.json`): 2.03 and 0.13; lr 3e-4 forgets
+  nothing in 3 epochs, gamma 3 at lr 3e-3 collapses random 10% (RA 65.9).
+  """
   epochs: int = integer(3, ge=1, doc='passes over D_r (each step also takes a D_f batch)')
   batch_size: int = integer(128, ge=1)
   optimizer: OptimizerConfig = nested(lambda: OptimizerConfig(
-      name='adam', lr=1e-3, schedule='cosine', weight_decay=0.0))
-  gamma: float = number(1.0, ge=0, doc='weight of the D_f terms against the D_r terms')
+      name='adam', lr=3e-3, schedule='cosine', weight_decay=0.0))
+  gamma: float = number(0.3, ge=0, doc='weight of the D_f terms against the D_r terms')
   rank: int = integer(8, ge=1)
   alpha: float = number(8.0, gt=0, doc='the branch scale is alpha / rank')
   targets: str = text('default', doc="layers with a branch: 'default' (per model), a preset "
@@ -114,12 +121,12 @@ def _weights_ok(value: str) -> bool:
 
 
 def resnet18() -> RfaLoraConfig:
-  """ResNet-18 (CIFAR stem): rank 16 on the 3x3 convs of every block."""
+  """ResNet-18 (CIFAR stem): rank 16 on the 3x3 convs of every block (untuned otherwise)."""
   return RfaLoraConfig(rank=16, alpha=16.0)
 
 
 def vit() -> RfaLoraConfig:
-  """A ViT: rank 16 on the attention query and value projections."""
+  """A ViT: rank 16 on the attention query and value projections (untuned otherwise)."""
   return RfaLoraConfig(rank=16, alpha=16.0)
 
 
