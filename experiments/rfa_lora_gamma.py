@@ -84,8 +84,7 @@ def main(argv):
                                      plot=False, results_name='rfa_lora_gamma')
     results[forget] = sweep(config, [float(g) for g in _GAMMAS.value])
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-  from jaxunlearn.experiment import write_json
-  write_json(f'{_OUT.value}.json', {'seeds': _SEEDS.value, 'results': results,
+  jaxunlearn.write_json(f'{_OUT.value}.json', {'seeds': _SEEDS.value, 'results': results,
                                     'command': 'python -m experiments.rfa_lora_gamma'})
   plot(results, f'{_OUT.value}.png')
   print(f'wrote {_OUT.value}.json and .png')

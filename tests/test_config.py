@@ -70,6 +70,9 @@ BAD_VALUES = [
     ({'method.sfron.forget_optimizer.lr': 0.0}, '--config.method.sfron.forget_optimizer.lr=0.0: must be a number > 0.'),
     ({'method.ssd.selection_weighting': 0.0}, '--config.method.ssd.selection_weighting=0.0: must be a number > 0.'),
     ({'method.ssd.importance': 'fisher'}, "--config.method.ssd.importance='fisher': must be one of batch, example."),
+    ({'method.rfa_lora.rank': 0}, '--config.method.rfa_lora.rank=0: must be an integer >= 1.'),
+    ({'method.rfa_lora.layers': 'last:0'}, "--config.method.rfa_lora.layers='last:0': must be 'blocks'"),
+    ({'method.rfa_lora.layer_weights': '1,-2'}, "--config.method.rfa_lora.layer_weights='1,-2': must be empty or numbers >= 0"),
 ]
 
 

@@ -32,6 +32,8 @@ class Method:
       set of variants that ``--config.methods=GROUP`` runs as rows of one table.
     check: ``check(cfg, model_fns, variables, model_name, image_shape)``, the checks of a config
       that need the model (raising `ConfigError`), run before any training; None: none.
+    tune: the dotted config field an equal-budget tuning scales (`experiments/tune.py`): the
+      learning rate unless the method has none.
   """
   name: str
   build: Callable
@@ -42,6 +44,7 @@ class Method:
   groups: Mapping[str, Callable[[Config], dict[str, Config]]] = dataclasses.field(
       default_factory=dict)
   check: Callable | None = None
+  tune: str = 'optimizer.lr'
 
   def preset(self, name: str | None) -> Config:
     """The config of preset `name` (None or one the method lacks: its defaults)."""
@@ -54,14 +57,14 @@ _METHODS: dict[str, Method] = {}
 def register(name: str, *, config: type, title: str, summary: str = '',
              presets: Mapping[str, Callable[[], Config]] | None = None,
              groups: Mapping[str, Callable[[Config], dict]] | None = None,
-             check: Callable | None = None):
+             check: Callable | None = None, tune: str = 'optimizer.lr'):
   """Decorator registering ``build(ctx, cfg) -> Plan`` as method `name` (see `Method`)."""
 
   def decorate(build):
     if name in _METHODS:
       raise ValueError(f'method {name!r} is registered twice')
     _METHODS[name] = Method(name, build, config, title, summary, dict(presets or {}),
-                            dict(groups or {}), check)
+                            dict(groups or {}), check, tune)
     return build
 
   return decorate
