@@ -33,6 +33,8 @@ _OUT = flags.DEFINE_string('out', os.path.join(os.path.dirname(__file__), 'RESUL
 _SEEDS = flags.DEFINE_string('seeds', '0,1,2', 'Seeds of every comparison.')
 _ONLY_RENDER = flags.DEFINE_bool('only_render', False, 'Only rebuild the page from the published '
                                   'results (--results_dir).')
+_COMPARISONS = flags.DEFINE_list('comparisons', [], 'Results names of the comparisons to run '
+                                 "(e.g. baselines); empty: every one.")
 _WRITE_README = flags.DEFINE_bool('write_readme', True, "Also rewrite the README's methods table "
                                   'from the method registry.')
 _RESULTS_DIR = flags.DEFINE_string(
@@ -105,14 +107,16 @@ def _load(forget, sources):
       continue
     with open(path) as f:
       payload = json.load(f)
-    payloads.append(payload)
     summary = payload['summary']
+    before = len(rows)
     if take is None:
       rows.update(summary)
     else:
       rows.update({k: summary[k] for k in ('Original', 'Retrain') if k not in rows})
       rows.update({new: summary[old] for old, new in take.items()
                    if old in summary and new not in rows})
+    if len(rows) > before or take is None:
+      payloads.append(payload)      # only the files the table's rows come from
   ordered = {k: rows[k] for k in ('Original', 'Retrain') if k in rows}
   ordered.update({k: v for k, v in rows.items() if k not in ordered})
   return ordered, payloads
@@ -241,6 +245,8 @@ def main(argv):
       subprocess.run([sys.executable, '-m', 'experiments.linreg_theory',
                       f'--workdir={THEORY_DIR}'], check=True)
     for forget, methods, name in comparisons():
+      if _COMPARISONS.value and name not in _COMPARISONS.value:
+        continue
       if not os.path.exists(_results_path(forget, name)):
         jaxunlearn.Study(_config(forget, methods, name)).run()
       publish(forget, name)
