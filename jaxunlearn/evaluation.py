@@ -32,17 +32,27 @@ def predict(model_fns: ModelFns, variables: dict, images: jax.Array, info, posit
 
   Batches are padded to one fixed, device-divisible size so the function compiles once.
   """
-  n_dev = mesh.devices.size
-  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
   fn = _predict_fn(model_fns, info, return_features, mesh)
-  outputs = []
+  return _over_batches(lambda pos: fn(variables, images, pos), positions, mesh, batch_size)
+
+
+def _over_batches(fn, positions: np.ndarray, mesh, batch_size: int, *, many: bool = False):
+  """`fn(padded positions)` over `positions` in batches of one fixed size (a multiple of the
+  mesh's devices, so each jitted function compiles once), as numpy in the order of `positions`.
+  Single-model outputs have the examples first and each batch is sharded over the mesh's data
+  axis; with `many`, outputs are [models, examples, ...] and batches are replicated."""
+  n_dev = 1 if many else mesh.devices.size
+  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
+  axis = 1 if many else 0
+  parts = []
   positions = np.asarray(positions, np.int32)
   for start in range(0, len(positions), batch_size):
     chunk = positions[start:start + batch_size]
     padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
-    out = fn(variables, images, sharding_lib.shard_global_batch(padded, mesh))
-    outputs.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], out))
-  return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+    out = fn(padded if many else sharding_lib.shard_global_batch(padded, mesh))
+    parts.append(jax.tree.map(
+        lambda a, n=len(chunk): np.take(np.asarray(a), np.arange(n), axis=axis), out))
+  return jax.tree.map(lambda *p: np.concatenate(p, axis=axis), *parts)
 
 
 def logits_on_sources(model_fns: ModelFns, variables: dict, data: DeviceData, *, mesh,
@@ -80,17 +90,9 @@ def feature_distances(model_fns: ModelFns, variables: dict, reference_fns: Model
   Returns:
     ({layer: distances [N]}, penultimate features [N, D]) for `positions`, in their order.
   """
-  n_dev = mesh.devices.size
-  batch_size = max(n_dev, (batch_size // n_dev) * n_dev)
   fn = _distance_fn(model_fns, reference_fns, info, mesh)
-  parts = []
-  positions = np.asarray(positions, np.int32)
-  for start in range(0, len(positions), batch_size):
-    chunk = positions[start:start + batch_size]
-    padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
-    out = fn(variables, reference, images, sharding_lib.shard_global_batch(padded, mesh))
-    parts.append(jax.tree.map(lambda a, n=len(chunk): np.asarray(a)[:n], out))
-  return jax.tree.map(lambda *p: np.concatenate(p), *parts)
+  return _over_batches(lambda pos: fn(variables, reference, images, pos), positions, mesh,
+                       batch_size)
 
 
 @functools.lru_cache(maxsize=32)
@@ -113,10 +115,5 @@ def predict_many(model_fns: ModelFns, variables: dict, images: jax.Array, info,
   """Eval-mode logits [K, N, C] of K models (variables with a leading model axis, sharded over
   the ('models', 'data') mesh's model axis) on `positions`, in their order."""
   fn = _predict_many_fn(model_fns, info, mesh)
-  outputs = []
-  positions = np.asarray(positions, np.int32)
-  for start in range(0, len(positions), batch_size):
-    chunk = positions[start:start + batch_size]
-    padded = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0], np.int32)])
-    outputs.append(np.asarray(fn(variables, images, padded))[:, :len(chunk)])
-  return np.concatenate(outputs, axis=1)
+  return _over_batches(lambda pos: fn(variables, images, pos), positions, mesh, batch_size,
+                       many=True)
