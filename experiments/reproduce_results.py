@@ -208,9 +208,59 @@ def render() -> str:
     lines += ['## Not measured yet', '',
               'These comparisons of `reproduce_results` have no results file yet, so no numbers are '
               'shown for them: ' + '; '.join(missing) + '.', '']
+  for title, path, command, note in EXTRA_SECTIONS:
+    lines += _extra_section(title, path, command, note)
   if os.path.exists(os.path.join(THEORY_DIR, 'overlap_sweep.png')):
     lines.append(THEORY_TEXT)
   return '\n'.join(lines)
+
+
+# Results of other binaries, shown when their files are committed under --results_dir:
+# (title, path without extension, the command that made them, what to read in them).
+EXTRA_SECTIONS = (
+    ('RFA-LoRA against gamma (the paper\'s Figure 5)', 'rfa_lora_gamma',
+     'python -m experiments.rfa_lora_gamma --workdir=results_wd',
+     'Accuracy on D_r, D_f and the test set, and feature distance to the Original on D_r and D_f, '
+     'against gamma (the weight of the D_f terms), mnist5k, small CNN, one RFA-LoRA run per gamma '
+     'at its other defaults; the Original dotted, Retrain dashed.'),
+    ('RFA-LoRA on a ViT (attention adapters)', 'mnist5k-vit/class-3-split0/results',
+     'python -m experiments.unlearn --config=experiments/configs/unlearn_vit.py',
+     'A small ViT (patch 4, width 64, depth 4, 4 heads) trained by our training binary on mnist5k; '
+     'RFA-LoRA with rank-16 adapters on the attention query and value projections.'),
+    ('Many models: the NeurIPS 2023 forgetting score, KLOM and relearn time',
+     'mnist5k-cnn/class-3-split0/many_K8/many_models', 'python -m experiments.many_models',
+     'K = 8 Retrain models and K = 8 runs of each method (seeds 0-7) from one Original, each set '
+     'trained as one program; the box plot shows the per-example epsilons of the forgetting score.'),
+    ('CIFAR-10 (JPEG q75 copy), 10k subset: forget random:0.1',
+     'cifar10-subset10k/random-0.1-split0/tuned',
+     'python -m experiments.tune --config=experiments/configs/cifar10_subset.py '
+     '--config.forget=random:0.1 --config.seeds=0,1,2',
+     'Every method tuned with the same budget (its learning rate, or its one knob, at 0.3, 1 and '
+     '3 times its mnist5k default) against Retrain on split seed 1, then reported on split seed 0; '
+     'the choices are in tuning.json beside the table.'),
+    ('CIFAR-10 (JPEG q75 copy), 10k subset: forget class:3',
+     'cifar10-subset10k/class-3-split0/tuned',
+     'python -m experiments.tune --config=experiments/configs/cifar10_subset.py '
+     '--config.forget=class:3 --config.seeds=0,1,2',
+     'As above, forgetting class 3 (cat).'),
+)
+
+
+def _extra_section(title: str, path: str, command: str, note: str) -> list[str]:
+  """A section of RESULTS.md from another binary's committed .md (its table) and .png."""
+  base = os.path.join(_RESULTS_DIR.value, path)
+  if not (os.path.exists(base + '.md') or os.path.exists(base + '.png')):
+    return []
+  lines = [f'## {title}', '', f'`{command}`', '', note, '']
+  if os.path.exists(base + '.md'):
+    with open(base + '.md') as f:
+      body = f.read().split('\n', 1)[1].strip()   # without its own heading
+    lines += [body, '']
+  if os.path.exists(base + '.png'):
+    lines += [f'![{title}]({os.path.relpath(base + ".png", HERE)})', '']
+  if os.path.exists(base + '.json'):
+    lines += [f'Every number: `{os.path.relpath(base + ".json", HERE)}`.', '']
+  return lines
 
 
 README = os.path.join(os.path.dirname(HERE), 'README.md')
