@@ -100,13 +100,14 @@ def train_retrain_models(setup: experiment.Setup, seeds: list[int]) -> tuple[dic
 
 
 def unlearn_models(setup: experiment.Setup, method: str, cfg: Config, model_fns, original: dict,
-                   seeds: list[int]) -> tuple[dict, float, dict]:
+                   seeds: list[int], cache_dir: str = '') -> tuple[dict, float, dict]:
   """K runs of `method` from the Original (run k with seed k), together; returns the stacked
   unlearned variables, the wall time (preparation included, compilation too) and the plans'
   info."""
   t0 = time.perf_counter()
   plans = [registry.get(method).build(
-      context(setup, model_fns, original, seed=seed, batch_size=cfg.batch_size), cfg)
+      context(setup, model_fns, original, seed=seed, batch_size=cfg.batch_size,
+              cache_dir=cache_dir), cfg)
       for seed in seeds]
   result = run_many(plans[0].program, [p.state for p in plans], setup.train, mesh=setup.mesh,
                     seeds=seeds, constants=[p.constants for p in plans],
@@ -287,7 +288,7 @@ def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict
   rows['Retrain'] = retrain_scores
   for row, method, method_cfg in study.rows:
     variables, wall, info = unlearn_models(setup, method, method_cfg, fns, original.variables,
-                                           seeds)
+                                           seeds, os.path.join(study.experiment_dir, 'cache'))
     scores, _, extra = scores_of(setup, fns, variables, retrain_logits, original_fa, cfg, seeds)
     scores.update(wall_s=wall, trainable_fraction=info.get('trainable_fraction', 1.0))
     rows[row], per_example[row] = scores, extra['epsilons']
