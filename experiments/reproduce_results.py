@@ -100,7 +100,7 @@ def publish(forget, name) -> None:
 def _load(forget, sources):
   """Merged summary rows (Original, Retrain first) of one split, from the results files and rows
   that `sources` names; and the payloads read."""
-  rows, payloads = {}, []
+  rows, payloads, used = {}, [], []
   for name, take in sources:
     path = _results_path(forget, name, _RESULTS_DIR.value)
     if not os.path.exists(path):
@@ -117,9 +117,10 @@ def _load(forget, sources):
                    if old in summary and new not in rows})
     if len(rows) > before or take is None:
       payloads.append(payload)      # only the files the table's rows come from
+      used.append(name)
   ordered = {k: rows[k] for k in ('Original', 'Retrain') if k in rows}
   ordered.update({k: v for k, v in rows.items() if k not in ordered})
-  return ordered, payloads
+  return ordered, payloads, used
 
 
 THEORY_DIR = os.path.join(os.path.dirname(__file__), 'figures', 'theory')
@@ -165,7 +166,7 @@ def write_figures() -> None:
   """Draws the picture of every table named in FIGURES from the results files (--figures_dir)."""
   for title, forgets, sources in TABLES:
     for forget in forgets if title in FIGURES else ():
-      rows, payloads = _load(forget, sources)
+      rows, payloads, _ = _load(forget, sources)
       if payloads:
         path = _figure_path(forget, FIGURES[title], _FIGURES_DIR.value)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -177,19 +178,18 @@ def render() -> str:
            'Every number below comes from `python -m experiments.reproduce_results` (this page is '
            'its output): mnist5k (4,000 train / 1,000 test real MNIST digits), the small CNN, '
            f'seeds {_SEEDS.value} (mean ± std over seeds; the split is fixed, split seed 0). '
-           'Method settings: each method\'s defaults in `jaxunlearn/methods/`. What the tables say, and what we '
-           'tried to explain them: [results/FINDINGS.md](results/FINDINGS.md); step timings: '
+           'Method settings: each method\'s defaults in `jaxunlearn/methods/`. Each table names '
+           'the device its rows ran on. What the tables say, and what we tried to explain them: [results/FINDINGS.md](results/FINDINGS.md); step timings: '
            '[benchmarks/](benchmarks/).', '', report.TABLE_NOTE, '']
   for title, forgets, sources in TABLES:
     for forget in forgets:
-      rows, payloads = _load(forget, sources)
+      rows, payloads, used = _load(forget, sources)
       if not payloads:
         continue
       wall = sum(p['wall_seconds'] for p in payloads)
       devices = sorted({f'{p["device"]["count"]} x {p["device"]["kind"]}' for p in payloads})
       files = ', '.join(f'`{os.path.relpath(_results_path(forget, n, _RESULTS_DIR.value), HERE)}`'
-                        for n, _ in sources
-                        if os.path.exists(_results_path(forget, n, _RESULTS_DIR.value)))
+                        for n in used)
       lines += [f'## {title}: forget {forget}', '',
                 report.markdown_table(rows, class_wise=forget.startswith('class')), '',
                 gap_ranking(rows)]
