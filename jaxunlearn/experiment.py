@@ -143,6 +143,7 @@ def write_json(path: str, payload: Any) -> None:
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
   with os.fdopen(fd, 'w') as f:
     json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
+  os.chmod(tmp, 0o644)  # mkstemp creates 0600
   os.replace(tmp, path)
 
 
