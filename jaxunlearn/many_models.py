@@ -237,21 +237,37 @@ TABLE_NOTE = ('K models per row (seeds 0..K-1), scores averaged over them. F = t
 
 def plot_epsilons(per_example: dict[str, np.ndarray], num_models: int, path: str,
                   title: str) -> None:
-  """Per-method distribution of the per-example epsilons (box plot with the points)."""
+  """Per method, the share of forget examples in each epsilon bucket, as a stacked bar: the
+  buckets that score at this K (width 0.5, worth 1, 1/2, ...), the rest below the cap, and the cap
+  (the attacks told the unlearned models from the retrained ones perfectly)."""
   import matplotlib.pyplot as plt
   names = list(per_example)
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.2))
-  data = [per_example[n] for n in names]
-  ax.boxplot(data, vert=True, showfliers=False)
-  for i, values in enumerate(data, start=1):
-    jitter = np.random.default_rng(i).uniform(-0.18, 0.18, size=len(values))
-    ax.scatter(np.full(len(values), i) + jitter, values, s=4, alpha=0.25, color='tab:blue')
-  ax.set_xticks(range(1, len(names) + 1), names)
-  ax.axhline(np.ceil(np.log(num_models - 1)), color='tab:red', linestyle='--', linewidth=1,
-             label=f'scoring limit at K = {num_models}: ceil(log(K - 1))')
-  ax.set_ylabel('per-example epsilon (lower: less distinguishable from Retrain)')
-  ax.set_title(title)
-  ax.legend(loc='upper right', fontsize=8)
+  limit = fq.num_score_buckets(num_models) * fq.BUCKET_WIDTH
+  edges = np.arange(0.0, limit + 1e-9, fq.BUCKET_WIDTH)
+  labels = [f'{a:g}-{b:g} (scores {2.0 ** -i:g})' for i, (a, b) in enumerate(zip(edges[:-1],
+                                                                                   edges[1:]))]
+  labels += [f'{limit:g} to the cap (scores 0)', f'the cap, {fq.EPSILON_CAP:g} (perfectly told apart)']
+  colours = list(plt.cm.Greens(np.linspace(0.85, 0.35, len(edges) - 1))) + ['0.7', 'tab:red']
+  fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 2.4))
+  left = np.zeros(len(names))
+  for b in range(len(labels)):
+    shares = []
+    for name in names:
+      eps = np.asarray(per_example[name])
+      if b < len(edges) - 1:
+        inside = (eps >= edges[b]) & (eps < edges[b + 1])
+      elif b == len(edges) - 1:
+        inside = (eps >= limit) & (eps < fq.EPSILON_CAP)
+      else:
+        inside = eps >= fq.EPSILON_CAP
+      shares.append(100.0 * np.mean(inside))
+    ax.barh(names, shares, left=left, color=colours[b], label=labels[b])
+    left += np.asarray(shares)
+  ax.invert_yaxis()
+  ax.set_xlim(0, 100)
+  ax.set_xlabel(f'% of forget examples by per-example epsilon (K = {num_models} models per side)')
+  ax.set_title(title, fontsize=10)
+  ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
   fig.tight_layout()
   report.save_figure(fig, path)
   plt.close(fig)
@@ -295,7 +311,9 @@ def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict
     print(f'[many {row}] ' + ', '.join(f'{k} {scores[k]:.3f}' for k in (
         'UA', 'RA', 'TA', 'F', 'score', 'relearn_steps', 'wall_s')), flush=True)
   directory = os.path.join(study.experiment_dir, f'many_K{cfg.num_models}')
-  title = f'{study.title()}; K = {cfg.num_models} models per row'
+  title = (f'{study.data_config.dataset} / {study.training.model} / forget '
+           f'{study.data_config.forget}: K = {cfg.num_models} models per row (seeds 0-'
+           f'{cfg.num_models - 1})')
   payload = {'config': study.config.to_dict(), 'num_models': cfg.num_models, 'rows': rows,
              'epsilons': {k: v.tolist() for k, v in per_example.items()},
              'original_forget_accuracy': original_fa,
