@@ -6,9 +6,14 @@ For each method: the preparation time (e.g. a saliency mask pass), the compile t
 kind, and steps/s and examples/s of each kind over `--steps` timed steps after one warm-up step.
 Retrain's supervised step is timed as the reference, and every method's time per step is also
 given as a ratio to it, so numbers compare across machines.
+
+  python -m experiments.benchmark --config.reference=torch [--config.device_preset=gpu]
+
+times the models and steps against a PyTorch re-statement instead
+(`experiments/reference_benchmark.py`; needs the `bench` extra, no dataset). The imports of the
+method path are deferred so that this mode runs without the dataset libraries.
 """
 
-import json
 import os
 import platform
 import time
@@ -17,22 +22,19 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxunlearn import experiment, sharding
-from jaxunlearn.loop import BatchSampler, Program, StepKind, compile_program
-from jaxunlearn.methods import METHODS, UnlearnContext
-from jaxunlearn.optim import make_optimizer
-from jaxunlearn.train import create_state, supervised_step
-from jaxunlearn.unlearn import parse_methods
-
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
-    'Unlearning config file (dataset, model, methods, method options).', lock_config=True)
+    'config', os.path.join(os.path.dirname(__file__), 'configs', 'benchmark.py'),
+    'Benchmark config file (the unlearning config plus the reference switches).',
+    lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per step kind.', lower_bound=1)
 _OUT = flags.DEFINE_string('out', 'benchmark.json', 'Output JSON path.')
 
 
-def time_kinds(program: Program, state, setup, seed: int, steps: int) -> dict:
+def time_kinds(program, state, setup, seed: int, steps: int) -> dict:
   """Compile time and throughput of each step kind of `program`, on fixed batches."""
+  from jaxunlearn import sharding
+  from jaxunlearn.loop import BatchSampler, compile_program
+
   t0 = time.perf_counter()
   compiled, _ = compile_program(program, state, setup.train, setup.mesh, seed, augment=True)
   compile_s = time.perf_counter() - t0
@@ -55,9 +57,15 @@ def time_kinds(program: Program, state, setup, seed: int, steps: int) -> dict:
   return out
 
 
-def main(argv):
-  del argv
-  config = _CONFIG.value
+def benchmark_methods(config) -> None:
+  """Times every method of `config` (the default mode)."""
+  from jaxunlearn import experiment
+  from jaxunlearn.loop import Program, StepKind
+  from jaxunlearn.methods import METHODS, UnlearnContext
+  from jaxunlearn.optim import make_optimizer
+  from jaxunlearn.train import create_state, supervised_step
+  from jaxunlearn.unlearn import parse_methods
+
   methods = parse_methods(config.methods)
   setup = experiment.prepare(config)
   model_fns, variables = experiment.build_model(config, setup.info, config.original_seed)
@@ -94,6 +102,19 @@ def main(argv):
              'jax': jax.__version__}
   experiment.write_json(_OUT.value, payload)
   print(f'wrote {_OUT.value}')
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config.reference == 'none':
+    benchmark_methods(config)
+  elif config.reference == 'torch':
+    from experiments import reference_benchmark
+    reference_benchmark.run(config, steps=_STEPS.value if _STEPS.present else None,
+                            out=_OUT.value if _OUT.present else None)
+  else:
+    raise ValueError(f'--config.reference={config.reference!r}: allowed: none, torch.')
 
 
 if __name__ == '__main__':
