@@ -7,7 +7,11 @@ r"""jaxunlearn against a PyTorch re-statement of the same models and steps, in o
 Per case (model, batch size, compute dtype) and step kind, both sides start from the same weights
 (the JAX model's, copied into the torch twin of `experiments/torch_reference.py`), run
 `AGREEMENT_STEPS` steps on the same batches and must agree on every loss (relative `TOLERANCES`) or
-the run stops with `AgreementError`: a wrong re-statement cannot yield a flattering ratio. Then the
+the run stops with `AgreementError`: a wrong re-statement cannot yield a flattering ratio. The first
+loss (before any update) checks the model tightly; the later ones the update, where float32
+rounding differences grow (ResNet-18 at batch 16: 4e-6 after one SGD step, 4e-4 after two, while
+in float64 the two stay within 1e-7). Small terms such as the weight decay are checked by
+tests/test_torch_reference.py with hyperparameters that make them large. Then the
 two are timed on one fixed batch after a warm-up step, interleaved A, B, B, A, ... (`repeats`
 rounds of `timed_steps` steps each, synchronised: `block_until_ready`, `torch.cuda.synchronize`),
 and the JSON holds the median time per step of each side and the median over rounds of the
@@ -49,6 +53,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxunlearn.models import create_model
 from jaxunlearn.optim import make_optimizer, make_schedule, mask_final_update
@@ -57,16 +62,17 @@ NUM_CLASSES = 10
 INPUT_SHAPES = {'cnn': (28, 28, 1), 'resnet18': (32, 32, 3), 'vit_tiny': (32, 32, 3)}
 KINDS = ('sgd', 'salun', 'sfron')
 COMPUTES = ('float32', 'tf32', 'bfloat16')
-# Relative loss agreement after AGREEMENT_STEPS steps. float32 differs only by summation order;
+# Relative loss agreement (first step, later steps). float32 differs only by summation order;
 # tf32 and bfloat16 round inputs differently on the two sides (and autocast keeps some ops in
 # float32 that Flax runs in bfloat16).
-TOLERANCES = {'float32': 1e-4, 'tf32': 2e-2, 'bfloat16': 5e-2}
+TOLERANCES = {'float32': (1e-5, 1e-3), 'tf32': (5e-3, 2e-2), 'bfloat16': (2e-2, 5e-2)}
 AGREEMENT_STEPS = 3
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 MASK_DENSITY = 0.5
 FORGET_FRACTION = 0.25
 SFRON = dict(scale=25.0, lam=0.5, clip=7.0, slow_rate=0.5)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+DATA_AXIS = 'data'
 OUT_DIR = os.path.join(os.path.dirname(__file__), 'benchmarks')
 
 
@@ -124,10 +130,11 @@ PRESETS = {
 }
 
 
-def sgd_config(lr: float) -> ml_collections.ConfigDict:
+def sgd_config(lr: float, momentum: float = MOMENTUM,
+               weight_decay: float = WEIGHT_DECAY) -> ml_collections.ConfigDict:
   """The optimizer config of `jaxunlearn.optim.make_optimizer`: SGD, constant `lr`."""
   return ml_collections.ConfigDict(dict(name='sgd', lr=lr, schedule='constant',
-                                        momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                                        momentum=momentum, weight_decay=weight_decay,
                                         nesterov=False, grad_clip=0.0))
 
 
@@ -164,10 +171,16 @@ class JaxSteps:
     seed: the model's initialisation seed.
     compute: 'float32', 'tf32' or 'bfloat16' (layers compute in bfloat16).
     model_kwargs: extra model keyword arguments.
+    devices: the devices of the data-parallel mesh (batches sharded, state replicated, as the
+      project's loop does); default: the first device.
+    lr: learning rate of the 'sgd' and 'salun' steps and of the 'sfron' iteration.
+    momentum: SGD momentum.
+    weight_decay: PyTorch-convention weight decay.
   """
 
   def __init__(self, name: str, *, input_shape: tuple[int, int, int], seed: int = 0,
-               compute: str = 'float32', model_kwargs: dict | None = None):
+               compute: str = 'float32', model_kwargs: dict | None = None, devices=None,
+               lr: float = LR, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY):
     model = create_model(name, num_classes=NUM_CLASSES, input_shape=input_shape,
                          rngs=nnx.Rngs(seed), **(model_kwargs or {}))
     if compute == 'bfloat16':
@@ -177,21 +190,27 @@ class JaxSteps:
     self.variables = {'params': params.to_pure_dict(), 'batch_stats': stats.to_pure_dict()}
     self.mask = random_mask(self.variables['params'], MASK_DENSITY, seed)
     mask = jax.tree.map(jnp.asarray, self.mask)
+    self.lr = lr
+    sgd = lambda rate: make_optimizer(sgd_config(rate, momentum, weight_decay), 1)
     self.txs = {
-        'sgd': make_optimizer(sgd_config(LR), 1),
-        'salun': optax.chain(make_optimizer(sgd_config(LR), 1), mask_final_update(mask)),
+        'sgd': sgd(lr),
+        'salun': optax.chain(sgd(lr), mask_final_update(mask)),
         # SFR-on's fast optimisers step with learning rate 1; the step scales the update by the
         # iteration's learning rate (as `jaxunlearn.methods.sfron`).
-        'forget': optax.chain(make_optimizer(sgd_config(1.0), 1), mask_final_update(mask)),
-        'remain': make_optimizer(sgd_config(1.0), 1),
+        'forget': optax.chain(sgd(1.0), mask_final_update(mask)),
+        'remain': sgd(1.0),
     }
-    self.steps = {
-        'sgd': jax.jit(self._sgd_step, donate_argnums=0),
-        'salun': jax.jit(self._salun_step, donate_argnums=0),
-        'sfron': jax.jit(self._sfron_step, donate_argnums=0),
-    }
-    self.run_iteration = jax.jit(self._run_iteration, donate_argnums=0,
-                                 static_argnames='with_forget')
+    mesh = Mesh(np.asarray(devices or jax.devices()[:1]), (DATA_AXIS,))
+    self.replicated = NamedSharding(mesh, PartitionSpec())
+    self.batch_sharded = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    jit = lambda fn, **kw: jax.jit(fn, donate_argnums=0, out_shardings=self.replicated, **kw)
+    self.steps = {'sgd': jit(self._sgd_step), 'salun': jit(self._salun_step),
+                  'sfron': jit(self._sfron_step)}
+    self.run_iteration = jit(self._run_iteration, static_argnames='with_forget')
+
+  def put_batch(self, batch: dict) -> dict:
+    """Host arrays with a leading batch axis, sharded over the mesh."""
+    return jax.device_put(batch, self.batch_sharded)
 
   def init_state(self, kind: str) -> dict:
     """A fresh state for step `kind` at the initial weights."""
@@ -202,7 +221,7 @@ class JaxSteps:
              'opt': {n: jax.tree.map(jnp.array, self.txs[n].init(params)) for n in names}}
     if kind == 'sfron':
       state['mask'] = jax.tree.map(jnp.array, self.mask)
-    return state
+    return jax.device_put(state, self.replicated)
 
   def forward(self, params: dict, batch_stats: dict, images: jax.Array):
     """Train-mode logits (float32) and the updated BatchNorm statistics."""
@@ -271,7 +290,7 @@ class JaxSteps:
     return {**state, 'params': params}, (weighted, remain_ce)
 
   def _sfron_step(self, state: dict, batch: dict):
-    return self._sfron(state, batch['forget'], batch['remain'], jnp.float32(LR),
+    return self._sfron(state, batch['forget'], batch['remain'], jnp.float32(self.lr),
                        jnp.float32(SFRON['scale']))
 
   def _run_iteration(self, state: dict, data: dict, forget_idx, remain_idx, lr, scale, *,
@@ -279,6 +298,7 @@ class JaxSteps:
     """One iteration of a whole SFR-on run: batches gathered from uint8 data on the device."""
 
     def batch(source, idx):
+      idx = jax.lax.with_sharding_constraint(idx, self.batch_sharded)
       images = jnp.take(data[source]['image'], idx, axis=0).astype(jnp.float32) / 255.0
       images = (images - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
       return {'image': images, 'label': jnp.take(data[source]['label'], idx)}
@@ -381,12 +401,13 @@ def interleaved(runners: dict[str, Callable[[int], None]], steps: int,
   return times
 
 
-def compare_case(case: Case, device, seed: int = 0) -> dict:
+def compare_case(case: Case, device, jax_devices=None, seed: int = 0) -> dict:
   """Agreement check and interleaved timing of every step kind of `case`.
 
   Args:
     case: the model, batch, compute dtype and kinds.
     device: the torch device.
+    jax_devices: the JAX side's data-parallel devices (default: the first device).
     seed: initialisation and data seed.
 
   Returns:
@@ -394,7 +415,8 @@ def compare_case(case: Case, device, seed: int = 0) -> dict:
     after the agreement steps, the JAX compile time and the timings.
 
   Raises:
-    AgreementError: when a loss differs by more than the compute dtype's tolerance.
+    AgreementError: when a loss, or the parameters after the agreement steps, differ by more
+      than the compute dtype's tolerance.
   """
   import torch
 
@@ -403,7 +425,7 @@ def compare_case(case: Case, device, seed: int = 0) -> dict:
   input_shape = INPUT_SHAPES[case.model]
   model_kwargs = dict(case.model_kwargs)
   jax_steps = JaxSteps(case.model, input_shape=input_shape, seed=seed, compute=case.compute,
-                       model_kwargs=model_kwargs)
+                       model_kwargs=model_kwargs, devices=jax_devices)
   autocast = torch.bfloat16 if case.compute == 'bfloat16' else None
   results = {}
   for kind in case.kinds:
@@ -424,22 +446,24 @@ def compare_case(case: Case, device, seed: int = 0) -> dict:
       jax_losses, torch_losses = [], []
       t0 = time.perf_counter()
       for i, batch in enumerate(batches):
-        state, loss = jax_step(state, jax.tree.map(jnp.asarray, batch))
+        state, loss = jax_step(state, jax_steps.put_batch(batch))
         jax_losses.append(_losses(jax.device_get(loss)))
         if i == 0:
           compile_s = time.perf_counter() - t0
         torch_losses.append(_losses(torch_step(to_torch(batch, device))))
+      first = relative_difference(jax_losses[0], torch_losses[0])
       rel = max(relative_difference(a, b) for a, b in zip(jax_losses, torch_losses))
       params_diff = parameter_difference(
           jax.device_get(state['params']),
           torch_reference.jax_tree(torch_model, jax_steps.variables['params'],
                                    dict(torch_model.named_parameters())))
       tolerance = TOLERANCES[case.compute]
-      if not rel <= tolerance:
+      if not (first <= tolerance[0] and rel <= tolerance[1] and params_diff <= tolerance[1]):
         raise AgreementError(
-            f'{case.name} {kind}: losses differ by {rel:.2e} relative (tolerance {tolerance:.0e}):'
-            f' jax {jax_losses}, torch {torch_losses}.')
-      jax_batch = jax.tree.map(jnp.asarray, batches[0])
+            f'{case.name} {kind}: relative differences: first loss {first:.2e}, losses {rel:.2e}, '
+            f'parameters {params_diff:.2e} (tolerances {tolerance}): jax {jax_losses}, torch '
+            f'{torch_losses}.')
+      jax_batch = jax_steps.put_batch(batches[0])
       torch_batch = to_torch(batches[0], device)
 
       def run_jax(steps):
@@ -459,12 +483,14 @@ def compare_case(case: Case, device, seed: int = 0) -> dict:
     ratios = [j / t for j, t in zip(times['jax'], times['torch'])]
     results[kind] = {
         'jax_losses': jax_losses, 'torch_losses': torch_losses,
-        'loss_relative_difference': rel, 'loss_tolerance': tolerance,
+        'first_loss_relative_difference': first, 'loss_relative_difference': rel,
+        'loss_tolerances': tolerance,
         'params_relative_difference': params_diff,
         'jax_compile_s': compile_s,
         'jax_step_s': float(np.median(times['jax'])),
         'torch_step_s': float(np.median(times['torch'])),
         'time_ratio_jax_over_torch': float(np.median(ratios)),
+        'time_ratio_of_minima': min(times['jax']) / min(times['torch']),
         'speedup_jax_vs_torch': float(np.median([1.0 / r for r in ratios])),
         'times_s': times,
     }
@@ -475,7 +501,7 @@ def compare_case(case: Case, device, seed: int = 0) -> dict:
   return results
 
 
-def sfron_run(run: RunCase, device, seed: int = 0) -> dict:
+def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
   """A whole SFR-on schedule on ResNet-18, JAX then torch, twice each (cold: JAX compiles; warm).
 
   Returns:
@@ -484,7 +510,7 @@ def sfron_run(run: RunCase, device, seed: int = 0) -> dict:
 
   Raises:
     AgreementError: when the first `AGREEMENT_STEPS` iterations' losses differ by more than the
-      float32 tolerance.
+      float32 tolerance of later steps.
   """
   import torch
 
@@ -506,8 +532,9 @@ def sfron_run(run: RunCase, device, seed: int = 0) -> dict:
   lrs = [float(lr(t)) for t in range(run.iterations)]
   scales = [SFRON['scale'] * 0.5 * (1.0 + np.cos(np.pi * t / run.iterations))
             for t in range(run.iterations)]
-  jax_steps = JaxSteps('resnet18', input_shape=input_shape, seed=seed, model_kwargs=kwargs)
-  jax_data = jax.tree.map(jnp.asarray, data)
+  jax_steps = JaxSteps('resnet18', input_shape=input_shape, seed=seed, model_kwargs=kwargs,
+                       devices=jax_devices)
+  jax_data = jax.device_put(data, jax_steps.replicated)
   torch_data = {s: {'image': torch.from_numpy(d['image']).permute(0, 3, 1, 2).contiguous().to(
       device), 'label': torch.from_numpy(d['label']).long().to(device)} for s, d in data.items()}
   mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
@@ -553,7 +580,7 @@ def sfron_run(run: RunCase, device, seed: int = 0) -> dict:
         timings[f'{side}_losses'] = losses
   rel = max(relative_difference(a, b) for a, b in zip(timings['jax_losses'][:AGREEMENT_STEPS],
                                                       timings['torch_losses'][:AGREEMENT_STEPS]))
-  if not rel <= TOLERANCES['float32']:
+  if not rel <= TOLERANCES['float32'][1]:
     raise AgreementError(f'SFR-on run: first iterations differ by {rel:.2e} relative: jax '
                          f'{timings["jax_losses"][:AGREEMENT_STEPS]}, torch '
                          f'{timings["torch_losses"][:AGREEMENT_STEPS]}.')
@@ -577,7 +604,7 @@ def _git(*args: str) -> str:
     return ''
 
 
-def environment(device) -> dict:
+def environment(device, jax_devices) -> dict:
   """Library versions, device, thread settings, git commit and command, for the JSON."""
   import torch
 
@@ -586,6 +613,7 @@ def environment(device) -> dict:
     with open('/proc/cpuinfo') as f:
       cpu_model = next((line.split(':', 1)[1].strip() for line in f if 'model name' in line), '')
   return {
+      'jax_devices': len(jax_devices),
       'command': ' '.join([os.path.basename(sys.executable), '-m', 'experiments.benchmark']
                           + sys.argv[1:]),
       'git_commit': _git('rev-parse', 'HEAD'),
@@ -608,13 +636,14 @@ def environment(device) -> dict:
 
 def print_table(results: dict) -> None:
   print(f'\n{"case":28s} {"step":6s} {"jax ms":>9s} {"torch ms":>9s} {"jax/torch":>9s} '
-        f'{"speedup":>8s}')
+        f'{"speedup":>8s} {"min/min":>8s}')
   for case, kinds in results.items():
     for kind, r in kinds.items():
       print(f'{case:28s} {kind:6s} {r["jax_step_s"] * 1e3:9.2f} {r["torch_step_s"] * 1e3:9.2f} '
-            f'{r["time_ratio_jax_over_torch"]:9.2f} {r["speedup_jax_vs_torch"]:8.2f}')
+            f'{r["time_ratio_jax_over_torch"]:9.2f} {r["speedup_jax_vs_torch"]:8.2f} '
+            f'{r["time_ratio_of_minima"]:8.2f}')
   print('jax/torch: median over rounds of the time ratio (< 1: jaxunlearn faster); speedup: its '
-        'inverse.')
+        'inverse; min/min: the ratio of the fastest rounds (less sensitive to a loaded machine).')
 
 
 def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
@@ -622,7 +651,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
 
   Args:
     config: the benchmark config: device_preset, reference_models, reference_kinds,
-      reference_repeats, sfron_run.
+      reference_repeats, cpu_devices, sfron_run.
     steps: timed steps per round, overriding the preset's.
     out: the JSON path; by default experiments/benchmarks/torch_reference_{preset}_{time}.json.
 
@@ -631,6 +660,13 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
   """
   import torch
 
+  cores = len(os.sched_getaffinity(0))
+  # Both must be set before JAX initialises its backends. On the CPU, one JAX device per core with
+  # the batch sharded over them (the project's data parallelism) took 35-40% less time per CNN step
+  # than one device running each op on all cores (2 cores, jax 0.10.2). On a GPU, torch shares
+  # the device's memory, which JAX would otherwise preallocate.
+  jax.config.update('jax_num_cpu_devices', config.cpu_devices or cores)
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   preset_name = config.device_preset
   if preset_name == 'auto':
     preset_name = 'cpu' if jax.default_backend() == 'cpu' else 'gpu'
@@ -644,8 +680,10 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
     # XLA autotunes its convolutions; cuDNN's autotuner is torch's counterpart.
     torch.backends.cudnn.benchmark = True
   else:
-    # XLA:CPU runs one intra-op thread per schedulable core.
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    # XLA:CPU runs one intra-op thread per schedulable core, however many devices it exposes.
+    torch.set_num_threads(cores)
+  # The torch side runs on one device; so does the JAX side on a GPU.
+  jax_devices = jax.devices() if not on_gpu else jax.devices()[:1]
   preset = PRESETS[preset_name]
   models = [m for m in config.reference_models.split(',') if m]
   kinds = [k for k in config.reference_kinds.split(',') if k]
@@ -667,7 +705,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
     cases.append(dataclasses.replace(case, **changes))
   load_before = os.getloadavg()
   started = time.perf_counter()
-  results = {case.name: compare_case(case, device) for case in cases}
+  results = {case.name: compare_case(case, device, jax_devices) for case in cases}
   payload = {'preset': preset_name,
              'cases': [dataclasses.asdict(c) for c in cases],
              'note': ('CPU preset: ResNet-18 and ViT-Tiny at batch 16 with 2 timed steps x 3 rounds '
@@ -676,9 +714,9 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
              'hyperparameters': {'lr': LR, 'momentum': MOMENTUM, 'weight_decay': WEIGHT_DECAY,
                                  'mask_density': MASK_DENSITY, 'forget_fraction': FORGET_FRACTION,
                                  'sfron': SFRON, 'agreement_steps': AGREEMENT_STEPS},
-             'results': results, **environment(device)}
+             'results': results, **environment(device, jax_devices)}
   if config.sfron_run:
-    payload['sfron_run'] = sfron_run(preset['run'], device)
+    payload['sfron_run'] = sfron_run(preset['run'], device, jax_devices)
   payload['total_s'] = time.perf_counter() - started
   payload['load_average'] = {'before': load_before, 'after': os.getloadavg()}
   print_table(results)

@@ -2,9 +2,10 @@
 
 After copying a JAX model's weights into its torch twin, on a tiny batch: the same loss and the
 same gradients (CNN, ResNet, ViT); the same BatchNorm running statistics up to torch's unbiased
-variance; the same weights after SalUn steps and an SFR-on iteration (on the CNN: the step math does
+variance; the same updates after SalUn steps and an SFR-on iteration (on the CNN: the step math does
 not depend on the model, and a ResNet's compile costs seconds), with the masked weights of SalUn
-unmoved on both sides. float32 on CPU; the two differ only in summation order, so the
+unmoved on both sides. The step tests use a learning rate of 0.1 and weight decay 0.05, so that
+the weight decay is a visible part of the update (at 5e-4 it would hide below the tolerance). float32 on CPU; the two differ only in summation order, so the
 tolerances are float32 rounding scaled up: losses 1e-5 relative; gradients and weights, per array,
 1e-4 of the array's largest magnitude (BatchNorm over 4 examples of a 2-channel ResNet amplifies
 rounding to about 2e-5 of it; a layout error would be of order 1). No timing is asserted.
@@ -30,11 +31,12 @@ TINY = {
     'vit': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16),
 }
 TOLERANCE = 1e-4
+STEP_HYPER = dict(lr=0.1, momentum=0.9, weight_decay=0.05)
 
 
 @functools.cache
-def _jax_steps(name):
-  return rb.JaxSteps(name, input_shape=INPUT_SHAPE, model_kwargs=TINY[name])
+def _jax_steps(name, **hyper):
+  return rb.JaxSteps(name, input_shape=INPUT_SHAPE, model_kwargs=TINY[name], **hyper)
 
 
 def _torch_model(name):
@@ -99,50 +101,53 @@ def test_same_loss_and_gradients(name):
                   torch_stats['stem_bn']['var'] - 0.9)
 
 
-def _torch_stepper(name):
-  steps = _jax_steps(name)
-  return torch_reference.Stepper(
-      _torch_model(name), steps.variables['params'], steps.mask, lr=rb.LR, momentum=rb.MOMENTUM,
-      weight_decay=rb.WEIGHT_DECAY)
+def _stepper_pair(name):
+  steps = _jax_steps(name, **STEP_HYPER)
+  model = torch_reference.create_model(name, num_classes=rb.NUM_CLASSES, input_shape=INPUT_SHAPE,
+                                       **TINY[name])
+  torch_reference.load_jax_variables(model, steps.variables)
+  return steps, torch_reference.Stepper(model, steps.variables['params'], steps.mask, **STEP_HYPER)
 
 
-def _torch_params(name, stepper):
-  return torch_reference.jax_tree(stepper.model, _jax_steps(name).variables['params'],
-                                  dict(stepper.model.named_parameters()))
+def _assert_same_updates(steps, stepper, jax_params):
+  """The two sides moved every weight by the same amount (and so to the same place)."""
+  initial = steps.variables['params']
+  torch_params = torch_reference.jax_tree(stepper.model, initial,
+                                          dict(stepper.model.named_parameters()))
+  minus_initial = lambda tree: jax.tree.map(lambda p, p0: np.asarray(p) - p0, tree, initial)
+  _assert_trees_close(minus_initial(jax_params), minus_initial(torch_params))
+  return torch_params
 
 
-def test_salun_step_same_weights_and_masked_weights_unmoved(name='cnn'):
-  steps = _jax_steps(name)
+def test_salun_step_same_updates_and_masked_weights_unmoved(name='cnn'):
+  steps, stepper = _stepper_pair(name)
   batch = _batch(1)
   # Two steps: the second moves the momentum buffers, which the mask must still hold back.
   state = steps.init_state('salun')
-  stepper = _torch_stepper(name)
   for _ in range(2):
-    state, loss = steps.steps['salun'](state, jax.tree.map(jnp.asarray, batch))
+    state, loss = steps.steps['salun'](state, steps.put_batch(batch))
     torch_loss = stepper.salun_step(rb.to_torch(batch, 'cpu'))
     np.testing.assert_allclose(float(loss), float(torch_loss), rtol=1e-5)
-  torch_params = _torch_params(name, stepper)
-  _assert_trees_close(state['params'], torch_params)
+  torch_params = _assert_same_updates(steps, stepper, state['params'])
+  moved = False
   for new, old, mask, torch_new in zip(
       jax.tree.leaves(state['params']), jax.tree.leaves(steps.variables['params']),
       jax.tree.leaves(steps.mask), jax.tree.leaves(torch_params)):
     frozen = mask == 0
-    np.testing.assert_array_equal(np.asarray(new)[frozen], np.asarray(old)[frozen])
-    np.testing.assert_array_equal(torch_new[frozen], np.asarray(old)[frozen])
-  assert any(np.any(np.asarray(n) != o) for n, o in zip(
-      jax.tree.leaves(state['params']), jax.tree.leaves(steps.variables['params'])))
+    np.testing.assert_array_equal(np.asarray(new)[frozen], old[frozen])
+    np.testing.assert_array_equal(torch_new[frozen], old[frozen])
+    moved = moved or bool(np.any(np.asarray(new)[~frozen] != old[~frozen]))
+  assert moved
 
 
-def test_sfron_iteration_same_weights(name='cnn'):
-  steps = _jax_steps(name)
-  rng = np.random.default_rng(2)
-  inputs = rb.kind_inputs('sfron', rng, BATCH, INPUT_SHAPE)
+def test_sfron_iteration_same_updates(name='cnn'):
+  steps, stepper = _stepper_pair(name)
+  inputs = rb.kind_inputs('sfron', np.random.default_rng(2), BATCH, INPUT_SHAPE)
   state, (weighted, remain) = steps.steps['sfron'](steps.init_state('sfron'),
-                                                   jax.tree.map(jnp.asarray, inputs))
-  stepper = _torch_stepper(name)
+                                                   steps.put_batch(inputs))
   torch_inputs = rb.to_torch(inputs, 'cpu')
   torch_weighted, torch_remain = stepper.sfron_iteration(
-      torch_inputs['forget'], torch_inputs['remain'], lr=rb.LR, **rb.SFRON)
+      torch_inputs['forget'], torch_inputs['remain'], lr=STEP_HYPER['lr'], **rb.SFRON)
   np.testing.assert_allclose([float(weighted), float(remain)],
                              [float(torch_weighted), float(torch_remain)], rtol=1e-5)
-  _assert_trees_close(state['params'], _torch_params(name, stepper))
+  _assert_same_updates(steps, stepper, state['params'])

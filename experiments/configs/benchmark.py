@@ -14,5 +14,6 @@ def get_config():
   c.reference_models = ''     # comma-separated subset of the preset's models ('' = all)
   c.reference_kinds = ''      # comma-separated subset of sgd, salun, sfron ('' = all)
   c.reference_repeats = 0     # timing rounds per side (0 = the preset's)
+  c.cpu_devices = 0           # JAX CPU devices, the batch sharded over them (0 = one per core)
   c.sfron_run = False         # also a whole SFR-on schedule on ResNet-18 (random data)
   return c
