@@ -11,11 +11,19 @@ the run stops with `AgreementError`: a wrong re-statement cannot yield a flatter
 loss (before any update) checks the model tightly; the later ones the update, where float32
 rounding differences grow (ResNet-18 at batch 16: 4e-6 after one SGD step, 4e-4 after two, while
 in float64 the two stay within 1e-7). Small terms such as the weight decay are checked by
-tests/test_torch_reference.py with hyperparameters that make them large. Then the
-two are timed on one fixed batch after a warm-up step, interleaved A, B, B, A, ... (`repeats`
-rounds of `timed_steps` steps each, synchronised: `block_until_ready`, `torch.cuda.synchronize`),
-and the JSON holds the median time per step of each side and the median over rounds of the
-per-round ratio jax / torch.
+tests/test_torch_reference.py with hyperparameters that make them large. Then the two are timed
+on one fixed batch after a warm-up step, interleaved A, B, B, A, ... (`repeats` rounds of
+`timed_steps` steps each, synchronised: `block_until_ready`, `torch.cuda.synchronize`), and the
+JSON holds the median time per step of each side, the median over rounds of the per-round ratio
+jax / torch and the ratio of the fastest rounds.
+
+On the CPU the JAX side shards each batch over one CPU device per core (`cpu_devices`; see
+`jaxunlearn.sharding.use_one_cpu_device_per_core`) and torch runs as many threads. On a machine
+that other processes load, PyTorch's OpenMP threads spin at every op's barrier while a peer is
+descheduled, and its step time grows several-fold (the CNN's SGD step from 27 ms to 270-520 ms on
+2 busy cores) while XLA's barely moves: such a run flatters JAX. The JSON records the load average;
+compare only runs on a quiet machine, or run both with ``OMP_WAIT_POLICY=PASSIVE`` (torch then
+loses less to a load but some speed on a quiet machine).
 
 The step kinds, each a self-contained `jax.jit` function of `jaxunlearn.models` and
 `jaxunlearn.optim.make_optimizer` (SGD, momentum 0.9, PyTorch-convention weight decay 5e-4):
@@ -55,13 +63,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxunlearn import sharding
 from jaxunlearn.models import create_model
 from jaxunlearn.optim import make_optimizer, make_schedule, mask_final_update
 
 NUM_CLASSES = 10
 INPUT_SHAPES = {'cnn': (28, 28, 1), 'resnet18': (32, 32, 3), 'vit_tiny': (32, 32, 3)}
 KINDS = ('sgd', 'salun', 'sfron')
-COMPUTES = ('float32', 'tf32', 'bfloat16')
 # Relative loss agreement (first step, later steps). float32 differs only by summation order;
 # tf32 and bfloat16 round inputs differently on the two sides (and autocast keeps some ops in
 # float32 that Flax runs in bfloat16).
@@ -89,12 +97,10 @@ class Case:
   kinds: tuple[str, ...] = KINDS
   timed_steps: int = 10
   repeats: int = 5
-  model_kwargs: tuple = ()
 
   @property
   def name(self) -> str:
-    kwargs = ''.join(f'-{k}{v}' for k, v in self.model_kwargs)
-    return f'{self.model}{kwargs}-b{self.batch}-{self.compute}'
+    return f'{self.model}-b{self.batch}-{self.compute}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,16 +429,15 @@ def compare_case(case: Case, device, jax_devices=None, seed: int = 0) -> dict:
   from experiments import torch_reference
 
   input_shape = INPUT_SHAPES[case.model]
-  model_kwargs = dict(case.model_kwargs)
   jax_steps = JaxSteps(case.model, input_shape=input_shape, seed=seed, compute=case.compute,
-                       model_kwargs=model_kwargs, devices=jax_devices)
+                       devices=jax_devices)
   autocast = torch.bfloat16 if case.compute == 'bfloat16' else None
   results = {}
   for kind in case.kinds:
     rng = np.random.default_rng(seed + 1)
     batches = [kind_inputs(kind, rng, case.batch, input_shape) for _ in range(AGREEMENT_STEPS)]
     torch_model = torch_reference.create_model(case.model, num_classes=NUM_CLASSES,
-                                               input_shape=input_shape, **model_kwargs)
+                                               input_shape=input_shape)
     torch_reference.load_jax_variables(torch_model, jax_steps.variables)
     stepper = torch_reference.Stepper(torch_model.to(device), jax_steps.variables['params'],
                                       jax_steps.mask, lr=LR, momentum=MOMENTUM,
@@ -660,12 +665,12 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
   """
   import torch
 
-  cores = len(os.sched_getaffinity(0))
-  # Both must be set before JAX initialises its backends. On the CPU, one JAX device per core with
-  # the batch sharded over them (the project's data parallelism) took 35-40% less time per CNN step
-  # than one device running each op on all cores (2 cores, jax 0.10.2). On a GPU, torch shares
-  # the device's memory, which JAX would otherwise preallocate.
-  jax.config.update('jax_num_cpu_devices', config.cpu_devices or cores)
+  # Both before JAX initialises its backends. On a GPU, torch shares the device's memory, which
+  # JAX would otherwise preallocate.
+  if config.cpu_devices:
+    jax.config.update('jax_num_cpu_devices', config.cpu_devices)
+  else:
+    sharding.use_one_cpu_device_per_core()
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   preset_name = config.device_preset
   if preset_name == 'auto':
@@ -681,7 +686,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
     torch.backends.cudnn.benchmark = True
   else:
     # XLA:CPU runs one intra-op thread per schedulable core, however many devices it exposes.
-    torch.set_num_threads(cores)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
   # The torch side runs on one device; so does the JAX side on a GPU.
   jax_devices = jax.devices() if not on_gpu else jax.devices()[:1]
   preset = PRESETS[preset_name]
@@ -720,6 +725,9 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
   payload['total_s'] = time.perf_counter() - started
   payload['load_average'] = {'before': load_before, 'after': os.getloadavg()}
   print_table(results)
+  print(f'1-minute load average {load_before[0]:.1f} before, {payload["load_average"]["after"][0]:.1f}'
+        f' after, on {len(os.sched_getaffinity(0))} cores; JAX on {len(jax_devices)} '
+        f'{jax_devices[0].platform} device(s).')
   if out is None:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
     out = os.path.join(OUT_DIR, f'torch_reference_{preset_name}_{stamp}.json')
