@@ -678,6 +678,9 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
   if preset_name not in PRESETS:
     raise ValueError(f'device_preset={config.device_preset!r}: allowed: auto, {", ".join(PRESETS)}.')
   on_gpu = jax.default_backend() == 'gpu'
+  if preset_name == 'gpu' and not on_gpu:
+    raise ValueError(f'device_preset=gpu: JAX runs on {jax.default_backend()}, not a GPU; its sizes '
+                     'would take hours there.')
   if on_gpu and not torch.cuda.is_available():
     raise RuntimeError('JAX runs on a GPU but torch has no CUDA: the two would not compare.')
   device = torch.device('cuda' if on_gpu else 'cpu')
@@ -708,9 +711,13 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
     if config.reference_repeats:
       changes['repeats'] = config.reference_repeats
     cases.append(dataclasses.replace(case, **changes))
+  if out is None:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+    out = os.path.join(OUT_DIR, f'torch_reference_{preset_name}_{stamp}.json')
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   load_before = os.getloadavg()
   started = time.perf_counter()
-  results = {case.name: compare_case(case, device, jax_devices) for case in cases}
+  results = {}
   payload = {'preset': preset_name,
              'cases': [dataclasses.asdict(c) for c in cases],
              'note': ('CPU preset: ResNet-18 and ViT-Tiny at batch 16 with 2 timed steps x 3 rounds '
@@ -720,19 +727,24 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
                                  'mask_density': MASK_DENSITY, 'forget_fraction': FORGET_FRACTION,
                                  'sfron': SFRON, 'agreement_steps': AGREEMENT_STEPS},
              'results': results, **environment(device, jax_devices)}
+
+  def write(complete: bool):
+    payload['complete'] = complete
+    payload['total_s'] = time.perf_counter() - started
+    payload['load_average'] = {'before': load_before, 'after': os.getloadavg()}
+    with open(out, 'w') as f:
+      json.dump(payload, f, indent=1)
+
+  # Written after every case, so that a run cut short by a time limit keeps what it measured.
+  for case in cases:
+    results[case.name] = compare_case(case, device, jax_devices)
+    write(complete=False)
   if config.sfron_run:
     payload['sfron_run'] = sfron_run(preset['run'], device, jax_devices)
-  payload['total_s'] = time.perf_counter() - started
-  payload['load_average'] = {'before': load_before, 'after': os.getloadavg()}
+  write(complete=True)
   print_table(results)
   print(f'1-minute load average {load_before[0]:.1f} before, {payload["load_average"]["after"][0]:.1f}'
         f' after, on {len(os.sched_getaffinity(0))} cores; JAX on {len(jax_devices)} '
         f'{jax_devices[0].platform} device(s).')
-  if out is None:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
-    out = os.path.join(OUT_DIR, f'torch_reference_{preset_name}_{stamp}.json')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(payload, f, indent=1)
   print(f'wrote {out}')
   return payload

@@ -2,14 +2,15 @@
 
 After copying a JAX model's weights into its torch twin, on a tiny batch: the same loss and the
 same gradients (CNN, ResNet, ViT); the same BatchNorm running statistics up to torch's unbiased
-variance; the same updates after SalUn steps and an SFR-on iteration (on the CNN: the step math does
-not depend on the model, and a ResNet's compile costs seconds), with the masked weights of SalUn
-unmoved on both sides. The step tests use a learning rate of 0.1 and weight decay 0.05, so that
-the weight decay is a visible part of the update (at 5e-4 it would hide below the tolerance). float32 on CPU; the two differ only in summation order, so the
-tolerances are float32 rounding scaled up: losses 1e-5 relative; gradients and weights, per array,
-1e-4 of the array's largest magnitude (BatchNorm over 4 examples of a 2-channel ResNet amplifies
-rounding to about 2e-5 of it; a layout error would be of order 1). No timing is asserted.
-"""
+variance; the same updates after SalUn steps and an SFR-on iteration (on the CNN: the step math
+does not depend on the model, and a ResNet's compile costs seconds), with the masked weights of
+SalUn unmoved on both sides. The step tests use a learning rate of 0.1 and weight decay 0.05, so
+that the weight decay is a visible part of the update (at 5e-4 it would hide below the
+tolerance; without it these tests fail). float32 on CPU; the two differ only in summation order,
+so the tolerances are float32 rounding scaled up: losses 1e-5 relative; gradients and updates,
+per array, 1e-4 of the array's largest magnitude (BatchNorm over 4 examples of a 2-channel ResNet
+amplifies rounding to about 2e-5 of it; a layout error would be of order 1). No timing is
+asserted."""
 
 import functools
 
