@@ -18,7 +18,9 @@ JSON holds the median time per step of each side, the median over rounds of the 
 jax / torch and the ratio of the fastest rounds.
 
 On the CPU the JAX side shards each batch over one CPU device per core (`cpu_devices`; see
-`jaxunlearn.sharding.use_one_cpu_device_per_core`) and torch runs as many threads. On a machine
+`jaxunlearn.sharding.use_one_cpu_device_per_core`) and torch runs as many threads; with
+`cpu_single_device_baseline`, the JAX step on one device ('jax_1device') is timed in the same
+rounds, so the gain of the data parallelism is measured under the same load. On a machine
 that other processes load, PyTorch's OpenMP threads spin at every op's barrier while a peer is
 descheduled, and its step time grows several-fold (the CNN's SGD step from 27 ms to 270-520 ms on
 2 busy cores) while XLA's barely moves: such a run flatters JAX. The JSON records the load average;
@@ -407,18 +409,40 @@ def interleaved(runners: dict[str, Callable[[int], None]], steps: int,
   return times
 
 
-def compare_case(case: Case, device, jax_devices=None, seed: int = 0) -> dict:
+def _check_agreement(label: str, jax_losses, torch_losses, jax_params, torch_params,
+                     compute: str) -> dict:
+  """The relative differences of one JAX side from torch; raises AgreementError beyond the
+  tolerances of `compute`."""
+  first = relative_difference(jax_losses[0], torch_losses[0])
+  rel = max(relative_difference(a, b) for a, b in zip(jax_losses, torch_losses))
+  params_diff = parameter_difference(jax_params, torch_params)
+  tolerance = TOLERANCES[compute]
+  if not (first <= tolerance[0] and rel <= tolerance[1] and params_diff <= tolerance[1]):
+    raise AgreementError(
+        f'{label}: relative differences: first loss {first:.2e}, losses {rel:.2e}, parameters '
+        f'{params_diff:.2e} (tolerances {tolerance}): jax {jax_losses}, torch {torch_losses}.')
+  return {'jax_losses': jax_losses, 'first_loss_relative_difference': first,
+          'loss_relative_difference': rel, 'params_relative_difference': params_diff,
+          'loss_tolerances': tolerance}
+
+
+def compare_case(case: Case, device, jax_devices=None, single_device_baseline: bool = False,
+                 seed: int = 0) -> dict:
   """Agreement check and interleaved timing of every step kind of `case`.
 
   Args:
     case: the model, batch, compute dtype and kinds.
     device: the torch device.
     jax_devices: the JAX side's data-parallel devices (default: the first device).
+    single_device_baseline: also time the JAX step on the first of `jax_devices` alone
+      ('jax_1device'), interleaved with the others: the gain of the data parallelism under the
+      same load.
     seed: initialisation and data seed.
 
   Returns:
-    Per kind: the losses of both sides, their relative difference, the parameter difference
-    after the agreement steps, the JAX compile time and the timings.
+    Per kind: the torch losses and time per step; per JAX side ('jax', 'jax_1device') its losses,
+    their relative differences from torch, the parameter difference after the agreement steps,
+    the compile time, the time per step and its ratios to torch; and every round's times.
 
   Raises:
     AgreementError: when a loss, or the parameters after the agreement steps, differ by more
@@ -429,8 +453,13 @@ def compare_case(case: Case, device, jax_devices=None, seed: int = 0) -> dict:
   from experiments import torch_reference
 
   input_shape = INPUT_SHAPES[case.model]
-  jax_steps = JaxSteps(case.model, input_shape=input_shape, seed=seed, compute=case.compute,
-                       devices=jax_devices)
+  devices = list(jax_devices or jax.devices()[:1])
+  build = lambda devs: JaxSteps(case.model, input_shape=input_shape, seed=seed,
+                                compute=case.compute, devices=devs)
+  sides = {'jax': build(devices)}
+  if single_device_baseline and len(devices) > 1:
+    sides['jax_1device'] = build(devices[:1])
+  reference = sides['jax']
   autocast = torch.bfloat16 if case.compute == 'bfloat16' else None
   results = {}
   for kind in case.kinds:
@@ -438,71 +467,69 @@ def compare_case(case: Case, device, jax_devices=None, seed: int = 0) -> dict:
     batches = [kind_inputs(kind, rng, case.batch, input_shape) for _ in range(AGREEMENT_STEPS)]
     torch_model = torch_reference.create_model(case.model, num_classes=NUM_CLASSES,
                                                input_shape=input_shape)
-    torch_reference.load_jax_variables(torch_model, jax_steps.variables)
-    stepper = torch_reference.Stepper(torch_model.to(device), jax_steps.variables['params'],
-                                      jax_steps.mask, lr=LR, momentum=MOMENTUM,
+    torch_reference.load_jax_variables(torch_model, reference.variables)
+    stepper = torch_reference.Stepper(torch_model.to(device), reference.variables['params'],
+                                      reference.mask, lr=LR, momentum=MOMENTUM,
                                       weight_decay=WEIGHT_DECAY, autocast_dtype=autocast)
     torch_step = {'sgd': stepper.sgd_step, 'salun': stepper.salun_step,
                   'sfron': lambda b: stepper.sfron_iteration(b['forget'], b['remain'], lr=LR,
                                                              **SFRON)}[kind]
-    state = jax_steps.init_state(kind)
-    jax_step = jax_steps.steps[kind]
+    states = {name: side.init_state(kind) for name, side in sides.items()}
     with Precision(case.compute):
-      jax_losses, torch_losses = [], []
-      t0 = time.perf_counter()
-      for i, batch in enumerate(batches):
-        state, loss = jax_step(state, jax_steps.put_batch(batch))
-        jax_losses.append(_losses(jax.device_get(loss)))
-        if i == 0:
-          compile_s = time.perf_counter() - t0
-        torch_losses.append(_losses(torch_step(to_torch(batch, device))))
-      first = relative_difference(jax_losses[0], torch_losses[0])
-      rel = max(relative_difference(a, b) for a, b in zip(jax_losses, torch_losses))
-      params_diff = parameter_difference(
-          jax.device_get(state['params']),
-          torch_reference.jax_tree(torch_model, jax_steps.variables['params'],
-                                   dict(torch_model.named_parameters())))
-      tolerance = TOLERANCES[case.compute]
-      if not (first <= tolerance[0] and rel <= tolerance[1] and params_diff <= tolerance[1]):
-        raise AgreementError(
-            f'{case.name} {kind}: relative differences: first loss {first:.2e}, losses {rel:.2e}, '
-            f'parameters {params_diff:.2e} (tolerances {tolerance}): jax {jax_losses}, torch '
-            f'{torch_losses}.')
-      jax_batch = jax_steps.put_batch(batches[0])
-      torch_batch = to_torch(batches[0], device)
+      torch_losses = [_losses(torch_step(to_torch(batch, device))) for batch in batches]
+      torch_params = torch_reference.jax_tree(torch_model, reference.variables['params'],
+                                              dict(torch_model.named_parameters()))
+      result = {'torch_losses': torch_losses}
+      for name, side in sides.items():
+        losses = []
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches):
+          states[name], loss = side.steps[kind](states[name], side.put_batch(batch))
+          losses.append(_losses(jax.device_get(loss)))
+          if i == 0:
+            compile_s = time.perf_counter() - t0
+        result[name] = _check_agreement(f'{case.name} {kind} ({name})', losses, torch_losses,
+                                        jax.device_get(states[name]['params']), torch_params,
+                                        case.compute)
+        result[name]['compile_s'] = compile_s
 
-      def run_jax(steps):
-        nonlocal state
-        for _ in range(steps):
-          state, loss = jax_step(state, jax_batch)
-        jax.block_until_ready((state, loss))
+      def jax_runner(name):
+        side, batch = sides[name], sides[name].put_batch(batches[0])
+
+        def run_steps(steps):
+          for _ in range(steps):
+            states[name], loss = side.steps[kind](states[name], batch)
+          jax.block_until_ready((states[name], loss))
+
+        return run_steps
+
+      torch_batch = to_torch(batches[0], device)
 
       def run_torch(steps):
         for _ in range(steps):
           torch_step(torch_batch)
         _sync_torch(device)
 
-      run_jax(1)
-      run_torch(1)
-      times = interleaved({'jax': run_jax, 'torch': run_torch}, case.timed_steps, case.repeats)
-    ratios = [j / t for j, t in zip(times['jax'], times['torch'])]
-    results[kind] = {
-        'jax_losses': jax_losses, 'torch_losses': torch_losses,
-        'first_loss_relative_difference': first, 'loss_relative_difference': rel,
-        'loss_tolerances': tolerance,
-        'params_relative_difference': params_diff,
-        'jax_compile_s': compile_s,
-        'jax_step_s': float(np.median(times['jax'])),
-        'torch_step_s': float(np.median(times['torch'])),
-        'time_ratio_jax_over_torch': float(np.median(ratios)),
-        'time_ratio_of_minima': min(times['jax']) / min(times['torch']),
-        'speedup_jax_vs_torch': float(np.median([1.0 / r for r in ratios])),
-        'times_s': times,
-    }
-    print(f'{case.name:28s} {kind:6s} jax {results[kind]["jax_step_s"] * 1e3:9.2f} ms  torch '
-          f'{results[kind]["torch_step_s"] * 1e3:9.2f} ms  jax/torch '
-          f'{results[kind]["time_ratio_jax_over_torch"]:5.2f}  (loss rel diff {rel:.1e}, '
-          f'compile {compile_s:.1f}s)', flush=True)
+      runners = {name: jax_runner(name) for name in sides}
+      runners['torch'] = run_torch
+      for runner in runners.values():
+        runner(1)
+      times = interleaved(runners, case.timed_steps, case.repeats)
+    for name in sides:
+      ratios = [j / t for j, t in zip(times[name], times['torch'])]
+      result[name].update({
+          'step_s': float(np.median(times[name])),
+          'time_ratio_jax_over_torch': float(np.median(ratios)),
+          'time_ratio_of_minima': min(times[name]) / min(times['torch']),
+          'speedup_jax_vs_torch': float(np.median([1.0 / r for r in ratios]))})
+    result['torch_step_s'] = float(np.median(times['torch']))
+    result['times_s'] = times
+    results[kind] = result
+    sides_text = '  '.join(f'{name} {result[name]["step_s"] * 1e3:.2f} ms '
+                           f'({result[name]["time_ratio_jax_over_torch"]:.2f})' for name in sides)
+    print(f'{case.name:26s} {kind:6s} {sides_text}  torch {result["torch_step_s"] * 1e3:.2f} ms  '
+          f'(loss rel diff {result["jax"]["loss_relative_difference"]:.1e}, compile '
+          f'{result["jax"]["compile_s"]:.1f}s)', flush=True)
   return results
 
 
@@ -640,15 +667,19 @@ def environment(device, jax_devices) -> dict:
 
 
 def print_table(results: dict) -> None:
-  print(f'\n{"case":28s} {"step":6s} {"jax ms":>9s} {"torch ms":>9s} {"jax/torch":>9s} '
-        f'{"speedup":>8s} {"min/min":>8s}')
+  print(f'\n{"case":26s} {"step":6s} {"side":12s} {"jax ms":>9s} {"torch ms":>9s} '
+        f'{"jax/torch":>9s} {"speedup":>8s} {"min/min":>8s}')
   for case, kinds in results.items():
     for kind, r in kinds.items():
-      print(f'{case:28s} {kind:6s} {r["jax_step_s"] * 1e3:9.2f} {r["torch_step_s"] * 1e3:9.2f} '
-            f'{r["time_ratio_jax_over_torch"]:9.2f} {r["speedup_jax_vs_torch"]:8.2f} '
-            f'{r["time_ratio_of_minima"]:8.2f}')
+      for side in ('jax', 'jax_1device'):
+        if side in r:
+          j = r[side]
+          print(f'{case:26s} {kind:6s} {side:12s} {j["step_s"] * 1e3:9.2f} '
+                f'{r["torch_step_s"] * 1e3:9.2f} {j["time_ratio_jax_over_torch"]:9.2f} '
+                f'{j["speedup_jax_vs_torch"]:8.2f} {j["time_ratio_of_minima"]:8.2f}')
   print('jax/torch: median over rounds of the time ratio (< 1: jaxunlearn faster); speedup: its '
-        'inverse; min/min: the ratio of the fastest rounds (less sensitive to a loaded machine).')
+        'inverse; min/min: the ratio of the fastest rounds (less sensitive to a loaded machine); '
+        'jax_1device: the JAX step on one device, for the gain of the data parallelism.')
 
 
 def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
@@ -656,7 +687,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
 
   Args:
     config: the benchmark config: device_preset, reference_models, reference_kinds,
-      reference_repeats, cpu_devices, sfron_run.
+      reference_repeats, cpu_devices, cpu_single_device_baseline, sfron_run.
     steps: timed steps per round, overriding the preset's.
     out: the JSON path; by default experiments/benchmarks/torch_reference_{preset}_{time}.json.
 
@@ -737,7 +768,8 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
 
   # Written after every case, so that a run cut short by a time limit keeps what it measured.
   for case in cases:
-    results[case.name] = compare_case(case, device, jax_devices)
+    results[case.name] = compare_case(case, device, jax_devices,
+                                      single_device_baseline=config.cpu_single_device_baseline)
     write(complete=False)
   if config.sfron_run:
     payload['sfron_run'] = sfron_run(preset['run'], device, jax_devices)

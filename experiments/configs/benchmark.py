@@ -15,5 +15,6 @@ def get_config():
   c.reference_kinds = ''      # comma-separated subset of sgd, salun, sfron ('' = all)
   c.reference_repeats = 0     # timing rounds per side (0 = the preset's)
   c.cpu_devices = 0           # JAX CPU devices, the batch sharded over them (0 = one per core)
+  c.cpu_single_device_baseline = True  # with several JAX devices, also time one device alone
   c.sfron_run = False         # also a whole SFR-on schedule on ResNet-18 (random data)
   return c
