@@ -35,9 +35,11 @@ def use_one_cpu_device_per_core() -> int:
 
   The mesh over every device then splits each batch over the cores (the same function: BatchNorm
   statistics and gradients are reduced over the whole batch), where one CPU device runs each op in
-  turn on all cores. Measured on 2 cores (jax 0.10.2, quiet machine, the small CNN's SGD step at
-  batch 128): 34 ms per step against 57 ms on one device (PyTorch eager: 27 ms); ResNet-18 and
-  ViT-Tiny at batch 16 did not change. Results differ from a one-device run only by rounding.
+  turn on all cores. Measured on 2 cores (jax 0.10.2, the same rounds interleaved): the small
+  CNN's SGD step at batch 128 took 34 ms against 57 ms on one device on a quiet machine (PyTorch
+  eager: 27 ms), 54-56 against 84-90 ms on a loaded one; at batch 16, ViT-Tiny did not change and
+  ResNet-18 (8 examples and a BatchNorm all-reduce per device) was 10-12% slower. So measure your
+  model. Results differ from a one-device run only by rounding.
   Call it before JAX initialises its backends (before any JAX computation): `jax.config` raises a
   RuntimeError otherwise.
 
