@@ -1,11 +1,18 @@
 r"""Times every method's step kinds on a fixed model and batch; writes a JSON to track over versions.
 
   python -m experiments.benchmark --config.methods=all --steps=20 --out=benchmark.json
+  python -m experiments.benchmark --config.methods=ft --many=8,32   # K models in one program
 
 For each method: the preparation time (e.g. a saliency mask pass), the compile time of each step
 kind, and steps/s and examples/s of each kind over `--steps` timed steps after one warm-up step.
 Retrain's supervised step is timed as the reference, and every method's time per step is also
-given as a ratio to it, so numbers compare across machines.
+given as a ratio to it, so numbers compare across machines. `--many` times K training steps in one
+program against K single ones.
+
+  python -m experiments.benchmark --config.reference=torch [--config.device_preset=gpu]
+
+times the models and steps against a PyTorch re-statement instead
+(`experiments/reference_benchmark.py`; needs the `bench` extra, reads no dataset).
 """
 
 import os
@@ -16,18 +23,28 @@ import jaxunlearn
 from jaxunlearn import cli
 
 _CONFIG = cli.define_config(
-    os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
-    'Unlearning config file (dataset, model, methods, method options).')
+    os.path.join(os.path.dirname(__file__), 'configs', 'benchmark.py'),
+    'Benchmark config file (the unlearning config plus the reference switches).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per step kind.', lower_bound=1)
 _OUT = flags.DEFINE_string('out', 'benchmark.json', 'Output JSON path.')
-_MANY = flags.DEFINE_list('many', [], 'Numbers of models K: time K vmapped training steps against '
-                          'K single ones (e.g. 8,32).')
+_MANY = flags.DEFINE_list('many', [], 'Numbers of models K: time K training steps in one program '
+                          'against K single ones (e.g. 8,32).')
+REFERENCES = ('none', 'torch')
 
 
 def main(argv):
   del argv
-  jaxunlearn.Study(_CONFIG.value).benchmark(_STEPS.value, out=_OUT.value,
-                                            many_models=tuple(int(k) for k in _MANY.value))
+  config = _CONFIG.value
+  if config.reference not in REFERENCES:
+    raise jaxunlearn.ConfigError(f'--config.reference={config.reference!r}: must be one of '
+                                 f'{", ".join(REFERENCES)}.')
+  if config.reference == 'torch':
+    from experiments import reference_benchmark
+    reference_benchmark.run(config, steps=_STEPS.value if _STEPS.present else None,
+                            out=_OUT.value if _OUT.present else None)
+    return
+  jaxunlearn.Study(config).benchmark(_STEPS.value, out=_OUT.value,
+                                     many_models=tuple(int(k) for k in _MANY.value))
   print(f'wrote {_OUT.value}')
 
 

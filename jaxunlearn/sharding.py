@@ -7,6 +7,8 @@ on 8 GPUs or on a TPU pod; `jax.jit` inserts the cross-device reductions.
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -26,6 +28,27 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
     return
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
+
+
+def use_one_cpu_device_per_core() -> int:
+  """Makes JAX's CPU backend expose one device per schedulable core; returns that count.
+
+  The mesh over every device then splits each batch over the cores (the same function: BatchNorm
+  statistics and gradients are reduced over the whole batch), where one CPU device runs each op in
+  turn on all cores. Measured on 2 cores (jax 0.10.2, the same rounds interleaved): the small
+  CNN's SGD step at batch 128 took 34 ms against 57 ms on one device on a quiet machine (PyTorch
+  eager: 27 ms), 54-56 against 84-90 ms on a loaded one; at batch 16, ViT-Tiny did not change and
+  ResNet-18 (8 examples and a BatchNorm all-reduce per device) was 10-12% slower. So measure your
+  model. Results differ from a one-device run only by rounding.
+  Call it before JAX initialises its backends (before any JAX computation): `jax.config` raises a
+  RuntimeError otherwise.
+
+  Returns:
+    The number of CPU devices.
+  """
+  count = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  jax.config.update('jax_num_cpu_devices', count)
+  return count
 
 
 def select_devices(num_devices: int, flag: str = '--config.num_devices') -> list:
