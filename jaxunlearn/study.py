@@ -336,7 +336,7 @@ class Study:
   def unlearned(self, row: str, seed: int) -> dict:
     """The unlearned weights of a completed method row (restored from its run directory)."""
     method, fingerprint, _ = self._row_run(row, seed)
-    path = os.path.join(self.run_dir(method, seed, fingerprint), 'variables')
+    path = os.path.abspath(os.path.join(self.run_dir(method, seed, fingerprint), 'variables'))
     original = self.original().variables
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, original))
@@ -368,7 +368,7 @@ class Study:
     directory = self.run_dir(method, seed, fingerprint)
     os.makedirs(directory, exist_ok=True)
     if result is not None:
-      weights = os.path.join(directory, 'variables')
+      weights = os.path.abspath(os.path.join(directory, 'variables'))   # Orbax wants absolute
       shutil.rmtree(weights, ignore_errors=True)
       with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(weights, result.variables)

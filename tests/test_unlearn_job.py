@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -101,3 +102,12 @@ def test_forget_set_other_than_the_experiments_is_refused(tmp_path, data_dir):
   np.save(path, np.arange(100, 200))   # same spec string, other examples
   with pytest.raises(ValueError, match='--config.forget.*different split'):
     experiment.prepare(config)
+
+
+def test_a_relative_workdir_works_and_the_weights_restore(tmp_path, data_dir, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = _config('wd', data_dir, methods='ft', seeds='0')
+  study = jaxunlearn.Study(config)
+  study.run()
+  weights = study.unlearned('ft', 0)
+  assert jax.tree.structure(weights) == jax.tree.structure(study.original().variables)
