@@ -262,9 +262,28 @@ def _extra_section(title: str, path: str, command: str, note: str) -> list[str]:
     lines += [body, '']
   if os.path.exists(base + '.png'):
     lines += [f'![{title}]({os.path.relpath(base + ".png", HERE)})', '']
+  tuning = os.path.join(os.path.dirname(base), 'tuning.json')
+  if os.path.exists(tuning):
+    lines += tuning_table(tuning)
   if os.path.exists(base + '.json'):
     lines += [f'Every number: `{os.path.relpath(base + ".json", HERE)}`.', '']
   return lines
+
+
+def tuning_table(path: str) -> list[str]:
+  """The choices of `experiments/tune.py` (its tuning.json) as markdown lines."""
+  with open(path) as f:
+    tuning = json.load(f)
+  multipliers = tuning['multipliers']
+  lines = [f'Tuning on split seed {tuning["tune_split_seed"]}, one run per value (Avg. Gap to '
+           f'Retrain; the chosen value in bold):', '',
+           '| Method | Field | ' + ' | '.join(f'{m} x default' for m in multipliers) + ' |',
+           '|---|---|' + '---|' * len(multipliers)]
+  for name, choice in tuning['methods'].items():
+    cells = [f'**{float(value):g}: {gap:.2f}**' if float(value) == choice['chosen']
+             else f'{float(value):g}: {gap:.2f}' for value, gap in choice['trials'].items()]
+    lines.append(f'| {name} | `{choice["field"]}` | ' + ' | '.join(cells) + ' |')
+  return lines + ['', f'Every trial: `{os.path.relpath(path, HERE)}`.', '']
 
 
 README = os.path.join(os.path.dirname(HERE), 'README.md')

@@ -45,3 +45,15 @@ def test_readme_methods_table_comes_from_the_registry():
       'the README methods table is stale: rerun reproduce_results --only_render')
   for name in jaxunlearn.methods.names():
     assert f'| `{name}` |' in readme
+
+
+def test_tuning_table_marks_each_methods_chosen_value(tmp_path):
+  from experiments import reproduce_results
+  path = tmp_path / 'tuning.json'
+  path.write_text('{"tune_split_seed": 1, "multipliers": ["0.3", "1", "3"], "methods": {'
+                  '"ft": {"field": "optimizer.lr", "default": 0.02, "chosen": 0.02, '
+                  '"trials": {"0.006": 9.0, "0.02": 5.05, "0.06": 6.09}}}}')
+  lines = reproduce_results.tuning_table(str(path))
+  assert lines[0].startswith('Tuning on split seed 1')
+  assert lines[2] == '| Method | Field | 0.3 x default | 1 x default | 3 x default |'
+  assert lines[4] == '| ft | `optimizer.lr` | 0.006: 9.00 | **0.02: 5.05** | 0.06: 6.09 |'
