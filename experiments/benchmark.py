@@ -2,11 +2,14 @@ r"""Times every method's step kinds on a fixed model and batch; writes a JSON to
 
   python -m experiments.benchmark --config.methods=all --steps=20 --out=benchmark.json
   python -m experiments.benchmark --config.methods=ft --many=8,32   # K models in one program
+  python -m experiments.benchmark --config.methods=ft,rfa_lora --equal_examples
 
 For each method: the preparation time (e.g. a saliency mask pass), the compile time of each step
 kind, and steps/s and examples/s of each kind over `--steps` timed steps after one warm-up step.
 Retrain's supervised step is timed as the reference, and every method's time per step is also
-given as a ratio to it, so numbers compare across machines. `--many` times K training steps in one
+given as a ratio to it, so numbers compare across machines. A step that takes a D_r and a D_f
+batch sees twice the examples of that reference; `--equal_examples` also times it at half the
+batch per slot. `--many` times K training steps in one
 program against K single ones.
 
   python -m experiments.benchmark --config.reference=torch [--config.device_preset=gpu]
@@ -27,6 +30,9 @@ _CONFIG = cli.define_config(
     'Benchmark config file (the unlearning config plus the reference switches).')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per step kind.', lower_bound=1)
 _OUT = flags.DEFINE_string('out', 'benchmark.json', 'Output JSON path.')
+_EQUAL_EXAMPLES = flags.DEFINE_bool(
+    'equal_examples', False, 'Also time each method whose step takes n batches (D_r and D_f) at '
+    'batch_size // n per batch: as many examples per step as the Retrain step it is compared to.')
 _MANY = flags.DEFINE_list('many', [], 'Numbers of models K: time K training steps in one program '
                           'against K single ones (e.g. 8,32).')
 REFERENCES = ('none', 'torch')
@@ -44,7 +50,8 @@ def main(argv):
                             out=_OUT.value if _OUT.present else None)
     return
   jaxunlearn.Study(config).benchmark(_STEPS.value, out=_OUT.value,
-                                     many_models=tuple(int(k) for k in _MANY.value))
+                                     many_models=tuple(int(k) for k in _MANY.value),
+                                     equal_examples=_EQUAL_EXAMPLES.value)
   print(f'wrote {_OUT.value}')
 
 

@@ -56,9 +56,18 @@ def time_plan(plan: Plan, setup: experiment.Setup, seed: int, steps: int) -> dic
 
 
 def benchmark(setup: experiment.Setup, rows: list[tuple[str, str, Config]], steps: int,
-              seed: int = 0) -> dict:
+              seed: int = 0, equal_examples: bool = False) -> dict:
   """Times Retrain's supervised step and every (row, method, config) of `rows` from a freshly
-  initialised model of the experiment; returns {'retrain_step': ..., row: ...}."""
+  initialised model of the experiment.
+
+  A step kind with n slots (e.g. a D_r and a D_f batch) sees n times the examples of Retrain's
+  step at the same batch size. With `equal_examples`, each such row is also timed at batch size
+  B // n per slot (B its own batch size), so that its step takes as many examples as a
+  one-slot step at B: the timing goes under 'equal_examples', with its ratio to Retrain's step.
+
+  Returns:
+    {'retrain_step': timing, row: timing}, each as `time_plan` gives it.
+  """
   fns, variables = experiment.build_model(setup.config, setup.info, seed)
   tx = make_optimizer(setup.training.optimizer, 1000)
   reference = Plan(Program({'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
@@ -77,10 +86,22 @@ def benchmark(setup: experiment.Setup, rows: list[tuple[str, str, Config]], step
     timing['prepare_s'] = prepare_s
     for kind in timing['kinds'].values():
       kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
+    slots = max(len(kind.slots) for kind in plan.program.kinds.values())
+    if equal_examples and slots > 1:
+      ctx = context(setup, fns, variables, seed=seed, batch_size=cfg.batch_size // slots)
+      equal = time_plan(registry.get(method).build(ctx, cfg), setup, seed, steps)
+      for kind in equal['kinds'].values():
+        kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
+      timing['equal_examples'] = {'batch_size_per_slot': cfg.batch_size // slots, **equal}
     results[row] = timing
     print(f'{row}: prepare {prepare_s:.2f}s compile {timing["compile_s"]:.2f}s ' + ' '.join(
         f'{k} {v["step_s"] * 1e3:.1f}ms ({v["examples_per_s"]:.0f} ex/s)'
         for k, v in timing['kinds'].items()), flush=True)
+    if 'equal_examples' in timing:
+      equal = timing['equal_examples']
+      print(f'{row} at {equal["batch_size_per_slot"]} per slot: ' + ' '.join(
+          f'{k} {v["step_s"] * 1e3:.1f}ms ({v["step_time_vs_retrain_step"]:.2f}x retrain step)'
+          for k, v in equal['kinds'].items()), flush=True)
   return results
 
 

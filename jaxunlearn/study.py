@@ -471,11 +471,13 @@ class Study:
     return payload
 
   def benchmark(self, steps: int = 20, out: str | None = None,
-                many_models: tuple[int, ...] = ()) -> dict:
-    """Step timings of every row from a freshly initialised model (`jaxunlearn.benchmarking`),
-    and, for each K in `many_models`, K vmapped training steps against K single ones; with the
-    device and versions; written to `out` (JSON) if given."""
-    payload = {'results': benchmarking.benchmark(self.setup, self.rows, steps), 'steps': steps,
+                many_models: tuple[int, ...] = (), equal_examples: bool = False) -> dict:
+    """Step timings of every row from a freshly initialised model (`jaxunlearn.benchmarking`;
+    with `equal_examples`, rows of two-batch steps also at half the batch per slot), and, for
+    each K in `many_models`, K vmapped training steps against K single ones; with the device and
+    versions; written to `out` (JSON) if given."""
+    payload = {'results': benchmarking.benchmark(self.setup, self.rows, steps,
+                                                 equal_examples=equal_examples), 'steps': steps,
                'dataset': self.data_config.dataset, 'model': self.training.model,
                'batch_size': self.training.batch_size, 'device': _device(),
                'versions': _versions()}

@@ -1,0 +1,28 @@
+"""Tests of `jaxunlearn.benchmarking`: what a benchmark JSON holds, on a tiny CNN."""
+
+import pytest
+
+import jaxunlearn
+from tests.conftest import tiny_config
+
+
+def test_benchmark_times_each_row_and_two_batch_steps_at_equal_examples(tmp_path, data_dir):
+  config = jaxunlearn.study_config(methods='ft,rfa_lora', plot=False)
+  config.update({k: v for k, v in tiny_config(tmp_path, data_dir).items() if k in config})
+  config.model_kwargs = tiny_config(tmp_path, data_dir).model_kwargs
+  config.method.ft.batch_size = 32
+  config.method.rfa_lora.batch_size = 32
+  payload = jaxunlearn.Study(config).benchmark(steps=2, out=str(tmp_path / 'bench.json'),
+                                               equal_examples=True)
+  results = payload['results']
+  assert set(results) == {'retrain_step', 'ft', 'rfa_lora'}
+  assert 'equal_examples' not in results['ft']      # one batch per step: nothing to equalise
+  align = results['rfa_lora']['kinds']['align']
+  assert align['examples_per_s'] == pytest.approx(2 * 32 * align['steps_per_s'])
+  equal = results['rfa_lora']['equal_examples']
+  assert equal['batch_size_per_slot'] == 16
+  equal_align = equal['kinds']['align']
+  assert equal_align['examples_per_s'] == pytest.approx(2 * 16 * equal_align['steps_per_s'])
+  ref_step = results['retrain_step']['kinds']['train']['step_s']
+  assert equal_align['step_time_vs_retrain_step'] == pytest.approx(equal_align['step_s'] / ref_step)
+  assert (tmp_path / 'bench.json').exists()
