@@ -65,7 +65,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxunlearn import sharding
-from jaxunlearn.models import create_model
+from jaxunlearn.models import create_model, set_compute_dtype
 from jaxunlearn.config import OptimizerConfig
 from jaxunlearn.config import sgd as sgd_settings
 from jaxunlearn.optim import make_optimizer, make_schedule, mask_updates
@@ -163,14 +163,6 @@ def _fill(template: nnx.State, values: dict) -> nnx.State:
   return state
 
 
-def _set_compute_dtype(model: nnx.Module, dtype) -> None:
-  """Flax mixed precision: layers compute in `dtype`, parameters stay float32 (BatchNorm's and
-  LayerNorm's statistics are computed in float32 regardless)."""
-  for _, module in model.iter_modules():
-    if isinstance(module, (nnx.Conv, nnx.Linear, nnx.BatchNorm, nnx.LayerNorm)):
-      module.dtype = dtype
-
-
 def random_mask(params: dict, density: float, seed: int) -> dict:
   """A fixed 0/1 float32 mask shaped like `params` (a pure dict), 1 with probability `density`."""
   rng = np.random.default_rng(seed)
@@ -199,7 +191,7 @@ class JaxSteps:
     model = create_model(name, num_classes=NUM_CLASSES, input_shape=input_shape,
                          rngs=nnx.Rngs(seed), **(model_kwargs or {}))
     if compute == 'bfloat16':
-      _set_compute_dtype(model, jnp.bfloat16)
+      set_compute_dtype(model, 'bfloat16')
     self.graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     self._templates = (params, stats)
     self.variables = {'params': params.to_pure_dict(), 'batch_stats': stats.to_pure_dict()}

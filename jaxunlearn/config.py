@@ -211,7 +211,8 @@ def fields_doc(cls: type) -> dict[str, str]:
 
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
-SCHEDULES = ('constant', 'cosine', 'step', 'linear')
+SCHEDULES = ('constant', 'cosine', 'step', 'linear', 'onecycle')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +290,8 @@ class TrainingConfig(Config):
   batch_size: int = integer(128, ge=1)
   epochs: int = integer(15, ge=1)
   optimizer: OptimizerConfig = nested(OptimizerConfig)
+  compute_dtype: str = choice('float32', COMPUTE_DTYPES,
+                              doc='what layers compute in (parameters stay float32)')
   checkpoint_every_steps: int = integer(200, ge=0, doc='0 = only at the end')
   keep_checkpoints: int = integer(2, ge=1)
   best_metric: str = choice('test_accuracy', BEST_METRICS)

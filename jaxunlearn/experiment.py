@@ -32,7 +32,7 @@ from jaxunlearn.config import (ConfigError, DataConfig, EvalConfig, TrainingConf
                                section_from_flat)
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.loop import run
-from jaxunlearn.models import create_model
+from jaxunlearn.models import create_model, set_compute_dtype
 from jaxunlearn.state import ModelFns, functionalize
 from jaxunlearn.train import create_state, supervised_program
 
@@ -61,7 +61,7 @@ def forget_tag(spec: str) -> str:
 def build_model(config, info: data_lib.DatasetInfo, seed: int) -> tuple[ModelFns, dict]:
   model = create_model(config.model, num_classes=info.num_classes, input_shape=info.image_shape,
                        rngs=nnx.Rngs(seed), **dict(config.get('model_kwargs', {}) or {}))
-  return functionalize(model)
+  return functionalize(set_compute_dtype(model, config.get('compute_dtype', 'float32')))
 
 
 def sections(config) -> tuple[DataConfig, TrainingConfig, EvalConfig]:
@@ -225,7 +225,8 @@ def train_model(setup: Setup, *, kind: str, seed: int) -> tuple[ModelFns, dict, 
   directory = run_dir(setup, kind, seed)
   model_fns, variables = build_model(cfg, setup.info, seed)
   meta = {'model': cfg.model, 'dataset': cfg.dataset, 'kind': kind, 'seed': seed,
-          'model_signature': model_signature(variables['params'])}
+          'model_signature': model_signature(variables['params']),
+          'compute_dtype': cfg.get('compute_dtype', 'float32')}
   if kind != 'original':
     meta['split_digest'] = setup.split.digest
   check_compatible(os.path.join(directory, 'checkpoints'), meta, '--config.workdir')

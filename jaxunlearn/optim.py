@@ -19,7 +19,9 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
 
   Args:
     cfg: the optimiser config ('cosine' and 'linear' decay to 0 over `total_steps`; 'step'
-      multiplies by ``lr_decay_factor`` at each of ``lr_decay_steps``).
+      multiplies by ``lr_decay_factor`` at each of ``lr_decay_steps``; 'onecycle' rises from
+      lr / 25 to lr over the first 30% of the steps and falls to lr / 25e4 by cosine, the
+      defaults of PyTorch's OneCycleLR).
     total_steps: the length of the run.
 
   Returns:
@@ -32,6 +34,8 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     return optax.cosine_decay_schedule(lr, max(total_steps, 1))
   if cfg.schedule == 'linear':
     return optax.linear_schedule(lr, 0.0, max(total_steps, 1))
+  if cfg.schedule == 'onecycle':
+    return optax.cosine_onecycle_schedule(max(total_steps, 1), lr)
   if cfg.schedule == 'step':
     boundaries = {int(s): float(cfg.lr_decay_factor) for s in cfg.lr_decay_steps}
     return optax.piecewise_constant_schedule(lr, boundaries)

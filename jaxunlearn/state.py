@@ -12,6 +12,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 PyTree = Any
@@ -34,7 +35,7 @@ class ModelFns:
     params = _fill(self.abstract_params, variables['params'])
     batch_stats = _fill(self.abstract_batch_stats, variables['batch_stats'])
     model = nnx.merge(self.graphdef, params, batch_stats)
-    outputs = model(x, train=train, return_features=return_features)
+    outputs = jax.tree.map(_as_float32, model(x, train=train, return_features=return_features))
     return outputs, nnx.state(model, nnx.BatchStat).to_pure_dict()
 
   def module(self, variables: dict) -> nnx.Module:
@@ -61,6 +62,12 @@ def functionalize(model: nnx.Module) -> tuple[ModelFns, dict]:
                  abstract_batch_stats=jax.tree.map(_abstract, batch_stats),
                  param_types=param_types.to_pure_dict())
   return fns, {'params': params.to_pure_dict(), 'batch_stats': batch_stats.to_pure_dict()}
+
+
+def _as_float32(x: jax.Array) -> jax.Array:
+  # A model computing in bfloat16 (`models.set_compute_dtype`) still gives float32 outputs, so
+  # losses and scores are float32; a float32 output is returned unchanged.
+  return x.astype(jnp.float32)
 
 
 def _abstract(x):

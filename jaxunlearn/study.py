@@ -246,12 +246,15 @@ class Study:
 
   @functools.cache
   def _fingerprint_base(self, seed: int) -> dict:
-    return {'format': RUN_FORMAT, 'dataset': self.data_config.dataset,
+    base = {'format': RUN_FORMAT, 'dataset': self.data_config.dataset,
             'split': self.setup.split.digest, 'model': self.training.model,
             'model_kwargs': self.config.model_kwargs.to_dict(),
             'evaluation': dataclasses.asdict(self.evaluation), 'seed': seed,
             'original': weights_digest(self.original().variables),
             'retrain': weights_digest(self.retrain(seed).variables)}
+    if self.training.compute_dtype != 'float32':   # float32 runs keep their earlier fingerprints
+      base['compute_dtype'] = self.training.compute_dtype
+    return base
 
   def fingerprint(self, method: str, cfg: Config | None, seed: int) -> str:
     """A digest of everything that determines the run of `method` with `cfg` at `seed`."""

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxunlearn.models import MODELS, create_model, model_kwargs
+from jaxunlearn.models import MODELS, create_model, model_kwargs, set_compute_dtype
+from jaxunlearn.state import functionalize
 
 TINY = {
     'mlp': dict(hidden_sizes=(16, 8)),
@@ -219,6 +220,21 @@ def test_functional_split_merge_under_jit(key):
     # No BatchNorm and no dropout: `train` changes nothing.
     np.testing.assert_array_equal(train_logits, eval_logits)
     assert new_stats == {}
+
+
+@pytest.mark.parametrize('key', ['resnet18', 'vit'])
+def test_bfloat16_compute_keeps_float32_weights_and_outputs(key):
+  fns, variables = functionalize(set_compute_dtype(_build(key, CIFAR), 'bfloat16'))
+  float32_fns, _ = functionalize(_build(key, CIFAR))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  x = _images(CIFAR)
+  (logits, features), _ = jax.jit(functools.partial(fns.apply, train=False,
+                                                    return_features=True))(variables, x)
+  (reference, _), _ = float32_fns.apply(variables, x, train=False, return_features=True)
+  assert all(f.dtype == jnp.float32 for f in [logits, *features.values()])
+  # Rounded to bfloat16 inside (8 bits of mantissa), so close to but not equal to float32.
+  assert not np.array_equal(logits, reference)
+  np.testing.assert_allclose(logits, reference, rtol=0.1, atol=0.05)
 
 
 def test_unknown_model_name_names_flag_and_allowed():

@@ -37,6 +37,9 @@ def test_schedules():
   step = OptimizerConfig(lr=1.0, schedule='step', lr_decay_steps=(10, 20))
   assert [float(make_schedule(step, 30)(t)) for t in (9, 10, 25)] == pytest.approx(
       [1.0, 0.1, 0.01])
+  onecycle = make_schedule(sgd(1.0, schedule='onecycle'), 100)
+  assert [float(onecycle(t)) for t in (0, 30)] == pytest.approx([1 / 25, 1.0])
+  assert float(onecycle(99)) < 1e-3 and float(onecycle(15)) < float(onecycle(30))
   with pytest.raises(ValueError, match='optimizer.schedule'):
     make_schedule(OptimizerConfig(schedule='warp'), 10)
   with pytest.raises(ValueError, match='optimizer.name'):
