@@ -48,7 +48,10 @@ Readings and switches (the paper leaves these open; defaults and why):
   means and the base weights are run constants, never checkpointed. The frozen base weights of
   the student are read from the teacher's inside the step (no second copy).
 * One D_r and one D_f batch per step (`epochs` passes over D_r, cycling D_f), as the issue's
-  default; other rhythms were not measured.
+  default; other rhythms were not measured. Such a step sees twice the examples of an FT step at
+  the same `batch_size`; at equal examples it costs 1.17x an FT step on 2 CPU cores
+  (`experiments/benchmark.py --equal_examples`): the teacher's forward is extra, the base
+  kernels' gradients are never computed.
 """
 
 from __future__ import annotations
