@@ -245,13 +245,17 @@ EXTRA_SECTIONS = (
      'same budget (its learning rate, or its one knob, at 0.3, 1 and 3 times its mnist5k default, '
      'one run each) against Retrain on split seed 1, then reported on split seed 0 (seeds 0, 1, 2; one Original, a Retrain per seed). '
      'A value chosen at the edge of its range (GA, BadTeacher, CE-FT, ICE-FT, KL-FT, NegGrad+, RL, '
-     'SCRUB) means a larger budget could move that method. Class-wise forgetting has not been run '
-     'on this protocol yet.'),
+     'SCRUB) means a larger budget could move that method.'),
     ('CIFAR-10 (JPEG q75 copy), 10k subset: forget class:3',
      'cifar10-subset10k/class-3-split0/tuned',
      'python -m experiments.tune --config=experiments/configs/cifar10_subset.py '
      '--config.forget=class:3 --config.seeds=0,1,2',
-     'As above, forgetting class 3 (cat).'),
+     'As above (same Original, same tuning budget on split seed 1), forgetting class 3 (cat): '
+     'the Original is 27.98 points of Avg. Gap from Retrain. Nine methods chose a value at the edge '
+     'of their range (BadTeacher, CE-FT, FT, GA, ICE-FT, NegGrad+, RFA-LoRA, SCRUB, SFR-on). Six '
+     'methods land within 1 point of Retrain, within one seed standard deviation of each other; '
+     'RFA-LoRA at its default gamma 0.3 (its tuned field is the learning rate) lowers the accuracy '
+     'on the class only from 55.4% to 44.4% (Retrain: 0%).'),
 )
 
 

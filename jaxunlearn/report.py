@@ -53,9 +53,11 @@ TABLE_NOTE = ('UA = 100 - accuracy on D_f; RA, TA = accuracy on D_r and the test
 
 
 def write_text(path: str, text: str) -> None:
+  """Writes `text` atomically (temporary file, then rename), readable by all as any file."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
   with os.fdopen(fd, 'w') as f:
     f.write(text)
+  os.chmod(tmp, 0o644)  # mkstemp creates 0600
   os.replace(tmp, path)
 
 
