@@ -3,13 +3,12 @@
 import pytest
 
 import jaxunlearn
-from tests.conftest import tiny_config
+from tests import study_worker
 
 
 def test_benchmark_times_each_row_and_two_batch_steps_at_equal_examples(tmp_path, data_dir):
-  config = jaxunlearn.study_config(methods='ft,rfa_lora', plot=False)
-  config.update({k: v for k, v in tiny_config(tmp_path, data_dir).items() if k in config})
-  config.model_kwargs = tiny_config(tmp_path, data_dir).model_kwargs
+  config = study_worker.config(tmp_path, data_dir)
+  config.methods = 'ft,rfa_lora'
   config.method.ft.batch_size = 32
   config.method.rfa_lora.batch_size = 32
   payload = jaxunlearn.Study(config).benchmark(steps=2, out=str(tmp_path / 'bench.json'),

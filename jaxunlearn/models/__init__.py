@@ -31,18 +31,18 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 _COMMON_ARGS = ('num_classes', 'input_shape', 'rngs')
-COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _DTYPED_LAYERS = (nnx.Conv, nnx.Linear, nnx.BatchNorm, nnx.LayerNorm)   # every layer of the zoo
 
 
 def set_compute_dtype(model: nnx.Module, compute_dtype: str) -> nnx.Module:
-  """Flax mixed precision: every layer computes in `compute_dtype` ('float32' or 'bfloat16');
-  parameters stay float32, and BatchNorm and LayerNorm compute their statistics in float32
-  whatever the layer dtype. `state.ModelFns.apply` returns float32 logits and features, so
-  losses and scores are float32. Returns `model`, changed in place."""
+  """Flax mixed precision: every layer computes in `compute_dtype` (a name from
+  `jaxunlearn.config.COMPUTE_DTYPES`); parameters stay float32, and BatchNorm and LayerNorm
+  compute their statistics in float32 whatever the layer dtype. `state.ModelFns.apply` returns
+  float32 logits and features, so losses and scores are float32. Returns `model`, changed in
+  place."""
   for _, module in model.iter_modules():
     if isinstance(module, _DTYPED_LAYERS):
-      module.dtype = COMPUTE_DTYPES[compute_dtype]
+      module.dtype = jnp.dtype(compute_dtype)
   return model
 
 
