@@ -280,18 +280,22 @@ def _extra_section(title: str, path: str, command: str, note: str) -> list[str]:
 
 
 def tuning_table(path: str) -> list[str]:
-  """The choices of `experiments/tune.py` (its tuning.json) as markdown lines."""
+  """The choices of `experiments/tune.py` (its tuning.json) as markdown lines: per method its
+  knobs and every combination tried, with its Avg. Gap; the chosen one in bold."""
   with open(path) as f:
     tuning = json.load(f)
-  multipliers = tuning['multipliers']
-  lines = [f'Tuning on split seed {tuning["tune_split_seed"]}, one run per value (Avg. Gap to '
-           f'Retrain; the chosen value in bold):', '',
-           '| Method | Field | ' + ' | '.join(f'{m} x default' for m in multipliers) + ' |',
-           '|---|---|' + '---|' * len(multipliers)]
+  multipliers = ', '.join(tuning['multipliers'])
+  lines = [f'Tuning on split seed {tuning["tune_split_seed"]}, one run per combination of each '
+           f'knob at {multipliers} x its default (Avg. Gap to Retrain; the chosen one in bold):',
+           '', '| Method | Knobs | Runs | Trials |', '|---|---|---|---|']
   for name, choice in tuning['methods'].items():
-    cells = [f'**{float(value):g}: {gap:.2f}**' if float(value) == choice['chosen']
-             else f'{float(value):g}: {gap:.2f}' for value, gap in choice['trials'].items()]
-    lines.append(f'| {name} | `{choice["field"]}` | ' + ' | '.join(cells) + ' |')
+    fields = [knob.removeprefix('1-') for knob in choice['knobs']]
+    cells = []
+    for trial in choice['trials']:
+      text = ', '.join(f'{trial["values"][f]:g}' for f in fields) + f': {trial["AvgGap"]:.2f}'
+      cells.append(f'**{text}**' if trial['values'] == choice['chosen'] else text)
+    knobs = ', '.join(f'`{k}`' for k in choice['knobs'])
+    lines.append(f'| {name} | {knobs} | {len(choice["trials"])} | {"; ".join(cells)} |')
   return lines + ['', f'Every trial: `{os.path.relpath(path, HERE)}`.', '']
 
 

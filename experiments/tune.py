@@ -3,15 +3,25 @@ r"""Equal-budget tuning against Retrain on a held-out split, then the reported s
   python -m experiments.tune --config=experiments/configs/cifar10_subset.py \
       --config.forget=random:0.1 --tune_split_seed=1 --multipliers=0.3,1,3
 
-Every method gets the same budget: its tuned field (`jaxunlearn.methods.get(NAME).tune`, the
-learning rate unless it has none) at its default times each of --multipliers, one run each on
-split seed --tune_split_seed (seed 0). The value with the smallest Avg. Gap to Retrain is kept, and
-the study of the config (its own split seed, never the tuning one, and its seeds) runs with it.
-Writes tuning.json beside the study's results files (results name 'tuned').
+The budget rule, the same for every method: each of its tuned knobs
+(`jaxunlearn.methods.get(NAME).tune`: the learning rate, and the weight that sets how hard it
+pushes on D_f against D_r where it has one) takes its default times each of --multipliers, and
+every combination runs once on split seed --tune_split_seed (seed 0), each a row of one study: 3
+runs for a method with one knob, 9 for one with two. A knob written '1-NAME' scales 1 - NAME (NegGrad+'s forget weight
+1 - beta); a value outside the field's allowed range is clipped to its closed bound (SalUn's
+mask_fraction and the regularisers' alpha stop at 1) or dropped, integers are rounded, and a
+combination the config refuses (SCRUB's msteps above its epochs) is reported and skipped. The
+combination with the smallest Avg. Gap to Retrain is kept (ties: the one nearest the defaults),
+and the study of the config (its own split seed, never the tuning one, and its seeds) runs with
+it. Writes tuning.json beside the study's results files (results name 'tuned').
 """
 
 import copy
+import dataclasses
+import itertools
+import math
 import os
+import typing
 
 from absl import flags
 
@@ -22,47 +32,118 @@ _CONFIG = cli.define_config(
     os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'), 'Study config file.')
 _TUNE_SPLIT_SEED = flags.DEFINE_integer('tune_split_seed', 1, 'The split the tuning runs on.')
 _MULTIPLIERS = flags.DEFINE_list('multipliers', ['0.3', '1', '3'],
-                                 'Scales of each method\'s tuned field (the budget).')
+                                 'Scales of each tuned knob of each method (the budget).')
+
+COMPLEMENT = '1-'
 
 
-def _field(cfg, dotted: str):
+def field_name(knob: str) -> str:
+  """The dotted config field of a tuned knob ('1-beta' -> 'beta')."""
+  return knob[len(COMPLEMENT):] if knob.startswith(COMPLEMENT) else knob
+
+
+def get_field(cfg, dotted: str):
   for part in dotted.split('.'):
     cfg = cfg[part]
   return cfg
 
 
-def _set_field(cfg, dotted: str, value) -> None:
+def set_field(cfg, dotted: str, value) -> None:
   *parents, leaf = dotted.split('.')
   for part in parents:
     cfg = cfg[part]
   cfg[leaf] = value
 
 
+def field_rule(cls: type, dotted: str):
+  """The `jaxunlearn.config.Rule` of a dotted field of config class `cls`."""
+  *parents, leaf = dotted.split('.')
+  for part in parents:
+    cls = typing.get_type_hints(cls)[part]
+  return {f.name: f for f in dataclasses.fields(cls)}[leaf].metadata['rule']
+
+
+def knob_values(knob: str, default, rule, multipliers: list[float]) -> list:
+  """The values a knob takes: its default scaled by each multiplier (its complement for '1-'
+  knobs), clipped to closed bounds, those beyond open bounds dropped, rounded for integers,
+  duplicates dropped, in multiplier order."""
+  values = []
+  for m in multipliers:
+    value = 1.0 - (1.0 - default) * m if knob.startswith(COMPLEMENT) else default * m
+    if rule.low is not None and (value < rule.low or (rule.low_open and value == rule.low)):
+      if rule.low_open:
+        continue
+      value = rule.low
+    if rule.high is not None and (value > rule.high or (rule.high_open and value == rule.high)):
+      if rule.high_open:
+        continue
+      value = rule.high
+    value = int(round(value)) if rule.kind == 'int' else float(value)
+    if value not in values:
+      values.append(value)
+  return values
+
+
+def distance_to_default(values: dict, defaults: dict) -> float:
+  """How far a combination lies from the defaults (sum of |log ratio|), for ties."""
+  return sum(abs(math.log(max(values[k], 1e-12) / max(defaults[k], 1e-12))) for k in values)
+
+
 def tune(config, split_seed: int, multipliers: list[float]) -> dict:
-  """{method: {'field', 'default', 'trials': {value: AvgGap}, 'chosen'}} on `split_seed`."""
+  """Runs every method's grid on `split_seed`, as the rows of one study (one data load, one
+  Original and Retrain; its table is the split's tuning.json/.md).
+
+  Returns:
+    {method: {'knobs', 'defaults': {field: value}, 'trials': [{'values': {field: value},
+    'AvgGap': gap}], 'skipped': [{'values', 'reason'}], 'chosen': {field: value}}}.
+  """
   if split_seed == config.split_seed:
     raise jaxunlearn.ConfigError(f'--tune_split_seed={split_seed}: must differ from the reported '
                                  f'--config.split_seed ({config.split_seed}).')
-  out = {}
+  trial_config = copy.deepcopy(config)
+  trial_config.split_seed, trial_config.seeds = split_seed, '0'
+  trial_config.results_name, trial_config.plot = 'tuning', False
+  out, rows = {}, []
   for name in jaxunlearn.methods.parse_methods(config.methods):
     if name not in jaxunlearn.methods.names():
       continue    # a group of variants is not tuned
-    field = jaxunlearn.methods.get(name).tune
-    default = _field(config.method[name], field)
-    trials = {}
-    for multiplier in multipliers:
-      trial = copy.deepcopy(config)
-      trial.split_seed, trial.seeds, trial.methods = split_seed, '0', name
-      trial.results_name, trial.plot = 'tuning', False
-      _set_field(trial.method[name], field, type(default)(default * multiplier))
-      study = jaxunlearn.Study(trial)
-      study.run()
-      trials[default * multiplier] = study.summary()[name]['AvgGap']['mean']
-    chosen = min(trials, key=lambda v: (trials[v], abs(v - default)))
-    out[name] = {'field': field, 'default': default, 'trials': trials, 'chosen': chosen}
-    print(f'[tune {name}] {field}: ' + ', '.join(f'{v:g} -> {g:.2f}' for v, g in trials.items())
-          + f'; chosen {chosen:g}', flush=True)
+    method = jaxunlearn.methods.get(name)
+    fields = [field_name(k) for k in method.tune]
+    defaults = {f: get_field(config.method[name], f) for f in fields}
+    grids = [knob_values(k, defaults[f], field_rule(method.config, f), multipliers)
+             for k, f in zip(method.tune, fields)]
+    out[name] = {'knobs': list(method.tune), 'defaults': defaults, 'trials': [], 'skipped': []}
+    for combination in itertools.product(*grids):
+      values = dict(zip(fields, combination))
+      cfg = copy.deepcopy(config.method[name])
+      for field, value in values.items():
+        set_field(cfg, field, value)
+      row = f'{name} {_format(values)}'
+      try:
+        jaxunlearn.methods.parse_config(name, cfg)
+      except jaxunlearn.ConfigError as error:
+        out[name]['skipped'].append({'values': values, 'reason': str(error)})
+        print(f'[tune {name}] skipped {_format(values)}: {error}', flush=True)
+        continue
+      rows.append((row, name, cfg))
+      out[name]['trials'].append({'row': row, 'values': values})
+  study = jaxunlearn.Study(trial_config, rows=rows)
+  study.run()
+  summary = study.summary()
+  for name, entry in out.items():
+    for trial in entry['trials']:
+      trial['AvgGap'] = summary[trial.pop('row')]['AvgGap']['mean']
+    best = min(entry['trials'],
+               key=lambda t: (t['AvgGap'], distance_to_default(t['values'], entry['defaults'])))
+    entry['chosen'] = best['values']
+    print(f'[tune {name}] ' + '; '.join(
+        f'{_format(t["values"])} -> {t["AvgGap"]:.2f}' for t in entry['trials'])
+          + f'; chosen {_format(best["values"])}', flush=True)
   return out
+
+
+def _format(values: dict) -> str:
+  return ', '.join(f'{k}={v:g}' for k, v in values.items())
 
 
 def main(argv):
@@ -73,7 +154,8 @@ def main(argv):
   final = copy.deepcopy(config)
   final.results_name = 'tuned'
   for name, choice in choices.items():
-    _set_field(final.method[name], choice['field'], choice['chosen'])
+    for field, value in choice['chosen'].items():
+      set_field(final.method[name], field, value)
   study = jaxunlearn.Study(final)
   payload = study.run()
   jaxunlearn.write_json(os.path.join(study.experiment_dir, 'tuning.json'),

@@ -301,7 +301,13 @@ def per_example_epsilons(unlearned_confidences, retrained_confidences, *, delta:
     error: only for (near-)constant sets, or sets closer than the grid step), epsilon is 0: at the
     definition's resolution nothing tells them apart. The published code would stop there.
   * It sizes the interval rule's right-end grid as ceil(100 * (max_ - min_)), a difference that is
-    4 in exact arithmetic but rounds to 400 or 401 thresholds from example to example; we use 400.
+    4 in exact arithmetic but rounds to 400 or 401 thresholds from example to example (401 for
+    about 3% of examples); we use 400.
+  * Where a left end of the interval rule falls exactly on a sample, it decides whether that
+    sample is inside pair by pair (each (right, left) pair recomputes the left end in float32);
+    we decide it once per example from the shared left-end grid, which is the exact answer.
+    Checked against `metric.py` on 21 synthetic cases (K = 8 to 512, 2,050 examples): F is
+    identical; these two points change 0.03-0.4% of the per-example epsilons.
   * Rates are exact count ratios in float64 (it averages in float32 and takes float32 logs), and
     threshold positions match its linspace grids to rounding.
   * The 1%-range test is `smaller < 0.01 * larger`, so two constant sets are not capped, as there
@@ -420,6 +426,42 @@ def forgetting_quality(unlearned_logits, retrained_logits, labels, *, delta: flo
   unlearned, retrained = _margins_of(unlearned_logits, retrained_logits, labels)
   return forgetting_quality_from_confidences(unlearned, retrained, delta=delta,
                                              epsilon_cap=epsilon_cap)
+
+
+def bootstrap_interval(points, *, num_resamples: int = 2000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap interval of F = mean(points) over resampled forget examples.
+
+  The forget examples are resampled with replacement; the models stay fixed, so the interval
+  says how much F depends on which examples were forgotten, not on which K models were trained.
+
+  Args:
+    points: [N_f] per-example bucket scores (`ForgettingQuality.points`).
+    num_resamples: bootstrap resamples, >= 1.
+    confidence: the interval's coverage, in (0, 1).
+    seed: the resampling's seed.
+
+  Returns:
+    (low, high): the (1 - confidence) / 2 and (1 + confidence) / 2 quantiles of the resampled
+    means.
+  """
+  points = np.asarray(points, dtype=np.float64)
+  if points.ndim != 1 or points.size == 0 or not np.all(np.isfinite(points)):
+    raise ValueError(f'points must be a non-empty 1-D array of finite numbers; got shape '
+                     f'{points.shape}.')
+  if not (isinstance(num_resamples, (int, np.integer)) and num_resamples >= 1):
+    raise ValueError(f'num_resamples must be a positive integer; got {num_resamples}.')
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f'confidence must lie in (0, 1); got {confidence}.')
+  rng = np.random.default_rng(seed)
+  means = np.empty(num_resamples)
+  # In blocks, so the [block, N_f] index array stays small for any N_f.
+  block = max(1, 2**20 // points.size)
+  for start in range(0, num_resamples, block):
+    size = min(block, num_resamples - start)
+    means[start:start + size] = points[rng.integers(0, points.size, (size, points.size))].mean(1)
+  low, high = np.quantile(means, [(1.0 - confidence) / 2, (1.0 + confidence) / 2])
+  return float(low), float(high)
 
 
 def challenge_score(quality: ForgettingQuality, *, retain_accuracy_unlearned: float,

@@ -1,17 +1,26 @@
-"""Many-model evaluation: K Retrain models and K runs of each method, trained as one program each.
+"""Many-model evaluation: K models per row, each set trained as one program.
 
-One Original; K Retrain models (seeds 0..K-1) trained together (`loop.run_many`: a vmapped
-program, the model axis sharded over devices); for every method row, K unlearning runs from the
-Original (seeds 0..K-1), also together. Then, per method (`jaxunlearn.forgetting_quality`):
+One Original; K Retrain models (seeds 0..K-1) trained together (`loop.run_many`: the model axis
+sharded over devices); for every method row, K unlearning runs from the Original (seeds 0..K-1),
+also together. Two reference rows bound every score:
+
+* Control: a second, independent set of K Retrain models (seeds K..2K-1) scored as if it were a
+  method. Retrain cannot be told from Retrain, so its F is the best attainable at this K and
+  data size (below 1 only through the attacks' sampling noise): the ceiling.
+* Original: K models trained on all of D (seeds 0..K-1) scored as a method: what no forgetting
+  at all scores, the floor.
+
+Per row (`jaxunlearn.forgetting_quality`):
 
 * the NeurIPS 2023 challenge's forgetting quality F (per forget example, epsilon from threshold
-  attacks on the logit-scaled confidences of the K unlearned against the K retrained models) and
-  its final score F * RA_u / RA_r * TA_u / TA_r; higher is better; comparable only at equal K;
+  attacks on the logit-scaled confidences of the row's K models against the K Retrain models),
+  with a 95% bootstrap interval over forget examples, and its final score F * RA_u / RA_r *
+  TA_u / TA_r; higher is better; comparable only at equal K;
 * KLOM on forget, retain and test examples (median and 95th percentile); lower is better;
-* relearn time: SGD steps on D_f until a model's forget accuracy is back at the Original's (capped),
-  mean and std over the K models, beside Retrain's own.
-
-Scores of one seed's models (UA, RA, TA) are means over the K models.
+* relearn time: SGD steps on D_f until a model's forget accuracy is back at the Original's
+  (capped), mean and std over the K models, beside Retrain's own;
+* the single-model scores averaged over the K models: UA, RA, TA, MIA and, per model against
+  Retrain's mean, Avg. Gap and ToW.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import evaluation, experiment, losses, report
+from jaxunlearn import evaluation, experiment, losses, metrics, report
 from jaxunlearn import forgetting_quality as fq
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config, ConfigError, integer, number
@@ -42,13 +51,16 @@ from jaxunlearn.unlearn import context
 @dataclasses.dataclass(frozen=True)
 class ManyModelsConfig(Config):
   """The many-model evaluation (`--config.eval.*` of experiments/many_models.py)."""
-  num_models: int = integer(8, ge=2, doc='K: models per side (Retrain, each method)')
+  num_models: int = integer(128, ge=3, doc='K: models per row (Retrain, control, Original, '
+                            'each method)')
   model_devices: int = integer(0, ge=0, doc='devices of the mesh\'s model axis; 0 = all')
-  relearn_steps: int = integer(100, ge=1, doc='the relearn-time cap (SGD steps on D_f)')
+  relearn_steps: int = integer(50, ge=1, doc='the relearn-time cap (SGD steps on D_f)')
   relearn_lr: float = number(0.01, gt=0)
   relearn_batch_size: int = integer(64, ge=1)
   relearn_tolerance: float = number(0.0, ge=0, doc='points below the Original\'s forget '
                                     'accuracy that count as relearned')
+  bootstrap_resamples: int = integer(2000, ge=1, doc='resamples of the forget examples for '
+                                     'the interval of F')
 
 
 def model_mesh(cfg: ManyModelsConfig):
@@ -81,21 +93,22 @@ def _model(tree, k: int):
   return jax.tree.map(lambda x: x[k], tree)
 
 
-def train_retrain_models(setup: experiment.Setup, seeds: list[int]) -> tuple[dict, float]:
-  """K Retrain models (the training recipe on D_r, model k from seed k) trained together;
-  returns their stacked variables and the wall time."""
+def train_models(setup: experiment.Setup, seeds: list[int], source: str,
+                 name: str) -> tuple[dict, float]:
+  """Models trained together with the training recipe on `source` ('retain': Retrain models,
+  'all': Originals), model k from seeds[k]; returns their stacked variables and the wall time."""
   training = setup.training
   states, txs = [], None
   for seed in seeds:
     fns, variables = experiment.build_model(setup.config, setup.info, seed)
     program, txs = supervised_program(fns, training.optimizer,
-                                      num_examples=len(setup.train.sources['retain']),
+                                      num_examples=len(setup.train.sources[source]),
                                       batch_size=training.batch_size, epochs=training.epochs,
-                                      source='retain')
+                                      source=source)
     states.append(create_state(variables, txs))
   t0 = time.perf_counter()
   result = run_many(program, states, setup.train, mesh=setup.mesh, seeds=seeds,
-                    log_every=training.log_every, name='retrain')
+                    log_every=training.log_every, name=name)
   return jax.device_get(result.state.variables), time.perf_counter() - t0
 
 
@@ -168,87 +181,131 @@ def relearn_accuracies(setup: experiment.Setup, model_fns, variables: dict, seed
   return np.concatenate([before[:, None], after], axis=1)
 
 
-def scores_of(setup: experiment.Setup, model_fns, variables: dict, retrain_logits: dict,
+SETS = (('forget', 'train', 'forget'), ('retain', 'train', 'retain'), ('test', 'test', 'test'))
+
+
+def logits_of(setup: experiment.Setup, model_fns, variables: dict) -> dict[str, np.ndarray]:
+  """Eval-mode logits [K, N, C] of K models on D_f, D_r and the test set."""
+  return {name: evaluation.predict_many(model_fns, variables, getattr(setup, data).images,
+                                        setup.info, getattr(setup, data).sources[source],
+                                        mesh=setup.mesh,
+                                        batch_size=setup.evaluation.eval_batch_size)
+          for name, data, source in SETS}
+
+
+def labels_of(setup: experiment.Setup) -> dict[str, np.ndarray]:
+  return {name: np.asarray(getattr(setup, data).labels)[getattr(setup, data).sources[source]]
+          for name, data, source in SETS}
+
+
+def per_model_scores(setup: experiment.Setup, logits: dict, labels: dict) -> list[dict]:
+  """UA, RA, TA and MIA (the study's evaluation settings) of each of the K models."""
+  test_forget_mask = None
+  if setup.split.test_forget is not None:
+    test_forget_mask = np.zeros(len(labels['test']), bool)
+    test_forget_mask[setup.split.test_forget] = True
+  cfg = setup.evaluation
+  return [metrics.unlearning_metrics(
+      forget_logits=logits['forget'][k], forget_labels=labels['forget'],
+      retain_logits=logits['retain'][k], retain_labels=labels['retain'],
+      test_logits=logits['test'][k], test_labels=labels['test'], test_forget_mask=test_forget_mask,
+      mia_feature=cfg.mia_feature, mia_classifier=cfg.mia_classifier, seed=k)
+          for k in range(logits['forget'].shape[0])]
+
+
+def mean_scores(per_model: list[dict]) -> dict:
+  return {k: float(np.mean([s[k] for s in per_model])) for k in ('UA', 'RA', 'TA', 'MIA')}
+
+
+def scores_of(setup: experiment.Setup, model_fns, variables: dict, retrain: dict,
               original_forget_accuracy: float, cfg: ManyModelsConfig,
-              seeds: list[int]) -> tuple[dict, dict, dict]:
-  """The many-model scores of K models (and their logits and per-example epsilons)."""
-  logits = {name: evaluation.predict_many(model_fns, variables, data.images, setup.info,
-                                          data.sources[source], mesh=setup.mesh,
-                                          batch_size=setup.evaluation.eval_batch_size)
-            for name, data, source in (('forget', setup.train, 'forget'),
-                                       ('retain', setup.train, 'retain'),
-                                       ('test', setup.test, 'test'))}
-  labels = {'forget': np.asarray(setup.train.labels)[setup.train.sources['forget']],
-            'retain': np.asarray(setup.train.labels)[setup.train.sources['retain']],
-            'test': np.asarray(setup.test.labels)[setup.test.sources['test']]}
-  accuracy = {name: 100.0 * np.mean(np.argmax(logits[name], -1) == labels[name])
-              for name in logits}
-  retrain_accuracy = {name: 100.0 * np.mean(np.argmax(retrain_logits[name], -1) == labels[name])
-                      for name in retrain_logits}
-  quality = fq.forgetting_quality(logits['forget'], retrain_logits['forget'], labels['forget'])
-  final = fq.challenge_score(quality, retain_accuracy_unlearned=accuracy['retain'],
-                             retain_accuracy_retrained=retrain_accuracy['retain'],
-                             test_accuracy_unlearned=accuracy['test'],
-                             test_accuracy_retrained=retrain_accuracy['test'])
-  klom = fq.klom_report({name: (logits[name], retrain_logits[name], labels[name])
+              seeds: list[int]) -> tuple[dict, np.ndarray]:
+  """The many-model scores of K models against the K Retrain models, and the per-example
+  epsilons.
+
+  Args:
+    retrain: {'logits': Retrain's logits by set, 'scores': its mean single-model scores}.
+  """
+  logits, labels = logits_of(setup, model_fns, variables), labels_of(setup)
+  per_model = per_model_scores(setup, logits, labels)
+  scores = mean_scores(per_model)
+  scores['AvgGap'] = float(np.mean([metrics.avg_gap(s, retrain['scores']) for s in per_model]))
+  scores['ToW'] = float(np.mean([metrics.tow(s, retrain['scores']) for s in per_model]))
+  quality = fq.forgetting_quality(logits['forget'], retrain['logits']['forget'],
+                                  labels['forget'])
+  scores['F_low'], scores['F_high'] = fq.bootstrap_interval(
+      quality.points, num_resamples=cfg.bootstrap_resamples)
+  final = fq.challenge_score(quality, retain_accuracy_unlearned=scores['RA'],
+                             retain_accuracy_retrained=retrain['scores']['RA'],
+                             test_accuracy_unlearned=scores['TA'],
+                             test_accuracy_retrained=retrain['scores']['TA'])
+  klom = fq.klom_report({name: (logits[name], retrain['logits'][name], labels[name])
                          for name in logits})
-  relearn = fq.relearn_time(relearn_accuracies(setup, model_fns, variables, seeds, cfg),
-                            original_forget_accuracy, steps=np.arange(cfg.relearn_steps + 1),
-                            tolerance=cfg.relearn_tolerance)
-  summary = fq.relearn_summary(relearn)
-  scores = {'UA': 100.0 - accuracy['forget'], 'RA': accuracy['retain'], 'TA': accuracy['test'],
-            'F': quality.quality, 'score': final.score, 'K': quality.num_models,
-            'relearn_steps': summary.mean, 'relearn_steps_std': summary.std,
-            'relearn_reached': summary.num_reached}
+  relearn = fq.relearn_summary(fq.relearn_time(
+      relearn_accuracies(setup, model_fns, variables, seeds, cfg), original_forget_accuracy,
+      steps=np.arange(cfg.relearn_steps + 1), tolerance=cfg.relearn_tolerance))
+  scores.update(F=quality.quality, score=final.score, K=quality.num_models,
+                relearn_steps=relearn.mean, relearn_steps_std=relearn.std,
+                relearn_reached=relearn.num_reached)
   for name, value in klom.items():
     scores[f'KLOM_{name}_median'], scores[f'KLOM_{name}_p95'] = value.median, value.p95
-  return scores, logits, {'epsilons': quality.epsilons, 'relearn_steps': relearn.steps}
+  return scores, quality.epsilons
 
 
-COLUMNS = ('UA', 'RA', 'TA', 'F', 'score', 'KLOM_forget_median', 'KLOM_forget_p95',
-           'KLOM_retain_median', 'KLOM_test_median', 'relearn_steps', 'wall_s')
+COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'F', 'score', 'KLOM_forget_median',
+           'KLOM_forget_p95', 'KLOM_retain_median', 'KLOM_test_median', 'relearn_steps',
+           'wall_s')
+THREE_DIGITS = ('ToW', 'score')
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
-  """One row per method (Retrain first) of the many-model scores."""
-  lines = ['| Method | ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * (len(COLUMNS) + 1)]
+  """One row per set of K models (Retrain first, then the control and the Original)."""
+  lines = ['| Row | ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * (len(COLUMNS) + 1)]
   for name, scores in rows.items():
     cells = []
     for column in COLUMNS:
       value = scores.get(column)
       if value is None:
         cells.append('-')
+      elif column == 'F':
+        cells.append(f'{value:.3f} [{scores["F_low"]:.3f}, {scores["F_high"]:.3f}]')
       elif column == 'relearn_steps':
         cells.append(f'{value:.1f} ± {scores["relearn_steps_std"]:.1f}')
       else:
-        cells.append(f'{value:.3f}' if column in ('F', 'score') or 'KLOM' in column
+        cells.append(f'{value:.3f}' if column in THREE_DIGITS or 'KLOM' in column
                      else f'{value:.2f}')
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
-TABLE_NOTE = ('K models per row (seeds 0..K-1), scores averaged over them. F = the NeurIPS 2023 '
-              'challenge forgetting quality (higher is better, comparable at equal K only); score = '
-              'F x RA/RA_retrain x TA/TA_retrain; KLOM = KL between margin histograms over the K '
-              'unlearned and K retrained models (lower is better); relearn_steps = SGD steps on '
-              'D_f until the forget accuracy is back at the Original\'s (mean ± std, capped); '
-              'wall_s = wall time of the K runs together (preparation and compilation included).')
+TABLE_NOTE = (
+    'K models per row (seeds 0..K-1), single-model scores averaged over them. Control = a second '
+    'set of K Retrain models (seeds K..2K-1): the best F attainable at this K; Original = K models '
+    'trained on all of D: no forgetting. F = the NeurIPS 2023 challenge forgetting quality with a '
+    '95% bootstrap interval over forget examples (higher is better, comparable at equal K only); '
+    'score = F x RA/RA_retrain x TA/TA_retrain; AvgGap and ToW per model against Retrain\'s mean '
+    'accuracies, then averaged; KLOM = KL between margin histograms over the K models and the K '
+    'Retrain models (lower is better); relearn_steps = SGD steps on D_f until the forget accuracy '
+    'is back at the Original\'s (mean ± std, capped); wall_s = wall time of the K runs together '
+    '(preparation and compilation included).')
 
 
 def plot_epsilons(per_example: dict[str, np.ndarray], num_models: int, path: str,
                   title: str) -> None:
-  """Per method, the share of forget examples in each epsilon bucket, as a stacked bar: the
+  """Per row, the share of forget examples in each epsilon bucket, as a stacked bar: the
   buckets that score at this K (width 0.5, worth 1, 1/2, ...), the rest below the cap, and the cap
-  (the attacks told the unlearned models from the retrained ones perfectly)."""
-  import matplotlib.pyplot as plt
+  (the attacks told the two sets of models apart perfectly)."""
+  figure = report.new_figure(figsize=(9, 0.55 * len(per_example) + 2.4))
+  ax = figure.subplots()
   names = list(per_example)
   limit = fq.num_score_buckets(num_models) * fq.BUCKET_WIDTH
   edges = np.arange(0.0, limit + 1e-9, fq.BUCKET_WIDTH)
   labels = [f'{a:g}-{b:g} (scores {2.0 ** -i:g})' for i, (a, b) in enumerate(zip(edges[:-1],
                                                                                    edges[1:]))]
-  labels += [f'{limit:g} to the cap (scores 0)', f'the cap, {fq.EPSILON_CAP:g} (perfectly told apart)']
-  colours = list(plt.cm.Greens(np.linspace(0.85, 0.35, len(edges) - 1))) + ['0.7', 'tab:red']
-  fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) + 2.4))
+  labels += [f'{limit:g} to the cap (scores 0)',
+             f'the cap, {fq.EPSILON_CAP:g} (perfectly told apart)']
+  greens = report.colormap('Greens')(np.linspace(0.85, 0.35, len(edges) - 1))
+  colours = list(greens) + ['0.7', 'tab:red']
   left = np.zeros(len(names))
   for b in range(len(labels)):
     shares = []
@@ -265,12 +322,11 @@ def plot_epsilons(per_example: dict[str, np.ndarray], num_models: int, path: str
     left += np.asarray(shares)
   ax.invert_yaxis()
   ax.set_xlim(0, 100)
-  ax.set_xlabel(f'% of forget examples by per-example epsilon (K = {num_models} models per side)')
+  ax.set_xlabel(f'% of forget examples by per-example epsilon (K = {num_models} models per row)')
   ax.set_title(title, fontsize=10)
   ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
-  fig.tight_layout()
-  report.save_figure(fig, path)
-  plt.close(fig)
+  figure.tight_layout()
+  report.save_figure(figure, path)
 
 
 def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict:
@@ -278,44 +334,47 @@ def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict
   {experiment_dir}/many_K{K}/ and returns the payload."""
   mesh = model_mesh(cfg)
   study.check_methods()
-  seeds = list(range(cfg.num_models))
+  k = cfg.num_models
+  seeds = list(range(k))
   original = study.original()
   setup = on_mesh(study.setup, mesh)
   fns = original.model_fns
   start = time.perf_counter()
-  retrain_vars, retrain_wall = train_retrain_models(setup, seeds)
-  retrain_logits = {name: evaluation.predict_many(fns, retrain_vars, data.images, setup.info,
-                                                  data.sources[source], mesh=mesh)
-                    for name, data, source in (('forget', setup.train, 'forget'),
-                                               ('retain', setup.train, 'retain'),
-                                               ('test', setup.test, 'test'))}
-  forget_labels = np.asarray(setup.train.labels)[setup.train.sources['forget']]
+  retrain_vars, retrain_wall = train_models(setup, seeds, 'retain', 'retrain')
+  retrain_logits = logits_of(setup, fns, retrain_vars)
+  retrain_scores = mean_scores(per_model_scores(setup, retrain_logits, labels_of(setup)))
+  retrain = {'logits': retrain_logits, 'scores': retrain_scores}
+  forget_labels = labels_of(setup)['forget']
   original_logits = evaluation.predict(fns, original.variables, study.setup.train.images,
                                        setup.info, setup.train.sources['forget'],
                                        mesh=study.setup.mesh)
   original_fa = 100.0 * float(np.mean(np.argmax(original_logits, -1) == forget_labels))
-  rows, per_example = {}, {}
-  retrain_scores, _, _ = scores_of(setup, fns, retrain_vars, retrain_logits, original_fa,
-                                       cfg, seeds)
-  # Retrain against itself says nothing of forgetting: it keeps its accuracies and relearn time.
-  retrain_scores = {k: v for k, v in retrain_scores.items()
-                    if k in ('UA', 'RA', 'TA', 'K') or k.startswith('relearn')}
-  retrain_scores['wall_s'] = retrain_wall
-  rows['Retrain'] = retrain_scores
+  relearn = fq.relearn_summary(fq.relearn_time(
+      relearn_accuracies(setup, fns, retrain_vars, seeds, cfg), original_fa,
+      steps=np.arange(cfg.relearn_steps + 1), tolerance=cfg.relearn_tolerance))
+  rows = {'Retrain': {**retrain_scores, 'K': k, 'relearn_steps': relearn.mean,
+                      'relearn_steps_std': relearn.std, 'relearn_reached': relearn.num_reached,
+                      'wall_s': retrain_wall}}
+  per_example = {}
+  references = (('Control', list(range(k, 2 * k)), 'retain'), ('Original', seeds, 'all'))
+  for row, row_seeds, source in references:
+    variables, wall = train_models(setup, row_seeds, source, row.lower())
+    rows[row], per_example[row] = scores_of(setup, fns, variables, retrain, original_fa, cfg,
+                                            row_seeds)
+    rows[row]['wall_s'] = wall
+    _print(row, rows[row])
   for row, method, method_cfg in study.rows:
     variables, wall, info = unlearn_models(setup, method, method_cfg, fns, original.variables,
                                            seeds, os.path.join(study.experiment_dir, 'cache'))
-    scores, _, extra = scores_of(setup, fns, variables, retrain_logits, original_fa, cfg, seeds)
-    scores.update(wall_s=wall, trainable_fraction=info.get('trainable_fraction', 1.0))
-    rows[row], per_example[row] = scores, extra['epsilons']
-    print(f'[many {row}] ' + ', '.join(f'{k} {scores[k]:.3f}' for k in (
-        'UA', 'RA', 'TA', 'F', 'score', 'relearn_steps', 'wall_s')), flush=True)
-  directory = os.path.join(study.experiment_dir, f'many_K{cfg.num_models}')
+    rows[row], per_example[row] = scores_of(setup, fns, variables, retrain, original_fa, cfg,
+                                            seeds)
+    rows[row].update(wall_s=wall, trainable_fraction=info.get('trainable_fraction', 1.0))
+    _print(row, rows[row])
+  directory = os.path.join(study.experiment_dir, f'many_K{k}')
   title = (f'{study.data_config.dataset} / {study.training.model} / forget '
-           f'{study.data_config.forget}: K = {cfg.num_models} models per row (seeds 0-'
-           f'{cfg.num_models - 1})')
-  payload = {'config': study.config.to_dict(), 'num_models': cfg.num_models, 'rows': rows,
-             'epsilons': {k: v.tolist() for k, v in per_example.items()},
+           f'{study.data_config.forget}: K = {k} models per row')
+  payload = {'config': study.config.to_dict(), 'num_models': k, 'rows': rows,
+             'epsilons': {name: v.tolist() for name, v in per_example.items()},
              'original_forget_accuracy': original_fa,
              'device': {'platform': jax.devices()[0].platform,
                         'kind': jax.devices()[0].device_kind, 'count': jax.device_count()},
@@ -323,9 +382,12 @@ def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
     experiment.write_json(os.path.join(directory, f'{results_name}.json'), payload)
-    table = markdown_table(rows)
     report.write_text(os.path.join(directory, f'{results_name}.md'),
-                      f'# {title}\n\n{table}\n\n{TABLE_NOTE}\n')
-    plot_epsilons(per_example, cfg.num_models, os.path.join(directory, f'{results_name}.png'),
-                  title)
+                      f'# {title}\n\n{markdown_table(rows)}\n\n{TABLE_NOTE}\n')
+    plot_epsilons(per_example, k, os.path.join(directory, f'{results_name}.png'), title)
   return payload
+
+
+def _print(row: str, scores: dict) -> None:
+  print(f'[many {row}] ' + ', '.join(f'{k} {scores[k]:.3f}' for k in (
+      'UA', 'RA', 'TA', 'AvgGap', 'F', 'F_low', 'F_high', 'relearn_steps', 'wall_s')), flush=True)

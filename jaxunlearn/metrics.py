@@ -206,6 +206,28 @@ def avg_gap(metrics: dict, reference: dict, keys=AVG_GAP_KEYS) -> float:
     return float(np.mean([abs(float(metrics[k]) - float(reference[k])) for k in keys]))
 
 
+TOW_KEYS = ('UA', 'RA', 'TA')
+
+
+def tow(metrics: dict, reference: dict) -> float:
+    """Tug of War (ToW; Zhao et al., "What makes unlearning hard", NeurIPS 2024): the product over
+    the forget, retain and test sets of 1 - |accuracy - the retrained model's| / 100.
+
+    The forget-set accuracy is 100 - UA, so its difference is that of UA. ToW lies in [0, 1],
+    HIGHER is better (1: the three accuracies equal Retrain's).
+
+    Args:
+      metrics: a model's 'UA', 'RA' and 'TA' in percent.
+      reference: the retrained model's.
+    """
+    for name, table in (('metrics', metrics), ('reference', reference)):
+        missing = [k for k in TOW_KEYS if k not in table]
+        if missing:
+            raise KeyError(f'{name} lacks key(s) {missing}; tow needs {list(TOW_KEYS)}.')
+    return float(np.prod([1.0 - abs(float(metrics[k]) - float(reference[k])) / 100.0
+                          for k in TOW_KEYS]))
+
+
 def feature_distance(features_a, features_b) -> float:
     """Mean over examples of the L2 norm of the row difference; non-batch dims are flattened."""
     a = np.asarray(features_a, dtype=np.float64)

@@ -1,20 +1,22 @@
-"""Results files of the main job: results.json, results.md (a table) and results.png."""
+"""Results files of the main job: results.json, results.md (a table) and results.png.
+
+Pictures are `matplotlib.figure.Figure` objects drawn by the Agg renderer: nothing here selects a
+pyplot backend, so a notebook keeps its own and shows a returned figure inline.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
 
-import matplotlib
 import numpy as np
+from matplotlib import colormaps, ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
+from jaxunlearn.experiment import write_json
 
-from jaxunlearn.experiment import write_json  # noqa: E402
-
-COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'KL', 'FD_r', 'RTE_s')
+COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'KL', 'FD_r', 'RTE_s')
 CLASS_COLUMNS = ('TA_retain', 'TA_forget')
 
 
@@ -24,7 +26,7 @@ def _cell(summary: dict, key: str) -> str:
   s = summary[key]
   if not s['n']:
     return 'diverged'
-  digits = 3 if key == 'KL' else 2
+  digits = 3 if key in ('KL', 'ToW') else 2
   if s['n'] > 1:
     return f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
   return f'{s["mean"]:.{digits}f}'
@@ -45,7 +47,9 @@ def markdown_table(rows: dict[str, dict], *, class_wise: bool) -> str:
 
 TABLE_NOTE = ('UA = 100 - accuracy on D_f; RA, TA = accuracy on D_r and the test set (%); '
               'MIA = MIA-Efficacy, % of D_f predicted non-member; AvgGap = mean |diff| to Retrain '
-              'over UA, RA, TA, MIA; KL = KL(Retrain || method) on D_f (nats); FD_r = mean '
+              'over UA, RA, TA, MIA; ToW = product over D_f, D_r and the test set of 1 - '
+              '|accuracy - Retrain\'s| / 100 (higher is better); KL = KL(Retrain || method) on '
+              'D_f (nats); FD_r = mean '
               'feature distance to the Original on D_r (L2, averaged over examples and layers); '
               'RTE_s = wall time '
               'of the unlearning phase in seconds, compilation excluded (Original/Retrain: '
@@ -357,8 +361,8 @@ def trade_off_figure(rows: dict[str, dict], title: str):
   if 'Retrain' not in rows:
     raise ValueError(f'rows must contain Retrain, the reference; got {sorted(rows)}.')
   order = gap_order(rows)
-  fig, (left, right) = plt.subplots(1, 2, figsize=(14, 2.2 + 0.42 * max(len(order), 6)),
-                                    dpi=120, gridspec_kw={'width_ratios': (1, 1)})
+  fig = new_figure(figsize=(14, 2.2 + 0.42 * max(len(order), 6)), dpi=120)
+  left, right = fig.subplots(1, 2, gridspec_kw={'width_ratios': (1, 1)})
   _plot_differences(left, rows, order)
   points = _plot_pareto(right, rows, order)
   fig.suptitle(title)
@@ -371,6 +375,18 @@ def trade_off_figure(rows: dict[str, dict], title: str):
                frameon=False, bbox_to_anchor=((box.x0 + box.x1) / 2, 0))
   _label_points(fig, right, points)
   return fig
+
+
+def new_figure(**kwargs) -> Figure:
+  """A `Figure` (`kwargs` as its constructor's) with an Agg canvas, independent of pyplot."""
+  fig = Figure(**kwargs)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def colormap(name: str):
+  """Matplotlib's colormap `name` (e.g. 'Greens'), called on values in [0, 1]."""
+  return colormaps[name]
 
 
 def save_figure(fig, path: str) -> None:
@@ -388,11 +404,7 @@ def save_figure(fig, path: str) -> None:
 
 def plot(rows: dict[str, dict], path: str, title: str) -> None:
   """Writes `trade_off_figure` to `path` as a PNG, atomically."""
-  fig = trade_off_figure(rows, title)
-  try:
-    save_figure(fig, path)
-  finally:
-    plt.close(fig)
+  save_figure(trade_off_figure(rows, title), path)
 
 
 def write_results(directory: str, payload: dict, rows: dict[str, dict], *, class_wise: bool,

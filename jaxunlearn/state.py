@@ -30,12 +30,17 @@ class ModelFns:
   abstract_batch_stats: nnx.State
   param_types: PyTree
 
-  def apply(self, variables: dict, x: jax.Array, *, train: bool, return_features: bool = False):
-    """Returns ``(outputs, new_batch_stats)``; outputs are logits or (logits, features)."""
+  def apply(self, variables: dict, x: jax.Array, *, train: bool, return_features: bool = False,
+            replace_features: dict | None = None):
+    """Returns ``(outputs, new_batch_stats)``; outputs are logits or (logits, features).
+
+    `replace_features` maps feature names to values the rest of the network runs on instead
+    (`jaxunlearn.models.features.record`)."""
     params = _fill(self.abstract_params, variables['params'])
     batch_stats = _fill(self.abstract_batch_stats, variables['batch_stats'])
     model = nnx.merge(self.graphdef, params, batch_stats)
-    outputs = jax.tree.map(_as_float32, model(x, train=train, return_features=return_features))
+    outputs = jax.tree.map(_as_float32, model(x, train=train, return_features=return_features,
+                                              replace_features=replace_features))
     return outputs, nnx.state(model, nnx.BatchStat).to_pure_dict()
 
   def module(self, variables: dict) -> nnx.Module:

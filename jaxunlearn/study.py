@@ -161,11 +161,17 @@ class Study:
   Args:
     config: a `study_config` ConfigDict (possibly overridden by flags); a `training_config` one
       (no methods) serves to train the Original and Retrain models alone.
+    rows: (row name, method, its config) of every row, in place of those `config.methods` names
+      (e.g. one row per trial of a tuning grid); each config is validated.
   """
 
-  def __init__(self, config):
+  def __init__(self, config, rows: list[tuple[str, str, Any]] | None = None):
     (self.data_config, self.training, self.evaluation, self.options, self.distributed,
      self.rows) = validate(config)
+    if rows is not None:
+      self.rows = [(row, method, registry.parse_config(method, cfg, f'--config.method.{method} '
+                                                       f'({row})'))
+                   for row, method, cfg in rows]
     self.config = config
     self.seeds = parse_seeds(self.options.seeds)
     self.wall_seconds = 0.0
@@ -228,7 +234,7 @@ class Study:
     retrain = self.retrain(seed)
     scores, logits = experiment.evaluate(self.setup, retrain.model_fns, retrain.variables,
                                          seed=seed)
-    scores.update(RTE_s=retrain.scores['run_seconds'], KL=0.0, AvgGap=0.0)
+    scores.update(RTE_s=retrain.scores['run_seconds'], KL=0.0, AvgGap=0.0, ToW=1.0)
     return scores, logits
 
   @functools.cache

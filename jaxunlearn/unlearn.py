@@ -86,21 +86,22 @@ def run_method(setup: experiment.Setup, name: str, method_cfg, model_fns: ModelF
     logits = None
   scores.update(RTE_s=prior_seconds + prepare_seconds + result.run_seconds,
                 compile_s=result.compile_seconds, steps=len(plan.program.schedule),
-                trainable_fraction=(plan.info or {}).get('trainable_fraction', 1.0),
-                opt_state_bytes=float(tree_bytes(plan.state.opt_state)))
+                trainable_fraction=1.0, opt_state_bytes=float(tree_bytes(plan.state.opt_state)))
+  scores.update(plan.info or {})
   return MethodResult(variables, scores, logits)
 
 
-DIVERGED_SCORES = ('UA', 'FA', 'RA', 'TA', 'MIA', 'KL', 'AvgGap')
+DIVERGED_SCORES = ('UA', 'FA', 'RA', 'TA', 'MIA', 'KL', 'AvgGap', 'ToW')
 
 
 def add_reference_scores(scores: dict, logits: dict, retrain_scores: dict | None,
                          retrain_logits: dict | None) -> None:
-  """Adds KL(retrain || model) on D_f and the Avg. Gap to retrain, in place."""
+  """Adds KL(retrain || model) on D_f, the Avg. Gap and ToW to retrain, in place."""
   if retrain_logits is not None:
     scores['KL'] = metrics.kl_to_reference(retrain_logits['forget'], logits['forget'])
   if retrain_scores is not None:
     scores['AvgGap'] = metrics.avg_gap(scores, retrain_scores)
+    scores['ToW'] = metrics.tow(scores, retrain_scores)
 
 
 def summarise(per_seed: list[dict]) -> dict:

@@ -456,15 +456,14 @@ BLOCK_CONVS = {f'layer{s}.{b}.conv{c}' for s in range(1, 5) for b in range(2) fo
 ATTENTION = ('query', 'key', 'value', 'out')
 
 
-@pytest.mark.parametrize('key,expected', [
+@pytest.mark.parametrize('key,intermediate', [
     ('mlp', {'hidden.0', 'hidden.1'}),
     ('cnn', {'convs.0', 'convs.1', 'dense'}),
     ('resnet18', BLOCK_CONVS),
     ('vit', {f'blocks.{i}.attention.{n}' for i in range(2) for n in ('query', 'value')}),
 ])
-def test_default_targets_are_the_intermediate_layers(key, expected):
-  assert _selected(default_lora_settings(key).targets, key) == expected
-  assert 'head' not in expected
+def test_default_targets_are_the_intermediate_layers_and_the_head(key, intermediate):
+  assert _selected(default_lora_settings(key).targets, key) == intermediate | {'head'}
 
 
 def test_default_settings_rank_and_alpha():

@@ -102,11 +102,15 @@ def test_many_model_evaluation_end_to_end(tmp_path, data_dir):
   study = _study(tmp_path, data_dir)
   payload = many_models.run(study, cfg)
   rows = payload['rows']
-  assert list(rows) == ['Retrain', 'ft', 'salun']
-  for name in ('ft', 'salun'):
-    assert 0.0 <= rows[name]['F'] <= 1.0 and rows[name]['K'] == 4
+  assert list(rows) == ['Retrain', 'Control', 'Original', 'ft', 'salun']
+  for name in ('Control', 'Original', 'ft', 'salun'):
+    assert 0.0 <= rows[name]['F_low'] <= rows[name]['F'] <= rows[name]['F_high'] <= 1.0
+    assert rows[name]['K'] == 4 and 0.0 <= rows[name]['ToW'] <= 1.0
     assert rows[name]['KLOM_forget_median'] >= 0 and 0 <= rows[name]['relearn_steps'] <= 5
     assert len(payload['epsilons'][name]) == len(study.setup.split.forget)
+  # A second set of Retrain models is closer to Retrain than models that saw the class.
+  assert rows['Control']['F'] > rows['Original']['F']
+  assert rows['Control']['AvgGap'] < rows['Original']['AvgGap']
   # Retrain never saw a 3, and SalUn forgets it.
   assert rows['Retrain']['UA'] > 95 and rows['salun']['UA'] > 90
   directory = os.path.join(study.experiment_dir, 'many_K4')
@@ -115,7 +119,7 @@ def test_many_model_evaluation_end_to_end(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'num_models': 1}, '--config.eval.num_models=1: must be an integer >= 2.'),
+    ({'num_models': 2}, '--config.eval.num_models=2: must be an integer >= 3.'),
     ({'relearn_steps': 0}, '--config.eval.relearn_steps=0: must be an integer >= 1.'),
     ({'num_models': 6, 'model_devices': 4}, '--config.eval.num_models=6: must be a multiple of '
                                             'the model devices (4).'),

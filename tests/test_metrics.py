@@ -486,3 +486,13 @@ def test_bad_kl_feature_distance_and_avg_gap_inputs():
         metrics.avg_gap({'UA': 1, 'RA': 2, 'MIA': 4}, {'UA': 1, 'RA': 2, 'TA': 3, 'MIA': 4})
     with pytest.raises(ValueError, match='keys must name at least one metric'):
         metrics.avg_gap({'UA': 1}, {'UA': 1}, keys=())
+
+
+def test_tow_equals_a_hand_computation():
+    retrain = {'UA': 30.0, 'RA': 80.0, 'TA': 65.0}
+    model = {'UA': 20.0, 'RA': 90.0, 'TA': 60.0, 'MIA': 10.0}
+    # (1 - 10/100) (1 - 10/100) (1 - 5/100)
+    assert metrics.tow(model, retrain) == pytest.approx(0.9 * 0.9 * 0.95, rel=1e-12)
+    assert metrics.tow(retrain, retrain) == 1.0
+    with pytest.raises(KeyError, match="lacks key"):
+        metrics.tow({'UA': 1.0}, retrain)

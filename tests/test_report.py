@@ -82,22 +82,19 @@ def test_place_labels_overlap_nothing():
 
 def test_picture_of_outlier_and_diverged_rows(rows, tmp_path):
   fig = report.trade_off_figure(rows, 'synthetic')
-  try:
-    left, right = fig.axes
-    labels = [t.get_text() for t in left.get_yticklabels()]
-    assert labels[0] == 'rl (0.08)'
-    assert labels[4] == 'ga (1.93, diverged in 33%)'
-    assert labels[-1] == 'neggrad_plus (diverged)'
-    assert left.get_yticklabels()[-1].get_color() == 'tab:red'
-    assert any('no finite mean' in t.get_text() for t in left.texts)
-    # The outlier is drawn where it is, on the symlog axis: nothing is cut off.
-    assert left.get_xscale() == 'symlog' and left.get_xlim()[0] < -99.4
-    # The note, then one label per drawn point (annotations are texts of the axes too).
-    texts = [t.get_text() for t in right.texts]
-    assert texts[0] == 'not drawn (no finite gap or time): neggrad_plus'
-    assert sorted(texts[1:]) == sorted(set(rows) - {'neggrad_plus'})
-  finally:
-    report.plt.close(fig)
+  left, right = fig.axes
+  labels = [t.get_text() for t in left.get_yticklabels()]
+  assert labels[0] == 'rl (0.08)'
+  assert labels[4] == 'ga (1.93, diverged in 33%)'
+  assert labels[-1] == 'neggrad_plus (diverged)'
+  assert left.get_yticklabels()[-1].get_color() == 'tab:red'
+  assert any('no finite mean' in t.get_text() for t in left.texts)
+  # The outlier is drawn where it is, on the symlog axis: nothing is cut off.
+  assert left.get_xscale() == 'symlog' and left.get_xlim()[0] < -99.4
+  # The note, then one label per drawn point (annotations are texts of the axes too).
+  texts = [t.get_text() for t in right.texts]
+  assert texts[0] == 'not drawn (no finite gap or time): neggrad_plus'
+  assert sorted(texts[1:]) == sorted(set(rows) - {'neggrad_plus'})
 
   path = tmp_path / 'results.png'
   report.plot(rows, str(path), 'synthetic')

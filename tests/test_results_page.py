@@ -1,5 +1,6 @@
 """experiments/RESULTS.md is exactly what reproduce_results renders from the committed results."""
 
+import json
 import os
 import re
 import subprocess
@@ -47,13 +48,17 @@ def test_readme_methods_table_comes_from_the_registry():
     assert f'| `{name}` |' in readme
 
 
-def test_tuning_table_marks_each_methods_chosen_value(tmp_path):
+def test_tuning_table_marks_each_methods_chosen_combination(tmp_path):
   from experiments import reproduce_results
   path = tmp_path / 'tuning.json'
-  path.write_text('{"tune_split_seed": 1, "multipliers": ["0.3", "1", "3"], "methods": {'
-                  '"ft": {"field": "optimizer.lr", "default": 0.02, "chosen": 0.02, '
-                  '"trials": {"0.006": 9.0, "0.02": 5.05, "0.06": 6.09}}}}')
+  trials = [{'values': {'optimizer.lr': lr, 'gamma': g}, 'AvgGap': gap}
+            for lr, g, gap in ((0.003, 1.0, 2.5), (0.003, 3.0, 1.25), (0.01, 1.0, 4.0))]
+  path.write_text(json.dumps({'tune_split_seed': 1, 'multipliers': ['0.3', '1', '3'], 'methods': {
+      'rfa_lora': {'knobs': ['optimizer.lr', 'gamma'], 'chosen': trials[1]['values'],
+                   'trials': trials, 'skipped': [],
+                   'defaults': {'optimizer.lr': 0.003, 'gamma': 1.0}}}}))
   lines = reproduce_results.tuning_table(str(path))
   assert lines[0].startswith('Tuning on split seed 1')
-  assert lines[2] == '| Method | Field | 0.3 x default | 1 x default | 3 x default |'
-  assert lines[4] == '| ft | `optimizer.lr` | 0.006: 9.00 | **0.02: 5.05** | 0.06: 6.09 |'
+  assert lines[2] == '| Method | Knobs | Runs | Trials |'
+  assert lines[4] == ('| rfa_lora | `optimizer.lr`, `gamma` | 3 | 0.003, 1: 2.50; '
+                      '**0.003, 3: 1.25**; 0.01, 1: 4.00 |')

@@ -234,3 +234,79 @@ def test_bad_input_is_one_line_before_work(tmp_path, data_dir, overrides, messag
     jaxunlearn.Study(config).run()
   assert str(error.value).startswith(message) and '\n' not in str(error.value), str(error.value)
   assert not list((tmp_path / 'wd').glob('*/original_s0'))
+
+
+def test_default_output_target_is_the_mean_d_r_probability_vector(setup, original):
+  assert rfa_lora.RfaLoraConfig().output_target == 'probabilities'
+  ctx = _ctx(setup, original)
+  plan = rfa_lora.build(ctx, _cfg())
+  s = _settings(ctx, plan)
+  means = jax.device_get(plan.constants['means'])
+  np.testing.assert_allclose(np.sum(means['probabilities']), 1.0, rtol=1e-5)
+  keys = iter(jax.random.split(jax.random.key(3), 64))
+  adapters = jax.tree.map(lambda a: a + 0.05 * jax.random.normal(next(keys), a.shape),
+                          plan.state.params)
+  forget = _batch(ctx, 'forget', 16)
+  _, parts = rfa_lora.alignment_loss(s, adapters, {'remain': _batch(ctx, 'retain', 16),
+                                                   'forget': forget}, plan.constants)
+  logits = np.asarray(rfa_lora.apply_student(s, adapters, ctx.original, forget['image'])[0],
+                      np.float64)
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  target = np.asarray(means['probabilities'], np.float64)
+  expected = np.mean(np.sum(target * (np.log(target) - log_p), -1))
+  np.testing.assert_allclose(parts['forget_out'], expected, rtol=1e-4)
+
+
+def test_the_cnn_preset_adapts_the_head(setup, original):
+  plan = rfa_lora.build(_ctx(setup, original), _cfg())
+  assert set(plan.state.params['head']) == {'lora_a', 'lora_b'}
+  assert set(plan.state.params) == {'convs', 'dense', 'head'}
+
+
+def _identity_mlp():
+  """An MLP on 3 inputs with one hidden layer of 3 and 3 classes whose hidden layer and head are
+  the identity: pushing a hidden feature h >= 0 through the rest of the network gives logits h."""
+  from flax import nnx
+  from jaxunlearn.models import MLP
+  from jaxunlearn.state import functionalize
+  model = MLP(num_classes=3, input_shape=(1, 1, 3), hidden_sizes=(3,), rngs=nnx.Rngs(0))
+  for layer in (model.hidden[0], model.head):
+    layer.kernel[...] = jnp.eye(3)
+    layer.bias[...] = jnp.zeros(3)
+  return functionalize(model)
+
+
+@pytest.mark.parametrize('output_target', ['logits', 'probabilities'])
+def test_target_ranks_equal_a_hand_computation_and_warn(output_target, capsys):
+  fns, variables = _identity_mlp()
+  means = {'logits': np.array([2.0, 0.5, 1.0]), 'probabilities': np.array([0.2, 0.5, 0.3]),
+           'features': {'dense0': np.array([0.9, 0.1, 0.4])}}
+  s = rfa_lora.Settings(cfg=rfa_lora.RfaLoraConfig(output_target=output_target), teacher_fns=fns,
+                        student_fns=fns, base_paths={}, layers=('dense0',), weights=(1.0,),
+                        tx=None)
+  ranks = rfa_lora.target_ranks(s, variables, means, [0, 1], (1, 1, 3))
+  # dense0's mean pushed through the identity head: logits (0.9, 0.1, 0.4), class 1 last.
+  assert ranks['dense0'] == {0: 1, 1: 3}
+  assert ranks['output'] == ({0: 1, 1: 3} if output_target == 'logits' else {0: 3, 1: 1})
+  scores = rfa_lora.report_ranks(ranks, 3, output_target)
+  assert scores['target_rank/dense0/class1'] == 3.0
+  assert scores['target_rank/output/class0'] == ranks['output'][0]
+  out = capsys.readouterr().out
+  assert (f'output ({output_target}) class 0: {ranks["output"][0]}, class 1: '
+          f'{ranks["output"][1]}; dense0 class 0: 1, class 1: 3') in out
+  warning = [line for line in out.splitlines() if line.startswith('warning: rfa_lora')]
+  not_last = 0 if output_target == 'logits' else 1      # the class the output target puts first
+  assert len(warning) == 1 and f'class {not_last}: rank 1 of 3' in warning[0], out
+  # Every forgotten class last under the output target: no warning, whatever the layers.
+  rfa_lora.report_ranks({'output': {1: 3}, 'dense0': {1: 1}}, 3, output_target)
+  assert 'warning' not in capsys.readouterr().out
+
+
+def test_the_diagnostic_goes_into_the_run_scores(setup, original):
+  plan = rfa_lora.build(_ctx(setup, original), _cfg())
+  ranks = {k: v for k, v in plan.info.items() if k.startswith('target_rank/')}
+  assert set(ranks) == {f'target_rank/{t}/class3' for t in ('output', 'conv1', 'dense1')}
+  assert all(1 <= r <= 10 for r in ranks.values())
+  # The forgotten class is absent from D_r, so the mean D_r softmax gives it the smallest share
+  # here (the tiny CNN on digits), as it did on mnist5k and CIFAR-10.
+  assert ranks['target_rank/output/class3'] == 10

@@ -34,8 +34,9 @@ class Plan(NamedTuple):
   checkpoints hold) and its run constants (what stays fixed: never checkpointed).
 
   `finalize` maps the final state to the unlearned model's variables, in the original
-  architecture (default: the state's own params and batch_stats); `info` holds facts to report,
-  e.g. 'trainable_fraction' (default 1: every weight may move).
+  architecture (default: the state's own params and batch_stats); `info` holds numbers to report
+  with the run's scores, e.g. 'trainable_fraction' (default 1: every weight may move) or a
+  method's diagnostics.
   """
   program: Program
   state: TrainState

@@ -81,18 +81,21 @@ def plan(ctx: UnlearnContext, cfg: DiscriminativeConfig, variant: str) -> Plan:
 
 
 @register('ce_ft', config=DiscriminativeConfig,
-          title='CE-FT (Ding, Xu, Ji v1): FT + alpha CE(D_f, wrong label)')
+          title='CE-FT (Ding, Xu, Ji v1): FT + alpha CE(D_f, wrong label)',
+          tune=('optimizer.lr', 'alpha'))
 def ce_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
   return plan(ctx, cfg, 'ce')
 
 
 @register('kl_ft', config=DiscriminativeConfig,
-          title='KL-FT (Ding, Xu, Ji v1): FT + alpha KL(q, p), q uniform over wrong labels')
+          title='KL-FT (Ding, Xu, Ji v1): FT + alpha KL(q, p), q uniform over wrong labels',
+          tune=('optimizer.lr', 'alpha'))
 def kl_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
   return plan(ctx, cfg, 'kl')
 
 
 @register('ice_ft', config=DiscriminativeConfig,
-          title='ICE-FT (Ding, Xu, Ji v1): alpha CE(D_r) + CE(D_f, wrong label)')
+          title='ICE-FT (Ding, Xu, Ji v1): alpha CE(D_r) + CE(D_f, wrong label)',
+          tune=('optimizer.lr', 'alpha'))
 def ice_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
   return plan(ctx, cfg, 'ice')

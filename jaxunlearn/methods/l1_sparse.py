@@ -31,7 +31,8 @@ def cifar10_resnet18() -> L1SparseConfig:
 
 
 @register('l1_sparse', config=L1SparseConfig, title='l1-sparse (Jia et al., NeurIPS 2023)',
-          summary='FT + a decaying l1 penalty', presets={'cifar10_resnet18': cifar10_resnet18})
+          summary='FT + a decaying l1 penalty', presets={'cifar10_resnet18': cifar10_resnet18},
+          tune=('optimizer.lr', 'alpha'))
 def build(ctx: UnlearnContext, cfg: L1SparseConfig) -> Plan:
   steps_per_epoch = ctx.steps_per_epoch('retain')
   steps = cfg.epochs * steps_per_epoch

@@ -28,7 +28,7 @@ def cifar10_resnet18() -> NegGradPlusConfig:
 
 @register('neggrad_plus', config=NegGradPlusConfig, title='NegGrad+ (Kurmanji et al.)',
           summary='beta CE(D_r) - (1-beta) CE(D_f), clipped',
-          presets={'cifar10_resnet18': cifar10_resnet18})
+          presets={'cifar10_resnet18': cifar10_resnet18}, tune=('optimizer.lr', '1-beta'))
 def build(ctx: UnlearnContext, cfg: NegGradPlusConfig) -> Plan:
   steps = cfg.epochs * ctx.steps_per_epoch('retain')
   tx = make_optimizer(cfg.optimizer, steps)

@@ -32,8 +32,9 @@ class Method:
       set of variants that ``--config.methods=GROUP`` runs as rows of one table.
     check: ``check(cfg, model_fns, variables, model_name, image_shape)``, the checks of a config
       that need the model (raising `ConfigError`), run before any training; None: none.
-    tune: the dotted config field an equal-budget tuning scales (`experiments/tune.py`): the
-      learning rate unless the method has none.
+    tune: the knobs an equal-budget tuning scales (`experiments/tune.py`), as dotted config
+      fields: the learning rate (unless the method has none) and the weight that sets how hard
+      the method pushes on D_f against D_r, where it has one; '1-NAME' scales 1 - NAME.
   """
   name: str
   build: Callable
@@ -44,7 +45,7 @@ class Method:
   groups: Mapping[str, Callable[[Config], dict[str, Config]]] = dataclasses.field(
       default_factory=dict)
   check: Callable | None = None
-  tune: str = 'optimizer.lr'
+  tune: tuple[str, ...] = ('optimizer.lr',)
 
   def preset(self, name: str | None) -> Config:
     """The config of preset `name` (None or one the method lacks: its defaults)."""
@@ -57,14 +58,14 @@ _METHODS: dict[str, Method] = {}
 def register(name: str, *, config: type, title: str, summary: str = '',
              presets: Mapping[str, Callable[[], Config]] | None = None,
              groups: Mapping[str, Callable[[Config], dict]] | None = None,
-             check: Callable | None = None, tune: str = 'optimizer.lr'):
+             check: Callable | None = None, tune: tuple[str, ...] = ('optimizer.lr',)):
   """Decorator registering ``build(ctx, cfg) -> Plan`` as method `name` (see `Method`)."""
 
   def decorate(build):
     if name in _METHODS:
       raise ValueError(f'method {name!r} is registered twice')
     _METHODS[name] = Method(name, build, config, title, summary, dict(presets or {}),
-                            dict(groups or {}), check, tune)
+                            dict(groups or {}), check, tuple(tune))
     return build
 
   return decorate

@@ -41,7 +41,8 @@ def saliency_mask(ctx: UnlearnContext, fraction: float):
 
 @register('salun', config=SalunConfig, title='SalUn (Fan et al., ICLR 2024)',
           summary='RL on the top-k% salient weights; the mask multiplies the final update, so '
-          'masked weights never move', presets={'cifar10_resnet18': cifar10_resnet18})
+          'masked weights never move', presets={'cifar10_resnet18': cifar10_resnet18},
+          tune=('optimizer.lr', 'mask_fraction'))
 def build(ctx: UnlearnContext, cfg: SalunConfig) -> Plan:
   plan = random_label.plan(ctx, cfg, saliency_mask=saliency_mask(ctx, float(cfg.mask_fraction)))
   return plan._replace(info={'trainable_fraction': float(cfg.mask_fraction)})

@@ -57,7 +57,7 @@ def schedule(epochs: int, msteps: int, forget_steps: int, retain_steps: int) -> 
 
 @register('scrub', config=ScrubConfig, title='SCRUB (Kurmanji et al., NeurIPS 2023)',
           summary='alternating max (D_f) / min (D_r) passes against the teacher',
-          presets={'cifar10_resnet18': cifar10_resnet18})
+          presets={'cifar10_resnet18': cifar10_resnet18}, tune=('optimizer.lr', 'msteps'))
 def build(ctx: UnlearnContext, cfg: ScrubConfig) -> Plan:
   forget_steps, retain_steps = ctx.steps_per_epoch('forget'), ctx.steps_per_epoch('retain')
   kinds = schedule(cfg.epochs, cfg.msteps, forget_steps, retain_steps)

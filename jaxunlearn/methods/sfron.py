@@ -502,7 +502,8 @@ def forget_set_arrays(ctx: UnlearnContext) -> dict:
           'weights, fast/slow (R-on) updates in one jitted step',
           presets={'cifar10_resnet18': official, 'official': official, 'paper': paper,
                    'swin_tinyimagenet': swin_tinyimagenet},
-          groups={'sfron_ablation': ablation_configs, 'sfron_variants': variants})
+          groups={'sfron_ablation': ablation_configs, 'sfron_variants': variants},
+          tune=('optimizer.lr', 'forget_optimizer.lr'))
 def build(ctx: UnlearnContext, cfg: SfronConfig) -> Plan:
   """SFR-on as a `Plan` of `cfg.iterations` iterations.
 

@@ -90,7 +90,7 @@ def cifar10_resnet18() -> SsdConfig:
 @register('ssd', config=SsdConfig, title='SSD (Foster et al., AAAI 2024)',
           summary='retrain-free: dampens weights far more important to D_f than to D; no '
           'fine-tuning', presets={'cifar10_resnet18': cifar10_resnet18},
-          tune='selection_weighting')
+          tune=('selection_weighting', 'dampening_constant'))
 def build(ctx: UnlearnContext, cfg: SsdConfig) -> Plan:
 
   def step(state, batch, key, constants):

@@ -1,8 +1,10 @@
 """Model zoo: registry, factory and the model classes.
 
-Every model is called as ``model(x, *, train=False, return_features=False)`` on float32 images
-[B, H, W, C] and returns logits [B, num_classes], or ``(logits, features)`` where `features` maps
-each block's name to its output, shallow to deep, ending with 'penultimate' (the head's input).
+Every model is called as ``model(x, *, train=False, return_features=False, replace_features=None)``
+on float32 images [B, H, W, C] and returns logits [B, num_classes], or ``(logits, features)`` where
+`features` maps each block's name to its output, shallow to deep, ending with 'penultimate' (the
+head's input). `replace_features` runs the rest of the network from given feature values
+(`jaxunlearn.models.features`).
 `features` is a `collections.OrderedDict`: JAX keeps its order through `jax.jit` and other
 transformations, whereas it returns a plain dict's keys sorted ('stem' would follow 'penultimate').
 Models hold only `nnx.Param` and `nnx.BatchStat` variables (no RNG state, no dropout), so

@@ -1,13 +1,14 @@
 """Small convolutional network, fast on CPU (MNIST-sized inputs)."""
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
+from jaxunlearn.models.features import record
 
 
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -63,16 +64,16 @@ class CNN(nnx.Module):
                            rngs=rngs)
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False
+      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
+      replace_features: Mapping[str, jax.Array] | None = None
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     del train
     features = collections.OrderedDict()
     h = x
     for i, conv in enumerate(self.convs):
-      h = _max_pool_2x2(nnx.relu(conv(h)))
-      features[f'conv{i + 1}'] = h
-    h = nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1))))
-    features['dense1'] = h
-    features['penultimate'] = h
+      h = record(features, f'conv{i + 1}', _max_pool_2x2(nnx.relu(conv(h))), replace_features)
+    h = record(features, 'dense1', nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1)))),
+               replace_features)
+    h = record(features, 'penultimate', h, replace_features)
     logits = self.head(h)
     return (logits, features) if return_features else logits

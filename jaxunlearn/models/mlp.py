@@ -1,13 +1,14 @@
 """Multi-layer perceptron on flattened images."""
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
+from jaxunlearn.models.features import record
 
 
 class MLP(nnx.Module):
@@ -41,14 +42,14 @@ class MLP(nnx.Module):
                            rngs=rngs)
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False
+      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
+      replace_features: Mapping[str, jax.Array] | None = None
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     del train
     features = collections.OrderedDict()
     h = jnp.reshape(x, (x.shape[0], -1))
     for i, layer in enumerate(self.hidden):
-      h = nnx.relu(layer(h))
-      features[f'dense{i}'] = h
-    features['penultimate'] = h
+      h = record(features, f'dense{i}', nnx.relu(layer(h)), replace_features)
+    h = record(features, 'penultimate', h, replace_features)
     logits = self.head(h)
     return (logits, features) if return_features else logits

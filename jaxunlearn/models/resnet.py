@@ -1,13 +1,14 @@
 """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
+from jaxunlearn.models.features import record
 
 # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (weight of the old running average),
 # the setting of the reference unlearning code.
@@ -91,17 +92,17 @@ class ResNet(nnx.Module):
                            rngs=rngs)
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False
+      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
+      replace_features: Mapping[str, jax.Array] | None = None
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     features = collections.OrderedDict()
     h = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
-    features['stem'] = h
+    h = record(features, 'stem', h, replace_features)
     for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
       for block_index, block in enumerate(layer):
-        h = block(h, train=train)
-        features[f'layer{stage + 1}.{block_index}'] = h
-    h = jnp.mean(h, axis=(1, 2))
-    features['penultimate'] = h
+        h = record(features, f'layer{stage + 1}.{block_index}', block(h, train=train),
+                   replace_features)
+    h = record(features, 'penultimate', jnp.mean(h, axis=(1, 2)), replace_features)
     logits = self.head(h)
     return (logits, features) if return_features else logits
 

@@ -1,12 +1,14 @@
 """Vision Transformer (pre-LayerNorm blocks, learned position embeddings, no dropout)."""
 
 import collections
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
+from jaxunlearn.models.features import record
 
 _POOLINGS = ('cls', 'mean')
 _KERNEL_INIT = initializers.xavier_uniform
@@ -116,7 +118,8 @@ class ViT(nnx.Module):
     self.head = _linear(width, num_classes, rngs)
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False
+      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
+      replace_features: Mapping[str, jax.Array] | None = None
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     del train
     features = collections.OrderedDict()
@@ -125,14 +128,12 @@ class ViT(nnx.Module):
     if self.cls_token is not None:
       cls = jnp.broadcast_to(self.cls_token[...], (h.shape[0], 1, h.shape[-1]))
       h = jnp.concatenate([cls, h], axis=1)
-    h = h + self.position_embedding[...]
-    features['embed'] = h
+    h = record(features, 'embed', h + self.position_embedding[...], replace_features)
     for i, block in enumerate(self.blocks):
-      h = block(h)
-      features[f'block{i}'] = h
+      h = record(features, f'block{i}', block(h), replace_features)
     h = self.final_norm(h)
-    h = h[:, 0] if self.pooling == 'cls' else jnp.mean(h, axis=1)
-    features['penultimate'] = h
+    h = record(features, 'penultimate', h[:, 0] if self.pooling == 'cls' else jnp.mean(h, axis=1),
+               replace_features)
     logits = self.head(h)
     return (logits, features) if return_features else logits
 
