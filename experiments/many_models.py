@@ -1,17 +1,19 @@
-r"""Many-model evaluation: the NeurIPS 2023 forgetting score, KLOM and relearn time.
+r"""Many-model evaluation: the NeurIPS 2023 forgetting score with its interval, KLOM, relearn
+time, ToW and Avg. Gap, against a control set of Retrain models and a set of Originals.
 
-  python -m experiments.many_models                                  # K = 8, CPU-sized
-  python -m experiments.many_models --config.eval.num_models=32 --config.methods=ft,salun
+  python -m experiments.many_models                                # K = 128, CPU-sized
+  python -m experiments.many_models --config.eval.num_models=256 --config.methods=ft,salun
 
-Trains K Retrain models and, for every method, K unlearning runs from one Original, each set as
-one vmapped program (the model axis sharded over devices), and writes many_models.json/.md/.png
-(the per-example epsilons) into {experiment_dir}/many_K{K}/. Config: configs/many_models.py.
+Trains K Retrain models, K control Retrain models, K Originals and, for every method, K
+unlearning runs from one Original, each set as one program (the model axis spread over devices:
+on CPU one JAX device per core), and writes many_models.json/.md/.png (the per-example epsilons)
+into {experiment_dir}/many_K{K}/. Config: configs/many_models.py.
 """
 
 import os
 
 import jaxunlearn
-from jaxunlearn import cli, many_models
+from jaxunlearn import cli, many_models, sharding
 from jaxunlearn.config import from_config_dict
 
 _CONFIG = cli.define_config(
@@ -24,6 +26,7 @@ def main(argv):
   config = _CONFIG.value
   cfg = from_config_dict(many_models.ManyModelsConfig, config.eval, '--config.eval')
   study = jaxunlearn.Study(config)
+  sharding.use_one_cpu_device_per_core()
   many_models.model_mesh(cfg)
   payload = many_models.run(study, cfg)
   print(many_models.markdown_table(payload['rows']))

@@ -33,19 +33,28 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
 def use_one_cpu_device_per_core() -> int:
   """Makes JAX's CPU backend expose one device per schedulable core; returns that count.
 
-  The mesh over every device then splits each batch over the cores (the same function: BatchNorm
-  statistics and gradients are reduced over the whole batch), where one CPU device runs each op in
-  turn on all cores. Measured on 2 cores (jax 0.10.2, the same rounds interleaved): the small
-  CNN's SGD step at batch 128 took 34 ms against 57 ms on one device on a quiet machine (PyTorch
-  eager: 27 ms), 54-56 against 84-90 ms on a loaded one; at batch 16, ViT-Tiny did not change and
-  ResNet-18 (8 examples and a BatchNorm all-reduce per device) was 10-12% slower. So measure your
-  model. Results differ from a one-device run only by rounding.
+  The CPU layout rule, from measurements on 2 cores (jax 0.10.2, small CNN, batch 128):
+
+  * Runs of many models (`loop.run_many`) spread the models over these devices: each device
+    trains its own models, with no collective between devices, so the results are those of the
+    single runs whichever layout, and both cores work (`experiments/many_models.py` calls this).
+  * Single-model runs stay on one CPU device, each op using every core. One device per core
+    would split each batch over the cores and all-reduce the gradients: its step took 34 ms
+    against 57 ms on one device where it ran (the torch benchmark of an earlier session), but
+    here XLA:CPU's in-process all-reduce deadlocked (its 40 s rendezvous timed out and aborted
+    the process) in 7 of 8 tries, on a quiet and on a loaded machine, and with the
+    concurrency-optimised scheduler, multi-threaded Eigen or the thunk runtime turned off. Two single-model runs at once, one per device (no collective),
+    took 105 ms per step each against 70 ms for one run alone: 1.3x the throughput.
+
   Call it before JAX initialises its backends (before any JAX computation): `jax.config` raises a
-  RuntimeError otherwise.
+  RuntimeError otherwise. A device count already forced by XLA_FLAGS
+  (--xla_force_host_platform_device_count, as the test command sets) is kept.
 
   Returns:
     The number of CPU devices.
   """
+  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
+    return jax.device_count('cpu')
   count = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   jax.config.update('jax_num_cpu_devices', count)
   return count

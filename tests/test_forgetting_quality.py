@@ -306,3 +306,27 @@ def test_bad_input_raises_a_one_line_error_naming_the_argument():
                   test_accuracy_retrained=1.0)
   _one_line_error('steps', fq.relearn_time, [0.1, 0.2], 0.5, steps=[2, 1])
   _one_line_error('target_accuracy', fq.relearn_time, [[0.1, 0.2]], [0.5, 0.5])
+
+
+def test_a_control_set_identical_to_retrain_scores_the_top_bucket_on_every_example():
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(128, 40, 10))
+  labels = rng.integers(0, 10, 40)
+  quality = fq.forgetting_quality(logits, logits.copy(), labels)
+  assert quality.quality == 1.0 and np.all(quality.points == 1.0)
+  assert fq.bootstrap_interval(quality.points) == (1.0, 1.0)
+
+
+def test_bootstrap_interval_contains_the_point_estimate_and_narrows_with_more_examples():
+  rng = np.random.default_rng(4)
+  widths = []
+  for size in (50, 800):
+    points = np.exp2(-rng.integers(0, 6, size).astype(float))
+    low, high = fq.bootstrap_interval(points, num_resamples=4000, seed=1)
+    assert low < points.mean() < high
+    widths.append(high - low)
+  # The standard error falls as 1/sqrt(N): 4x narrower for 16x the examples, within noise.
+  assert 3.0 < widths[0] / widths[1] < 5.5
+  assert fq.bootstrap_interval(points, seed=2) == fq.bootstrap_interval(points, seed=2)
+  with pytest.raises(ValueError, match='confidence must lie in'):
+    fq.bootstrap_interval(points, confidence=1.0)

@@ -1,5 +1,6 @@
-"""Many models in one program: K-run equals K single runs, compiles once, the model axis sharded
-equals one device, both forms agree, and the many-model evaluation end to end with bad input."""
+"""Many models in one program: K-run equals K single runs (exactly, on 8 devices), compiles once,
+the model axis sharded equals one device, both forms agree, the CPU layout rules, and the
+many-model evaluation end to end with bad input."""
 
 import dataclasses
 import glob
@@ -14,7 +15,7 @@ import jaxunlearn
 from jaxunlearn import experiment, many_models, sharding
 from jaxunlearn.config import ConfigError, from_config_dict
 from jaxunlearn.data.device import DeviceData
-from jaxunlearn.loop import run, run_many
+from jaxunlearn.loop import run, run_many, use_vmap
 from jaxunlearn.methods import registry
 from jaxunlearn.unlearn import context
 from tests.conftest import tiny_config
@@ -130,3 +131,37 @@ def test_bad_input_is_one_line_before_work(tmp_path, data_dir, overrides, messag
   with pytest.raises(ConfigError) as error:
     many_models.model_mesh(from_config_dict(many_models.ManyModelsConfig, values, '--config.eval'))
   assert str(error.value).startswith(message) and '\n' not in str(error.value)
+
+
+def test_auto_form_unrolls_convolutions_on_cpu_and_vmaps_dense_models():
+  conv = {'kernel': np.zeros((3, 3, 1, 8)), 'bias': np.zeros(8)}
+  dense = {'kernel': np.zeros((64, 10)), 'bias': np.zeros(10)}
+  assert jax.default_backend() == 'cpu'
+  assert not use_vmap('auto', {'conv': conv, 'head': dense})
+  assert use_vmap('auto', {'head': dense})
+  assert use_vmap('vmap', {'conv': conv})
+  with pytest.raises(ValueError, match="form='both'"):
+    use_vmap('both', {})
+
+
+def test_the_per_core_layout_keeps_a_device_count_forced_by_xla_flags():
+  assert 'xla_force_host_platform_device_count=8' in os.environ.get('XLA_FLAGS', '')
+  assert sharding.use_one_cpu_device_per_core() == 8 == jax.device_count()
+
+
+@pytest.mark.parametrize('form', ['unroll', 'vmap'])
+def test_k_runs_on_eight_devices_equal_k_single_runs(setup, original, form):
+  seeds = list(range(8))
+  mesh = sharding.make_model_mesh(8)
+  many_setup = _on(setup, mesh)
+  plans = [registry.get('ft').build(context(many_setup, *original, seed=s, batch_size=64),
+                                    _cfg('ft')) for s in seeds]
+  many = run_many(plans[0].program, [p.state for p in plans], many_setup.train, mesh=mesh,
+                  seeds=seeds, log_every=1000, form=form)
+  for k, seed in enumerate(seeds):
+    one = registry.get('ft').build(context(setup, *original, seed=seed, batch_size=64),
+                                   _cfg('ft'))
+    single = run(one.program, one.state, setup.train, mesh=setup.mesh, seed=seed,
+                 log_every=1000)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(b)[k], a),
+                 jax.device_get(single.state.params), jax.device_get(many.state.params))
