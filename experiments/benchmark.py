@@ -26,15 +26,22 @@ import jaxunlearn
 from jaxunlearn import cli
 
 _CONFIG = cli.define_config(
-    os.path.join(os.path.dirname(__file__), 'configs', 'benchmark.py'),
-    'Benchmark config file (the unlearning config plus the reference switches).')
+  os.path.join(os.path.dirname(__file__), 'configs', 'benchmark.py'),
+  'Benchmark config file (the unlearning config plus the reference switches).',
+)
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per step kind.', lower_bound=1)
 _OUT = flags.DEFINE_string('out', 'benchmark.json', 'Output JSON path.')
 _EQUAL_EXAMPLES = flags.DEFINE_bool(
-    'equal_examples', False, 'Also time each method whose step takes n batches (D_r and D_f) at '
-    'batch_size // n per batch: as many examples per step as the Retrain step it is compared to.')
-_MANY = flags.DEFINE_list('many', [], 'Numbers of models K: time K training steps in one program '
-                          'against K single ones (e.g. 8,32).')
+  'equal_examples',
+  False,
+  'Also time each method whose step takes n batches (D_r and D_f) at '
+  'batch_size // n per batch: as many examples per step as the Retrain step it is compared to.',
+)
+_MANY = flags.DEFINE_list(
+  'many',
+  [],
+  'Numbers of models K: time K training steps in one program against K single ones (e.g. 8,32).',
+)
 REFERENCES = ('none', 'torch')
 
 
@@ -42,16 +49,24 @@ def main(argv):
   del argv
   config = _CONFIG.value
   if config.reference not in REFERENCES:
-    raise jaxunlearn.ConfigError(f'--config.reference={config.reference!r}: must be one of '
-                                 f'{", ".join(REFERENCES)}.')
+    raise jaxunlearn.ConfigError(
+      f'--config.reference={config.reference!r}: must be one of {", ".join(REFERENCES)}.'
+    )
   if config.reference == 'torch':
     from experiments import reference_benchmark
-    reference_benchmark.run(config, steps=_STEPS.value if _STEPS.present else None,
-                            out=_OUT.value if _OUT.present else None)
+
+    reference_benchmark.run(
+      config,
+      steps=_STEPS.value if _STEPS.present else None,
+      out=_OUT.value if _OUT.present else None,
+    )
     return
-  jaxunlearn.Study(config).benchmark(_STEPS.value, out=_OUT.value,
-                                     many_models=tuple(int(k) for k in _MANY.value),
-                                     equal_examples=_EQUAL_EXAMPLES.value)
+  jaxunlearn.Study(config).benchmark(
+    _STEPS.value,
+    out=_OUT.value,
+    many_models=tuple(int(k) for k in _MANY.value),
+    equal_examples=_EQUAL_EXAMPLES.value,
+  )
   print(f'wrote {_OUT.value}')
 
 

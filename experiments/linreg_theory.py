@@ -17,14 +17,12 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-import scipy.linalg  # pylint: disable=unused-import (loads the LAPACK that jaxlib's CPU SVD calls)
 import threadpoolctl
+from absl import app, flags
 
 from jaxunlearn import theory
 
@@ -34,28 +32,45 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 # This binary's flags live in their own FlagValues so that importing it (e.g. from tests) never
 # collides with flags of other experiment modules defined on the global absl FLAGS.
 _FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', None, 'Output directory for figures and results.json.',
-                    flag_values=_FLAGS)
+flags.DEFINE_string(
+  'workdir', None, 'Output directory for figures and results.json.', flag_values=_FLAGS
+)
 flags.DEFINE_integer('seeds', 5, 'Number of sampled tasks per setting.', flag_values=_FLAGS)
 flags.DEFINE_integer('seed', 0, 'Base PRNG seed.', flag_values=_FLAGS)
 flags.DEFINE_integer('d', 400, 'Number of coordinates (features).', flag_values=_FLAGS)
 flags.DEFINE_integer('n_r', 100, 'Number of remaining examples.', flag_values=_FLAGS)
 flags.DEFINE_integer('n_f', 40, 'Number of forget examples.', flag_values=_FLAGS)
-flags.DEFINE_float('r_only_fraction', 0.5,
-                   'Share of the unshared coordinates that belong to D_r only.', flag_values=_FLAGS)
-flags.DEFINE_float('overlap_ratio', 0.5,
-                   'd_lap / d of the overlapping scenario in the loss-curve and alpha figures.',
-                   flag_values=_FLAGS)
-flags.DEFINE_integer('overlap_points', 11, 'Number of overlap ratios in [0, 1] swept.',
-                     flag_values=_FLAGS)
+flags.DEFINE_float(
+  'r_only_fraction',
+  0.5,
+  'Share of the unshared coordinates that belong to D_r only.',
+  flag_values=_FLAGS,
+)
+flags.DEFINE_float(
+  'overlap_ratio',
+  0.5,
+  'd_lap / d of the overlapping scenario in the loss-curve and alpha figures.',
+  flag_values=_FLAGS,
+)
+flags.DEFINE_integer(
+  'overlap_points', 11, 'Number of overlap ratios in [0, 1] swept.', flag_values=_FLAGS
+)
 flags.DEFINE_float('noise_std', 0.0, 'Label-noise standard deviation.', flag_values=_FLAGS)
-flags.DEFINE_integer('curve_steps', 400, 'Gradient steps drawn in the loss-curve figure.',
-                     flag_values=_FLAGS)
-flags.DEFINE_list('alphas', ['0.05', '0.1', '0.2', '0.3', '0.5', '0.7', '1.0'],
-                  'Regularisation strengths in (0, 1].', flag_values=_FLAGS)
-flags.DEFINE_list('alpha_budgets', ['10', '30', '100'],
-                  'Step budgets at which regularised FT is read off in the alpha figure.',
-                  flag_values=_FLAGS)
+flags.DEFINE_integer(
+  'curve_steps', 400, 'Gradient steps drawn in the loss-curve figure.', flag_values=_FLAGS
+)
+flags.DEFINE_list(
+  'alphas',
+  ['0.05', '0.1', '0.2', '0.3', '0.5', '0.7', '1.0'],
+  'Regularisation strengths in (0, 1].',
+  flag_values=_FLAGS,
+)
+flags.DEFINE_list(
+  'alpha_budgets',
+  ['10', '30', '100'],
+  'Step budgets at which regularised FT is read off in the alpha figure.',
+  flag_values=_FLAGS,
+)
 flags.DEFINE_bool('x64', False, 'Compute in float64.', flag_values=_FLAGS)
 flags.mark_flag_as_required('workdir', flag_values=_FLAGS)
 
@@ -63,20 +78,20 @@ CURVE_METHODS = ('pretrained', 'ft', 'golden', 'remedy_forget', 'remedy_retain')
 SWEEP_METHODS = ('ft', 'golden', 'remedy_forget', 'remedy_retain', 'reg_ft')
 TABLE_METHODS = ('pretrained', 'ft', 'golden', 'remedy_forget', 'remedy_retain', 'reg_ft')
 LABELS = {
-    'pretrained': 'Pretrained $w_o$',
-    'ft': 'FT from $w_o$',
-    'golden': 'Golden $w_g$ (retrain on $D_r$)',
-    'remedy_forget': 'Remedy "forget": reset forget-only features, FT',
-    'remedy_retain': 'Remedy "retain": keep remaining-only features, FT',
-    'reg_ft': r'Regularised FT ($\alpha$=1, limit)',
+  'pretrained': 'Pretrained $w_o$',
+  'ft': 'FT from $w_o$',
+  'golden': 'Golden $w_g$ (retrain on $D_r$)',
+  'remedy_forget': 'Remedy "forget": reset forget-only features, FT',
+  'remedy_retain': 'Remedy "retain": keep remaining-only features, FT',
+  'reg_ft': r'Regularised FT ($\alpha$=1, limit)',
 }
 STYLES = {
-    'pretrained': dict(color='0.6', linestyle='-', linewidth=6, alpha=0.6),
-    'ft': dict(color='C0', linestyle='--', linewidth=2),
-    'golden': dict(color='black', linestyle='--', linewidth=1.8, zorder=5),
-    'remedy_forget': dict(color='C1', linestyle='-', linewidth=1.8),
-    'remedy_retain': dict(color='C2', linestyle='-', linewidth=1.8),
-    'reg_ft': dict(color='C3', linestyle='-.', linewidth=1.8),
+  'pretrained': dict(color='0.6', linestyle='-', linewidth=6, alpha=0.6),
+  'ft': dict(color='C0', linestyle='--', linewidth=2),
+  'golden': dict(color='black', linestyle='--', linewidth=1.8, zorder=5),
+  'remedy_forget': dict(color='C1', linestyle='-', linewidth=1.8),
+  'remedy_retain': dict(color='C2', linestyle='-', linewidth=1.8),
+  'reg_ft': dict(color='C3', linestyle='-.', linewidth=1.8),
 }
 LOG_FLOOR = 1e-10  # losses below this are drawn at it on log axes (FT's are ~1e-12 in float32)
 
@@ -86,8 +101,9 @@ def _parse_list(flag: str, values, kind, low, high, low_open):
   try:
     parsed = [kind(v) for v in values]
   except ValueError as e:
-    raise ValueError(f'--{flag} must be a comma-separated list of {kind.__name__}, '
-                     f'got {values!r}.') from e
+    raise ValueError(
+      f'--{flag} must be a comma-separated list of {kind.__name__}, got {values!r}.'
+    ) from e
   if not parsed:
     raise ValueError(f'--{flag} must not be empty.')
   for v in parsed:
@@ -99,8 +115,14 @@ def _parse_list(flag: str, values, kind, low, high, low_open):
 
 def config_from_flags(fv: flags.FlagValues) -> dict:
   """Validates the parsed flags; ValueError messages name the offending flag."""
-  for name, low in (('seeds', 1), ('d', 3), ('n_r', 1), ('n_f', 1), ('curve_steps', 1),
-                    ('overlap_points', 2)):
+  for name, low in (
+    ('seeds', 1),
+    ('d', 3),
+    ('n_r', 1),
+    ('n_f', 1),
+    ('curve_steps', 1),
+    ('overlap_points', 2),
+  ):
     if fv[name].value < low:
       raise ValueError(f'--{name} must be >= {low}, got {fv[name].value}.')
   if not 0.0 < fv.r_only_fraction < 1.0:
@@ -112,32 +134,51 @@ def config_from_flags(fv: flags.FlagValues) -> dict:
   # Each data set has the fewest features at zero overlap; over-parameterisation must hold there.
   d_r = int(round(fv.r_only_fraction * fv.d))
   if not fv.n_r < d_r:
-    raise ValueError(f'--n_r must be < round(--r_only_fraction * --d) = {d_r} (D_r\'s features '
-                     f'at zero overlap), got --n_r={fv.n_r}.')
+    raise ValueError(
+      f"--n_r must be < round(--r_only_fraction * --d) = {d_r} (D_r's features "
+      f'at zero overlap), got --n_r={fv.n_r}.'
+    )
   if not fv.n_f < fv.d - d_r:
-    raise ValueError(f'--n_f must be < --d - round(--r_only_fraction * --d) = {fv.d - d_r} '
-                     f'(D_f\'s features at zero overlap), got --n_f={fv.n_f}.')
+    raise ValueError(
+      f'--n_f must be < --d - round(--r_only_fraction * --d) = {fv.d - d_r} '
+      f"(D_f's features at zero overlap), got --n_f={fv.n_f}."
+    )
   return dict(
-      workdir=fv.workdir, seeds=fv.seeds, seed=fv.seed, d=fv.d, n_r=fv.n_r, n_f=fv.n_f,
-      r_only_fraction=fv.r_only_fraction, overlap_ratio=fv.overlap_ratio,
-      overlap_points=fv.overlap_points, noise_std=fv.noise_std, curve_steps=fv.curve_steps,
-      alphas=_parse_list('alphas', fv.alphas, float, 0.0, 1.0, low_open=True),
-      alpha_budgets=_parse_list('alpha_budgets', fv.alpha_budgets, int, 1, 10**6, low_open=False),
-      x64=fv.x64)
+    workdir=fv.workdir,
+    seeds=fv.seeds,
+    seed=fv.seed,
+    d=fv.d,
+    n_r=fv.n_r,
+    n_f=fv.n_f,
+    r_only_fraction=fv.r_only_fraction,
+    overlap_ratio=fv.overlap_ratio,
+    overlap_points=fv.overlap_points,
+    noise_std=fv.noise_std,
+    curve_steps=fv.curve_steps,
+    alphas=_parse_list('alphas', fv.alphas, float, 0.0, 1.0, low_open=True),
+    alpha_budgets=_parse_list('alpha_budgets', fv.alpha_budgets, int, 1, 10**6, low_open=False),
+    x64=fv.x64,
+  )
 
 
 def _spec(config: dict, overlap_ratio: float) -> theory.TaskSpec:
-  return theory.TaskSpec(d=config['d'], n_r=config['n_r'], n_f=config['n_f'],
-                         d_lap=int(round(overlap_ratio * config['d'])),
-                         r_only_fraction=config['r_only_fraction'],
-                         noise_std=config['noise_std'])
+  return theory.TaskSpec(
+    d=config['d'],
+    n_r=config['n_r'],
+    n_f=config['n_f'],
+    d_lap=int(round(overlap_ratio * config['d'])),
+    r_only_fraction=config['r_only_fraction'],
+    noise_std=config['noise_std'],
+  )
 
 
 def _stats(values) -> dict:
   """Mean, min and max over the leading seed axis, as lists of Python floats."""
   values = np.asarray(values, np.float64)
-  return {k: np.atleast_1d(f(values, axis=0)).tolist()
-          for k, f in (('mean', np.mean), ('min', np.min), ('max', np.max))}
+  return {
+    k: np.atleast_1d(f(values, axis=0)).tolist()
+    for k, f in (('mean', np.mean), ('min', np.min), ('max', np.max))
+  }
 
 
 _endpoints = jax.jit(jax.vmap(theory.closed_form_endpoints))
@@ -154,32 +195,39 @@ def loss_curves(tasks: theory.LinRegTask, steps: int) -> dict:
   ends = _endpoints(tasks)
   w_o = ends['pretrained']
   starts = {  # keyed by the closed form each run converges to
-      'ft': w_o,
-      'golden': jnp.zeros_like(w_o),
-      'remedy_forget': _remedy_start(tasks, w_o, 'forget'),
-      'remedy_retain': _remedy_start(tasks, w_o, 'retain'),
+    'ft': w_o,
+    'golden': jnp.zeros_like(w_o),
+    'remedy_forget': _remedy_start(tasks, w_o, 'forget'),
+    'remedy_retain': _remedy_start(tasks, w_o, 'retain'),
   }
   learning_rates = _learning_rates(tasks, 0.0)
-  curves = {'steps': list(range(steps + 1)), 'remaining_loss': {}, 'unlearning_loss': {},
-            'max_abs_gd_minus_closed_form': {}}
+  curves = {
+    'steps': list(range(steps + 1)),
+    'remaining_loss': {},
+    'unlearning_loss': {},
+    'max_abs_gd_minus_closed_form': {},
+  }
   curves['remaining_loss']['pretrained'] = _stats(
-      np.repeat(np.asarray(_remaining(w_o, tasks))[:, None], steps + 1, axis=1))
+    np.repeat(np.asarray(_remaining(w_o, tasks))[:, None], steps + 1, axis=1)
+  )
   curves['unlearning_loss']['pretrained'] = _stats(
-      np.repeat(np.asarray(_unlearning(w_o, tasks))[:, None], steps + 1, axis=1))
+    np.repeat(np.asarray(_unlearning(w_o, tasks))[:, None], steps + 1, axis=1)
+  )
   for name, start in starts.items():
     run = theory.simulate(tasks, start, learning_rates, 0.0, steps=steps)
     curves['remaining_loss'][name] = _stats(run.remaining_loss)
     curves['unlearning_loss'][name] = _stats(run.unlearning_loss)
-    curves['max_abs_gd_minus_closed_form'][name] = float(
-        jnp.max(jnp.abs(run.w_final - ends[name])))
+    curves['max_abs_gd_minus_closed_form'][name] = float(jnp.max(jnp.abs(run.w_final - ends[name])))
   return curves
 
 
 def endpoint_table(tasks: theory.LinRegTask) -> dict:
   """Closed-form end-point losses of every method (mean/min/max over seeds)."""
   losses = _endpoint_losses(tasks, _endpoints(tasks))
-  return {metric: {name: _stats(values[name]) for name in TABLE_METHODS}
-          for metric, values in losses.items()}
+  return {
+    metric: {name: _stats(values[name]) for name in TABLE_METHODS}
+    for metric, values in losses.items()
+  }
 
 
 def overlap_sweep(config: dict, key: jax.Array) -> dict:
@@ -210,10 +258,14 @@ def alpha_sweep(tasks: theory.LinRegTask, alphas, budgets) -> dict:
   w_o = ends['pretrained']
   learning_rates = _learning_rates(tasks, 1.0)
   steps = max(budgets)
-  out = {'alpha': list(alphas), 'budgets': list(budgets),
-         'golden_unlearning_loss': _stats(_unlearning(ends['golden'], tasks)),
-         'ft_unlearning_loss': _stats(_unlearning(ends['ft'], tasks)),
-         'unlearning_loss': {}, 'remaining_loss': {}}
+  out = {
+    'alpha': list(alphas),
+    'budgets': list(budgets),
+    'golden_unlearning_loss': _stats(_unlearning(ends['golden'], tasks)),
+    'ft_unlearning_loss': _stats(_unlearning(ends['ft'], tasks)),
+    'unlearning_loss': {},
+    'remaining_loss': {},
+  }
   budget_unlearning = {b: [] for b in budgets}
   budget_remaining = {b: [] for b in budgets}
   limit_unlearning, limit_remaining = [], []
@@ -244,8 +296,7 @@ def run(config: dict) -> dict:
     results['loss_curves'][scenario] = loss_curves(tasks, config['curve_steps'])
     results['loss_curves'][scenario]['d_lap'] = spec.d_lap
     results['endpoints'][scenario] = endpoint_table(tasks)
-    results['alpha_sweep'][scenario] = alpha_sweep(tasks, config['alphas'],
-                                                   config['alpha_budgets'])
+    results['alpha_sweep'][scenario] = alpha_sweep(tasks, config['alphas'], config['alpha_budgets'])
   results['overlap_sweep'] = overlap_sweep(config, key)
   return results
 
@@ -254,7 +305,7 @@ def _band(ax, x, stats, floor=None, **style):
   mean, low, high = (np.asarray(stats[k]) for k in ('mean', 'min', 'max'))
   if floor is not None:
     mean, low, high = (np.maximum(v, floor) for v in (mean, low, high))
-  line, = ax.plot(x, mean, **style)
+  (line,) = ax.plot(x, mean, **style)
   ax.fill_between(x, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
   return line
 
@@ -287,16 +338,25 @@ def plot_loss_curves(results: dict):
         ax.set_ylim(bottom=-0.03)
         ax.set_ylabel(r'unlearning loss $L(w, D_f)$ (higher = more forgotten)')
       if scenario == 'distinct' and metric == 'unlearning_loss':
-        ax.text(0.5, 0.45, 'both remedies coincide with golden (dashed)', ha='center',
-                transform=ax.transAxes, fontsize=10)
+        ax.text(
+          0.5,
+          0.45,
+          'both remedies coincide with golden (dashed)',
+          ha='center',
+          transform=ax.transAxes,
+          fontsize=10,
+        )
       ax.set_xlabel('gradient-descent fine-tuning step on $D_r$')
       ax.set_title(f'{title}: {metric.replace("_", " ")}')
       ax.grid(alpha=0.3)
   handles, labels = axes[0, 0].get_legend_handles_labels()
   fig.legend(handles, labels, loc='outside lower center', ncol=3, fontsize=10)
-  fig.suptitle(f'Fine-tuning dynamics (d={config["d"]}, $n_r$={config["n_r"]}, '
-               f'$n_f$={config["n_f"]}, {config["seeds"]} seeds: mean, band = min..max). '
-               'FT from $w_o$ never leaves $w_o$: it forgets nothing.', fontsize=12)
+  fig.suptitle(
+    f'Fine-tuning dynamics (d={config["d"]}, $n_r$={config["n_r"]}, '
+    f'$n_f$={config["n_f"]}, {config["seeds"]} seeds: mean, band = min..max). '
+    'FT from $w_o$ never leaves $w_o$: it forgets nothing.',
+    fontsize=12,
+  )
   return fig
 
 
@@ -307,20 +367,24 @@ def plot_overlap_sweep(results: dict):
   x = np.asarray(sweep['overlap_ratio'])
   fig, axes = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
   for ax, metric, ylabel in (
-      (axes[0], 'unlearning_loss', r'unlearning loss $L(w, D_f)$'),
-      (axes[1], 'gap_to_golden', r'gap to golden $|L(w, D_f) - L(w_g, D_f)|$')):
+    (axes[0], 'unlearning_loss', r'unlearning loss $L(w, D_f)$'),
+    (axes[1], 'gap_to_golden', r'gap to golden $|L(w, D_f) - L(w_g, D_f)|$'),
+  ):
     for name in SWEEP_METHODS:
-      _band(ax, x, sweep[metric][name], label=LABELS[name], marker='o', markersize=4,
-            **STYLES[name])
+      _band(
+        ax, x, sweep[metric][name], label=LABELS[name], marker='o', markersize=4, **STYLES[name]
+      )
     ax.set_xlabel('overlap ratio $d_{lap} / d$')
     ax.set_ylabel(ylabel)
     ax.set_title(ylabel.split(' $')[0].capitalize() + ' against feature overlap')
     ax.grid(alpha=0.3)
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc='outside lower center', ncol=3, fontsize=10)
-  fig.suptitle(f'End points against overlap (d={config["d"]}, $n_r$={config["n_r"]}, '
-               f'$n_f$={config["n_f"]}, {config["seeds"]} seeds: mean, band = min..max)',
-               fontsize=12)
+  fig.suptitle(
+    f'End points against overlap (d={config["d"]}, $n_r$={config["n_r"]}, '
+    f'$n_f$={config["n_f"]}, {config["seeds"]} seeds: mean, band = min..max)',
+    fontsize=12,
+  )
   return fig
 
 
@@ -339,17 +403,32 @@ def plot_alpha_sweep(results: dict):
       floor = LOG_FLOOR if metric == 'remaining_loss' else None
       for i, name in enumerate(series):
         if name == 'limit':
-          style = dict(color='C3', linestyle='--', linewidth=2,
-                       label='limit (closed form, any step budget)')
+          style = dict(
+            color='C3', linestyle='--', linewidth=2, label='limit (closed form, any step budget)'
+          )
         else:
-          style = dict(color=colors[i], linestyle='-', linewidth=1.8,
-                       label=f'after {sweep["budgets"][i]} GD steps')
+          style = dict(
+            color=colors[i],
+            linestyle='-',
+            linewidth=1.8,
+            label=f'after {sweep["budgets"][i]} GD steps',
+          )
         _band(ax, alphas, sweep[metric][name], floor=floor, marker='o', markersize=4, **style)
       if metric == 'unlearning_loss':
-        ax.axhline(sweep['golden_unlearning_loss']['mean'][0], color='black', linestyle=':',
-                   linewidth=1.5, label='golden $w_g$')
-        ax.axhline(sweep['ft_unlearning_loss']['mean'][0], color='C0', linestyle=':',
-                   linewidth=2, label=r'plain FT ($\alpha$ = 0)')
+        ax.axhline(
+          sweep['golden_unlearning_loss']['mean'][0],
+          color='black',
+          linestyle=':',
+          linewidth=1.5,
+          label='golden $w_g$',
+        )
+        ax.axhline(
+          sweep['ft_unlearning_loss']['mean'][0],
+          color='C0',
+          linestyle=':',
+          linewidth=2,
+          label=r'plain FT ($\alpha$ = 0)',
+        )
         ax.set_ylabel(r'unlearning loss $L(w, D_f)$')
         ax.set_ylim(bottom=-0.03)
       else:
@@ -357,24 +436,33 @@ def plot_alpha_sweep(results: dict):
         ax.set_ylim(LOG_FLOOR / 3, 1.0)
         ax.set_ylabel(r'remaining loss $L(w, D_r)$ (log; < 1e-10 drawn at 1e-10)')
         if max(max(sweep[metric][name]['max']) for name in series) <= LOG_FLOOR:
-          ax.text(0.5, 0.5, 'remaining loss stays < 1e-10 for every budget:\n'
-                  'the forget term cannot disturb $D_r$', transform=ax.transAxes,
-                  ha='center', va='center', fontsize=10)
+          ax.text(
+            0.5,
+            0.5,
+            'remaining loss stays < 1e-10 for every budget:\nthe forget term cannot disturb $D_r$',
+            transform=ax.transAxes,
+            ha='center',
+            va='center',
+            fontsize=10,
+          )
       ax.set_xscale('log')
       ax.set_xlabel(r'regularisation strength $\alpha$')
       ax.set_title(f'{title}: {metric.replace("_", " ")}')
       ax.grid(alpha=0.3, which='both')
       ax.legend(fontsize=8, framealpha=0.9)
-  fig.suptitle(r'Regularised FT $L(w, D_r) + \alpha\,(1/n_f)\|X_f w - 0\|^2$ from $w_o$: '
-               r'$\alpha$ sets the speed, not the limit (same step size for every $\alpha$)',
-               fontsize=12)
+  fig.suptitle(
+    r'Regularised FT $L(w, D_r) + \alpha\,(1/n_f)\|X_f w - 0\|^2$ from $w_o$: '
+    r'$\alpha$ sets the speed, not the limit (same step size for every $\alpha$)',
+    fontsize=12,
+  )
   return fig
 
 
 def _write_atomically(path: str, mode: str, write) -> None:
   """Writes via a temporary file in the same directory, then os.replace (never a torn file)."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-',
-                             suffix=os.path.basename(path))
+  fd, tmp = tempfile.mkstemp(
+    dir=os.path.dirname(path), prefix='.tmp-', suffix=os.path.basename(path)
+  )
   try:
     with os.fdopen(fd, mode) as f:
       write(f)
@@ -389,9 +477,11 @@ def write_outputs(results: dict, workdir: str) -> list[str]:
   """Writes the three PNGs and results.json into workdir; returns their paths."""
   os.makedirs(workdir, exist_ok=True)
   paths = []
-  for name, plot in (('loss_curves.png', plot_loss_curves),
-                     ('overlap_sweep.png', plot_overlap_sweep),
-                     ('alpha_sweep.png', plot_alpha_sweep)):
+  for name, plot in (
+    ('loss_curves.png', plot_loss_curves),
+    ('overlap_sweep.png', plot_overlap_sweep),
+    ('alpha_sweep.png', plot_alpha_sweep),
+  ):
     fig = plot(results)
     path = os.path.join(workdir, name)
     _write_atomically(path, 'wb', lambda f, fig=fig: fig.savefig(f, format='png', dpi=110))
@@ -408,22 +498,30 @@ def format_table(results: dict) -> str:
   lines = ['reg_ft = regularised FT (alpha = 1) at its limit; every row is a closed form.']
   for scenario, table in results['endpoints'].items():
     d_lap = results['loss_curves'][scenario]['d_lap']
-    lines.append(f'{scenario} features (d_lap/d = {d_lap / results["config"]["d"]:.2f}), '
-                 f'mean over {results["config"]["seeds"]} seeds')
+    lines.append(
+      f'{scenario} features (d_lap/d = {d_lap / results["config"]["d"]:.2f}), '
+      f'mean over {results["config"]["seeds"]} seeds'
+    )
     lines.append(f'  {"method":<15}{"remaining":>12}{"unlearning":>12}{"gap to golden":>15}')
     for name in TABLE_METHODS:
-      lines.append(f'  {name:<15}{table["remaining_loss"][name]["mean"][0]:>12.3e}'
-                   f'{table["unlearning_loss"][name]["mean"][0]:>12.4f}'
-                   f'{table["gap_to_golden"][name]["mean"][0]:>15.4f}')
+      lines.append(
+        f'  {name:<15}{table["remaining_loss"][name]["mean"][0]:>12.3e}'
+        f'{table["unlearning_loss"][name]["mean"][0]:>12.4f}'
+        f'{table["gap_to_golden"][name]["mean"][0]:>15.4f}'
+      )
     deviations = results['loss_curves'][scenario]['max_abs_gd_minus_closed_form']
-    lines.append('  GD end vs closed form, max |dw|: '
-                 + ', '.join(f'{k} {v:.1e}' for k, v in deviations.items()))
+    lines.append(
+      '  GD end vs closed form, max |dw|: '
+      + ', '.join(f'{k} {v:.1e}' for k, v in deviations.items())
+    )
   sweep = results['overlap_sweep']
   lines.append('gap to golden against overlap (mean over seeds)')
   lines.append(f'  {"d_lap/d":<9}' + ''.join(f'{name:>15}' for name in SWEEP_METHODS))
   for i, ratio in enumerate(sweep['overlap_ratio']):
-    lines.append(f'  {ratio:<9.2f}' + ''.join(
-        f'{sweep["gap_to_golden"][name]["mean"][i]:>15.4f}' for name in SWEEP_METHODS))
+    lines.append(
+      f'  {ratio:<9.2f}'
+      + ''.join(f'{sweep["gap_to_golden"][name]["mean"][i]:>15.4f}' for name in SWEEP_METHODS)
+    )
   return '\n'.join(lines)
 
 

@@ -17,8 +17,9 @@ from jaxunlearn import cli, many_models, sharding
 from jaxunlearn.config import from_config_dict
 
 _CONFIG = cli.define_config(
-    os.path.join(os.path.dirname(__file__), 'configs', 'many_models.py'),
-    'Many-model evaluation config file.')
+  os.path.join(os.path.dirname(__file__), 'configs', 'many_models.py'),
+  'Many-model evaluation config file.',
+)
 
 
 def main(argv):
@@ -30,8 +31,10 @@ def main(argv):
   many_models.model_mesh(cfg)
   payload = many_models.run(study, cfg)
   print(many_models.markdown_table(payload['rows']))
-  print(f'\n{many_models.TABLE_NOTE}\n\nResults in {study.experiment_dir}/many_K{cfg.num_models} '
-        f'(wall time {payload["wall_seconds"]:.0f} s)')
+  print(
+    f'\n{many_models.TABLE_NOTE}\n\nResults in {study.experiment_dir}/many_K{cfg.num_models} '
+    f'(wall time {payload["wall_seconds"]:.0f} s)'
+  )
 
 
 if __name__ == '__main__':

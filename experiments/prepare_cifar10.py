@@ -34,14 +34,21 @@ SPLIT_SIZES = {'train': 50_000, 'test': 10_000}
 NUM_CLASSES = 10
 
 _ARCHIVE = flags.DEFINE_string(
-    'archive', os.path.normpath(os.path.join(REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')),
-    'The archive cifar10-jpeg.tar.gz.')
+  'archive',
+  os.path.normpath(os.path.join(REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')),
+  'The archive cifar10-jpeg.tar.gz.',
+)
 _DEST = flags.DEFINE_string(
-    'dest', '', 'Folder to extract into (it gets DEST/cifar10-jpeg); default: '
-    '$JAXUNLEARN_DATA_DIR/downloads, or ~/.cache/jaxunlearn/tfds/downloads.')
+  'dest',
+  '',
+  'Folder to extract into (it gets DEST/cifar10-jpeg); default: '
+  '$JAXUNLEARN_DATA_DIR/downloads, or ~/.cache/jaxunlearn/tfds/downloads.',
+)
 _DATA_DIR = flags.DEFINE_string(
-    'data_dir', '', 'The data dir the build goes to (default: $JAXUNLEARN_DATA_DIR or '
-    '~/.cache/jaxunlearn/tfds).')
+  'data_dir',
+  '',
+  'The data dir the build goes to (default: $JAXUNLEARN_DATA_DIR or ~/.cache/jaxunlearn/tfds).',
+)
 _BUILD = flags.DEFINE_bool('build', True, 'Also build the image folder into array_record files.')
 
 
@@ -80,8 +87,9 @@ def extract(archive: str, dest: str) -> str:
     print(f'{folder} exists: not extracting again.')
     return folder
   if not os.path.isfile(archive):
-    raise app.UsageError(f'--archive: {archive} does not exist (it is in ../shared/data of the '
-                         'project checkout).')
+    raise app.UsageError(
+      f'--archive: {archive} does not exist (it is in ../shared/data of the project checkout).'
+    )
   found = sha256_of(archive)
   if found != ARCHIVE_SHA256:
     raise app.UsageError(f'--archive: {archive} has sha256 {found}, expected {ARCHIVE_SHA256}.')
@@ -110,9 +118,11 @@ def main(argv):
   if _BUILD.value:
     start = time.perf_counter()
     dataset = data.load_dataset(spec, data_dir)
-    print(f'{dataset.info.name}: {len(dataset.train)} train and {len(dataset.test)} test images '
-          f'{dataset.info.image_shape}, classes {", ".join(dataset.info.class_names)}; loaded in '
-          f'{time.perf_counter() - start:.1f} s.')
+    print(
+      f'{dataset.info.name}: {len(dataset.train)} train and {len(dataset.test)} test images '
+      f'{dataset.info.image_shape}, classes {", ".join(dataset.info.class_names)}; loaded in '
+      f'{time.perf_counter() - start:.1f} s.'
+    )
   print(f'Use: --config.dataset={spec}')
 
 

@@ -65,9 +65,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxunlearn import sharding
-from jaxunlearn.models import create_model, set_compute_dtype
 from jaxunlearn.config import OptimizerConfig
 from jaxunlearn.config import sgd as sgd_settings
+from jaxunlearn.models import create_model, set_compute_dtype
 from jaxunlearn.optim import make_optimizer, make_schedule, mask_updates
 
 NUM_CLASSES = 10
@@ -94,6 +94,7 @@ class AgreementError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Case:
   """One model, batch size and compute dtype, timed for some step kinds."""
+
   model: str
   batch: int
   compute: str = 'float32'
@@ -109,6 +110,7 @@ class Case:
 @dataclasses.dataclass(frozen=True)
 class RunCase:
   """A whole SFR-on schedule on ResNet-18 with random CIFAR-sized data."""
+
   batch: int
   iterations: int
   num_forget: int
@@ -120,27 +122,34 @@ class RunCase:
 # CPU sizes keep the whole run to a few minutes on 2 cores: ResNet-18 and ViT-Tiny at batch 16
 # with few timed steps; the CNN at its training batch of 128.
 PRESETS = {
-    'cpu': dict(cases=(
-        Case('cnn', 128, timed_steps=10, repeats=7),
-        Case('resnet18', 16, timed_steps=2, repeats=3),
-        Case('vit_tiny', 16, timed_steps=2, repeats=3),
-    ), run=RunCase(batch=16, iterations=10, num_forget=64, num_retain=192)),
-    'gpu': dict(cases=(
-        Case('cnn', 128, timed_steps=100, repeats=5),
-        Case('cnn', 512, kinds=('sgd',), timed_steps=100, repeats=5),
-        Case('resnet18', 128, timed_steps=30, repeats=5),
-        Case('resnet18', 128, 'tf32', kinds=('sgd',), timed_steps=30, repeats=5),
-        Case('resnet18', 128, 'bfloat16', kinds=('sgd',), timed_steps=30, repeats=5),
-        Case('resnet18', 256, kinds=('sgd',), timed_steps=30, repeats=5),
-        Case('resnet18', 256, 'bfloat16', kinds=('sgd',), timed_steps=30, repeats=5),
-        Case('vit_tiny', 128, timed_steps=30, repeats=5),
-        Case('vit_tiny', 128, 'bfloat16', kinds=('sgd',), timed_steps=30, repeats=5),
-    ), run=RunCase(batch=128, iterations=500, num_forget=5000, num_retain=45000)),
+  'cpu': dict(
+    cases=(
+      Case('cnn', 128, timed_steps=10, repeats=7),
+      Case('resnet18', 16, timed_steps=2, repeats=3),
+      Case('vit_tiny', 16, timed_steps=2, repeats=3),
+    ),
+    run=RunCase(batch=16, iterations=10, num_forget=64, num_retain=192),
+  ),
+  'gpu': dict(
+    cases=(
+      Case('cnn', 128, timed_steps=100, repeats=5),
+      Case('cnn', 512, kinds=('sgd',), timed_steps=100, repeats=5),
+      Case('resnet18', 128, timed_steps=30, repeats=5),
+      Case('resnet18', 128, 'tf32', kinds=('sgd',), timed_steps=30, repeats=5),
+      Case('resnet18', 128, 'bfloat16', kinds=('sgd',), timed_steps=30, repeats=5),
+      Case('resnet18', 256, kinds=('sgd',), timed_steps=30, repeats=5),
+      Case('resnet18', 256, 'bfloat16', kinds=('sgd',), timed_steps=30, repeats=5),
+      Case('vit_tiny', 128, timed_steps=30, repeats=5),
+      Case('vit_tiny', 128, 'bfloat16', kinds=('sgd',), timed_steps=30, repeats=5),
+    ),
+    run=RunCase(batch=128, iterations=500, num_forget=5000, num_retain=45000),
+  ),
 }
 
 
-def sgd_config(lr: float, momentum: float = MOMENTUM,
-               weight_decay: float = WEIGHT_DECAY) -> OptimizerConfig:
+def sgd_config(
+  lr: float, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY
+) -> OptimizerConfig:
   """The optimizer config of `jaxunlearn.optim.make_optimizer`: SGD, constant `lr`."""
   return sgd_settings(lr, momentum=momentum, weight_decay=weight_decay)
 
@@ -148,9 +157,10 @@ def sgd_config(lr: float, momentum: float = MOMENTUM,
 def mask_final_update(mask) -> optax.GradientTransformation:
   """Chained last, multiplies the final update by `mask` (`jaxunlearn.optim.mask_updates`): the
   restatement keeps the mask in the transformation, the library passes it as a run constant."""
-  return optax.GradientTransformation(lambda params: optax.EmptyState(),
-                                      lambda updates, state, params=None: (
-                                          mask_updates(updates, mask), state))
+  return optax.GradientTransformation(
+    lambda params: optax.EmptyState(),
+    lambda updates, state, params=None: (mask_updates(updates, mask), state),
+  )
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -185,11 +195,26 @@ class JaxSteps:
     weight_decay: PyTorch-convention weight decay.
   """
 
-  def __init__(self, name: str, *, input_shape: tuple[int, int, int], seed: int = 0,
-               compute: str = 'float32', model_kwargs: dict | None = None, devices=None,
-               lr: float = LR, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY):
-    model = create_model(name, num_classes=NUM_CLASSES, input_shape=input_shape,
-                         rngs=nnx.Rngs(seed), **(model_kwargs or {}))
+  def __init__(
+    self,
+    name: str,
+    *,
+    input_shape: tuple[int, int, int],
+    seed: int = 0,
+    compute: str = 'float32',
+    model_kwargs: dict | None = None,
+    devices=None,
+    lr: float = LR,
+    momentum: float = MOMENTUM,
+    weight_decay: float = WEIGHT_DECAY,
+  ):
+    model = create_model(
+      name,
+      num_classes=NUM_CLASSES,
+      input_shape=input_shape,
+      rngs=nnx.Rngs(seed),
+      **(model_kwargs or {}),
+    )
     if compute == 'bfloat16':
       set_compute_dtype(model, 'bfloat16')
     self.graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -200,19 +225,22 @@ class JaxSteps:
     self.lr = lr
     sgd = lambda rate: make_optimizer(sgd_config(rate, momentum, weight_decay), 1)
     self.txs = {
-        'sgd': sgd(lr),
-        'salun': optax.chain(sgd(lr), mask_final_update(mask)),
-        # SFR-on's fast optimisers step with learning rate 1; the step scales the update by the
-        # iteration's learning rate (as `jaxunlearn.methods.sfron`).
-        'forget': optax.chain(sgd(1.0), mask_final_update(mask)),
-        'remain': sgd(1.0),
+      'sgd': sgd(lr),
+      'salun': optax.chain(sgd(lr), mask_final_update(mask)),
+      # SFR-on's fast optimisers step with learning rate 1; the step scales the update by the
+      # iteration's learning rate (as `jaxunlearn.methods.sfron`).
+      'forget': optax.chain(sgd(1.0), mask_final_update(mask)),
+      'remain': sgd(1.0),
     }
     mesh = Mesh(np.asarray(devices or jax.devices()[:1]), (DATA_AXIS,))
     self.replicated = NamedSharding(mesh, PartitionSpec())
     self.batch_sharded = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
     jit = lambda fn, **kw: jax.jit(fn, donate_argnums=0, out_shardings=self.replicated, **kw)
-    self.steps = {'sgd': jit(self._sgd_step), 'salun': jit(self._salun_step),
-                  'sfron': jit(self._sfron_step)}
+    self.steps = {
+      'sgd': jit(self._sgd_step),
+      'salun': jit(self._salun_step),
+      'sfron': jit(self._sfron_step),
+    }
     self.run_iteration = jit(self._run_iteration, static_argnames='with_forget')
 
   def put_batch(self, batch: dict) -> dict:
@@ -224,24 +252,32 @@ class JaxSteps:
     names = ('forget', 'remain') if kind == 'sfron' else (kind,)
     params = jax.tree.map(jnp.array, self.variables['params'])
     # Copies throughout: the steps donate the state, and `init` returns the mask it was built with.
-    state = {'params': params, 'batch_stats': jax.tree.map(jnp.array, self.variables['batch_stats']),
-             'opt': {n: jax.tree.map(jnp.array, self.txs[n].init(params)) for n in names}}
+    state = {
+      'params': params,
+      'batch_stats': jax.tree.map(jnp.array, self.variables['batch_stats']),
+      'opt': {n: jax.tree.map(jnp.array, self.txs[n].init(params)) for n in names},
+    }
     if kind == 'sfron':
       state['mask'] = jax.tree.map(jnp.array, self.mask)
     return jax.device_put(state, self.replicated)
 
   def forward(self, params: dict, batch_stats: dict, images: jax.Array):
     """Train-mode logits (float32) and the updated BatchNorm statistics."""
-    model = nnx.merge(self.graphdef, _fill(self._templates[0], params),
-                      _fill(self._templates[1], batch_stats))
+    model = nnx.merge(
+      self.graphdef, _fill(self._templates[0], params), _fill(self._templates[1], batch_stats)
+    )
     logits = model(images, train=True)
     return logits.astype(jnp.float32), nnx.state(model, nnx.BatchStat).to_pure_dict()
 
   def _descend(self, state: dict, name: str, loss_fn) -> tuple[dict, jax.Array]:
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
     updates, opt = self.txs[name].update(grads, state['opt'][name], state['params'])
-    return {**state, 'params': optax.apply_updates(state['params'], updates), 'batch_stats': stats,
-            'opt': {**state['opt'], name: opt}}, loss
+    return {
+      **state,
+      'params': optax.apply_updates(state['params'], updates),
+      'batch_stats': stats,
+      'opt': {**state['opt'], name: opt},
+    }, loss
 
   def _sgd_step(self, state: dict, batch: dict):
 
@@ -297,11 +333,13 @@ class JaxSteps:
     return {**state, 'params': params}, (weighted, remain_ce)
 
   def _sfron_step(self, state: dict, batch: dict):
-    return self._sfron(state, batch['forget'], batch['remain'], jnp.float32(self.lr),
-                       jnp.float32(SFRON['scale']))
+    return self._sfron(
+      state, batch['forget'], batch['remain'], jnp.float32(self.lr), jnp.float32(SFRON['scale'])
+    )
 
-  def _run_iteration(self, state: dict, data: dict, forget_idx, remain_idx, lr, scale, *,
-                     with_forget: bool):
+  def _run_iteration(
+    self, state: dict, data: dict, forget_idx, remain_idx, lr, scale, *, with_forget: bool
+  ):
     """One iteration of a whole SFR-on run: batches gathered from uint8 data on the device."""
 
     def batch(source, idx):
@@ -317,17 +355,20 @@ class JaxSteps:
 def make_batch(rng: np.random.Generator, batch: int, input_shape: tuple[int, int, int]) -> dict:
   """Random normalised images, labels, SalUn's random other labels and D_f flags (NumPy)."""
   labels = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
-  return {'image': rng.standard_normal((batch,) + input_shape, np.float32),
-          'label': labels,
-          'random_label': ((labels + rng.integers(1, NUM_CLASSES, batch)) % NUM_CLASSES).astype(
-              np.int32),
-          'is_forget': (np.arange(batch) < FORGET_FRACTION * batch).astype(np.int32)}
+  return {
+    'image': rng.standard_normal((batch,) + input_shape, np.float32),
+    'label': labels,
+    'random_label': ((labels + rng.integers(1, NUM_CLASSES, batch)) % NUM_CLASSES).astype(np.int32),
+    'is_forget': (np.arange(batch) < FORGET_FRACTION * batch).astype(np.int32),
+  }
 
 
 def kind_inputs(kind: str, rng: np.random.Generator, batch: int, input_shape) -> dict:
   if kind == 'sfron':
-    return {'forget': make_batch(rng, batch, input_shape),
-            'remain': make_batch(rng, batch, input_shape)}
+    return {
+      'forget': make_batch(rng, batch, input_shape),
+      'remain': make_batch(rng, batch, input_shape),
+    }
   return make_batch(rng, batch, input_shape)
 
 
@@ -352,24 +393,27 @@ class Precision:
   def __init__(self, compute: str):
     self.compute = compute
     self._jax = jax.default_matmul_precision(
-        'tensorfloat32' if compute == 'tf32' else 'highest' if compute == 'float32' else None)
+      'tensorfloat32' if compute == 'tf32' else 'highest' if compute == 'float32' else None
+    )
 
   def __enter__(self):
     import torch
+
     self._saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (
-        self.compute == 'tf32')
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.compute == 'tf32'
     self._jax.__enter__()
     return self
 
   def __exit__(self, *exc):
     import torch
+
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved
     return self._jax.__exit__(*exc)
 
 
 def _sync_torch(device) -> None:
   import torch
+
   if device.type == 'cuda':
     torch.cuda.synchronize(device)
 
@@ -381,21 +425,25 @@ def _losses(value) -> list[float]:
 
 def relative_difference(a: list[float], b: list[float]) -> float:
   """max_i |a_i - b_i| / max(|b_i|, 1e-6), over the finite pairs (NaN marks no value)."""
-  diffs = [abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a, b)
-           if not (np.isnan(x) and np.isnan(y))]
+  diffs = [
+    abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a, b) if not (np.isnan(x) and np.isnan(y))
+  ]
   return max(diffs) if diffs else 0.0
 
 
 def parameter_difference(jax_params: dict, torch_params: dict) -> float:
   """||theta_jax - theta_torch|| / ||theta_torch|| over all parameters (Flax layouts)."""
-  diff = sum(float(np.sum((np.asarray(a, np.float64) - b) ** 2))
-             for a, b in zip(jax.tree.leaves(jax_params), jax.tree.leaves(torch_params)))
+  diff = sum(
+    float(np.sum((np.asarray(a, np.float64) - b) ** 2))
+    for a, b in zip(jax.tree.leaves(jax_params), jax.tree.leaves(torch_params))
+  )
   norm = sum(float(np.sum(np.asarray(b, np.float64) ** 2)) for b in jax.tree.leaves(torch_params))
   return float(np.sqrt(diff / norm))
 
 
-def interleaved(runners: dict[str, Callable[[int], None]], steps: int,
-                repeats: int) -> dict[str, list[float]]:
+def interleaved(
+  runners: dict[str, Callable[[int], None]], steps: int, repeats: int
+) -> dict[str, list[float]]:
   """Seconds per step of each runner, `repeats` rounds of `steps` steps, in the order A, B, B, A,
   A, B, ... so that a drift of the machine's load does not favour one side."""
   times = {name: [] for name in runners}
@@ -408,8 +456,9 @@ def interleaved(runners: dict[str, Callable[[int], None]], steps: int,
   return times
 
 
-def _check_agreement(label: str, jax_losses, torch_losses, jax_params, torch_params,
-                     compute: str) -> dict:
+def _check_agreement(
+  label: str, jax_losses, torch_losses, jax_params, torch_params, compute: str
+) -> dict:
   """The relative differences of one JAX side from torch; raises AgreementError beyond the
   tolerances of `compute`."""
   first = relative_difference(jax_losses[0], torch_losses[0])
@@ -418,15 +467,21 @@ def _check_agreement(label: str, jax_losses, torch_losses, jax_params, torch_par
   tolerance = TOLERANCES[compute]
   if not (first <= tolerance[0] and rel <= tolerance[1] and params_diff <= tolerance[1]):
     raise AgreementError(
-        f'{label}: relative differences: first loss {first:.2e}, losses {rel:.2e}, parameters '
-        f'{params_diff:.2e} (tolerances {tolerance}): jax {jax_losses}, torch {torch_losses}.')
-  return {'jax_losses': jax_losses, 'first_loss_relative_difference': first,
-          'loss_relative_difference': rel, 'params_relative_difference': params_diff,
-          'loss_tolerances': tolerance}
+      f'{label}: relative differences: first loss {first:.2e}, losses {rel:.2e}, parameters '
+      f'{params_diff:.2e} (tolerances {tolerance}): jax {jax_losses}, torch {torch_losses}.'
+    )
+  return {
+    'jax_losses': jax_losses,
+    'first_loss_relative_difference': first,
+    'loss_relative_difference': rel,
+    'params_relative_difference': params_diff,
+    'loss_tolerances': tolerance,
+  }
 
 
-def compare_case(case: Case, device, jax_devices=None, single_device_baseline: bool = False,
-                 seed: int = 0) -> dict:
+def compare_case(
+  case: Case, device, jax_devices=None, single_device_baseline: bool = False, seed: int = 0
+) -> dict:
   """Agreement check and interleaved timing of every step kind of `case`.
 
   Args:
@@ -453,8 +508,9 @@ def compare_case(case: Case, device, jax_devices=None, single_device_baseline: b
 
   input_shape = INPUT_SHAPES[case.model]
   devices = list(jax_devices or jax.devices()[:1])
-  build = lambda devs: JaxSteps(case.model, input_shape=input_shape, seed=seed,
-                                compute=case.compute, devices=devs)
+  build = lambda devs: JaxSteps(
+    case.model, input_shape=input_shape, seed=seed, compute=case.compute, devices=devs
+  )
   sides = {'jax': build(devices)}
   if single_device_baseline and len(devices) > 1:
     sides['jax_1device'] = build(devices[:1])
@@ -464,20 +520,30 @@ def compare_case(case: Case, device, jax_devices=None, single_device_baseline: b
   for kind in case.kinds:
     rng = np.random.default_rng(seed + 1)
     batches = [kind_inputs(kind, rng, case.batch, input_shape) for _ in range(AGREEMENT_STEPS)]
-    torch_model = torch_reference.create_model(case.model, num_classes=NUM_CLASSES,
-                                               input_shape=input_shape)
+    torch_model = torch_reference.create_model(
+      case.model, num_classes=NUM_CLASSES, input_shape=input_shape
+    )
     torch_reference.load_jax_variables(torch_model, reference.variables)
-    stepper = torch_reference.Stepper(torch_model.to(device), reference.variables['params'],
-                                      reference.mask, lr=LR, momentum=MOMENTUM,
-                                      weight_decay=WEIGHT_DECAY, autocast_dtype=autocast)
-    torch_step = {'sgd': stepper.sgd_step, 'salun': stepper.salun_step,
-                  'sfron': lambda b: stepper.sfron_iteration(b['forget'], b['remain'], lr=LR,
-                                                             **SFRON)}[kind]
+    stepper = torch_reference.Stepper(
+      torch_model.to(device),
+      reference.variables['params'],
+      reference.mask,
+      lr=LR,
+      momentum=MOMENTUM,
+      weight_decay=WEIGHT_DECAY,
+      autocast_dtype=autocast,
+    )
+    torch_step = {
+      'sgd': stepper.sgd_step,
+      'salun': stepper.salun_step,
+      'sfron': lambda b: stepper.sfron_iteration(b['forget'], b['remain'], lr=LR, **SFRON),
+    }[kind]
     states = {name: side.init_state(kind) for name, side in sides.items()}
     with Precision(case.compute):
       torch_losses = [_losses(torch_step(to_torch(batch, device))) for batch in batches]
-      torch_params = torch_reference.jax_tree(torch_model, reference.variables['params'],
-                                              dict(torch_model.named_parameters()))
+      torch_params = torch_reference.jax_tree(
+        torch_model, reference.variables['params'], dict(torch_model.named_parameters())
+      )
       result = {'torch_losses': torch_losses}
       for name, side in sides.items():
         losses = []
@@ -487,9 +553,14 @@ def compare_case(case: Case, device, jax_devices=None, single_device_baseline: b
           losses.append(_losses(jax.device_get(loss)))
           if i == 0:
             compile_s = time.perf_counter() - t0
-        result[name] = _check_agreement(f'{case.name} {kind} ({name})', losses, torch_losses,
-                                        jax.device_get(states[name]['params']), torch_params,
-                                        case.compute)
+        result[name] = _check_agreement(
+          f'{case.name} {kind} ({name})',
+          losses,
+          torch_losses,
+          jax.device_get(states[name]['params']),
+          torch_params,
+          case.compute,
+        )
         result[name]['compile_s'] = compile_s
 
       def jax_runner(name):
@@ -516,19 +587,28 @@ def compare_case(case: Case, device, jax_devices=None, single_device_baseline: b
       times = interleaved(runners, case.timed_steps, case.repeats)
     for name in sides:
       ratios = [j / t for j, t in zip(times[name], times['torch'])]
-      result[name].update({
+      result[name].update(
+        {
           'step_s': float(np.median(times[name])),
           'time_ratio_jax_over_torch': float(np.median(ratios)),
           'time_ratio_of_minima': min(times[name]) / min(times['torch']),
-          'speedup_jax_vs_torch': float(np.median([1.0 / r for r in ratios]))})
+          'speedup_jax_vs_torch': float(np.median([1.0 / r for r in ratios])),
+        }
+      )
     result['torch_step_s'] = float(np.median(times['torch']))
     result['times_s'] = times
     results[kind] = result
-    sides_text = '  '.join(f'{name} {result[name]["step_s"] * 1e3:.2f} ms '
-                           f'({result[name]["time_ratio_jax_over_torch"]:.2f})' for name in sides)
-    print(f'{case.name:26s} {kind:6s} {sides_text}  torch {result["torch_step_s"] * 1e3:.2f} ms  '
-          f'(loss rel diff {result["jax"]["loss_relative_difference"]:.1e}, compile '
-          f'{result["jax"]["compile_s"]:.1f}s)', flush=True)
+    sides_text = '  '.join(
+      f'{name} {result[name]["step_s"] * 1e3:.2f} ms '
+      f'({result[name]["time_ratio_jax_over_torch"]:.2f})'
+      for name in sides
+    )
+    print(
+      f'{case.name:26s} {kind:6s} {sides_text}  torch {result["torch_step_s"] * 1e3:.2f} ms  '
+      f'(loss rel diff {result["jax"]["loss_relative_difference"]:.1e}, compile '
+      f'{result["jax"]["compile_s"]:.1f}s)',
+      flush=True,
+    )
   return results
 
 
@@ -550,43 +630,71 @@ def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
   input_shape = INPUT_SHAPES['resnet18']
   kwargs = {'width': run.width}
   rng = np.random.default_rng(seed + 2)
-  data = {source: {'image': rng.integers(0, 256, (n,) + input_shape, dtype=np.uint8),
-                   'label': rng.integers(0, NUM_CLASSES, n).astype(np.int32)}
-          for source, n in (('forget', run.num_forget), ('remain', run.num_retain))}
+  data = {
+    source: {
+      'image': rng.integers(0, 256, (n,) + input_shape, dtype=np.uint8),
+      'label': rng.integers(0, NUM_CLASSES, n).astype(np.int32),
+    }
+    for source, n in (('forget', run.num_forget), ('remain', run.num_retain))
+  }
   schedule = []
   for t in range(run.iterations):
     with_forget = t % run.forget_every == 0
-    schedule.append((with_forget,
-                     rng.choice(run.num_forget, run.batch, replace=False).astype(np.int32),
-                     rng.choice(run.num_retain, run.batch, replace=False).astype(np.int32)))
+    schedule.append(
+      (
+        with_forget,
+        rng.choice(run.num_forget, run.batch, replace=False).astype(np.int32),
+        rng.choice(run.num_retain, run.batch, replace=False).astype(np.int32),
+      )
+    )
   lr = make_schedule(OptimizerConfig(lr=LR, schedule='cosine'), run.iterations)
   lrs = [float(lr(t)) for t in range(run.iterations)]
-  scales = [SFRON['scale'] * 0.5 * (1.0 + np.cos(np.pi * t / run.iterations))
-            for t in range(run.iterations)]
-  jax_steps = JaxSteps('resnet18', input_shape=input_shape, seed=seed, model_kwargs=kwargs,
-                       devices=jax_devices)
+  scales = [
+    SFRON['scale'] * 0.5 * (1.0 + np.cos(np.pi * t / run.iterations)) for t in range(run.iterations)
+  ]
+  jax_steps = JaxSteps(
+    'resnet18', input_shape=input_shape, seed=seed, model_kwargs=kwargs, devices=jax_devices
+  )
   jax_data = jax.device_put(data, jax_steps.replicated)
-  torch_data = {s: {'image': torch.from_numpy(d['image']).permute(0, 3, 1, 2).contiguous().to(
-      device), 'label': torch.from_numpy(d['label']).long().to(device)} for s, d in data.items()}
+  torch_data = {
+    s: {
+      'image': torch.from_numpy(d['image']).permute(0, 3, 1, 2).contiguous().to(device),
+      'label': torch.from_numpy(d['label']).long().to(device),
+    }
+    for s, d in data.items()
+  }
   mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
   std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
 
   def run_jax():
     state, losses = jax_steps.init_state('sfron'), []
     for t, (with_forget, f_idx, r_idx) in enumerate(schedule):
-      state, loss = jax_steps.run_iteration(state, jax_data, f_idx, r_idx, np.float32(lrs[t]),
-                                            np.float32(scales[t]), with_forget=with_forget)
+      state, loss = jax_steps.run_iteration(
+        state,
+        jax_data,
+        f_idx,
+        r_idx,
+        np.float32(lrs[t]),
+        np.float32(scales[t]),
+        with_forget=with_forget,
+      )
       losses.append(loss)
     jax.block_until_ready(state)
     return [_losses(jax.device_get(l)) for l in losses]
 
   def run_torch():
-    torch_model = torch_reference.create_model('resnet18', num_classes=NUM_CLASSES,
-                                               input_shape=input_shape, **kwargs)
+    torch_model = torch_reference.create_model(
+      'resnet18', num_classes=NUM_CLASSES, input_shape=input_shape, **kwargs
+    )
     torch_reference.load_jax_variables(torch_model, jax_steps.variables)
-    stepper = torch_reference.Stepper(torch_model.to(device), jax_steps.variables['params'],
-                                      jax_steps.mask, lr=LR, momentum=MOMENTUM,
-                                      weight_decay=WEIGHT_DECAY)
+    stepper = torch_reference.Stepper(
+      torch_model.to(device),
+      jax_steps.variables['params'],
+      jax_steps.mask,
+      lr=LR,
+      momentum=MOMENTUM,
+      weight_decay=WEIGHT_DECAY,
+    )
 
     def batch(source, idx):
       idx = torch.from_numpy(idx).long().to(device)
@@ -596,8 +704,11 @@ def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
     losses = []
     for t, (with_forget, f_idx, r_idx) in enumerate(schedule):
       forget = batch('forget', f_idx) if with_forget else None
-      losses.append(stepper.sfron_iteration(forget, batch('remain', r_idx), lr=lrs[t],
-                                            **{**SFRON, 'scale': scales[t]}))
+      losses.append(
+        stepper.sfron_iteration(
+          forget, batch('remain', r_idx), lr=lrs[t], **{**SFRON, 'scale': scales[t]}
+        )
+      )
     _sync_torch(device)
     return [_losses(l) for l in losses]
 
@@ -609,28 +720,41 @@ def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
         losses = fn()
         timings[f'{side}_{label}_s'] = time.perf_counter() - t0
         timings[f'{side}_losses'] = losses
-  rel = max(relative_difference(a, b) for a, b in zip(timings['jax_losses'][:AGREEMENT_STEPS],
-                                                      timings['torch_losses'][:AGREEMENT_STEPS]))
+  rel = max(
+    relative_difference(a, b)
+    for a, b in zip(
+      timings['jax_losses'][:AGREEMENT_STEPS], timings['torch_losses'][:AGREEMENT_STEPS]
+    )
+  )
   if not rel <= TOLERANCES['float32'][1]:
-    raise AgreementError(f'SFR-on run: first iterations differ by {rel:.2e} relative: jax '
-                         f'{timings["jax_losses"][:AGREEMENT_STEPS]}, torch '
-                         f'{timings["torch_losses"][:AGREEMENT_STEPS]}.')
-  out = {'case': dataclasses.asdict(run), 'loss_relative_difference_first': rel,
-         'jax_losses_first_last': [timings['jax_losses'][0], timings['jax_losses'][-1]],
-         'torch_losses_first_last': [timings['torch_losses'][0], timings['torch_losses'][-1]],
-         **{k: v for k, v in timings.items() if k.endswith('_s')}}
+    raise AgreementError(
+      f'SFR-on run: first iterations differ by {rel:.2e} relative: jax '
+      f'{timings["jax_losses"][:AGREEMENT_STEPS]}, torch '
+      f'{timings["torch_losses"][:AGREEMENT_STEPS]}.'
+    )
+  out = {
+    'case': dataclasses.asdict(run),
+    'loss_relative_difference_first': rel,
+    'jax_losses_first_last': [timings['jax_losses'][0], timings['jax_losses'][-1]],
+    'torch_losses_first_last': [timings['torch_losses'][0], timings['torch_losses'][-1]],
+    **{k: v for k, v in timings.items() if k.endswith('_s')},
+  }
   out['time_ratio_jax_over_torch_warm'] = out['jax_warm_s'] / out['torch_warm_s']
-  print(f'SFR-on run ResNet-18 (width {run.width}) batch {run.batch}, {run.iterations} '
-        f'iterations: jax {out["jax_cold_s"]:.1f}s cold / {out["jax_warm_s"]:.1f}s warm, torch '
-        f'{out["torch_cold_s"]:.1f}s cold / {out["torch_warm_s"]:.1f}s warm, jax/torch (warm) '
-        f'{out["time_ratio_jax_over_torch_warm"]:.2f}', flush=True)
+  print(
+    f'SFR-on run ResNet-18 (width {run.width}) batch {run.batch}, {run.iterations} '
+    f'iterations: jax {out["jax_cold_s"]:.1f}s cold / {out["jax_warm_s"]:.1f}s warm, torch '
+    f'{out["torch_cold_s"]:.1f}s cold / {out["torch_warm_s"]:.1f}s warm, jax/torch (warm) '
+    f'{out["time_ratio_jax_over_torch_warm"]:.2f}',
+    flush=True,
+  )
   return out
 
 
 def _git(*args: str) -> str:
   try:
-    return subprocess.run(['git', *args], cwd=os.path.dirname(__file__), capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+      ['git', *args], cwd=os.path.dirname(__file__), capture_output=True, text=True, check=True
+    ).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
     return ''
 
@@ -644,41 +768,61 @@ def environment(device, jax_devices) -> dict:
     with open('/proc/cpuinfo') as f:
       cpu_model = next((line.split(':', 1)[1].strip() for line in f if 'model name' in line), '')
   return {
-      'jax_devices': len(jax_devices),
-      'command': ' '.join([os.path.basename(sys.executable), '-m', 'experiments.benchmark']
-                          + sys.argv[1:]),
-      'git_commit': _git('rev-parse', 'HEAD'),
-      'git_dirty': bool(_git('status', '--porcelain', '--untracked-files=no')),
-      'versions': {'python': platform.python_version(),
-                   **{name: importlib.metadata.version(name)
-                      for name in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'torch')}},
-      'device': {'jax_platform': jax.default_backend(), 'jax_device': jax.devices()[0].device_kind,
-                 'torch_device': str(device),
-                 'torch_device_name': (torch.cuda.get_device_name(device)
-                                       if device.type == 'cuda' else cpu_model),
-                 'host': platform.machine(), 'cpus': len(os.sched_getaffinity(0))},
-      'threads': {'torch_num_threads': torch.get_num_threads(),
-                  'torch_mkldnn_available': torch.backends.mkldnn.is_available(),
-                  'torch_cudnn_benchmark': torch.backends.cudnn.benchmark},
-      'env': {k: os.environ.get(k, '') for k in ('XLA_FLAGS', 'OMP_NUM_THREADS',
-                                                 'OMP_WAIT_POLICY', 'CUDA_VISIBLE_DEVICES')},
+    'jax_devices': len(jax_devices),
+    'command': ' '.join(
+      [os.path.basename(sys.executable), '-m', 'experiments.benchmark'] + sys.argv[1:]
+    ),
+    'git_commit': _git('rev-parse', 'HEAD'),
+    'git_dirty': bool(_git('status', '--porcelain', '--untracked-files=no')),
+    'versions': {
+      'python': platform.python_version(),
+      **{
+        name: importlib.metadata.version(name)
+        for name in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'torch')
+      },
+    },
+    'device': {
+      'jax_platform': jax.default_backend(),
+      'jax_device': jax.devices()[0].device_kind,
+      'torch_device': str(device),
+      'torch_device_name': (
+        torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model
+      ),
+      'host': platform.machine(),
+      'cpus': len(os.sched_getaffinity(0)),
+    },
+    'threads': {
+      'torch_num_threads': torch.get_num_threads(),
+      'torch_mkldnn_available': torch.backends.mkldnn.is_available(),
+      'torch_cudnn_benchmark': torch.backends.cudnn.benchmark,
+    },
+    'env': {
+      k: os.environ.get(k, '')
+      for k in ('XLA_FLAGS', 'OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'CUDA_VISIBLE_DEVICES')
+    },
   }
 
 
 def print_table(results: dict) -> None:
-  print(f'\n{"case":26s} {"step":6s} {"side":12s} {"jax ms":>9s} {"torch ms":>9s} '
-        f'{"jax/torch":>9s} {"speedup":>8s} {"min/min":>8s}')
+  print(
+    f'\n{"case":26s} {"step":6s} {"side":12s} {"jax ms":>9s} {"torch ms":>9s} '
+    f'{"jax/torch":>9s} {"speedup":>8s} {"min/min":>8s}'
+  )
   for case, kinds in results.items():
     for kind, r in kinds.items():
       for side in ('jax', 'jax_1device'):
         if side in r:
           j = r[side]
-          print(f'{case:26s} {kind:6s} {side:12s} {j["step_s"] * 1e3:9.2f} '
-                f'{r["torch_step_s"] * 1e3:9.2f} {j["time_ratio_jax_over_torch"]:9.2f} '
-                f'{j["speedup_jax_vs_torch"]:8.2f} {j["time_ratio_of_minima"]:8.2f}')
-  print('jax/torch: median over rounds of the time ratio (< 1: jaxunlearn faster); speedup: its '
-        'inverse; min/min: the ratio of the fastest rounds (less sensitive to a loaded machine); '
-        'jax_1device: the JAX step on one device, for the gain of the data parallelism.')
+          print(
+            f'{case:26s} {kind:6s} {side:12s} {j["step_s"] * 1e3:9.2f} '
+            f'{r["torch_step_s"] * 1e3:9.2f} {j["time_ratio_jax_over_torch"]:9.2f} '
+            f'{j["speedup_jax_vs_torch"]:8.2f} {j["time_ratio_of_minima"]:8.2f}'
+          )
+  print(
+    'jax/torch: median over rounds of the time ratio (< 1: jaxunlearn faster); speedup: its '
+    'inverse; min/min: the ratio of the fastest rounds (less sensitive to a loaded machine); '
+    'jax_1device: the JAX step on one device, for the gain of the data parallelism.'
+  )
 
 
 def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
@@ -706,11 +850,15 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
   if preset_name == 'auto':
     preset_name = 'cpu' if jax.default_backend() == 'cpu' else 'gpu'
   if preset_name not in PRESETS:
-    raise ValueError(f'device_preset={config.device_preset!r}: allowed: auto, {", ".join(PRESETS)}.')
+    raise ValueError(
+      f'device_preset={config.device_preset!r}: allowed: auto, {", ".join(PRESETS)}.'
+    )
   on_gpu = jax.default_backend() == 'gpu'
   if preset_name == 'gpu' and not on_gpu:
-    raise ValueError(f'device_preset=gpu: JAX runs on {jax.default_backend()}, not a GPU; its sizes '
-                     'would take hours there.')
+    raise ValueError(
+      f'device_preset=gpu: JAX runs on {jax.default_backend()}, not a GPU; its sizes '
+      'would take hours there.'
+    )
   if on_gpu and not torch.cuda.is_available():
     raise RuntimeError('JAX runs on a GPU but torch has no CUDA: the two would not compare.')
   device = torch.device('cuda' if on_gpu else 'cpu')
@@ -742,21 +890,33 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
       changes['repeats'] = config.reference_repeats
     cases.append(dataclasses.replace(case, **changes))
   if out is None:
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+    stamp = datetime.datetime.now(datetime.UTC).strftime('%Y%m%d-%H%M%S')
     out = os.path.join(OUT_DIR, f'torch_reference_{preset_name}_{stamp}.json')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   load_before = os.getloadavg()
   started = time.perf_counter()
   results = {}
-  payload = {'preset': preset_name,
-             'cases': [dataclasses.asdict(c) for c in cases],
-             'note': ('CPU preset: ResNet-18 and ViT-Tiny at batch 16 with 2 timed steps x 3 rounds '
-                      'to finish in a few minutes on 2 cores; the CNN at batch 128.'
-                      if preset_name == 'cpu' else 'GPU preset.'),
-             'hyperparameters': {'lr': LR, 'momentum': MOMENTUM, 'weight_decay': WEIGHT_DECAY,
-                                 'mask_density': MASK_DENSITY, 'forget_fraction': FORGET_FRACTION,
-                                 'sfron': SFRON, 'agreement_steps': AGREEMENT_STEPS},
-             'results': results, **environment(device, jax_devices)}
+  payload = {
+    'preset': preset_name,
+    'cases': [dataclasses.asdict(c) for c in cases],
+    'note': (
+      'CPU preset: ResNet-18 and ViT-Tiny at batch 16 with 2 timed steps x 3 rounds '
+      'to finish in a few minutes on 2 cores; the CNN at batch 128.'
+      if preset_name == 'cpu'
+      else 'GPU preset.'
+    ),
+    'hyperparameters': {
+      'lr': LR,
+      'momentum': MOMENTUM,
+      'weight_decay': WEIGHT_DECAY,
+      'mask_density': MASK_DENSITY,
+      'forget_fraction': FORGET_FRACTION,
+      'sfron': SFRON,
+      'agreement_steps': AGREEMENT_STEPS,
+    },
+    'results': results,
+    **environment(device, jax_devices),
+  }
 
   def write(complete: bool):
     payload['complete'] = complete
@@ -767,15 +927,18 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
 
   # Written after every case, so that a run cut short by a time limit keeps what it measured.
   for case in cases:
-    results[case.name] = compare_case(case, device, jax_devices,
-                                      single_device_baseline=config.cpu_single_device_baseline)
+    results[case.name] = compare_case(
+      case, device, jax_devices, single_device_baseline=config.cpu_single_device_baseline
+    )
     write(complete=False)
   if config.sfron_run:
     payload['sfron_run'] = sfron_run(preset['run'], device, jax_devices)
   write(complete=True)
   print_table(results)
-  print(f'1-minute load average {load_before[0]:.1f} before, {payload["load_average"]["after"][0]:.1f}'
-        f' after, on {len(os.sched_getaffinity(0))} cores; JAX on {len(jax_devices)} '
-        f'{jax_devices[0].platform} device(s).')
+  print(
+    f'1-minute load average {load_before[0]:.1f} before, {payload["load_average"]["after"][0]:.1f}'
+    f' after, on {len(os.sched_getaffinity(0))} cores; JAX on {len(jax_devices)} '
+    f'{jax_devices[0].platform} device(s).'
+  )
   print(f'wrote {out}')
   return payload

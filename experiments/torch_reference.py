@@ -29,21 +29,32 @@ import torch.nn.functional as F
 from torch import nn
 
 # Flax name of a leaf -> torch name; the rest of the path is kept.
-_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean',
-               'var': 'running_var'}
+_LEAF_NAMES = {
+  'kernel': 'weight',
+  'scale': 'weight',
+  'bias': 'bias',
+  'mean': 'running_mean',
+  'var': 'running_var',
+}
 
 
 class CNN(nn.Module):
   """`jaxunlearn.models.CNN`: [Conv 3x3 -> ReLU -> MaxPool 2x2] per channel width -> Dense ->
   ReLU -> head, on NCHW inputs."""
 
-  def __init__(self, num_classes: int, input_shape: tuple[int, int, int],
-               channels=(32, 64), dense_width: int = 128):
+  def __init__(
+    self,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    channels=(32, 64),
+    dense_width: int = 128,
+  ):
     super().__init__()
     height, width, in_channels = input_shape
     widths = (in_channels,) + tuple(channels)
     self.convs = nn.ModuleList(
-        [nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(widths[:-1], widths[1:])])
+      [nn.Conv2d(c_in, c_out, 3, padding=1) for c_in, c_out in zip(widths[:-1], widths[1:])]
+    )
     for _ in channels:
       height, width = height // 2, width // 2
     # The Flax kernel of `dense` reads its rows in (h, w, c) order; see `load_jax_variables`.
@@ -83,14 +94,19 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
   """`jaxunlearn.models.ResNet` (CIFAR stem); `model.train()` is Flax's ``train=True``."""
 
-  def __init__(self, num_classes: int, input_shape: tuple[int, int, int],
-               stage_sizes=(2, 2, 2, 2), width: int = 64):
+  def __init__(
+    self,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    stage_sizes=(2, 2, 2, 2),
+    width: int = 64,
+  ):
     super().__init__()
     self.stem_conv = nn.Conv2d(input_shape[2], width, 3, 1, padding=1, bias=False)
     self.stem_bn = nn.BatchNorm2d(width, eps=1e-5, momentum=0.1)
     in_channels = width
     for stage, num_blocks in enumerate(stage_sizes):
-      out_channels = width * 2 ** stage
+      out_channels = width * 2**stage
       blocks = []
       for block in range(num_blocks):
         blocks.append(BasicBlock(in_channels, out_channels, 2 if stage > 0 and block == 0 else 1))
@@ -120,8 +136,9 @@ class SelfAttention(nn.Module):
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     batch, tokens, width = x.shape
     heads = lambda t: t.view(batch, tokens, self.num_heads, -1).transpose(1, 2)
-    attended = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)),
-                                              heads(self.value(x)))
+    attended = F.scaled_dot_product_attention(
+      heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+    )
     return self.out(attended.transpose(1, 2).reshape(batch, tokens, width))
 
 
@@ -144,8 +161,16 @@ class EncoderBlock(nn.Module):
 class ViT(nn.Module):
   """`jaxunlearn.models.ViT` with class-token pooling."""
 
-  def __init__(self, num_classes: int, input_shape: tuple[int, int, int], patch_size: int = 4,
-               width: int = 192, depth: int = 6, num_heads: int = 3, mlp_dim: int | None = None):
+  def __init__(
+    self,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    patch_size: int = 4,
+    width: int = 192,
+    depth: int = 6,
+    num_heads: int = 3,
+    mlp_dim: int | None = None,
+  ):
     super().__init__()
     height, img_width, channels = input_shape
     mlp_dim = 4 * width if mlp_dim is None else mlp_dim
@@ -165,8 +190,9 @@ class ViT(nn.Module):
     return self.head(self.final_norm(h)[:, 0])
 
 
-def create_model(name: str, *, num_classes: int, input_shape: tuple[int, int, int],
-                 **kwargs) -> nn.Module:
+def create_model(
+  name: str, *, num_classes: int, input_shape: tuple[int, int, int], **kwargs
+) -> nn.Module:
   """The torch twin of ``jaxunlearn.models.create_model(name, ...)``.
 
   Args:
@@ -186,8 +212,9 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, int, in
     return ViT(num_classes, input_shape, **kwargs)
   if name == 'vit_tiny':
     return ViT(num_classes, input_shape, width=192, depth=12, num_heads=3, mlp_dim=768, **kwargs)
-  raise ValueError(f'No torch re-statement of model {name!r}; allowed: cnn, resnet18, vit, '
-                   'vit_tiny.')
+  raise ValueError(
+    f'No torch re-statement of model {name!r}; allowed: cnn, resnet18, vit, vit_tiny.'
+  )
 
 
 def _flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
@@ -214,8 +241,9 @@ def to_torch_layout(model: nn.Module, path: tuple, value: np.ndarray) -> np.ndar
     return value.transpose(3, 2, 0, 1)
   if isinstance(model, CNN) and path[0] == 'dense':
     height, width, channels = model.flat_hwc
-    return value.reshape(height, width, channels, -1).transpose(3, 2, 0, 1).reshape(
-        value.shape[1], -1)
+    return (
+      value.reshape(height, width, channels, -1).transpose(3, 2, 0, 1).reshape(value.shape[1], -1)
+    )
   return value.T
 
 
@@ -227,8 +255,9 @@ def to_jax_layout(model: nn.Module, path: tuple, value: np.ndarray) -> np.ndarra
     return value.transpose(2, 3, 1, 0)
   if isinstance(model, CNN) and path[0] == 'dense':
     height, width, channels = model.flat_hwc
-    return value.reshape(-1, channels, height, width).transpose(2, 3, 1, 0).reshape(
-        value.shape[1], -1)
+    return (
+      value.reshape(-1, channels, height, width).transpose(2, 3, 1, 0).reshape(value.shape[1], -1)
+    )
   return value.T
 
 
@@ -243,8 +272,10 @@ def load_jax_variables(model: nn.Module, variables: dict) -> None:
   names = {torch_name(path): path for path in flat}
   expected = {k for k in state if not k.endswith('num_batches_tracked')}
   if set(names) != expected:
-    raise ValueError(f'variables do not match: only in JAX {sorted(set(names) - expected)}, only '
-                     f'in torch {sorted(expected - set(names))}.')
+    raise ValueError(
+      f'variables do not match: only in JAX {sorted(set(names) - expected)}, only '
+      f'in torch {sorted(expected - set(names))}.'
+    )
   with torch.no_grad():
     for name, path in names.items():
       value = to_torch_layout(model, path, flat[path])
@@ -258,9 +289,14 @@ def jax_tree(model: nn.Module, like: dict, tensors: dict[str, torch.Tensor]) -> 
   like the Flax pure dict `like`, in Flax layouts (float32 NumPy arrays)."""
 
   def build(tree, prefix):
-    return {key: build(value, prefix + (key,)) if isinstance(value, dict) else to_jax_layout(
-        model, prefix + (key,), tensors[torch_name(prefix + (key,))].detach().float().cpu().numpy())
-            for key, value in tree.items()}
+    return {
+      key: build(value, prefix + (key,))
+      if isinstance(value, dict)
+      else to_jax_layout(
+        model, prefix + (key,), tensors[torch_name(prefix + (key,))].detach().float().cpu().numpy()
+      )
+      for key, value in tree.items()
+    }
 
   return build(like, ())
 
@@ -274,8 +310,10 @@ def parameters_like(model: nn.Module, tree: dict) -> list[torch.Tensor]:
 def tensors_like(model: nn.Module, tree: dict, device=None) -> list[torch.Tensor]:
   """The leaves of the Flax pure dict `tree` (e.g. a 0/1 mask) as torch tensors in torch layouts,
   in the order of `parameters_like`."""
-  return [torch.from_numpy(np.array(to_torch_layout(model, path, value))).to(device)
-          for path, value in _flatten(tree).items()]
+  return [
+    torch.from_numpy(np.array(to_torch_layout(model, path, value))).to(device)
+    for path, value in _flatten(tree).items()
+  ]
 
 
 def cross_entropy_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -304,8 +342,17 @@ class Stepper:
     autocast_dtype: None for float32, else the autocast compute dtype (torch.bfloat16).
   """
 
-  def __init__(self, model: nn.Module, params_tree: dict, mask: dict, *, lr: float,
-               momentum: float, weight_decay: float, autocast_dtype=None):
+  def __init__(
+    self,
+    model: nn.Module,
+    params_tree: dict,
+    mask: dict,
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    autocast_dtype=None,
+  ):
     self.model = model.train()
     self.params = parameters_like(model, params_tree)
     device = self.params[0].device
@@ -337,8 +384,9 @@ class Stepper:
   def _masked_sgd(self, grads, name: str, lr) -> None:
     buffers = self.buffers[name]
     with torch.no_grad():
-      sgd_direction(self.params, grads, buffers, momentum=self.momentum,
-                    weight_decay=self.weight_decay)
+      sgd_direction(
+        self.params, grads, buffers, momentum=self.momentum, weight_decay=self.weight_decay
+      )
       torch._foreach_add_(self.params, torch._foreach_mul(buffers, self.mask), alpha=-lr)
 
   def salun_step(self, batch: dict) -> torch.Tensor:
@@ -349,8 +397,17 @@ class Stepper:
     self._masked_sgd(self._grads(loss), 'salun', self.lr)
     return loss.detach()
 
-  def sfron_iteration(self, forget: dict | None, remain: dict, *, lr: float, scale: float,
-                      lam: float, clip: float, slow_rate: float):
+  def sfron_iteration(
+    self,
+    forget: dict | None,
+    remain: dict,
+    *,
+    lr: float,
+    scale: float,
+    lam: float,
+    clip: float,
+    slow_rate: float,
+  ):
     """One SFR-on iteration: masked, weighted forget ascent (clipped; skipped when `forget` is
     None), one remain descent, then the slow step ``theta_t - alpha (theta_t - theta_r)``.
 
@@ -375,10 +432,10 @@ class Stepper:
     grads = self._grads(remain_ce)
     with torch.no_grad():
       buffers = self.buffers['remain']
-      sgd_direction(self.params, grads, buffers, momentum=self.momentum,
-                    weight_decay=self.weight_decay)
+      sgd_direction(
+        self.params, grads, buffers, momentum=self.momentum, weight_decay=self.weight_decay
+      )
       torch._foreach_add_(self.params, buffers, alpha=-lr)
       # fast + (1 - alpha)(slow - fast), the form of the JAX side.
-      torch._foreach_add_(self.params, torch._foreach_sub(slow, self.params),
-                          alpha=1.0 - slow_rate)
+      torch._foreach_add_(self.params, torch._foreach_sub(slow, self.params), alpha=1.0 - slow_rate)
     return weighted, remain_ce.detach()

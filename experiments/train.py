@@ -10,13 +10,12 @@ checkpoints/, config.json and metrics.json, and the experiment directory holds t
 import json
 import os
 
-
 import jaxunlearn
 from jaxunlearn import cli
 
 _CONFIG = cli.define_config(
-    os.path.join(os.path.dirname(__file__), 'configs', 'train.py'),
-    'Training config file.')
+  os.path.join(os.path.dirname(__file__), 'configs', 'train.py'), 'Training config file.'
+)
 TRAIN_CHOICES = ('original', 'retrain', 'both')
 
 
@@ -24,8 +23,9 @@ def main(argv):
   del argv
   config = _CONFIG.value
   if config.train not in TRAIN_CHOICES:
-    raise jaxunlearn.ConfigError(f'--config.train={config.train!r}: must be one of '
-                                 f'{", ".join(TRAIN_CHOICES)}.')
+    raise jaxunlearn.ConfigError(
+      f'--config.train={config.train!r}: must be one of {", ".join(TRAIN_CHOICES)}.'
+    )
   study = jaxunlearn.Study(config)
   results = {}
   if config.train in ('original', 'both'):

@@ -29,17 +29,19 @@ import jaxunlearn
 from jaxunlearn import cli, report
 
 _CONFIG = cli.define_config(
-    os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'), 'Study config file.')
+  os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'), 'Study config file.'
+)
 _TUNE_SPLIT_SEED = flags.DEFINE_integer('tune_split_seed', 1, 'The split the tuning runs on.')
-_MULTIPLIERS = flags.DEFINE_list('multipliers', ['0.3', '1', '3'],
-                                 'Scales of each tuned knob of each method (the budget).')
+_MULTIPLIERS = flags.DEFINE_list(
+  'multipliers', ['0.3', '1', '3'], 'Scales of each tuned knob of each method (the budget).'
+)
 
 COMPLEMENT = '1-'
 
 
 def field_name(knob: str) -> str:
   """The dotted config field of a tuned knob ('1-beta' -> 'beta')."""
-  return knob[len(COMPLEMENT):] if knob.startswith(COMPLEMENT) else knob
+  return knob[len(COMPLEMENT) :] if knob.startswith(COMPLEMENT) else knob
 
 
 def get_field(cfg, dotted: str):
@@ -98,20 +100,24 @@ def tune(config, split_seed: int, multipliers: list[float]) -> dict:
     'AvgGap': gap}], 'skipped': [{'values', 'reason'}], 'chosen': {field: value}}}.
   """
   if split_seed == config.split_seed:
-    raise jaxunlearn.ConfigError(f'--tune_split_seed={split_seed}: must differ from the reported '
-                                 f'--config.split_seed ({config.split_seed}).')
+    raise jaxunlearn.ConfigError(
+      f'--tune_split_seed={split_seed}: must differ from the reported '
+      f'--config.split_seed ({config.split_seed}).'
+    )
   trial_config = copy.deepcopy(config)
   trial_config.split_seed, trial_config.seeds = split_seed, '0'
   trial_config.results_name, trial_config.plot = 'tuning', False
   out, rows = {}, []
   for name in jaxunlearn.methods.parse_methods(config.methods):
     if name not in jaxunlearn.methods.names():
-      continue    # a group of variants is not tuned
+      continue  # a group of variants is not tuned
     method = jaxunlearn.methods.get(name)
     fields = [field_name(k) for k in method.tune]
     defaults = {f: get_field(config.method[name], f) for f in fields}
-    grids = [knob_values(k, defaults[f], field_rule(method.config, f), multipliers)
-             for k, f in zip(method.tune, fields)]
+    grids = [
+      knob_values(k, defaults[f], field_rule(method.config, f), multipliers)
+      for k, f in zip(method.tune, fields)
+    ]
     out[name] = {'knobs': list(method.tune), 'defaults': defaults, 'trials': [], 'skipped': []}
     for combination in itertools.product(*grids):
       values = dict(zip(fields, combination))
@@ -133,12 +139,17 @@ def tune(config, split_seed: int, multipliers: list[float]) -> dict:
   for name, entry in out.items():
     for trial in entry['trials']:
       trial['AvgGap'] = summary[trial.pop('row')]['AvgGap']['mean']
-    best = min(entry['trials'],
-               key=lambda t: (t['AvgGap'], distance_to_default(t['values'], entry['defaults'])))
+    best = min(
+      entry['trials'],
+      key=lambda t: (t['AvgGap'], distance_to_default(t['values'], entry['defaults'])),
+    )
     entry['chosen'] = best['values']
-    print(f'[tune {name}] ' + '; '.join(
-        f'{_format(t["values"])} -> {t["AvgGap"]:.2f}' for t in entry['trials'])
-          + f'; chosen {_format(best["values"])}', flush=True)
+    print(
+      f'[tune {name}] '
+      + '; '.join(f'{_format(t["values"])} -> {t["AvgGap"]:.2f}' for t in entry['trials'])
+      + f'; chosen {_format(best["values"])}',
+      flush=True,
+    )
   return out
 
 
@@ -149,7 +160,7 @@ def _format(values: dict) -> str:
 def main(argv):
   del argv
   config = _CONFIG.value
-  jaxunlearn.Study(config)      # validates everything before any work
+  jaxunlearn.Study(config)  # validates everything before any work
   choices = tune(config, _TUNE_SPLIT_SEED.value, [float(m) for m in _MULTIPLIERS.value])
   final = copy.deepcopy(config)
   final.results_name = 'tuned'
@@ -158,10 +169,16 @@ def main(argv):
       set_field(final.method[name], field, value)
   study = jaxunlearn.Study(final)
   payload = study.run()
-  jaxunlearn.write_json(os.path.join(study.experiment_dir, 'tuning.json'),
-                        {'tune_split_seed': _TUNE_SPLIT_SEED.value,
-                         'multipliers': _MULTIPLIERS.value, 'methods': choices,
-                         'reported_split_seed': config.split_seed, 'seeds': payload['seeds']})
+  jaxunlearn.write_json(
+    os.path.join(study.experiment_dir, 'tuning.json'),
+    {
+      'tune_split_seed': _TUNE_SPLIT_SEED.value,
+      'multipliers': _MULTIPLIERS.value,
+      'methods': choices,
+      'reported_split_seed': config.split_seed,
+      'seeds': payload['seeds'],
+    },
+  )
   print(f'\n{study.title()}\n{study.table()}\n\n{report.TABLE_NOTE}\n')
 
 

@@ -12,13 +12,12 @@ again, it resumes: completed runs are reused, an interrupted one continues from 
 
 import os
 
-
 import jaxunlearn
 from jaxunlearn import cli, report
 
 _CONFIG = cli.define_config(
-    os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'),
-    'Unlearning config file.')
+  os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'), 'Unlearning config file.'
+)
 
 
 def main(argv):

@@ -34,13 +34,16 @@ def time_plan(plan: Plan, setup: experiment.Setup, seed: int, steps: int) -> dic
   program, state = plan.program, sharding_lib.replicate(plan.state, setup.mesh)
   constants = sharding_lib.replicate(plan.constants, setup.mesh)
   t0 = time.perf_counter()
-  compiled, _ = compile_program(program, state, setup.train, setup.mesh, seed, augment=True,
-                                constants=constants)
+  compiled, _ = compile_program(
+    program, state, setup.train, setup.mesh, seed, augment=True, constants=constants
+  )
   out = {'compile_s': time.perf_counter() - t0, 'kinds': {}}
   base_key = jax.random.key(seed)
   for name, kind in program.kinds.items():
-    batch = {slot: BatchSampler(setup.train.sources[source], program.batch_size, seed,
-                                source).batch(0) for slot, source in kind.slots.items()}
+    batch = {
+      slot: BatchSampler(setup.train.sources[source], program.batch_size, seed, source).batch(0)
+      for slot, source in kind.slots.items()
+    }
     batch = sharding_lib.shard_global_batch(batch, setup.mesh)
     args = (constants, setup.train.images, setup.train.labels, batch, base_key)
     run_state, _ = compiled[name](state, *args)
@@ -50,13 +53,21 @@ def time_plan(plan: Plan, setup: experiment.Setup, seed: int, steps: int) -> dic
       run_state, metrics = compiled[name](run_state, *args)
     jax.block_until_ready((run_state, metrics))
     seconds = (time.perf_counter() - t0) / steps
-    out['kinds'][name] = {'step_s': seconds, 'steps_per_s': 1.0 / seconds,
-                          'examples_per_s': program.batch_size * max(len(kind.slots), 1) / seconds}
+    out['kinds'][name] = {
+      'step_s': seconds,
+      'steps_per_s': 1.0 / seconds,
+      'examples_per_s': program.batch_size * max(len(kind.slots), 1) / seconds,
+    }
   return out
 
 
-def benchmark(setup: experiment.Setup, rows: list[tuple[str, str, Config]], steps: int,
-              seed: int = 0, equal_examples: bool = False) -> dict:
+def benchmark(
+  setup: experiment.Setup,
+  rows: list[tuple[str, str, Config]],
+  steps: int,
+  seed: int = 0,
+  equal_examples: bool = False,
+) -> dict:
   """Times Retrain's supervised step and every (row, method, config) of `rows` from a freshly
   initialised model of the experiment.
 
@@ -70,9 +81,15 @@ def benchmark(setup: experiment.Setup, rows: list[tuple[str, str, Config]], step
   """
   fns, variables = experiment.build_model(setup.config, setup.info, seed)
   tx = make_optimizer(setup.training.optimizer, 1000)
-  reference = Plan(Program({'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
-                           ['train'], setup.training.batch_size),
-                   create_state(variables, {'main': tx}), {})
+  reference = Plan(
+    Program(
+      {'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
+      ['train'],
+      setup.training.batch_size,
+    ),
+    create_state(variables, {'main': tx}),
+    {},
+  )
   results = {'retrain_step': time_plan(reference, setup, seed, steps)}
   ref_step = results['retrain_step']['kinds']['train']['step_s']
   print(f'retrain step: {ref_step * 1e3:.1f} ms', flush=True)
@@ -94,19 +111,30 @@ def benchmark(setup: experiment.Setup, rows: list[tuple[str, str, Config]], step
         kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
       timing['equal_examples'] = {'batch_size_per_slot': cfg.batch_size // slots, **equal}
     results[row] = timing
-    print(f'{row}: prepare {prepare_s:.2f}s compile {timing["compile_s"]:.2f}s ' + ' '.join(
+    print(
+      f'{row}: prepare {prepare_s:.2f}s compile {timing["compile_s"]:.2f}s '
+      + ' '.join(
         f'{k} {v["step_s"] * 1e3:.1f}ms ({v["examples_per_s"]:.0f} ex/s)'
-        for k, v in timing['kinds'].items()), flush=True)
+        for k, v in timing['kinds'].items()
+      ),
+      flush=True,
+    )
     if 'equal_examples' in timing:
       equal = timing['equal_examples']
-      print(f'{row} at {equal["batch_size_per_slot"]} per slot: ' + ' '.join(
+      print(
+        f'{row} at {equal["batch_size_per_slot"]} per slot: '
+        + ' '.join(
           f'{k} {v["step_s"] * 1e3:.1f}ms ({v["step_time_vs_retrain_step"]:.2f}x retrain step)'
-          for k, v in equal['kinds'].items()), flush=True)
+          for k, v in equal['kinds'].items()
+        ),
+        flush=True,
+      )
   return results
 
 
-def many_models_speed(setup: experiment.Setup, model_mesh, num_models: list[int], steps: int,
-                      seed: int = 0) -> dict:
+def many_models_speed(
+  setup: experiment.Setup, model_mesh, num_models: list[int], steps: int, seed: int = 0
+) -> dict:
   """Time per training step of K models in one program (`loop.run_many`, on `model_mesh`)
   against K single-model steps one after another, for each K in `num_models`: vmapped, and on
   CPU also unrolled (the models one after another inside the compiled step).
@@ -116,33 +144,52 @@ def many_models_speed(setup: experiment.Setup, model_mesh, num_models: list[int]
     step's time under 'single_step_s'.
   """
   from jaxunlearn.loop import run_many
+
   fns, variables = experiment.build_model(setup.config, setup.info, seed)
   tx = make_optimizer(setup.training.optimizer, 1000)
-  program = Program({'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
-                    ['train'] * steps, setup.training.batch_size)
+  program = Program(
+    {'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
+    ['train'] * steps,
+    setup.training.batch_size,
+  )
   single = time_plan(Plan(program, create_state(variables, {'main': tx}), {}), setup, seed, steps)
   single_s = single['kinds']['train']['step_s']
   out = {'single_step_s': single_s}
   data = many_setup_data(setup, model_mesh)
   forms = ('vmap', 'unroll') if jax.default_backend() == 'cpu' else ('vmap',)
   for k in num_models:
-    states = [create_state(experiment.build_model(setup.config, setup.info, s)[1], {'main': tx})
-              for s in range(k)]
+    states = [
+      create_state(experiment.build_model(setup.config, setup.info, s)[1], {'main': tx})
+      for s in range(k)
+    ]
     entry = {'sequential_step_s': k * single_s}
     for form in forms:
-      result = run_many(program, states, data, mesh=model_mesh, seeds=list(range(k)),
-                        log_every=10**9, form=form)
+      result = run_many(
+        program, states, data, mesh=model_mesh, seeds=list(range(k)), log_every=10**9, form=form
+      )
       step_s = result.run_seconds / steps
-      entry[form] = {'step_s': step_s, 'compile_s': result.compile_seconds,
-                     'speedup': k * single_s / step_s}
-      print(f'K={k} {form}: {step_s * 1e3:.1f} ms per step of all K (compile '
-            f'{result.compile_seconds:.1f} s); {k} single steps {k * single_s * 1e3:.1f} ms; '
-            f'speedup {k * single_s / step_s:.2f}x', flush=True)
+      entry[form] = {
+        'step_s': step_s,
+        'compile_s': result.compile_seconds,
+        'speedup': k * single_s / step_s,
+      }
+      print(
+        f'K={k} {form}: {step_s * 1e3:.1f} ms per step of all K (compile '
+        f'{result.compile_seconds:.1f} s); {k} single steps {k * single_s * 1e3:.1f} ms; '
+        f'speedup {k * single_s / step_s:.2f}x',
+        flush=True,
+      )
     out[f'K={k}'] = entry
   return out
 
 
 def many_setup_data(setup: experiment.Setup, mesh):
   from jaxunlearn.data.device import DeviceData
-  return DeviceData.create(jax.device_get(setup.train.images), jax.device_get(setup.train.labels),
-                           setup.info, setup.train.sources, mesh)
+
+  return DeviceData.create(
+    jax.device_get(setup.train.images),
+    jax.device_get(setup.train.labels),
+    setup.info,
+    setup.train.sources,
+    mesh,
+  )

@@ -33,32 +33,52 @@ def model_signature(params) -> dict:
 class CheckpointManager:
   """Thin wrapper over `ocp.CheckpointManager` implementing the loop's `Checkpointer`."""
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int = 2,
-               best_metric: str | None = None, best_mode: str = 'max', meta: dict | None = None):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    every_steps: int,
+    keep: int = 2,
+    best_metric: str | None = None,
+    best_mode: str = 'max',
+    meta: dict | None = None,
+  ):
     policies = [checkpoint_managers.LatestN(n=keep)]
     if best_metric:
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == 'min', n=1,
-          keep_checkpoints_without_metrics=False))
+      policies.append(
+        checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric],
+          reverse=best_mode == 'min',
+          n=1,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
     self.directory = os.path.abspath(directory)
     self.every_steps = every_steps
     self.meta = meta or {}
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            best_fn=(lambda m: m[best_metric]) if best_metric else None,
-            best_mode=best_mode, create=True))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        best_fn=(lambda m: m[best_metric]) if best_metric else None,
+        best_mode=best_mode,
+        create=True,
+      ),
+    )
 
   def should_save(self, step: int) -> bool:
     return self.every_steps > 0 and step % self.every_steps == 0
 
   def save(self, state: TrainState, metrics: dict) -> None:
     step = int(jax.device_get(state.step))
-    self._manager.save(step, args=ocp.args.Composite(
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave({**self.meta, 'step': step, 'metrics': metrics})),
-        metrics=metrics or None)
+        meta=ocp.args.JsonSave({**self.meta, 'step': step, 'metrics': metrics}),
+      ),
+      metrics=metrics or None,
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -68,8 +88,9 @@ class CheckpointManager:
 
   def restore(self, step: int, target: TrainState) -> TrainState:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+    )
     return restored.state
 
   def restore_meta(self, step: int | None = None) -> dict | None:
@@ -77,8 +98,9 @@ class CheckpointManager:
     steps = [step] if step is not None else self._steps_newest_first()
     for candidate in steps:
       try:
-        return self._manager.restore(candidate,
-                                     args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        return self._manager.restore(
+          candidate, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        ).meta
       except Exception as error:  # pylint: disable=broad-except
         if step is not None:
           raise
@@ -99,9 +121,11 @@ class CheckpointManager:
     return sorted(self._manager.all_steps(), reverse=True)
 
   def _warn_unreadable(self, step: int, error: Exception) -> None:
-    message = (f'checkpoint {os.path.join(self.directory, str(step))} cannot be read '
-               f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}); '
-               'falling back to the one before it')
+    message = (
+      f'checkpoint {os.path.join(self.directory, str(step))} cannot be read '
+      f'({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ""}); '
+      'falling back to the one before it'
+    )
     logging.warning(message)
     print(f'WARNING: {message}', file=sys.stderr, flush=True)
 
@@ -139,7 +163,12 @@ def check_compatible(directory: str, expected: dict[str, Any], flag: str) -> Non
     return
   for key, value in expected.items():
     if key in meta and meta[key] != value:
-      shown = 'the parameter shapes differ' if key == 'model_signature' else (
-          f'it holds {meta[key]!r}, the run asks for {value!r}')
-      raise ValueError(f'{flag}: checkpoint directory {directory} was written for a different '
-                       f'{key}: {shown}. Use another workdir or delete it.')
+      shown = (
+        'the parameter shapes differ'
+        if key == 'model_signature'
+        else (f'it holds {meta[key]!r}, the run asks for {value!r}')
+      )
+      raise ValueError(
+        f'{flag}: checkpoint directory {directory} was written for a different '
+        f'{key}: {shown}. Use another workdir or delete it.'
+      )

@@ -30,8 +30,11 @@ def _usage_error(error: Exception, argv) -> None:
   if isinstance(error, (AttributeError, KeyError)):
     # ml_collections names only the key of a config field that does not exist.
     key = str(error).strip('"\'')
-    named = [a.split('=')[0] for a in argv[1:]
-             if a.startswith('--config.') and a.split('=')[0].split('.')[-1] == key]
+    named = [
+      a.split('=')[0]
+      for a in argv[1:]
+      if a.startswith('--config.') and a.split('=')[0].split('.')[-1] == key
+    ]
     message = f'{named[0] if named else key}: no such setting in the config'
   sys.stderr.write(f'error: {message}\n')
   sys.exit(USAGE_EXIT)
@@ -58,7 +61,7 @@ def run(main) -> None:
 
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)   # progress lines only, unless asked
+      logging.set_verbosity(logging.WARNING)  # progress lines only, unless asked
     try:
       return main(argv)
     except ConfigError as error:

@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """What a field allows: a type, an optional numeric range and an optional set of choices."""
-  kind: str                       # 'int', 'float', 'bool', 'str', 'ints' (tuple of int), 'any'
+
+  kind: str  # 'int', 'float', 'bool', 'str', 'ints' (tuple of int), 'any'
   low: float | None = None
   high: float | None = None
   low_open: bool = False
@@ -44,8 +45,14 @@ class Rule:
   def describe(self) -> str:
     if self.choices:
       return f'must be one of {", ".join(map(str, self.choices))}'
-    noun = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false',
-            'str': 'a string', 'ints': 'a tuple of integers', 'any': 'a value'}[self.kind]
+    noun = {
+      'int': 'an integer',
+      'float': 'a number',
+      'bool': 'true or false',
+      'str': 'a string',
+      'ints': 'a tuple of integers',
+      'any': 'a value',
+    }[self.kind]
     if self.low is not None and self.high is not None:
       left, right = '(' if self.low_open else '[', ')' if self.high_open else ']'
       return f'must be {noun} in {left}{_fmt(self.low)}, {_fmt(self.high)}{right}'
@@ -64,7 +71,8 @@ class Rule:
       return isinstance(value, str) and (not self.choices or value in self.choices)
     if self.kind in ('int', 'float'):
       return self._number_ok(value, integral=self.kind == 'int') and (
-          not self.choices or value in self.choices)
+        not self.choices or value in self.choices
+      )
     return True
 
   def _number_ok(self, value, *, integral: bool) -> bool:
@@ -76,9 +84,7 @@ class Rule:
       return False
     if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
       return False
-    if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
-      return False
-    return True
+    return self.high is None or not (value > self.high or (self.high_open and value == self.high))
 
 
 def _fmt(x: float) -> str:
@@ -139,7 +145,7 @@ class Config:
     """Cross-field rules: (field name, holds, what is allowed). Override to add some."""
     return ()
 
-  def replace(self, **changes) -> 'Config':
+  def replace(self, **changes) -> Config:
     return dataclasses.replace(self, **changes)
 
 
@@ -205,8 +211,9 @@ def fields_doc(cls: type) -> dict[str, str]:
   for f in dataclasses.fields(cls):
     rule = f.metadata.get('rule')
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    out[f.name] = '; '.join(p for p in (repr(default), rule.describe() if rule else '',
-                                        f.metadata.get('doc', '')) if p)
+    out[f.name] = '; '.join(
+      p for p in (repr(default), rule.describe() if rule else '', f.metadata.get('doc', '')) if p
+    )
   return out
 
 
@@ -218,30 +225,48 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig(Config):
   """An optax optimiser (`jaxunlearn.optim.make_optimizer`)."""
+
   name: str = choice('sgd', OPTIMIZERS)
   lr: float = number(0.05, gt=0, doc='peak learning rate')
   schedule: str = choice('cosine', SCHEDULES)
   momentum: float = number(0.9, ge=0, lt=1)
-  weight_decay: float = number(5e-4, ge=0, doc="added to the gradient (PyTorch's convention) "
-                               "for sgd and adam; decoupled for adamw")
+  weight_decay: float = number(
+    5e-4,
+    ge=0,
+    doc="added to the gradient (PyTorch's convention) for sgd and adam; decoupled for adamw",
+  )
   grad_clip: float = number(0.0, ge=0, doc='global-norm clip of the gradient; 0 = none')
   nesterov: bool = flag(False)
-  lr_decay_steps: tuple = integers((), ge=0, doc="steps at which 'step' multiplies the rate by "
-                                   'lr_decay_factor')
+  lr_decay_steps: tuple = integers(
+    (), ge=0, doc="steps at which 'step' multiplies the rate by lr_decay_factor"
+  )
   lr_decay_factor: float = number(0.1, gt=0, le=1)
 
 
-def sgd(lr: float, *, schedule: str = 'constant', momentum: float = 0.9,
-        weight_decay: float = 5e-4, grad_clip: float = 0.0) -> OptimizerConfig:
+def sgd(
+  lr: float,
+  *,
+  schedule: str = 'constant',
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  grad_clip: float = 0.0,
+) -> OptimizerConfig:
   """SGD with the field's usual momentum and weight decay, constant rate unless told."""
-  return OptimizerConfig(name='sgd', lr=lr, schedule=schedule, momentum=momentum,
-                         weight_decay=weight_decay, grad_clip=grad_clip)
+  return OptimizerConfig(
+    name='sgd',
+    lr=lr,
+    schedule=schedule,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    grad_clip=grad_clip,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class EpochMethodConfig(Config):
   """What every epoch-based unlearning method has: passes, batch size and optimiser."""
-  epochs: int = integer(5, ge=1, doc='passes over the method\'s main data source')
+
+  epochs: int = integer(5, ge=1, doc="passes over the method's main data source")
   batch_size: int = integer(128, ge=1)
   optimizer: OptimizerConfig = nested(lambda: sgd(0.01))
 
@@ -249,28 +274,47 @@ class EpochMethodConfig(Config):
 # The experiment's own sections. Their fields are top-level keys of the binaries' configs
 # (`--config.epochs`, `--config.forget`, ...), so `section_from_flat` picks them out by name.
 
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig(Config):
   """Which data, and which part of it is forgotten."""
-  dataset: str = text('mnist5k', doc="a built-in ('mnist5k', 'digits'), any TFDS image dataset "
-                      'prepared under data_dir, or imagefolder:PATH')
+
+  dataset: str = text(
+    'mnist5k',
+    doc="a built-in ('mnist5k', 'digits'), any TFDS image dataset "
+    'prepared under data_dir, or imagefolder:PATH',
+  )
   data_dir: str = text('', doc="'' = $JAXUNLEARN_DATA_DIR or ~/.cache/jaxunlearn/tfds")
-  forget: str = text('random:0.1', doc='random:FRACTION | random:COUNT | class:K[,K...] | '
-                     'indices:PATH.npy')
+  forget: str = text(
+    'random:0.1', doc='random:FRACTION | random:COUNT | class:K[,K...] | indices:PATH.npy'
+  )
   split_seed: int = integer(0, ge=0)
   test_split: str = text('test', doc="the split evaluated as the test set (e.g. 'validation')")
-  image_size: str = text('', doc="'H,W' resizes every image once on load (needed when their "
-                         'sizes differ)')
-  augment: str = choice('auto', ('auto', 'true', 'false'), doc='crop+flip; auto: colour images '
-                        'of at least 32x32 (not SVHN)')
-  train_subset: int = integer(0, ge=0, doc='N > 0: a stratified subset of N train examples '
-                              '(fixed seed, shared by every split seed); 0: all')
+  image_size: str = text(
+    '', doc="'H,W' resizes every image once on load (needed when their sizes differ)"
+  )
+  augment: str = choice(
+    'auto',
+    ('auto', 'true', 'false'),
+    doc='crop+flip; auto: colour images of at least 32x32 (not SVHN)',
+  )
+  train_subset: int = integer(
+    0,
+    ge=0,
+    doc='N > 0: a stratified subset of N train examples '
+    '(fixed seed, shared by every split seed); 0: all',
+  )
 
   def constraints(self):
-    return (('dataset', bool(self.dataset.strip()), 'must name a dataset'),
-            ('test_split', bool(self.test_split.strip()), 'must name a split'),
-            ('image_size', self.image_size == '' or _is_size(self.image_size),
-             "must be '' or 'H,W' with positive integers"))
+    return (
+      ('dataset', bool(self.dataset.strip()), 'must name a dataset'),
+      ('test_split', bool(self.test_split.strip()), 'must name a split'),
+      (
+        'image_size',
+        self.image_size == '' or _is_size(self.image_size),
+        "must be '' or 'H,W' with positive integers",
+      ),
+    )
 
 
 def _is_size(value: str) -> bool:
@@ -284,14 +328,16 @@ BEST_METRICS = ('', 'test_accuracy')
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig(Config):
   """The recipe of the Original and Retrain models, and how runs are placed and saved."""
+
   workdir: str = text('workdir', doc='models and results go under it')
   model: str = text('cnn')
   num_devices: int = integer(0, ge=0, doc='data-parallel devices; 0 = every device JAX sees')
   batch_size: int = integer(128, ge=1)
   epochs: int = integer(15, ge=1)
   optimizer: OptimizerConfig = nested(OptimizerConfig)
-  compute_dtype: str = choice('float32', COMPUTE_DTYPES,
-                              doc='what layers compute in (parameters stay float32)')
+  compute_dtype: str = choice(
+    'float32', COMPUTE_DTYPES, doc='what layers compute in (parameters stay float32)'
+  )
   checkpoint_every_steps: int = integer(200, ge=0, doc='0 = only at the end')
   keep_checkpoints: int = integer(2, ge=1)
   best_metric: str = choice('test_accuracy', BEST_METRICS)
@@ -308,6 +354,7 @@ MIA_CLASSIFIERS = ('svc', 'logreg')
 @dataclasses.dataclass(frozen=True)
 class EvalConfig(Config):
   """How models are scored."""
+
   eval_batch_size: int = integer(512, ge=1)
   mia_feature: str = choice('confidence', MIA_FEATURES)
   mia_classifier: str = choice('svc', MIA_CLASSIFIERS)

@@ -31,7 +31,8 @@ relearns much faster than a retrained one still holds the forgotten information.
 from __future__ import annotations
 
 import math
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,6 +63,7 @@ class ForgettingQuality(NamedTuple):
     epsilons: [N_f] per-example epsilon estimates, in [0, epsilon_cap].
     points: [N_f] per-example bucket scores 2^-bucket (0 past the last bucket K supports).
   """
+
   quality: float
   num_models: int
   epsilons: np.ndarray
@@ -70,6 +72,7 @@ class ForgettingQuality(NamedTuple):
 
 class ChallengeScore(NamedTuple):
   """The challenge's final score F * RA_u / RA_r * TA_u / TA_r, with the K it was computed at."""
+
   score: float
   forgetting_quality: float
   num_models: int
@@ -77,6 +80,7 @@ class ChallengeScore(NamedTuple):
 
 class KlomSummary(NamedTuple):
   """Median and 95th percentile (numpy's linear interpolation) of per-example KLOM values."""
+
   median: float
   p95: float
 
@@ -88,12 +92,14 @@ class RelearnTime(NamedTuple):
     steps: int64, the first step whose forget accuracy reached the target, or the cap.
     reached: bool, False where the run never reached the target (its `steps` is the cap).
   """
+
   steps: np.ndarray
   reached: np.ndarray
 
 
 class RelearnSummary(NamedTuple):
   """Mean and (population) std of relearn times over runs; capped runs count at the cap."""
+
   mean: float
   std: float
   num_reached: int
@@ -102,11 +108,13 @@ class RelearnSummary(NamedTuple):
 
 # ------------------------------------------------------------------------------- input checks
 
+
 def _as_logits(logits, name: str) -> np.ndarray:
   array = np.asarray(logits, dtype=np.float64)
   if array.ndim != 3:
     raise ValueError(
-        f'{name} must have shape (models, examples, classes); got shape {array.shape}.')
+      f'{name} must have shape (models, examples, classes); got shape {array.shape}.'
+    )
   if array.shape[1] == 0:
     raise ValueError(f'{name} has 0 examples; at least one is needed.')
   if array.shape[2] < 2:
@@ -122,10 +130,12 @@ def _as_labels(labels, num_examples: int, num_classes: int, name: str) -> np.nda
     raise ValueError(f'{name} must hold integer class ids; got dtype {array.dtype}.')
   if array.shape != (num_examples,):
     raise ValueError(
-        f'{name} must have shape ({num_examples},) to match the logits; got shape {array.shape}.')
+      f'{name} must have shape ({num_examples},) to match the logits; got shape {array.shape}.'
+    )
   if array.min() < 0 or array.max() >= num_classes:
     raise ValueError(
-        f'{name} must lie in [0, {num_classes}); got values in [{array.min()}, {array.max()}].')
+      f'{name} must lie in [0, {num_classes}); got values in [{array.min()}, {array.max()}].'
+    )
   return array.astype(np.int64)
 
 
@@ -144,11 +154,14 @@ def _as_per_model(values, name: str, min_models: int) -> np.ndarray:
 
 def _check_same_shape(unlearned, retrained, unlearned_name, retrained_name):
   if unlearned.shape != retrained.shape:
-    raise ValueError(f'{unlearned_name} has shape {unlearned.shape} but {retrained_name} has '
-                     f'{retrained.shape}; both need the same models and examples.')
+    raise ValueError(
+      f'{unlearned_name} has shape {unlearned.shape} but {retrained_name} has '
+      f'{retrained.shape}; both need the same models and examples.'
+    )
 
 
 # ------------------------------------------------------------------------------- margins
+
 
 def logit_margin(logits, labels) -> np.ndarray:
   """Per-model, per-example margin z_y - logsumexp_{k != y} z_k.
@@ -180,6 +193,7 @@ def logit_margin(logits, labels) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- epsilons
+
 
 def _epsilon_table(num_models: int, delta: float) -> np.ndarray:
   """eps[fp, fn]: one threshold's epsilon from its false-positive and false-negative counts.
@@ -277,13 +291,19 @@ def _double_threshold_epsilons(positive, negative, interval_table):
   left_code = outer_left * side + inner_left
   best = np.full(positive.shape[0], -np.inf)
   for j in range(num):
-    np.maximum(best, interval_table.take(right_code - left_code[:, j:j + num]).max(axis=1),
-               out=best)
+    np.maximum(
+      best, interval_table.take(right_code - left_code[:, j : j + num]).max(axis=1), out=best
+    )
   return best
 
 
-def per_example_epsilons(unlearned_confidences, retrained_confidences, *, delta: float = DELTA,
-                         epsilon_cap: float = EPSILON_CAP) -> np.ndarray:
+def per_example_epsilons(
+  unlearned_confidences,
+  retrained_confidences,
+  *,
+  delta: float = DELTA,
+  epsilon_cap: float = EPSILON_CAP,
+) -> np.ndarray:
   """Per-example epsilon of the NeurIPS 2023 challenge's threshold attacks.
 
   For each example: the positive side is the model set with the larger median confidence (the
@@ -344,8 +364,9 @@ def per_example_epsilons(unlearned_confidences, retrained_confidences, *, delta:
   for start in range(0, positive.shape[0], _BLOCK):
     block = slice(start, start + _BLOCK)
     best[block] = np.maximum(
-        _single_threshold_epsilons(positive[block], negative[block], table),
-        _double_threshold_epsilons(positive[block], negative[block], interval_table))
+      _single_threshold_epsilons(positive[block], negative[block], table),
+      _double_threshold_epsilons(positive[block], negative[block], interval_table),
+    )
   epsilons = np.clip(np.where(best == -np.inf, 0.0, best), 0.0, epsilon_cap)
 
   ranges = np.stack([np.ptp(positive, axis=1), np.ptp(negative, axis=1)])
@@ -354,6 +375,7 @@ def per_example_epsilons(unlearned_confidences, retrained_confidences, *, delta:
 
 
 # ------------------------------------------------------------------------------- scores
+
 
 def num_score_buckets(num_models: int) -> int:
   """Buckets that score with K models per side: those below ceil(log(K - 1)), 0.5 wide.
@@ -386,9 +408,13 @@ def epsilon_points(epsilons, num_models: int) -> np.ndarray:
   return np.where(bucket < num_score_buckets(num_models), np.exp2(-bucket), 0.0)
 
 
-def forgetting_quality_from_confidences(unlearned_confidences, retrained_confidences, *,
-                                        delta: float = DELTA,
-                                        epsilon_cap: float = EPSILON_CAP) -> ForgettingQuality:
+def forgetting_quality_from_confidences(
+  unlearned_confidences,
+  retrained_confidences,
+  *,
+  delta: float = DELTA,
+  epsilon_cap: float = EPSILON_CAP,
+) -> ForgettingQuality:
   """The challenge's forgetting quality F from per-example logit-scaled confidences.
 
   Args:
@@ -409,8 +435,14 @@ def forgetting_quality_from_confidences(unlearned_confidences, retrained_confide
   return ForgettingQuality(float(points.mean()), int(num_models), epsilons, points)
 
 
-def forgetting_quality(unlearned_logits, retrained_logits, labels, *, delta: float = DELTA,
-                       epsilon_cap: float = EPSILON_CAP) -> ForgettingQuality:
+def forgetting_quality(
+  unlearned_logits,
+  retrained_logits,
+  labels,
+  *,
+  delta: float = DELTA,
+  epsilon_cap: float = EPSILON_CAP,
+) -> ForgettingQuality:
   """The challenge's forgetting quality F from the logits of both model sets on D_f.
 
   Args:
@@ -424,12 +456,14 @@ def forgetting_quality(unlearned_logits, retrained_logits, labels, *, delta: flo
     ForgettingQuality(quality=F, num_models=K, epsilons, points).
   """
   unlearned, retrained = _margins_of(unlearned_logits, retrained_logits, labels)
-  return forgetting_quality_from_confidences(unlearned, retrained, delta=delta,
-                                             epsilon_cap=epsilon_cap)
+  return forgetting_quality_from_confidences(
+    unlearned, retrained, delta=delta, epsilon_cap=epsilon_cap
+  )
 
 
-def bootstrap_interval(points, *, num_resamples: int = 2000, confidence: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+  points, *, num_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
   """Percentile bootstrap interval of F = mean(points) over resampled forget examples.
 
   The forget examples are resampled with replacement; the models stay fixed, so the interval
@@ -447,8 +481,9 @@ def bootstrap_interval(points, *, num_resamples: int = 2000, confidence: float =
   """
   points = np.asarray(points, dtype=np.float64)
   if points.ndim != 1 or points.size == 0 or not np.all(np.isfinite(points)):
-    raise ValueError(f'points must be a non-empty 1-D array of finite numbers; got shape '
-                     f'{points.shape}.')
+    raise ValueError(
+      f'points must be a non-empty 1-D array of finite numbers; got shape {points.shape}.'
+    )
   if not (isinstance(num_resamples, (int, np.integer)) and num_resamples >= 1):
     raise ValueError(f'num_resamples must be a positive integer; got {num_resamples}.')
   if not 0.0 < confidence < 1.0:
@@ -459,14 +494,19 @@ def bootstrap_interval(points, *, num_resamples: int = 2000, confidence: float =
   block = max(1, 2**20 // points.size)
   for start in range(0, num_resamples, block):
     size = min(block, num_resamples - start)
-    means[start:start + size] = points[rng.integers(0, points.size, (size, points.size))].mean(1)
+    means[start : start + size] = points[rng.integers(0, points.size, (size, points.size))].mean(1)
   low, high = np.quantile(means, [(1.0 - confidence) / 2, (1.0 + confidence) / 2])
   return float(low), float(high)
 
 
-def challenge_score(quality: ForgettingQuality, *, retain_accuracy_unlearned: float,
-                    retain_accuracy_retrained: float, test_accuracy_unlearned: float,
-                    test_accuracy_retrained: float) -> ChallengeScore:
+def challenge_score(
+  quality: ForgettingQuality,
+  *,
+  retain_accuracy_unlearned: float,
+  retain_accuracy_retrained: float,
+  test_accuracy_unlearned: float,
+  test_accuracy_retrained: float,
+) -> ChallengeScore:
   """The challenge's final score F * RA_u / RA_r * TA_u / TA_r.
 
   Args:
@@ -479,28 +519,38 @@ def challenge_score(quality: ForgettingQuality, *, retain_accuracy_unlearned: fl
   Returns:
     ChallengeScore(score, forgetting_quality=F, num_models=K).
   """
-  accuracies = {'retain_accuracy_unlearned': retain_accuracy_unlearned,
-                'retain_accuracy_retrained': retain_accuracy_retrained,
-                'test_accuracy_unlearned': test_accuracy_unlearned,
-                'test_accuracy_retrained': test_accuracy_retrained}
+  accuracies = {
+    'retain_accuracy_unlearned': retain_accuracy_unlearned,
+    'retain_accuracy_retrained': retain_accuracy_retrained,
+    'test_accuracy_unlearned': test_accuracy_unlearned,
+    'test_accuracy_retrained': test_accuracy_retrained,
+  }
   for name, value in accuracies.items():
     if not (math.isfinite(value) and value >= 0.0):
       raise ValueError(f'{name} must be finite and non-negative; got {value}.')
     if name.endswith('retrained') and value == 0.0:
       raise ValueError(f'{name} is 0; the score divides by it.')
-  score = (quality.quality * retain_accuracy_unlearned / retain_accuracy_retrained *
-           test_accuracy_unlearned / test_accuracy_retrained)
+  score = (
+    quality.quality
+    * retain_accuracy_unlearned
+    / retain_accuracy_retrained
+    * test_accuracy_unlearned
+    / test_accuracy_retrained
+  )
   return ChallengeScore(float(score), quality.quality, quality.num_models)
 
 
 # ------------------------------------------------------------------------------- KLOM
 
+
 def _margins_of(unlearned_logits, retrained_logits, labels):
   unlearned = _as_logits(unlearned_logits, 'unlearned_logits')
   retrained = _as_logits(retrained_logits, 'retrained_logits')
   if unlearned.shape[1:] != retrained.shape[1:]:
-    raise ValueError(f'unlearned_logits has shape {unlearned.shape} but retrained_logits has '
-                     f'{retrained.shape}; both need the same examples and classes.')
+    raise ValueError(
+      f'unlearned_logits has shape {unlearned.shape} but retrained_logits has '
+      f'{retrained.shape}; both need the same examples and classes.'
+    )
   _as_labels(labels, unlearned.shape[1], unlearned.shape[2], 'labels')
   return logit_margin(unlearned, labels), logit_margin(retrained, labels)
 
@@ -514,8 +564,14 @@ def _histograms(values, low, high, num_bins):
   return np.bincount(index.ravel(), minlength=rows * num_bins).reshape(rows, num_bins)
 
 
-def klom(unlearned_margins, retrained_margins, *, num_bins: int = KLOM_BINS,
-         smoothing: float = KLOM_SMOOTHING, clip: float = KLOM_CLIP) -> np.ndarray:
+def klom(
+  unlearned_margins,
+  retrained_margins,
+  *,
+  num_bins: int = KLOM_BINS,
+  smoothing: float = KLOM_SMOOTHING,
+  clip: float = KLOM_CLIP,
+) -> np.ndarray:
   """Per-example KLOM: KL(unlearned || retrained) between histograms of margins over models.
 
   As in the authors' benchmark code (RoyRin/data-unlearning-bench; easydub/EasyDUB-code): margins
@@ -542,8 +598,10 @@ def klom(unlearned_margins, retrained_margins, *, num_bins: int = KLOM_BINS,
   unlearned = _as_per_model(unlearned_margins, 'unlearned_margins', 2)
   retrained = _as_per_model(retrained_margins, 'retrained_margins', 2)
   if unlearned.shape[1] != retrained.shape[1]:
-    raise ValueError(f'unlearned_margins has {unlearned.shape[1]} examples but retrained_margins '
-                     f'has {retrained.shape[1]}; both need the same examples.')
+    raise ValueError(
+      f'unlearned_margins has {unlearned.shape[1]} examples but retrained_margins '
+      f'has {retrained.shape[1]}; both need the same examples.'
+    )
   if not (isinstance(num_bins, (int, np.integer)) and num_bins >= 1):
     raise ValueError(f'num_bins must be a positive integer; got {num_bins}.')
   if not 0.0 < smoothing < 1.0:
@@ -582,8 +640,9 @@ def klom_summary(values) -> KlomSummary:
   """
   values = np.asarray(values, dtype=np.float64)
   if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
-    raise ValueError(f'values must be a non-empty 1-D array of finite numbers; got shape '
-                     f'{values.shape}.')
+    raise ValueError(
+      f'values must be a non-empty 1-D array of finite numbers; got shape {values.shape}.'
+    )
   median, p95 = np.percentile(values, [50.0, 95.0])
   return KlomSummary(float(median), float(p95))
 
@@ -598,14 +657,20 @@ def klom_report(sets: Mapping[str, tuple], **options) -> dict[str, KlomSummary]:
   Returns:
     name -> KlomSummary(median, p95).
   """
-  return {name: klom_summary(klom_from_logits(*arrays, **options))
-          for name, arrays in sets.items()}
+  return {name: klom_summary(klom_from_logits(*arrays, **options)) for name, arrays in sets.items()}
 
 
 # ------------------------------------------------------------------------------- relearn time
 
-def relearn_time(forget_accuracies, target_accuracy, *, steps=None, max_steps: int | None = None,
-                 tolerance: float = 0.0) -> RelearnTime:
+
+def relearn_time(
+  forget_accuracies,
+  target_accuracy,
+  *,
+  steps=None,
+  max_steps: int | None = None,
+  tolerance: float = 0.0,
+) -> RelearnTime:
   """First step at which a relearning run's forget accuracy reaches the target.
 
   Args:
@@ -621,25 +686,34 @@ def relearn_time(forget_accuracies, target_accuracy, *, steps=None, max_steps: i
   """
   accuracies = np.asarray(forget_accuracies, dtype=np.float64)
   if accuracies.ndim not in (1, 2) or accuracies.shape[-1] == 0:
-    raise ValueError(f'forget_accuracies must have shape (T,) or (runs, T) with T >= 1; got shape '
-                     f'{accuracies.shape}.')
+    raise ValueError(
+      f'forget_accuracies must have shape (T,) or (runs, T) with T >= 1; got shape '
+      f'{accuracies.shape}.'
+    )
   if np.any(np.isnan(accuracies)):
     raise ValueError('forget_accuracies contains nan.')
   num_measurements = accuracies.shape[-1]
   if steps is None:
     steps = np.arange(1, num_measurements + 1)
   steps = np.asarray(steps)
-  if (steps.shape != (num_measurements,) or not np.issubdtype(steps.dtype, np.integer) or
-      np.any(np.diff(steps) <= 0) or steps[0] < 0):
-    raise ValueError(f'steps must be {num_measurements} strictly increasing non-negative integers; '
-                     f'got {steps!r}.')
+  if (
+    steps.shape != (num_measurements,)
+    or not np.issubdtype(steps.dtype, np.integer)
+    or np.any(np.diff(steps) <= 0)
+    or steps[0] < 0
+  ):
+    raise ValueError(
+      f'steps must be {num_measurements} strictly increasing non-negative integers; got {steps!r}.'
+    )
   cap = int(steps[-1]) if max_steps is None else max_steps
   if not (isinstance(cap, (int, np.integer)) and cap >= 0):
     raise ValueError(f'max_steps must be a non-negative integer; got {max_steps}.')
   target = np.asarray(target_accuracy, dtype=np.float64)
   if target.shape not in ((), accuracies.shape[:-1]) or not np.all(np.isfinite(target)):
-    raise ValueError(f'target_accuracy must be finite, a scalar or of shape '
-                     f'{accuracies.shape[:-1]}; got shape {target.shape}.')
+    raise ValueError(
+      f'target_accuracy must be finite, a scalar or of shape '
+      f'{accuracies.shape[:-1]}; got shape {target.shape}.'
+    )
   if not tolerance >= 0.0:
     raise ValueError(f'tolerance must be non-negative; got {tolerance}.')
   hit = (accuracies >= target[..., None] - tolerance) & (steps <= cap)

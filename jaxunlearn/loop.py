@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ StepFn = Callable[[TrainState, dict, jax.Array, Any], tuple[TrainState, dict]]
 @dataclasses.dataclass(frozen=True)
 class StepKind:
   """A pure step and the data source of each slot of its batch."""
+
   fn: StepFn
   slots: Mapping[str, str]
 
@@ -47,6 +49,7 @@ class StepKind:
 @dataclasses.dataclass(frozen=True)
 class Program:
   """Step kinds and the kind of every global step, in order."""
+
   kinds: Mapping[str, StepKind]
   schedule: Sequence[str]
   batch_size: int
@@ -62,8 +65,10 @@ class NonFiniteLoss(RuntimeError):
   done). No checkpoint after it was written."""
 
   def __init__(self, name: str, step: int, metric: str):
-    super().__init__(f'{name}: {metric} became non-finite at step {step}; stopped there, and the '
-                     'last checkpoint (if any) holds the weights before it.')
+    super().__init__(
+      f'{name}: {metric} became non-finite at step {step}; stopped there, and the '
+      'last checkpoint (if any) holds the weights before it.'
+    )
     self.step = step
 
 
@@ -74,7 +79,7 @@ class RunResult:
   compile_seconds: float
   run_seconds: float
   steps_run: int
-  step_metrics: list[dict] | None = None   # every step's metrics (run_many, keep_metrics)
+  step_metrics: list[dict] | None = None  # every step's metrics (run_many, keep_metrics)
 
 
 class Checkpointer(Protocol):
@@ -86,11 +91,22 @@ class Checkpointer(Protocol):
   def wait(self) -> None: ...
 
 
-def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: int,
-        constants: Any = None, checkpointer: Checkpointer | None = None, augment: bool = True,
-        log_every: int = 50, eval_fn: Callable[[TrainState], dict] | None = None,
-        name: str = 'train', stop_after: int | None = None,
-        stop_on_nonfinite: bool = False) -> RunResult:
+def run(
+  program: Program,
+  state: TrainState,
+  data: DeviceData,
+  *,
+  mesh,
+  seed: int,
+  constants: Any = None,
+  checkpointer: Checkpointer | None = None,
+  augment: bool = True,
+  log_every: int = 50,
+  eval_fn: Callable[[TrainState], dict] | None = None,
+  name: str = 'train',
+  stop_after: int | None = None,
+  stop_on_nonfinite: bool = False,
+) -> RunResult:
   """Runs `program` from `state` (or from the latest checkpoint) to the end of its schedule.
 
   `constants` (a PyTree, default empty) is handed to every step and never checkpointed. `eval_fn`
@@ -110,13 +126,22 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
       state = restored
   start = int(jax.device_get(state.step))
   total = len(program.schedule)
-  samplers = {source: BatchSampler(positions, program.batch_size, seed, source)
-              for source, positions in data.sources.items()}
+  samplers = {
+    source: BatchSampler(positions, program.batch_size, seed, source)
+    for source, positions in data.sources.items()
+  }
   draws = _draw_offsets(program, start)
   base_key = jax.random.key(seed)
-  compiled, compile_seconds = compile_program(program, state, data, mesh, seed, augment,
-                                              constants=constants,
-                                              kinds=set(program.schedule[start:]))
+  compiled, compile_seconds = compile_program(
+    program,
+    state,
+    data,
+    mesh,
+    seed,
+    augment,
+    constants=constants,
+    kinds=set(program.schedule[start:]),
+  )
   history, pending, unchecked = [], [], []
   run_start = last_time = time.perf_counter()
   last_step = start
@@ -129,8 +154,9 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
       batch[slot] = samplers[source].batch(draws[source])
       draws[source] += 1
     batch = sharding_lib.shard_global_batch(batch, mesh)
-    state, metrics = compiled[kind_name](state, constants, data.images, data.labels, batch,
-                                         base_key)
+    state, metrics = compiled[kind_name](
+      state, constants, data.images, data.labels, batch, base_key
+    )
     pending.append((kind_name, metrics))
     steps_run += 1
     done = step + 1
@@ -142,8 +168,16 @@ def run(program: Program, state: TrainState, data: DeviceData, *, mesh, seed: in
         unchecked = []
     if done % log_every == 0 or done == total:
       now = time.perf_counter()
-      record = _summarise(pending, done, total, now - last_time, done - last_step,
-                          program.batch_size, now - run_start, steps_run)
+      record = _summarise(
+        pending,
+        done,
+        total,
+        now - last_time,
+        done - last_step,
+        program.batch_size,
+        now - run_start,
+        steps_run,
+      )
       print(f'[{name}] {_format(record)}', flush=True)
       history.append(record)
       pending, last_time, last_step = [], now, done
@@ -177,8 +211,16 @@ def _draw_offsets(program: Program, start: int) -> dict[str, int]:
   return draws
 
 
-def compile_program(program: Program, state, data: DeviceData, mesh, seed: int, augment: bool,
-                    constants: Any = None, kinds=None):
+def compile_program(
+  program: Program,
+  state,
+  data: DeviceData,
+  mesh,
+  seed: int,
+  augment: bool,
+  constants: Any = None,
+  kinds=None,
+):
   """Compiles each step kind in `kinds` (default: all) once, ahead of time.
 
   Returns executables ``(state, constants, images, labels, batch, base_key) -> (state, metrics)``
@@ -195,19 +237,26 @@ def compile_program(program: Program, state, data: DeviceData, mesh, seed: int, 
 
     def program_step(state, constants, images, labels, batch, base_key, kind=kind):
       key = jax.random.fold_in(base_key, state.step)
-      batch = {slot: gather_batch(images, labels, data.info, positions, weight,
-                                  jax.random.fold_in(key, i), augment=augment)
-               for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))}
+      batch = {
+        slot: gather_batch(
+          images, labels, data.info, positions, weight, jax.random.fold_in(key, i), augment=augment
+        )
+        for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))
+      }
       new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)), constants)
       return new_state.replace(step=state.step + 1), metrics
 
     abstract_batch = {
-        slot: (jax.ShapeDtypeStruct((program.batch_size,), jnp.int32, sharding=batch_spec),
-               jax.ShapeDtypeStruct((program.batch_size,), jnp.float32, sharding=batch_spec))
-        for slot in kind.slots}
+      slot: (
+        jax.ShapeDtypeStruct((program.batch_size,), jnp.int32, sharding=batch_spec),
+        jax.ShapeDtypeStruct((program.batch_size,), jnp.float32, sharding=batch_spec),
+      )
+      for slot in kind.slots
+    }
     t0 = time.perf_counter()
     lowered = jax.jit(program_step, out_shardings=(replicated, replicated)).lower(
-        state, constants, data.images, data.labels, abstract_batch, base_key)
+      state, constants, data.images, data.labels, abstract_batch, base_key
+    )
     compiled[kind_name] = lowered.compile()
     seconds += time.perf_counter() - t0
   return compiled, seconds
@@ -218,7 +267,7 @@ def _summarise(pending, done, total, seconds, steps, batch_size, elapsed, steps_
   record: dict[str, Any] = {'step': done}
   keys = sorted({k for m in values for k in m})
   for k in keys:
-    vals = [float(np.mean(m[k])) for m in values if k in m]   # mean over models, if many
+    vals = [float(np.mean(m[k])) for m in values if k in m]  # mean over models, if many
     record[k] = float(np.mean(vals))
   record['examples_per_s'] = steps * batch_size / max(seconds, 1e-9)
   rate = steps_run / max(elapsed, 1e-9)
@@ -251,13 +300,16 @@ def split_constants(per_model: Sequence[Any]) -> tuple[Any, Any]:
     same = all(leaf is leaves[0] or np.array_equal(np.asarray(leaf), first) for leaf in leaves)
     shared.append(leaves[0] if same else None)
     stacked.append(None if same else jnp.stack([jnp.asarray(x) for x in leaves]))
-  return (jax.tree_util.tree_unflatten(treedef, shared),
-          jax.tree_util.tree_unflatten(treedef, stacked))
+  return (
+    jax.tree_util.tree_unflatten(treedef, shared),
+    jax.tree_util.tree_unflatten(treedef, stacked),
+  )
 
 
 def _merge_constants(shared, stacked):
-  return jax.tree.map(lambda a, b: a if b is None else b, shared, stacked,
-                      is_leaf=lambda x: x is None)
+  return jax.tree.map(
+    lambda a, b: a if b is None else b, shared, stacked, is_leaf=lambda x: x is None
+  )
 
 
 MANY_MODEL_FORMS = ('auto', 'vmap', 'unroll')
@@ -284,19 +336,38 @@ def _unrolled(fn, in_axes):
   (the models one after another in one compiled program), results stacked."""
 
   def mapped(*args):
-    size = next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes)
-                if axis == 0 and jax.tree.leaves(a))
-    outs = [fn(*[jax.tree.map(lambda x, i=i: x[i], a) if axis == 0 else a
-                 for a, axis in zip(args, in_axes)]) for i in range(size)]
+    size = next(
+      jax.tree.leaves(a)[0].shape[0]
+      for a, axis in zip(args, in_axes)
+      if axis == 0 and jax.tree.leaves(a)
+    )
+    outs = [
+      fn(
+        *[
+          jax.tree.map(lambda x, i=i: x[i], a) if axis == 0 else a for a, axis in zip(args, in_axes)
+        ]
+      )
+      for i in range(size)
+    ]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
   return mapped
 
 
-def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *, mesh,
-             seeds: Sequence[int], constants: Sequence[Any] | None = None, augment: bool = True,
-             log_every: int = 50, name: str = 'train', keep_metrics: bool = False,
-             form: str = 'auto') -> RunResult:
+def run_many(
+  program: Program,
+  states: Sequence[TrainState],
+  data: DeviceData,
+  *,
+  mesh,
+  seeds: Sequence[int],
+  constants: Sequence[Any] | None = None,
+  augment: bool = True,
+  log_every: int = 50,
+  name: str = 'train',
+  keep_metrics: bool = False,
+  form: str = 'auto',
+) -> RunResult:
   """Runs K independent copies of `program` as one compiled, vmapped program.
 
   Model k starts from ``states[k]`` with ``constants[k]`` and draws its batches and keys from
@@ -323,22 +394,32 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
   shared = jax.device_put(shared, replicated)
   base_keys = jax.device_put(jnp.stack([jax.random.key(s) for s in seeds]), models)
   total = len(program.schedule)
-  samplers = [{source: BatchSampler(positions, program.batch_size, seed, source)
-               for source, positions in data.sources.items()} for seed in seeds]
+  samplers = [
+    {
+      source: BatchSampler(positions, program.batch_size, seed, source)
+      for source, positions in data.sources.items()
+    }
+    for seed in seeds
+  ]
   draws = _draw_offsets(program, 0)
-  batch_sharding = NamedSharding(mesh, PartitionSpec(sharding_lib.MODEL_AXIS,
-                                                     sharding_lib.DATA_AXIS))
+  batch_sharding = NamedSharding(
+    mesh, PartitionSpec(sharding_lib.MODEL_AXIS, sharding_lib.DATA_AXIS)
+  )
   compiled, compile_seconds = {}, 0.0
   for kind_name in sorted(set(program.schedule)):
     kind = program.kinds[kind_name]
 
     def one_model(state, stacked, shared, images, labels, batch, base_key, kind=kind):
       key = jax.random.fold_in(base_key, state.step)
-      batch = {slot: gather_batch(images, labels, data.info, positions, weight,
-                                  jax.random.fold_in(key, i), augment=augment)
-               for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))}
-      new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)),
-                                   _merge_constants(shared, stacked))
+      batch = {
+        slot: gather_batch(
+          images, labels, data.info, positions, weight, jax.random.fold_in(key, i), augment=augment
+        )
+        for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))
+      }
+      new_state, metrics = kind.fn(
+        state, batch, jax.random.fold_in(key, len(batch)), _merge_constants(shared, stacked)
+      )
       return new_state.replace(step=state.step + 1), metrics
 
     # Each device group runs the models it holds (a vmap) under shard_map over the model axis:
@@ -346,23 +427,42 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
     # (LoRA's batched 1x1 convs, say) came out wrong on XLA:CPU when split over model devices.
     model_spec, replicated_spec = PartitionSpec(sharding_lib.MODEL_AXIS), PartitionSpec()
     in_axes = (0, 0, None, None, None, 0, 0)
-    local = (jax.vmap(one_model, in_axes=in_axes) if use_vmap(form, states[0].params)
-             else _unrolled(one_model, in_axes))
+    local = (
+      jax.vmap(one_model, in_axes=in_axes)
+      if use_vmap(form, states[0].params)
+      else _unrolled(one_model, in_axes)
+    )
     many = jax.shard_map(
-        local, mesh=mesh,
-        in_specs=(model_spec, model_spec, replicated_spec, replicated_spec, replicated_spec,
-                  model_spec, model_spec),
-        out_specs=(model_spec, model_spec), axis_names={sharding_lib.MODEL_AXIS},
-        check_vma=False)
+      local,
+      mesh=mesh,
+      in_specs=(
+        model_spec,
+        model_spec,
+        replicated_spec,
+        replicated_spec,
+        replicated_spec,
+        model_spec,
+        model_spec,
+      ),
+      out_specs=(model_spec, model_spec),
+      axis_names={sharding_lib.MODEL_AXIS},
+      check_vma=False,
+    )
     abstract_batch = {
-        slot: (jax.ShapeDtypeStruct((num_models, program.batch_size), jnp.int32,
-                                    sharding=batch_sharding),
-               jax.ShapeDtypeStruct((num_models, program.batch_size), jnp.float32,
-                                    sharding=batch_sharding))
-        for slot in kind.slots}
+      slot: (
+        jax.ShapeDtypeStruct((num_models, program.batch_size), jnp.int32, sharding=batch_sharding),
+        jax.ShapeDtypeStruct(
+          (num_models, program.batch_size), jnp.float32, sharding=batch_sharding
+        ),
+      )
+      for slot in kind.slots
+    }
     t0 = time.perf_counter()
-    compiled[kind_name] = jax.jit(many, out_shardings=(models, models)).lower(
-        state, stacked, shared, data.images, data.labels, abstract_batch, base_keys).compile()
+    compiled[kind_name] = (
+      jax.jit(many, out_shardings=(models, models))
+      .lower(state, stacked, shared, data.images, data.labels, abstract_batch, base_keys)
+      .compile()
+    )
     compile_seconds += time.perf_counter() - t0
   history, pending, kept = [], [], []
   run_start = last_time = time.perf_counter()
@@ -376,19 +476,34 @@ def run_many(program: Program, states: Sequence[TrainState], data: DeviceData, *
       batch[slot] = (np.stack([p for p, _ in drawn]), np.stack([w for _, w in drawn]))
       draws[source] += 1
     batch = jax.device_put(batch, batch_sharding)
-    state, metrics = compiled[kind_name](state, stacked, shared, data.images, data.labels, batch,
-                                         base_keys)
+    state, metrics = compiled[kind_name](
+      state, stacked, shared, data.images, data.labels, batch, base_keys
+    )
     pending.append((kind_name, metrics))
     if keep_metrics:
       kept.append(metrics)
     done = step + 1
     if done % log_every == 0 or done == total:
       now = time.perf_counter()
-      record = _summarise(pending, done, total, now - last_time, done - last_step,
-                          program.batch_size * num_models, now - run_start, done)
+      record = _summarise(
+        pending,
+        done,
+        total,
+        now - last_time,
+        done - last_step,
+        program.batch_size * num_models,
+        now - run_start,
+        done,
+      )
       print(f'[{name} x{num_models}] {_format(record)}', flush=True)
       history.append(record)
       pending, last_time, last_step = [], now, done
   jax.block_until_ready(state)
-  return RunResult(state, history, compile_seconds, time.perf_counter() - run_start, total,
-                   jax.device_get(kept) if keep_metrics else None)
+  return RunResult(
+    state,
+    history,
+    compile_seconds,
+    time.perf_counter() - run_start,
+    total,
+    jax.device_get(kept) if keep_metrics else None,
+  )

@@ -25,8 +25,9 @@ def weighted_cross_entropy(logits, labels, weight) -> jax.Array:
 
 def weighted_accuracy(logits, labels, weight) -> jax.Array:
   """Accuracy in percent over the real (weight > 0) rows."""
-  return 100.0 * weighted_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32),
-                               (weight > 0).astype(jnp.float32))
+  return 100.0 * weighted_mean(
+    (jnp.argmax(logits, -1) == labels).astype(jnp.float32), (weight > 0).astype(jnp.float32)
+  )
 
 
 def distillation_kl(teacher_logits, student_logits, temperature: float) -> jax.Array:

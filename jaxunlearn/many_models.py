@@ -54,36 +54,46 @@ from jaxunlearn.optim import make_optimizer
 from jaxunlearn.train import apply_gradients, create_state, supervised_program
 from jaxunlearn.unlearn import context
 
-
 ORIGINALS = ('per_model', 'one')
 
 
 @dataclasses.dataclass(frozen=True)
 class ManyModelsConfig(Config):
   """The many-model evaluation (`--config.eval.*` of experiments/many_models.py)."""
-  num_models: int = integer(128, ge=3, doc='K: models per row (Retrain, control, Original, '
-                            'each method)')
-  model_devices: int = integer(0, ge=0, doc='devices of the mesh\'s model axis; 0 = all')
+
+  num_models: int = integer(
+    128, ge=3, doc='K: models per row (Retrain, control, Original, each method)'
+  )
+  model_devices: int = integer(0, ge=0, doc="devices of the mesh's model axis; 0 = all")
   relearn_steps: int = integer(50, ge=1, doc='the relearn-time cap (SGD steps on D_f)')
   relearn_lr: float = number(0.01, gt=0)
   relearn_batch_size: int = integer(64, ge=1)
-  relearn_tolerance: float = number(0.0, ge=0, doc='points below the Original\'s forget '
-                                    'accuracy that count as relearned')
-  bootstrap_resamples: int = integer(2000, ge=1, doc='resamples of the forget examples for '
-                                     'the interval of F')
-  originals: str = choice('per_model', ORIGINALS, doc="'per_model': run k unlearns Original k; "
-                          "'one': every run unlearns the study's Original")
+  relearn_tolerance: float = number(
+    0.0, ge=0, doc="points below the Original's forget accuracy that count as relearned"
+  )
+  bootstrap_resamples: int = integer(
+    2000, ge=1, doc='resamples of the forget examples for the interval of F'
+  )
+  originals: str = choice(
+    'per_model',
+    ORIGINALS,
+    doc="'per_model': run k unlearns Original k; 'one': every run unlearns the study's Original",
+  )
 
 
 def model_mesh(cfg: ManyModelsConfig):
   """The ('models', 'data') mesh; ConfigError unless K splits over its model devices."""
   devices = cfg.model_devices or jax.device_count()
   if devices > jax.device_count() or jax.device_count() % devices:
-    raise ConfigError(f'--config.eval.model_devices={cfg.model_devices}: must divide the '
-                      f'number of devices ({jax.device_count()}).')
+    raise ConfigError(
+      f'--config.eval.model_devices={cfg.model_devices}: must divide the '
+      f'number of devices ({jax.device_count()}).'
+    )
   if cfg.num_models % devices:
-    raise ConfigError(f'--config.eval.num_models={cfg.num_models}: must be a multiple of the '
-                      f'model devices ({devices}).')
+    raise ConfigError(
+      f'--config.eval.num_models={cfg.num_models}: must be a multiple of the '
+      f'model devices ({devices}).'
+    )
   return sharding_lib.make_model_mesh(devices)
 
 
@@ -91,8 +101,9 @@ def on_mesh(setup: experiment.Setup, mesh) -> experiment.Setup:
   """The experiment with its data placed on `mesh`."""
 
   def move(data: DeviceData) -> DeviceData:
-    return DeviceData.create(np.asarray(data.images), np.asarray(data.labels), data.info,
-                             data.sources, mesh)
+    return DeviceData.create(
+      np.asarray(data.images), np.asarray(data.labels), data.info, data.sources, mesh
+    )
 
   return dataclasses.replace(setup, mesh=mesh, train=move(setup.train), test=move(setup.test))
 
@@ -105,39 +116,69 @@ def _model(tree, k: int):
   return jax.tree.map(lambda x: x[k], tree)
 
 
-def train_models(setup: experiment.Setup, seeds: list[int], source: str,
-                 name: str) -> tuple[dict, float]:
+def train_models(
+  setup: experiment.Setup, seeds: list[int], source: str, name: str
+) -> tuple[dict, float]:
   """Models trained together with the training recipe on `source` ('retain': Retrain models,
   'all': Originals), model k from seeds[k]; returns their stacked variables and the wall time."""
   training = setup.training
   states, txs = [], None
   for seed in seeds:
     fns, variables = experiment.build_model(setup.config, setup.info, seed)
-    program, txs = supervised_program(fns, training.optimizer,
-                                      num_examples=len(setup.train.sources[source]),
-                                      batch_size=training.batch_size, epochs=training.epochs,
-                                      source=source)
+    program, txs = supervised_program(
+      fns,
+      training.optimizer,
+      num_examples=len(setup.train.sources[source]),
+      batch_size=training.batch_size,
+      epochs=training.epochs,
+      source=source,
+    )
     states.append(create_state(variables, txs))
   t0 = time.perf_counter()
-  result = run_many(program, states, setup.train, mesh=setup.mesh, seeds=seeds,
-                    log_every=training.log_every, name=name)
+  result = run_many(
+    program,
+    states,
+    setup.train,
+    mesh=setup.mesh,
+    seeds=seeds,
+    log_every=training.log_every,
+    name=name,
+  )
   return jax.device_get(result.state.variables), time.perf_counter() - t0
 
 
-def unlearn_models(setup: experiment.Setup, method: str, cfg: Config, model_fns,
-                   originals: list[dict], seeds: list[int],
-                   cache_dir: str = '') -> tuple[dict, float, dict]:
+def unlearn_models(
+  setup: experiment.Setup,
+  method: str,
+  cfg: Config,
+  model_fns,
+  originals: list[dict],
+  seeds: list[int],
+  cache_dir: str = '',
+) -> tuple[dict, float, dict]:
   """K runs of `method`, run k from originals[k] with seeds[k], together; returns the stacked
   unlearned variables, the wall time (preparation included, compilation too) and the plans'
   info."""
   t0 = time.perf_counter()
-  plans = [registry.get(method).build(
-      context(setup, model_fns, original, seed=seed, batch_size=cfg.batch_size,
-              cache_dir=cache_dir), cfg)
-      for original, seed in zip(originals, seeds)]
-  result = run_many(plans[0].program, [p.state for p in plans], setup.train, mesh=setup.mesh,
-                    seeds=seeds, constants=[p.constants for p in plans],
-                    log_every=setup.training.log_every, name=method)
+  plans = [
+    registry.get(method).build(
+      context(
+        setup, model_fns, original, seed=seed, batch_size=cfg.batch_size, cache_dir=cache_dir
+      ),
+      cfg,
+    )
+    for original, seed in zip(originals, seeds)
+  ]
+  result = run_many(
+    plans[0].program,
+    [p.state for p in plans],
+    setup.train,
+    mesh=setup.mesh,
+    seeds=seeds,
+    constants=[p.constants for p in plans],
+    log_every=setup.training.log_every,
+    name=method,
+  )
   final = jax.device_get(result.state)
   if plans[0].finalize is not None:
     variables = _stack([plans[k].finalize(_model(final, k)) for k in range(len(seeds))])
@@ -146,8 +187,9 @@ def unlearn_models(setup: experiment.Setup, method: str, cfg: Config, model_fns,
   return variables, time.perf_counter() - t0, plans[0].info or {}
 
 
-def relearn_accuracies(setup: experiment.Setup, model_fns, variables: dict, seeds: list[int],
-                       cfg: ManyModelsConfig) -> np.ndarray:
+def relearn_accuracies(
+  setup: experiment.Setup, model_fns, variables: dict, seeds: list[int], cfg: ManyModelsConfig
+) -> np.ndarray:
   """Forget-set accuracy [K, relearn_steps + 1] of K models fine-tuned on D_f with SGD (before
   the first step, then after each); each model's batches follow its seed."""
   tx = make_optimizer(sgd_config(cfg.relearn_lr), cfg.relearn_steps)
@@ -160,8 +202,10 @@ def relearn_accuracies(setup: experiment.Setup, model_fns, variables: dict, seed
       x = preprocess(jnp.take(images, pos, axis=0), setup.info, train=False, key=None)
       logits, _ = model_fns.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
       return jnp.sum((jnp.argmax(logits, -1) == jnp.take(labels, pos)) * w)
-    correct = jax.lax.map(chunk, (constants['forget_set']['positions'],
-                                  constants['forget_set']['weights']))
+
+    correct = jax.lax.map(
+      chunk, (constants['forget_set']['positions'], constants['forget_set']['weights'])
+    )
     return 100.0 * jnp.sum(correct) / jnp.sum(constants['forget_set']['weights'])
 
   def relearn_step(state, batch, key, constants):
@@ -169,27 +213,46 @@ def relearn_accuracies(setup: experiment.Setup, model_fns, variables: dict, seed
     data = batch['train']
 
     def loss_fn(params):
-      logits, batch_stats = model_fns.apply({'params': params, 'batch_stats': state.batch_stats},
-                                            data['image'], train=True)
+      logits, batch_stats = model_fns.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, data['image'], train=True
+      )
       return losses.weighted_cross_entropy(logits, data['label'], data['weight']), batch_stats
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, 'main')
-    accuracy = set_accuracy(state.params, state.batch_stats, constants,
-                            constants['images'], constants['labels'])
+    accuracy = set_accuracy(
+      state.params, state.batch_stats, constants, constants['images'], constants['labels']
+    )
     return state, {'loss': loss, 'forget_set_accuracy': accuracy}
 
-  constants = {'forget_set': forget_set, 'images': setup.train.images,
-               'labels': setup.train.labels}
-  program = Program({'relearn': StepKind(relearn_step, {'train': 'forget'})},
-                    ['relearn'] * cfg.relearn_steps, cfg.relearn_batch_size)
+  constants = {'forget_set': forget_set, 'images': setup.train.images, 'labels': setup.train.labels}
+  program = Program(
+    {'relearn': StepKind(relearn_step, {'train': 'forget'})},
+    ['relearn'] * cfg.relearn_steps,
+    cfg.relearn_batch_size,
+  )
   states = [create_state(_model(variables, k), {'main': tx}) for k in range(len(seeds))]
-  before = np.stack([np.asarray(jax.jit(set_accuracy)(
-      s.params, s.batch_stats, constants, setup.train.images, setup.train.labels))
-                     for s in states])
-  result = run_many(program, states, setup.train, mesh=setup.mesh, seeds=seeds,
-                    constants=[constants] * len(seeds), log_every=10**9, name='relearn',
-                    keep_metrics=True)
+  before = np.stack(
+    [
+      np.asarray(
+        jax.jit(set_accuracy)(
+          s.params, s.batch_stats, constants, setup.train.images, setup.train.labels
+        )
+      )
+      for s in states
+    ]
+  )
+  result = run_many(
+    program,
+    states,
+    setup.train,
+    mesh=setup.mesh,
+    seeds=seeds,
+    constants=[constants] * len(seeds),
+    log_every=10**9,
+    name='relearn',
+    keep_metrics=True,
+  )
   after = np.stack([np.asarray(m['forget_set_accuracy']) for m in result.step_metrics], axis=1)
   return np.concatenate([before[:, None], after], axis=1)
 
@@ -199,16 +262,25 @@ SETS = (('forget', 'train', 'forget'), ('retain', 'train', 'retain'), ('test', '
 
 def logits_of(setup: experiment.Setup, model_fns, variables: dict) -> dict[str, np.ndarray]:
   """Eval-mode logits [K, N, C] of K models on D_f, D_r and the test set."""
-  return {name: evaluation.predict_many(model_fns, variables, getattr(setup, data).images,
-                                        setup.info, getattr(setup, data).sources[source],
-                                        mesh=setup.mesh,
-                                        batch_size=setup.evaluation.eval_batch_size)
-          for name, data, source in SETS}
+  return {
+    name: evaluation.predict_many(
+      model_fns,
+      variables,
+      getattr(setup, data).images,
+      setup.info,
+      getattr(setup, data).sources[source],
+      mesh=setup.mesh,
+      batch_size=setup.evaluation.eval_batch_size,
+    )
+    for name, data, source in SETS
+  }
 
 
 def labels_of(setup: experiment.Setup) -> dict[str, np.ndarray]:
-  return {name: np.asarray(getattr(setup, data).labels)[getattr(setup, data).sources[source]]
-          for name, data, source in SETS}
+  return {
+    name: np.asarray(getattr(setup, data).labels)[getattr(setup, data).sources[source]]
+    for name, data, source in SETS
+  }
 
 
 def per_model_scores(setup: experiment.Setup, logits: dict, labels: dict) -> list[dict]:
@@ -218,21 +290,36 @@ def per_model_scores(setup: experiment.Setup, logits: dict, labels: dict) -> lis
     test_forget_mask = np.zeros(len(labels['test']), bool)
     test_forget_mask[setup.split.test_forget] = True
   cfg = setup.evaluation
-  return [metrics.unlearning_metrics(
-      forget_logits=logits['forget'][k], forget_labels=labels['forget'],
-      retain_logits=logits['retain'][k], retain_labels=labels['retain'],
-      test_logits=logits['test'][k], test_labels=labels['test'], test_forget_mask=test_forget_mask,
-      mia_feature=cfg.mia_feature, mia_classifier=cfg.mia_classifier, seed=k)
-          for k in range(logits['forget'].shape[0])]
+  return [
+    metrics.unlearning_metrics(
+      forget_logits=logits['forget'][k],
+      forget_labels=labels['forget'],
+      retain_logits=logits['retain'][k],
+      retain_labels=labels['retain'],
+      test_logits=logits['test'][k],
+      test_labels=labels['test'],
+      test_forget_mask=test_forget_mask,
+      mia_feature=cfg.mia_feature,
+      mia_classifier=cfg.mia_classifier,
+      seed=k,
+    )
+    for k in range(logits['forget'].shape[0])
+  ]
 
 
 def mean_scores(per_model: list[dict]) -> dict:
   return {k: float(np.mean([s[k] for s in per_model])) for k in ('UA', 'RA', 'TA', 'MIA')}
 
 
-def scores_of(setup: experiment.Setup, model_fns, variables: dict, retrain: dict,
-              original_forget_accuracy, cfg: ManyModelsConfig,
-              seeds: list[int]) -> tuple[dict, np.ndarray]:
+def scores_of(
+  setup: experiment.Setup,
+  model_fns,
+  variables: dict,
+  retrain: dict,
+  original_forget_accuracy,
+  cfg: ManyModelsConfig,
+  seeds: list[int],
+) -> tuple[dict, np.ndarray]:
   """The many-model scores of K models against the K Retrain models, and the per-example
   epsilons.
 
@@ -246,30 +333,57 @@ def scores_of(setup: experiment.Setup, model_fns, variables: dict, retrain: dict
   scores = mean_scores(per_model)
   scores['AvgGap'] = float(np.mean([metrics.avg_gap(s, retrain['scores']) for s in per_model]))
   scores['ToW'] = float(np.mean([metrics.tow(s, retrain['scores']) for s in per_model]))
-  quality = fq.forgetting_quality(logits['forget'], retrain['logits']['forget'],
-                                  labels['forget'])
+  quality = fq.forgetting_quality(logits['forget'], retrain['logits']['forget'], labels['forget'])
   scores['F_low'], scores['F_high'] = fq.bootstrap_interval(
-      quality.points, num_resamples=cfg.bootstrap_resamples)
-  final = fq.challenge_score(quality, retain_accuracy_unlearned=scores['RA'],
-                             retain_accuracy_retrained=retrain['scores']['RA'],
-                             test_accuracy_unlearned=scores['TA'],
-                             test_accuracy_retrained=retrain['scores']['TA'])
-  klom = fq.klom_report({name: (logits[name], retrain['logits'][name], labels[name])
-                         for name in logits})
-  relearn = fq.relearn_summary(fq.relearn_time(
-      relearn_accuracies(setup, model_fns, variables, seeds, cfg), original_forget_accuracy,
-      steps=np.arange(cfg.relearn_steps + 1), tolerance=cfg.relearn_tolerance))
-  scores.update(F=quality.quality, score=final.score, K=quality.num_models,
-                relearn_steps=relearn.mean, relearn_steps_std=relearn.std,
-                relearn_reached=relearn.num_reached)
+    quality.points, num_resamples=cfg.bootstrap_resamples
+  )
+  final = fq.challenge_score(
+    quality,
+    retain_accuracy_unlearned=scores['RA'],
+    retain_accuracy_retrained=retrain['scores']['RA'],
+    test_accuracy_unlearned=scores['TA'],
+    test_accuracy_retrained=retrain['scores']['TA'],
+  )
+  klom = fq.klom_report(
+    {name: (logits[name], retrain['logits'][name], labels[name]) for name in logits}
+  )
+  relearn = fq.relearn_summary(
+    fq.relearn_time(
+      relearn_accuracies(setup, model_fns, variables, seeds, cfg),
+      original_forget_accuracy,
+      steps=np.arange(cfg.relearn_steps + 1),
+      tolerance=cfg.relearn_tolerance,
+    )
+  )
+  scores.update(
+    F=quality.quality,
+    score=final.score,
+    K=quality.num_models,
+    relearn_steps=relearn.mean,
+    relearn_steps_std=relearn.std,
+    relearn_reached=relearn.num_reached,
+  )
   for name, value in klom.items():
     scores[f'KLOM_{name}_median'], scores[f'KLOM_{name}_p95'] = value.median, value.p95
   return scores, quality.epsilons
 
 
-COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'F', 'score', 'KLOM_forget_median',
-           'KLOM_forget_p95', 'KLOM_retain_median', 'KLOM_test_median', 'relearn_steps',
-           'wall_s')
+COLUMNS = (
+  'UA',
+  'RA',
+  'TA',
+  'MIA',
+  'AvgGap',
+  'ToW',
+  'F',
+  'score',
+  'KLOM_forget_median',
+  'KLOM_forget_p95',
+  'KLOM_retain_median',
+  'KLOM_test_median',
+  'relearn_steps',
+  'wall_s',
+)
 THREE_DIGITS = ('ToW', 'score')
 
 
@@ -287,26 +401,29 @@ def markdown_table(rows: dict[str, dict]) -> str:
       elif column == 'relearn_steps':
         cells.append(f'{value:.1f} ± {scores["relearn_steps_std"]:.1f}')
       else:
-        cells.append(f'{value:.3f}' if column in THREE_DIGITS or 'KLOM' in column
-                     else f'{value:.2f}')
+        cells.append(
+          f'{value:.3f}' if column in THREE_DIGITS or 'KLOM' in column else f'{value:.2f}'
+        )
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
 TABLE_NOTE = (
-    'K models per row (seeds 0..K-1), single-model scores averaged over them. Control = a second '
-    'set of K Retrain models (seeds K..2K-1): the best F attainable at this K; Original = K models '
-    'trained on all of D: no forgetting. F = the NeurIPS 2023 challenge forgetting quality with a '
-    '95% bootstrap interval over forget examples (higher is better, comparable at equal K only); '
-    'score = F x RA/RA_retrain x TA/TA_retrain; AvgGap and ToW per model against Retrain\'s mean '
-    'accuracies, then averaged; KLOM = KL between margin histograms over the K models and the K '
-    'Retrain models (lower is better); relearn_steps = SGD steps on D_f until the forget accuracy '
-    'is back at the Original\'s (mean ± std, capped); wall_s = wall time of the K runs together '
-    '(preparation and compilation included).')
+  'K models per row (seeds 0..K-1), single-model scores averaged over them. Control = a second '
+  'set of K Retrain models (seeds K..2K-1): the best F attainable at this K; Original = K models '
+  'trained on all of D: no forgetting. F = the NeurIPS 2023 challenge forgetting quality with a '
+  '95% bootstrap interval over forget examples (higher is better, comparable at equal K only); '
+  "score = F x RA/RA_retrain x TA/TA_retrain; AvgGap and ToW per model against Retrain's mean "
+  'accuracies, then averaged; KLOM = KL between margin histograms over the K models and the K '
+  'Retrain models (lower is better); relearn_steps = SGD steps on D_f until the forget accuracy '
+  "is back at the Original's (mean ± std, capped); wall_s = wall time of the K runs together "
+  '(preparation and compilation included).'
+)
 
 
-def plot_epsilons(per_example: dict[str, np.ndarray], num_models: int, path: str,
-                  title: str) -> None:
+def plot_epsilons(
+  per_example: dict[str, np.ndarray], num_models: int, path: str, title: str
+) -> None:
   """Per row, the share of forget examples in each epsilon bucket, as a stacked bar: the
   buckets that score at this K (width 0.5, worth 1, 1/2, ...), the rest below the cap, and the cap
   (the attacks told the two sets of models apart perfectly)."""
@@ -315,10 +432,14 @@ def plot_epsilons(per_example: dict[str, np.ndarray], num_models: int, path: str
   names = list(per_example)
   limit = fq.num_score_buckets(num_models) * fq.BUCKET_WIDTH
   edges = np.arange(0.0, limit + 1e-9, fq.BUCKET_WIDTH)
-  labels = [f'{a:g}-{b:g} (scores 1/{2 ** i})' if i else f'{a:g}-{b:g} (scores 1)'
-            for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))]
-  labels += [f'{limit:g} to the cap (scores 0)',
-             f'the cap, {fq.EPSILON_CAP:g} (perfectly told apart)']
+  labels = [
+    f'{a:g}-{b:g} (scores 1/{2**i})' if i else f'{a:g}-{b:g} (scores 1)'
+    for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))
+  ]
+  labels += [
+    f'{limit:g} to the cap (scores 0)',
+    f'the cap, {fq.EPSILON_CAP:g} (perfectly told apart)',
+  ]
   scoring = report.colormap('viridis')(np.linspace(0.2, 0.95, len(edges) - 1))
   colours = list(scoring) + ['0.6', 'tab:red']
   left = np.zeros(len(names))
@@ -359,60 +480,104 @@ def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict
   if cfg.originals == 'per_model':
     originals = [_model(stacked_originals, i) for i in seeds]
     original_fa = 100.0 * np.mean(
-        np.argmax(logits_of(setup, fns, stacked_originals)['forget'], -1) == labels['forget'],
-        axis=1)
+      np.argmax(logits_of(setup, fns, stacked_originals)['forget'], -1) == labels['forget'], axis=1
+    )
   else:
     original = study.original()
     originals = [original.variables] * k
-    original_fa = 100.0 * float(np.mean(np.argmax(evaluation.predict(
-        fns, original.variables, study.setup.train.images, setup.info,
-        setup.train.sources['forget'], mesh=study.setup.mesh), -1) == labels['forget']))
+    original_fa = 100.0 * float(
+      np.mean(
+        np.argmax(
+          evaluation.predict(
+            fns,
+            original.variables,
+            study.setup.train.images,
+            setup.info,
+            setup.train.sources['forget'],
+            mesh=study.setup.mesh,
+          ),
+          -1,
+        )
+        == labels['forget']
+      )
+    )
   retrain_vars, retrain_wall = train_models(setup, seeds, 'retain', 'retrain')
   retrain_logits = logits_of(setup, fns, retrain_vars)
   retrain_scores = mean_scores(per_model_scores(setup, retrain_logits, labels))
   retrain = {'logits': retrain_logits, 'scores': retrain_scores}
-  relearn = fq.relearn_summary(fq.relearn_time(
-      relearn_accuracies(setup, fns, retrain_vars, seeds, cfg), original_fa,
-      steps=np.arange(cfg.relearn_steps + 1), tolerance=cfg.relearn_tolerance))
-  rows = {'Retrain': {**retrain_scores, 'K': k, 'relearn_steps': relearn.mean,
-                      'relearn_steps_std': relearn.std, 'relearn_reached': relearn.num_reached,
-                      'wall_s': retrain_wall}}
+  relearn = fq.relearn_summary(
+    fq.relearn_time(
+      relearn_accuracies(setup, fns, retrain_vars, seeds, cfg),
+      original_fa,
+      steps=np.arange(cfg.relearn_steps + 1),
+      tolerance=cfg.relearn_tolerance,
+    )
+  )
+  rows = {
+    'Retrain': {
+      **retrain_scores,
+      'K': k,
+      'relearn_steps': relearn.mean,
+      'relearn_steps_std': relearn.std,
+      'relearn_reached': relearn.num_reached,
+      'wall_s': retrain_wall,
+    }
+  }
   per_example = {}
   control_seeds = list(range(k, 2 * k))
   control_vars, control_wall = train_models(setup, control_seeds, 'retain', 'control')
   for row, variables, row_seeds, wall in (
-      ('Control', control_vars, control_seeds, control_wall),
-      ('Original', stacked_originals, seeds, originals_wall)):
-    rows[row], per_example[row] = scores_of(setup, fns, variables, retrain, original_fa, cfg,
-                                            row_seeds)
+    ('Control', control_vars, control_seeds, control_wall),
+    ('Original', stacked_originals, seeds, originals_wall),
+  ):
+    rows[row], per_example[row] = scores_of(
+      setup, fns, variables, retrain, original_fa, cfg, row_seeds
+    )
     rows[row]['wall_s'] = wall
     _print(row, rows[row])
   for row, method, method_cfg in study.rows:
-    variables, wall, info = unlearn_models(setup, method, method_cfg, fns, originals, seeds,
-                                           os.path.join(study.experiment_dir, 'cache'))
-    rows[row], per_example[row] = scores_of(setup, fns, variables, retrain, original_fa, cfg,
-                                            seeds)
+    variables, wall, info = unlearn_models(
+      setup, method, method_cfg, fns, originals, seeds, os.path.join(study.experiment_dir, 'cache')
+    )
+    rows[row], per_example[row] = scores_of(setup, fns, variables, retrain, original_fa, cfg, seeds)
     rows[row].update(wall_s=wall, trainable_fraction=info.get('trainable_fraction', 1.0))
     _print(row, rows[row])
   directory = os.path.join(study.experiment_dir, f'many_K{k}')
-  title = (f'{study.data_config.dataset} / {study.training.model} / forget '
-           f'{study.data_config.forget}: K = {k} models per row')
-  payload = {'config': study.config.to_dict(), 'num_models': k, 'rows': rows,
-             'epsilons': {name: v.tolist() for name, v in per_example.items()},
-             'originals': cfg.originals,
-             'original_forget_accuracy': np.asarray(original_fa).tolist(),
-             'device': {'platform': jax.devices()[0].platform,
-                        'kind': jax.devices()[0].device_kind, 'count': jax.device_count()},
-             'wall_seconds': time.perf_counter() - start}
+  title = (
+    f'{study.data_config.dataset} / {study.training.model} / forget '
+    f'{study.data_config.forget}: K = {k} models per row'
+  )
+  payload = {
+    'config': study.config.to_dict(),
+    'num_models': k,
+    'rows': rows,
+    'epsilons': {name: v.tolist() for name, v in per_example.items()},
+    'originals': cfg.originals,
+    'original_forget_accuracy': np.asarray(original_fa).tolist(),
+    'device': {
+      'platform': jax.devices()[0].platform,
+      'kind': jax.devices()[0].device_kind,
+      'count': jax.device_count(),
+    },
+    'wall_seconds': time.perf_counter() - start,
+  }
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
     experiment.write_json(os.path.join(directory, f'{results_name}.json'), payload)
-    report.write_text(os.path.join(directory, f'{results_name}.md'),
-                      f'# {title}\n\n{markdown_table(rows)}\n\n{TABLE_NOTE}\n')
+    report.write_text(
+      os.path.join(directory, f'{results_name}.md'),
+      f'# {title}\n\n{markdown_table(rows)}\n\n{TABLE_NOTE}\n',
+    )
     plot_epsilons(per_example, k, os.path.join(directory, f'{results_name}.png'), title)
   return payload
 
 
 def _print(row: str, scores: dict) -> None:
-  print(f'[many {row}] ' + ', '.join(f'{k} {scores[k]:.3f}' for k in (
-      'UA', 'RA', 'TA', 'AvgGap', 'F', 'F_low', 'F_high', 'relearn_steps', 'wall_s')), flush=True)
+  print(
+    f'[many {row}] '
+    + ', '.join(
+      f'{k} {scores[k]:.3f}'
+      for k in ('UA', 'RA', 'TA', 'AvgGap', 'F', 'F_low', 'F_high', 'relearn_steps', 'wall_s')
+    ),
+    flush=True,
+  )

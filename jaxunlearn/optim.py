@@ -6,7 +6,7 @@ added to the gradient before momentum) for 'sgd' and 'adam'; 'adamw' decouples i
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import optax
@@ -62,8 +62,9 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
   if cfg.weight_decay:
     parts.append(optax.add_decayed_weights(float(cfg.weight_decay)))
   if cfg.name == 'sgd':
-    parts.append(optax.sgd(schedule, momentum=float(cfg.momentum) or None,
-                           nesterov=bool(cfg.nesterov)))
+    parts.append(
+      optax.sgd(schedule, momentum=float(cfg.momentum) or None, nesterov=bool(cfg.nesterov))
+    )
   elif cfg.name == 'adam':
     parts.append(optax.adam(schedule))
   else:
@@ -81,8 +82,9 @@ def mask_updates(updates, mask):
   return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, mask)
 
 
-def partition_by_type(tx: optax.GradientTransformation, param_types,
-                      trainable: Callable[[type], bool]) -> optax.GradientTransformation:
+def partition_by_type(
+  tx: optax.GradientTransformation, param_types, trainable: Callable[[type], bool]
+) -> optax.GradientTransformation:
   """Trains only the parameters whose variable type satisfies `trainable` (e.g. LoRA weights);
   the rest get zero updates and no optimiser state."""
   labels = jax.tree.map(lambda t: 'train' if trainable(t) else 'frozen', param_types)

@@ -45,15 +45,17 @@ def markdown_table(rows: dict[str, dict], *, class_wise: bool) -> str:
   return '\n'.join(lines)
 
 
-TABLE_NOTE = ('UA = 100 - accuracy on D_f; RA, TA = accuracy on D_r and the test set (%); '
-              'MIA = MIA-Efficacy, % of D_f predicted non-member; AvgGap = mean |diff| to Retrain '
-              'over UA, RA, TA, MIA; ToW = product over D_f, D_r and the test set of 1 - '
-              '|accuracy - Retrain\'s| / 100 (higher is better); KL = KL(Retrain || method) on '
-              'D_f (nats); FD_r = mean '
-              'feature distance to the Original on D_r (L2, averaged over examples and layers); '
-              'RTE_s = wall time '
-              'of the unlearning phase in seconds, compilation excluded (Original/Retrain: '
-              'training time).')
+TABLE_NOTE = (
+  'UA = 100 - accuracy on D_f; RA, TA = accuracy on D_r and the test set (%); '
+  'MIA = MIA-Efficacy, % of D_f predicted non-member; AvgGap = mean |diff| to Retrain '
+  'over UA, RA, TA, MIA; ToW = product over D_f, D_r and the test set of 1 - '
+  "|accuracy - Retrain's| / 100 (higher is better); KL = KL(Retrain || method) on "
+  'D_f (nats); FD_r = mean '
+  'feature distance to the Original on D_r (L2, averaged over examples and layers); '
+  'RTE_s = wall time '
+  'of the unlearning phase in seconds, compilation excluded (Original/Retrain: '
+  'training time).'
+)
 
 
 def write_text(path: str, text: str) -> None:
@@ -66,8 +68,12 @@ def write_text(path: str, text: str) -> None:
 
 
 SIGNED_METRICS = ('UA', 'RA', 'TA', 'MIA')
-METRIC_STYLES = {'UA': ('tab:blue', 'o'), 'RA': ('tab:orange', 's'), 'TA': ('tab:green', '^'),
-                 'MIA': ('tab:red', 'D')}
+METRIC_STYLES = {
+  'UA': ('tab:blue', 'o'),
+  'RA': ('tab:orange', 's'),
+  'TA': ('tab:green', '^'),
+  'MIA': ('tab:red', 'D'),
+}
 # Below 1 point the axes of the picture are linear, above it logarithmic (see `trade_off_figure`).
 LINEAR_WITHIN = 1.0
 LEGEND_INCHES = 0.5  # room below the panels for their legends (two rows at most)
@@ -96,7 +102,7 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
   """
   finite = sorted((x, y, n) for n, (x, y) in points.items() if np.isfinite(x) and np.isfinite(y))
   front, best = [], np.inf
-  for x, y, name in finite:
+  for _, y, name in finite:
     if y < best:
       front.append(name)
       best = y
@@ -105,8 +111,7 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
 
 def _overlap(a, b) -> float:
   """Overlap area of two boxes (x0, y0, x1, y1)."""
-  return (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-          * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+  return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def _nearest_on_box(box, x: float, y: float) -> tuple[float, float]:
@@ -123,8 +128,9 @@ def _crosses(box, x0: float, y0: float, x1: float, y1: float) -> bool:
   return False
 
 
-def place_labels(anchors, sizes, bounds, marker: float = 7.0,
-                 radii=(8, 16, 26, 40, 58, 80)) -> list[tuple[float, float, float, float]]:
+def place_labels(
+  anchors, sizes, bounds, marker: float = 7.0, radii=(8, 16, 26, 40, 58, 80)
+) -> list[tuple[float, float, float, float]]:
   """Boxes for point labels that overlap no other label, marker or leader line.
 
   Greedy, in display pixels: each label in turn takes the first free box of rings of candidates
@@ -146,8 +152,20 @@ def place_labels(anchors, sizes, bounds, marker: float = 7.0,
   Returns:
     One (x0, y0, x1, y1) box per label.
   """
-  directions = ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1),
-                (1, 0.5), (-1, 0.5), (1, -0.5), (-1, -0.5))
+  directions = (
+    (1, 0),
+    (-1, 0),
+    (0, 1),
+    (0, -1),
+    (1, 1),
+    (-1, 1),
+    (1, -1),
+    (-1, -1),
+    (1, 0.5),
+    (-1, 0.5),
+    (1, -0.5),
+    (-1, -0.5),
+  )
   markers = [(x - marker, y - marker, x + marker, y + marker) for x, y in anchors]
   placed, leaders = [], []
   for i, ((ax, ay), (w, h)) in enumerate(zip(anchors, sizes)):
@@ -162,8 +180,9 @@ def place_labels(anchors, sizes, bounds, marker: float = 7.0,
         leader = (ax, ay, *_nearest_on_box(box, ax, ay))
         cost = sum(_overlap(box, t) for t in placed + markers)
         # A crossing costs as much as a marker-sized overlap: avoided where possible.
-        crossings = (sum(_crosses(m, *leader) for m in others + placed)
-                     + sum(_crosses(box, *line) for line in leaders))
+        crossings = sum(_crosses(m, *leader) for m in others + placed) + sum(
+          _crosses(box, *line) for line in leaders
+        )
         cost += 4 * marker**2 * crossings
         if cost < best_cost:
           best, best_cost, best_leader = box, cost, leader
@@ -207,7 +226,7 @@ def _plot_differences(ax, rows: dict[str, dict], order: list[str]) -> None:
   reference = {k: _finite_mean(rows['Retrain'], k) for k in SIGNED_METRICS}
   offsets = np.linspace(-0.27, 0.27, len(SIGNED_METRICS))
   extent = 10.0
-  labelled = set()   # each metric named once in the legend
+  labelled = set()  # each metric named once in the legend
   for i, name in enumerate(order):
     if i % 2:
       ax.axhspan(i - 0.5, i + 0.5, color='0.94', zorder=0)
@@ -218,15 +237,25 @@ def _plot_differences(ax, rows: dict[str, dict], order: list[str]) -> None:
         continue
       diff, std = mean - reference[metric], rows[name][metric]['std']
       color, marker = METRIC_STYLES[metric]
-      ax.errorbar(diff, i + offset, xerr=std, color=color, marker=marker, markersize=5,
-                  capsize=2, linewidth=1, linestyle='none',
-                  label=None if metric in labelled else metric)
+      ax.errorbar(
+        diff,
+        i + offset,
+        xerr=std,
+        color=color,
+        marker=marker,
+        markersize=5,
+        capsize=2,
+        linewidth=1,
+        linestyle='none',
+        label=None if metric in labelled else metric,
+      )
       labelled.add(metric)
       extent = max(extent, abs(diff) + std)
       drawn = True
     if not drawn:
-      ax.text(0, i, '  diverged in every seed: no finite mean', color='tab:red', va='center',
-              fontsize=9)
+      ax.text(
+        0, i, '  diverged in every seed: no finite mean', color='tab:red', va='center', fontsize=9
+      )
   ax.axvline(0, color='black', linewidth=1, zorder=1)
   ax.set_xscale('symlog', linthresh=LINEAR_WITHIN, linscale=1.0)
   ax.set_xlim(-1.5 * extent, 1.5 * extent)
@@ -240,10 +269,15 @@ def _plot_differences(ax, rows: dict[str, dict], order: list[str]) -> None:
       tick.set_color('tab:red')
   ax.set_ylim(max(len(order), 1) - 0.5, -0.5)
   ax.grid(axis='x', which='major', alpha=0.4)
-  ax.set_xlabel('method - Retrain (points; symlog: linear within ±1, log beyond)\n'
-                'UA, MIA > 0: forgets more than Retrain; RA, TA < 0: less accurate')
-  ax.set_title('(a) Difference to Retrain (line at 0), mean ± std;\n'
-               'methods by Avg. Gap to Retrain (in brackets), best on top', fontsize=10)
+  ax.set_xlabel(
+    'method - Retrain (points; symlog: linear within ±1, log beyond)\n'
+    'UA, MIA > 0: forgets more than Retrain; RA, TA < 0: less accurate'
+  )
+  ax.set_title(
+    '(a) Difference to Retrain (line at 0), mean ± std;\n'
+    'methods by Avg. Gap to Retrain (in brackets), best on top',
+    fontsize=10,
+  )
 
 
 def _plot_pareto(ax, rows: dict[str, dict], order: list[str]) -> dict[str, tuple[float, float]]:
@@ -270,30 +304,60 @@ def _plot_pareto(ax, rows: dict[str, dict], order: list[str]) -> dict[str, tuple
     elif name == 'Original':
       style = dict(marker='s', markersize=7, color='0.55', zorder=3)
     else:
-      style = dict(marker='o', markersize=7, zorder=3,
-                   color='tab:purple' if name in front else 'tab:blue',
-                   markeredgecolor='tab:red' if _diverged_share(s) > 0 else 'none',
-                   markeredgewidth=2)
-    ax.errorbar(time, gap, xerr=xerr, yerr=s['AvgGap']['std'], linestyle='none', elinewidth=0.8,
-                capsize=2, ecolor='0.75', **style)
+      style = dict(
+        marker='o',
+        markersize=7,
+        zorder=3,
+        color='tab:purple' if name in front else 'tab:blue',
+        markeredgecolor='tab:red' if _diverged_share(s) > 0 else 'none',
+        markeredgewidth=2,
+      )
+    ax.errorbar(
+      time,
+      gap,
+      xerr=xerr,
+      yerr=s['AvgGap']['std'],
+      linestyle='none',
+      elinewidth=0.8,
+      capsize=2,
+      ecolor='0.75',
+      **style,
+    )
   if len(front) > 1:
     xs, ys = zip(*(points[n] for n in front))
-    ax.step(xs, ys, where='post', color='tab:purple', linestyle='--', linewidth=1.2, zorder=2,
-            label='Pareto front')
+    ax.step(
+      xs,
+      ys,
+      where='post',
+      color='tab:purple',
+      linestyle='--',
+      linewidth=1.2,
+      zorder=2,
+      label='Pareto front',
+    )
   ax.plot([], [], 'o', color='tab:blue', label='method')
   ax.plot([], [], '*', color='black', markersize=10, label='Retrain (gap 0)')
   if 'Original' in points:
     ax.plot([], [], 's', color='0.55', label='Original (no unlearning)')
   if any(_diverged_share(rows[n]) > 0 for n in points if n not in ('Original', 'Retrain')):
-    ax.plot([], [], 'o', color='tab:blue', markeredgecolor='tab:red', markeredgewidth=2,
-            label='diverged in some seeds')
+    ax.plot(
+      [],
+      [],
+      'o',
+      color='tab:blue',
+      markeredgecolor='tab:red',
+      markeredgewidth=2,
+      label='diverged in some seeds',
+    )
   ax.set_xscale('log')
   ax.set_yscale('symlog', linthresh=LINEAR_WITHIN, linscale=1.0)
   if points:
     times = np.array([p[0] for p in points.values()])
     gaps = np.array([p[1] for p in points.values()])
     # Whole decades with room for labels on both sides: at least two labelled ticks.
-    ax.set_xlim(10.0**np.floor(np.log10(times.min() / 2)), 10.0**np.ceil(np.log10(times.max() * 2)))
+    ax.set_xlim(
+      10.0 ** np.floor(np.log10(times.min() / 2)), 10.0 ** np.ceil(np.log10(times.max() * 2))
+    )
     ax.set_ylim(-0.3 * LINEAR_WITHIN, max(10.0, 2 * gaps.max()))
     _symlog_ticks(ax.yaxis, ax.get_ylim()[1])
   ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:g}'))
@@ -303,8 +367,16 @@ def _plot_pareto(ax, rows: dict[str, dict], order: list[str]) -> dict[str, tuple
   ax.set_ylabel('Avg. Gap to Retrain (symlog: linear within 1)')
   ax.set_title('(b) Closeness to Retrain against cost (lower left is better)', fontsize=10)
   if skipped:
-    ax.text(0.99, 0.98, 'not drawn (no finite gap or time): ' + ', '.join(skipped),
-            transform=ax.transAxes, ha='right', va='top', fontsize=9, color='tab:red')
+    ax.text(
+      0.99,
+      0.98,
+      'not drawn (no finite gap or time): ' + ', '.join(skipped),
+      transform=ax.transAxes,
+      ha='right',
+      va='top',
+      fontsize=9,
+      color='tab:red',
+    )
   return points
 
 
@@ -330,10 +402,18 @@ def _label_points(fig, ax, points: dict[str, tuple[float, float]]) -> None:
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     # A label not right beside its point gets a leader line, so that it names one point only.
     distance = np.hypot(max(box[0] - x, x - box[2], 0.0), max(box[1] - y, y - box[3], 0.0))
-    ax.annotate(name, xy=points[name], xytext=((cx - x) * to_points, (cy - y) * to_points),
-                textcoords='offset points', ha='center', va='center', fontsize=9,
-                arrowprops=None if distance <= 1.5 * marker else dict(
-                    arrowstyle='-', color='0.3', linewidth=0.6, shrinkA=0, shrinkB=5))
+    ax.annotate(
+      name,
+      xy=points[name],
+      xytext=((cx - x) * to_points, (cy - y) * to_points),
+      textcoords='offset points',
+      ha='center',
+      va='center',
+      fontsize=9,
+      arrowprops=None
+      if distance <= 1.5 * marker
+      else dict(arrowstyle='-', color='0.3', linewidth=0.6, shrinkA=0, shrinkB=5),
+    )
 
 
 def trade_off_figure(rows: dict[str, dict], title: str):
@@ -371,8 +451,14 @@ def trade_off_figure(rows: dict[str, dict], title: str):
   fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
   for ax, ncol in ((left, len(SIGNED_METRICS)), (right, 3)):
     box = ax.get_position()
-    fig.legend(*ax.get_legend_handles_labels(), loc='lower center', ncol=ncol, fontsize=9,
-               frameon=False, bbox_to_anchor=((box.x0 + box.x1) / 2, 0))
+    fig.legend(
+      *ax.get_legend_handles_labels(),
+      loc='lower center',
+      ncol=ncol,
+      fontsize=9,
+      frameon=False,
+      bbox_to_anchor=((box.x0 + box.x1) / 2, 0),
+    )
   _label_points(fig, right, points)
   return fig
 
@@ -407,8 +493,16 @@ def plot(rows: dict[str, dict], path: str, title: str) -> None:
   save_figure(trade_off_figure(rows, title), path)
 
 
-def write_results(directory: str, payload: dict, rows: dict[str, dict], *, class_wise: bool,
-                  title: str, make_plot: bool = True, name: str = 'results') -> str:
+def write_results(
+  directory: str,
+  payload: dict,
+  rows: dict[str, dict],
+  *,
+  class_wise: bool,
+  title: str,
+  make_plot: bool = True,
+  name: str = 'results',
+) -> str:
   """Writes {name}.json, {name}.md and {name}.png into `directory`; returns the table."""
   table = markdown_table(rows, class_wise=class_wise)
   write_json(os.path.join(directory, f'{name}.json'), payload)

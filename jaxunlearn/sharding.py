@@ -16,9 +16,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = 'data'
 
 
-def maybe_initialize_distributed(coordinator_address: str | None = None,
-                                 num_processes: int | None = None,
-                                 process_id: int | None = None) -> None:
+def maybe_initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
   """Joins a multi-host run; a no-op for a single process.
 
   On Cloud TPU pods `jax.distributed.initialize()` needs no arguments; elsewhere all three are given
@@ -26,8 +28,9 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
   """
   if coordinator_address is None and num_processes is None:
     return
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
 
 
 def use_one_cpu_device_per_core() -> int:
@@ -73,8 +76,7 @@ def select_devices(num_devices: int, flag: str = '--config.num_devices') -> list
 def make_mesh(devices=None) -> Mesh:
   """A 1-D data-parallel mesh over `devices` (default: all global devices)."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -89,8 +91,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, flag: str = '--config.batch_si
   """Raises a ValueError unless `batch_size` splits evenly over the mesh and the hosts."""
   num_devices = mesh.devices.size
   if batch_size <= 0 or batch_size % num_devices:
-    raise ValueError(f'{flag}={batch_size}: the batch size must be a positive multiple of the '
-                     f'number of devices ({num_devices}).')
+    raise ValueError(
+      f'{flag}={batch_size}: the batch size must be a positive multiple of the '
+      f'number of devices ({num_devices}).'
+    )
 
 
 def replicate(tree, mesh: Mesh):
@@ -99,8 +103,9 @@ def replicate(tree, mesh: Mesh):
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
   return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]),
-      tree)
+    lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx: np.asarray(x)[idx]),
+    tree,
+  )
 
 
 def shard_global_batch(tree, mesh: Mesh):
@@ -115,10 +120,11 @@ def shard_global_batch(tree, mesh: Mesh):
   def local_slice(x):
     x = np.asarray(x)
     per_host = x.shape[0] // num_hosts
-    return x[host * per_host:(host + 1) * per_host]
+    return x[host * per_host : (host + 1) * per_host]
 
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, local_slice(x), np.shape(x)), tree)
+    lambda x: jax.make_array_from_process_local_data(sharding, local_slice(x), np.shape(x)), tree
+  )
 
 
 MODEL_AXIS = 'models'
@@ -134,10 +140,16 @@ def make_model_mesh(model_devices: int = 0, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else list(devices)
   model_devices = model_devices or len(devices)
   if model_devices < 1 or len(devices) % model_devices:
-    raise ValueError(f'--config.eval.model_devices={model_devices}: must divide the number of '
-                     f'devices ({len(devices)}).')
-  return jax.make_mesh((model_devices, len(devices) // model_devices), (MODEL_AXIS, DATA_AXIS),
-                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+    raise ValueError(
+      f'--config.eval.model_devices={model_devices}: must divide the number of '
+      f'devices ({len(devices)}).'
+    )
+  return jax.make_mesh(
+    (model_devices, len(devices) // model_devices),
+    (MODEL_AXIS, DATA_AXIS),
+    axis_types=(AxisType.Auto, AxisType.Auto),
+    devices=devices,
+  )
 
 
 def model_sharded(mesh: Mesh) -> NamedSharding:

@@ -25,13 +25,21 @@ class ModelFns:
   `param_types` mirrors ``params`` with each leaf's variable type (e.g. `nnx.Param`,
   `nnx.LoRAParam`) so that optimisers can partition parameters by type.
   """
+
   graphdef: Any
   abstract_params: nnx.State
   abstract_batch_stats: nnx.State
   param_types: PyTree
 
-  def apply(self, variables: dict, x: jax.Array, *, train: bool, return_features: bool = False,
-            replace_features: dict | None = None):
+  def apply(
+    self,
+    variables: dict,
+    x: jax.Array,
+    *,
+    train: bool,
+    return_features: bool = False,
+    replace_features: dict | None = None,
+  ):
     """Returns ``(outputs, new_batch_stats)``; outputs are logits or (logits, features).
 
     `replace_features` maps feature names to values the rest of the network runs on instead
@@ -39,14 +47,19 @@ class ModelFns:
     params = _fill(self.abstract_params, variables['params'])
     batch_stats = _fill(self.abstract_batch_stats, variables['batch_stats'])
     model = nnx.merge(self.graphdef, params, batch_stats)
-    outputs = jax.tree.map(_as_float32, model(x, train=train, return_features=return_features,
-                                              replace_features=replace_features))
+    outputs = jax.tree.map(
+      _as_float32,
+      model(x, train=train, return_features=return_features, replace_features=replace_features),
+    )
     return outputs, nnx.state(model, nnx.BatchStat).to_pure_dict()
 
   def module(self, variables: dict) -> nnx.Module:
     """A stateful module holding `variables` (for export or inspection, outside jit)."""
-    return nnx.merge(self.graphdef, _fill(self.abstract_params, variables['params']),
-                     _fill(self.abstract_batch_stats, variables['batch_stats']))
+    return nnx.merge(
+      self.graphdef,
+      _fill(self.abstract_params, variables['params']),
+      _fill(self.abstract_batch_stats, variables['batch_stats']),
+    )
 
 
 def _fill(abstract: nnx.State, values: dict) -> nnx.State:
@@ -61,11 +74,15 @@ def functionalize(model: nnx.Module) -> tuple[ModelFns, dict]:
   leftover = rest.to_pure_dict()
   if jax.tree.leaves(leftover):
     raise ValueError(f'model holds variables other than Param and BatchStat: {leftover}')
-  param_types = jax.tree.map(lambda v: type(v), params, is_leaf=lambda v: isinstance(v, nnx.Variable))
-  fns = ModelFns(graphdef=graphdef,
-                 abstract_params=jax.tree.map(_abstract, params),
-                 abstract_batch_stats=jax.tree.map(_abstract, batch_stats),
-                 param_types=param_types.to_pure_dict())
+  param_types = jax.tree.map(
+    lambda v: type(v), params, is_leaf=lambda v: isinstance(v, nnx.Variable)
+  )
+  fns = ModelFns(
+    graphdef=graphdef,
+    abstract_params=jax.tree.map(_abstract, params),
+    abstract_batch_stats=jax.tree.map(_abstract, batch_stats),
+    param_types=param_types.to_pure_dict(),
+  )
   return fns, {'params': params.to_pure_dict(), 'batch_stats': batch_stats.to_pure_dict()}
 
 
@@ -88,6 +105,7 @@ class TrainState:
   teacher, a mask, fixed random labels) is not state: it is the run's ``constants``, passed to
   every step beside the state and never checkpointed (`jaxunlearn.loop`).
   """
+
   step: jax.Array
   params: PyTree
   batch_stats: PyTree

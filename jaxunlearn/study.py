@@ -39,21 +39,48 @@ import orbax.checkpoint as ocp
 from jaxunlearn import benchmarking, experiment, report
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.checkpoint import CheckpointManager, read_meta
-from jaxunlearn.config import (Config, ConfigError, DataConfig, EvalConfig, TrainingConfig,
-                               choice, flag, flat_defaults, from_config_dict, integer,
-                               section_from_flat, text, to_config_dict)
+from jaxunlearn.config import (
+  Config,
+  ConfigError,
+  DataConfig,
+  EvalConfig,
+  TrainingConfig,
+  choice,
+  flag,
+  flat_defaults,
+  from_config_dict,
+  integer,
+  section_from_flat,
+  text,
+  to_config_dict,
+)
 from jaxunlearn.methods import registry
-from jaxunlearn.unlearn import MethodResult, add_reference_scores, parse_seeds, run_method, summarise
+from jaxunlearn.unlearn import (
+  MethodResult,
+  add_reference_scores,
+  parse_seeds,
+  run_method,
+  summarise,
+)
 
 RERUN = ('missing', 'all')
-RUN_FORMAT = 2        # bump when what a run's scores mean changes: every run is redone
-_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'tensorflow-datasets',
-             'scikit-learn', 'numpy')
+RUN_FORMAT = 2  # bump when what a run's scores mean changes: every run is redone
+_PACKAGES = (
+  'jax',
+  'jaxlib',
+  'flax',
+  'optax',
+  'orbax-checkpoint',
+  'tensorflow-datasets',
+  'scikit-learn',
+  'numpy',
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig(Config):
   """Which rows and seeds a study runs, and what it writes."""
+
   methods: str = text('all', doc='method or group names separated by commas, or all')
   seeds: str = text('0', doc="seeds of Retrain and every method run, e.g. '0,1,2'; never the split")
   original_seed: int = integer(0, ge=0)
@@ -64,21 +91,33 @@ class StudyConfig(Config):
   results_name: str = text('results', doc='writes {results_name}.json/.md/.png')
 
   def constraints(self):
-    return (('results_name', bool(self.results_name) and os.sep not in self.results_name,
-             'must be a file name without a folder'),)
+    return (
+      (
+        'results_name',
+        bool(self.results_name) and os.sep not in self.results_name,
+        'must be a file name without a folder',
+      ),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig(Config):
   """Multi-host runs (every host runs the same command with its own process_id)."""
-  coordinator_address: str = text('', doc="HOST:PORT of process 0; '' = single host (or a TPU "
-                                  'pod, where JAX finds it)')
+
+  coordinator_address: str = text(
+    '', doc="HOST:PORT of process 0; '' = single host (or a TPU pod, where JAX finds it)"
+  )
   num_processes: int = integer(0, ge=0)
   process_id: int = integer(0, ge=0)
 
   def constraints(self):
-    return (('process_id', self.num_processes == 0 or self.process_id < self.num_processes,
-             f'must be below num_processes ({self.num_processes})'),)
+    return (
+      (
+        'process_id',
+        self.num_processes == 0 or self.process_id < self.num_processes,
+        f'must be below num_processes ({self.num_processes})',
+      ),
+    )
 
 
 def training_config() -> ml_collections.ConfigDict:
@@ -140,8 +179,13 @@ def method_rows(config, methods: str) -> list[tuple[str, str, Config]]:
       method = registry.groups()[name]
       base = registry.parse_config(method.name, config.method[method.name])
       for row, variant in method.groups[name](base).items():
-        rows.append((row, method.name, registry.parse_config(
-            method.name, variant, f'--config.method.{method.name} ({row})')))
+        rows.append(
+          (
+            row,
+            method.name,
+            registry.parse_config(method.name, variant, f'--config.method.{method.name} ({row})'),
+          )
+        )
     else:
       rows.append((name, name, registry.parse_config(name, config.method[name])))
   return rows
@@ -150,6 +194,7 @@ def method_rows(config, methods: str) -> list[tuple[str, str, Config]]:
 @dataclasses.dataclass
 class TrainedModel:
   """A model of the study: its functions, weights and scores."""
+
   model_fns: Any
   variables: dict
   scores: dict
@@ -166,23 +211,31 @@ class Study:
   """
 
   def __init__(self, config, rows: list[tuple[str, str, Any]] | None = None):
-    (self.data_config, self.training, self.evaluation, self.options, self.distributed,
-     self.rows) = validate(config)
+    (
+      self.data_config,
+      self.training,
+      self.evaluation,
+      self.options,
+      self.distributed,
+      self.rows,
+    ) = validate(config)
     if rows is not None:
-      self.rows = [(row, method, registry.parse_config(method, cfg, f'--config.method.{method} '
-                                                       f'({row})'))
-                   for row, method, cfg in rows]
+      self.rows = [
+        (row, method, registry.parse_config(method, cfg, f'--config.method.{method} ({row})'))
+        for row, method, cfg in rows
+      ]
     self.config = config
     self.seeds = parse_seeds(self.options.seeds)
     self.wall_seconds = 0.0
-    self._done = set()      # fingerprints of the runs completed by this object
+    self._done = set()  # fingerprints of the runs completed by this object
 
   @functools.cached_property
   def setup(self) -> experiment.Setup:
     """The data on device, the split and the mesh (built on first use)."""
     dist = self.distributed
-    sharding_lib.maybe_initialize_distributed(dist.coordinator_address or None,
-                                              dist.num_processes or None, dist.process_id)
+    sharding_lib.maybe_initialize_distributed(
+      dist.coordinator_address or None, dist.num_processes or None, dist.process_id
+    )
     return experiment.prepare(self.config)
 
   @property
@@ -207,9 +260,11 @@ class Study:
   def _require_trained(self, kind: str, seed: int) -> None:
     path = os.path.join(experiment.run_dir(self.setup, kind, seed), 'metrics.json')
     if self.options.no_train and not os.path.exists(path):
-      raise ConfigError(f'--config.no_train is set but the {kind} model (seed {seed}) is missing: '
-                        f'{path} does not exist. Train it with experiments.train, or drop '
-                        'no_train.')
+      raise ConfigError(
+        f'--config.no_train is set but the {kind} model (seed {seed}) is missing: '
+        f'{path} does not exist. Train it with experiments.train, or drop '
+        'no_train.'
+      )
 
   @functools.cache
   def original(self, seed: int | None = None) -> TrainedModel:
@@ -232,8 +287,9 @@ class Study:
     """Retrain's evaluation scores and logits at `seed` (what every row of the seed is compared
     with)."""
     retrain = self.retrain(seed)
-    scores, logits = experiment.evaluate(self.setup, retrain.model_fns, retrain.variables,
-                                         seed=seed)
+    scores, logits = experiment.evaluate(
+      self.setup, retrain.model_fns, retrain.variables, seed=seed
+    )
     scores.update(RTE_s=retrain.scores['run_seconds'], KL=0.0, AvgGap=0.0, ToW=1.0)
     return scores, logits
 
@@ -246,26 +302,40 @@ class Study:
     """FD and CKA of a model against the Original (and CKA against Retrain of `seed`)."""
     original = self.original()
     return experiment.representation_scores(
-        self.setup, original.model_fns, variables, original.variables,
-        {'original': self._penultimate('Original', self.options.original_seed),
-         'retrain': self._penultimate('Retrain', seed)})
+      self.setup,
+      original.model_fns,
+      variables,
+      original.variables,
+      {
+        'original': self._penultimate('Original', self.options.original_seed),
+        'retrain': self._penultimate('Retrain', seed),
+      },
+    )
 
   @functools.cache
   def _fingerprint_base(self, seed: int) -> dict:
-    base = {'format': RUN_FORMAT, 'dataset': self.data_config.dataset,
-            'split': self.setup.split.digest, 'model': self.training.model,
-            'model_kwargs': self.config.model_kwargs.to_dict(),
-            'evaluation': dataclasses.asdict(self.evaluation), 'seed': seed,
-            'original': weights_digest(self.original().variables),
-            'retrain': weights_digest(self.retrain(seed).variables)}
-    if self.training.compute_dtype != 'float32':   # float32 runs keep their earlier fingerprints
+    base = {
+      'format': RUN_FORMAT,
+      'dataset': self.data_config.dataset,
+      'split': self.setup.split.digest,
+      'model': self.training.model,
+      'model_kwargs': self.config.model_kwargs.to_dict(),
+      'evaluation': dataclasses.asdict(self.evaluation),
+      'seed': seed,
+      'original': weights_digest(self.original().variables),
+      'retrain': weights_digest(self.retrain(seed).variables),
+    }
+    if self.training.compute_dtype != 'float32':  # float32 runs keep their earlier fingerprints
       base['compute_dtype'] = self.training.compute_dtype
     return base
 
   def fingerprint(self, method: str, cfg: Config | None, seed: int) -> str:
     """A digest of everything that determines the run of `method` with `cfg` at `seed`."""
-    payload = {**self._fingerprint_base(seed), 'method': method,
-               'config': dataclasses.asdict(cfg) if cfg is not None else None}
+    payload = {
+      **self._fingerprint_base(seed),
+      'method': method,
+      'config': dataclasses.asdict(cfg) if cfg is not None else None,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
   # --- rows --------------------------------------------------------------------------------------
@@ -307,8 +377,9 @@ class Study:
       else:
         original = self.original()
         variables = original.variables
-        scores, logits = experiment.evaluate(self.setup, original.model_fns, original.variables,
-                                             seed=seed)
+        scores, logits = experiment.evaluate(
+          self.setup, original.model_fns, original.variables, seed=seed
+        )
         scores['RTE_s'] = original.scores['run_seconds']
         add_reference_scores(scores, logits, retrain_scores, retrain_logits)
       scores.update(self.representation(variables, seed))
@@ -328,18 +399,32 @@ class Study:
     prior = manager.prior_seconds() if manager else 0.0
     retrain_scores, retrain_logits = self._reference(seed)
     original = self.original()
-    result = run_method(self.setup, method, cfg, original.model_fns, original.variables,
-                        seed=seed, retrain_logits=retrain_logits, retrain_scores=retrain_scores,
-                        cache_dir=os.path.join(self.experiment_dir, 'cache'),
-                        checkpointer=manager, log_name=f'{row} s{seed}', prior_seconds=prior)
+    result = run_method(
+      self.setup,
+      method,
+      cfg,
+      original.model_fns,
+      original.variables,
+      seed=seed,
+      retrain_logits=retrain_logits,
+      retrain_scores=retrain_scores,
+      cache_dir=os.path.join(self.experiment_dir, 'cache'),
+      checkpointer=manager,
+      log_name=f'{row} s{seed}',
+      prior_seconds=prior,
+    )
     if manager is not None:
       manager.close()
     if result.logits is not None:
       result.scores.update(self.representation(result.variables, seed))
     self._save_run(method, seed, fingerprint, row, result.scores, result)
-    print(f'[{row} s{seed}] ' + ', '.join(
-        f'{k} {result.scores[k]:.2f}' for k in ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'RTE_s')),
-        flush=True)
+    print(
+      f'[{row} s{seed}] '
+      + ', '.join(
+        f'{k} {result.scores[k]:.2f}' for k in ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'RTE_s')
+      ),
+      flush=True,
+    )
     return result.scores
 
   def unlearned(self, row: str, seed: int) -> dict:
@@ -369,22 +454,36 @@ class Study:
       return None
     return RunCheckpointer(checkpoints, every, fingerprint)
 
-  def _save_run(self, method: str, seed: int, fingerprint: str, row: str, scores: dict,
-                result: MethodResult | None) -> None:
+  def _save_run(
+    self,
+    method: str,
+    seed: int,
+    fingerprint: str,
+    row: str,
+    scores: dict,
+    result: MethodResult | None,
+  ) -> None:
     self._done.add(fingerprint)
     if jax.process_index() != 0:
       return
     directory = self.run_dir(method, seed, fingerprint)
     os.makedirs(directory, exist_ok=True)
     if result is not None:
-      weights = os.path.abspath(os.path.join(directory, 'variables'))   # Orbax wants absolute
+      weights = os.path.abspath(os.path.join(directory, 'variables'))  # Orbax wants absolute
       shutil.rmtree(weights, ignore_errors=True)
       with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(weights, result.variables)
     # run.json goes last: its presence means a completed run.
-    experiment.write_json(os.path.join(directory, 'run.json'),
-                          {'method': method, 'first_row': row, 'seed': seed,
-                           'fingerprint': fingerprint, 'scores': scores})
+    experiment.write_json(
+      os.path.join(directory, 'run.json'),
+      {
+        'method': method,
+        'first_row': row,
+        'seed': seed,
+        'fingerprint': fingerprint,
+        'scores': scores,
+      },
+    )
     shutil.rmtree(os.path.join(directory, 'checkpoints'), ignore_errors=True)
 
   @contextlib.contextmanager
@@ -402,12 +501,14 @@ class Study:
       with open(path) as f:
         held = json.load(f) if os.path.getsize(path) else {}
       if held.get('host') == owner['host'] and not _alive(held.get('pid', -1)):
-        os.remove(path)     # left by a killed run on this machine
+        os.remove(path)  # left by a killed run on this machine
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       else:
-        raise ConfigError(f'--config.workdir: another study (pid {held.get("pid")} on '
-                          f'{held.get("host")}) is running in {self.experiment_dir}; wait for it '
-                          f'or remove {path} if it is gone.') from None
+        raise ConfigError(
+          f'--config.workdir: another study (pid {held.get("pid")} on '
+          f'{held.get("host")}) is running in {self.experiment_dir}; wait for it '
+          f'or remove {path} if it is gone.'
+        ) from None
     with os.fdopen(fd, 'w') as f:
       json.dump(owner, f)
     try:
@@ -439,61 +540,91 @@ class Study:
     return out
 
   def _models_exist(self, seed: int) -> bool:
-    return all(os.path.exists(os.path.join(experiment.run_dir(self.setup, kind, s),
-                                           'metrics.json'))
-               for kind, s in (('original', self.options.original_seed), ('retrain', seed)))
+    return all(
+      os.path.exists(os.path.join(experiment.run_dir(self.setup, kind, s), 'metrics.json'))
+      for kind, s in (('original', self.options.original_seed), ('retrain', seed))
+    )
 
   def summary(self) -> dict[str, dict]:
     return {row: summarise(runs) for row, runs in self.per_seed().items()}
 
   def table(self) -> str:
     """The markdown table of the completed runs (mean ± std over seeds)."""
-    return report.markdown_table(self.summary(), class_wise=self.setup.split.test_forget is not None)
+    return report.markdown_table(
+      self.summary(), class_wise=self.setup.split.test_forget is not None
+    )
 
   def title(self) -> str:
     c = self.data_config
-    return (f'{c.dataset} / {self.training.model} / forget {c.forget} (split seed '
-            f'{c.split_seed}), seeds {",".join(map(str, self.seeds))}')
+    return (
+      f'{c.dataset} / {self.training.model} / forget {c.forget} (split seed '
+      f'{c.split_seed}), seeds {",".join(map(str, self.seeds))}'
+    )
 
   def results(self) -> dict:
     """The results payload of the completed runs."""
     split = self.setup.split
     return {
-        'config': self.config.to_dict(), 'methods': [row for row, _, _ in self.rows],
-        'seeds': self.seeds,
-        'split': {'spec': split.spec, 'seed': split.seed, 'digest': split.digest,
-                  'num_forget': len(split.forget), 'num_retain': len(split.retain)},
-        'per_seed': self.per_seed(), 'summary': self.summary(),
-        'versions': _versions(), 'device': _device(),
-        'mia_convention': 'MIA-Efficacy: % of D_f predicted non-member',
-        'wall_seconds': self.wall_seconds,
+      'config': self.config.to_dict(),
+      'methods': [row for row, _, _ in self.rows],
+      'seeds': self.seeds,
+      'split': {
+        'spec': split.spec,
+        'seed': split.seed,
+        'digest': split.digest,
+        'num_forget': len(split.forget),
+        'num_retain': len(split.retain),
+      },
+      'per_seed': self.per_seed(),
+      'summary': self.summary(),
+      'versions': _versions(),
+      'device': _device(),
+      'mia_convention': 'MIA-Efficacy: % of D_f predicted non-member',
+      'wall_seconds': self.wall_seconds,
     }
 
   def write_results(self) -> dict:
     """Writes {results_name}.json/.md/.png into the experiment directory; returns the payload."""
     payload = self.results()
     if jax.process_index() == 0:
-      report.write_results(self.experiment_dir, payload, payload['summary'],
-                           class_wise=self.setup.split.test_forget is not None,
-                           title=self.title(), make_plot=self.options.plot,
-                           name=self.options.results_name)
+      report.write_results(
+        self.experiment_dir,
+        payload,
+        payload['summary'],
+        class_wise=self.setup.split.test_forget is not None,
+        title=self.title(),
+        make_plot=self.options.plot,
+        name=self.options.results_name,
+      )
     return payload
 
-  def benchmark(self, steps: int = 20, out: str | None = None,
-                many_models: tuple[int, ...] = (), equal_examples: bool = False) -> dict:
+  def benchmark(
+    self,
+    steps: int = 20,
+    out: str | None = None,
+    many_models: tuple[int, ...] = (),
+    equal_examples: bool = False,
+  ) -> dict:
     """Step timings of every row from a freshly initialised model (`jaxunlearn.benchmarking`;
     with `equal_examples`, rows of two-batch steps also at half the batch per slot), and, for
     each K in `many_models`, K vmapped training steps against K single ones; with the device and
     versions; written to `out` (JSON) if given."""
-    payload = {'results': benchmarking.benchmark(self.setup, self.rows, steps,
-                                                 equal_examples=equal_examples), 'steps': steps,
-               'dataset': self.data_config.dataset, 'model': self.training.model,
-               'batch_size': self.training.batch_size, 'device': _device(),
-               'versions': _versions()}
+    payload = {
+      'results': benchmarking.benchmark(
+        self.setup, self.rows, steps, equal_examples=equal_examples
+      ),
+      'steps': steps,
+      'dataset': self.data_config.dataset,
+      'model': self.training.model,
+      'batch_size': self.training.batch_size,
+      'device': _device(),
+      'versions': _versions(),
+    }
     if many_models:
       mesh = sharding_lib.make_model_mesh(0)
-      payload['many_models'] = benchmarking.many_models_speed(self.setup, mesh, list(many_models),
-                                                              steps)
+      payload['many_models'] = benchmarking.many_models_speed(
+        self.setup, mesh, list(many_models), steps
+      )
     if out:
       experiment.write_json(out, payload)
     return payload
@@ -510,8 +641,7 @@ class RunCheckpointer(CheckpointManager):
   """A method run's checkpoints, tagged with the run's fingerprint and the seconds it has run."""
 
   def __init__(self, directory: str, every_steps: int, fingerprint: str):
-    super().__init__(directory, every_steps=every_steps, keep=1,
-                     meta={'fingerprint': fingerprint})
+    super().__init__(directory, every_steps=every_steps, keep=1, meta={'fingerprint': fingerprint})
     self._start = time.perf_counter()
     self._prior = self.prior_seconds()
 
@@ -530,7 +660,7 @@ def _checkpoint_matches(directory: str, fingerprint: str) -> bool:
   try:
     meta = read_meta(directory)
   except Exception:  # pylint: disable=broad-except
-    return False     # unreadable: the run starts afresh
+    return False  # unreadable: the run starts afresh
   return bool(meta) and meta.get('fingerprint') == fingerprint
 
 
@@ -539,8 +669,12 @@ def _versions() -> dict:
 
 
 def _device() -> dict:
-  return {'platform': jax.devices()[0].platform, 'kind': jax.devices()[0].device_kind,
-          'count': jax.device_count(), 'host': platform.machine()}
+  return {
+    'platform': jax.devices()[0].platform,
+    'kind': jax.devices()[0].device_kind,
+    'count': jax.device_count(),
+    'host': platform.machine(),
+  }
 
 
 def weights_digest(variables: dict) -> str:

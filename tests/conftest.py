@@ -53,6 +53,6 @@ def honesty_config(workdir, data_dir, forget):
   c.workdir = str(workdir)
   c.data_dir = data_dir
   c.forget = forget
-  c.num_devices = 1   # long real-data runs; the sharded paths are tested elsewhere
+  c.num_devices = 1  # long real-data runs; the sharded paths are tested elsewhere
   c.log_every = 10_000
   return c

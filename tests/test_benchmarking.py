@@ -11,11 +11,12 @@ def test_benchmark_times_each_row_and_two_batch_steps_at_equal_examples(tmp_path
   config.methods = 'ft,rfa_lora'
   config.method.ft.batch_size = 32
   config.method.rfa_lora.batch_size = 32
-  payload = jaxunlearn.Study(config).benchmark(steps=2, out=str(tmp_path / 'bench.json'),
-                                               equal_examples=True)
+  payload = jaxunlearn.Study(config).benchmark(
+    steps=2, out=str(tmp_path / 'bench.json'), equal_examples=True
+  )
   results = payload['results']
   assert set(results) == {'retrain_step', 'ft', 'rfa_lora'}
-  assert 'equal_examples' not in results['ft']      # one batch per step: nothing to equalise
+  assert 'equal_examples' not in results['ft']  # one batch per step: nothing to equalise
   align = results['rfa_lora']['kinds']['align']
   assert align['examples_per_s'] == pytest.approx(2 * 32 * align['steps_per_s'])
   equal = results['rfa_lora']['equal_examples']

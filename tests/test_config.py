@@ -15,64 +15,114 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (override, the error's start): one or more per section, and one per method.
 BAD_VALUES = [
-    # training
-    ({'epochs': -1}, '--config.epochs=-1: must be an integer >= 1.'),
-    ({'batch_size': 0}, '--config.batch_size=0: must be an integer >= 1.'),
-    ({'optimizer.lr': -1.0}, '--config.optimizer.lr=-1.0: must be a number > 0.'),
-    ({'optimizer.momentum': 1.0}, '--config.optimizer.momentum=1.0: must be a number in [0, 1).'),
-    ({'optimizer.name': 'lion'}, "--config.optimizer.name='lion': must be one of sgd, adam, adamw."),
-    ({'optimizer.schedule': 'warp'}, "--config.optimizer.schedule='warp': must be one of"),
-    ({'optimizer.weight_decay': -0.1}, '--config.optimizer.weight_decay=-0.1: must be a number >= 0.'),
-    ({'optimizer.lr': float('nan')}, '--config.optimizer.lr=nan: must be a number > 0.'),
-    ({'checkpoint_every_steps': -5}, '--config.checkpoint_every_steps=-5: must be an integer >= 0.'),
-    ({'keep_checkpoints': 0}, '--config.keep_checkpoints=0: must be an integer >= 1.'),
-    ({'log_every': 0}, '--config.log_every=0: must be an integer >= 1.'),
-    ({'num_devices': -1}, '--config.num_devices=-1: must be an integer >= 0.'),
-    ({'best_metric': 'loss'}, "--config.best_metric='loss': must be one of , test_accuracy."),
-    ({'workdir': ''}, "--config.workdir='': must name a directory."),
-    # data
-    ({'split_seed': -1}, '--config.split_seed=-1: must be an integer >= 0.'),
-    ({'dataset': ' '}, "--config.dataset=' ': must name a dataset."),
-    # evaluation
-    ({'eval_batch_size': 0}, '--config.eval_batch_size=0: must be an integer >= 1.'),
-    ({'mia_feature': 'loss'}, "--config.mia_feature='loss': must be one of confidence, entropy."),
-    ({'mia_classifier': 'knn'}, "--config.mia_classifier='knn': must be one of svc, logreg."),
-    # study
-    ({'seeds': '0,0'}, "--config.seeds='0,0': give distinct non-negative integers"),
-    ({'seeds': 'a'}, "--config.seeds='a': give distinct non-negative integers"),
-    ({'original_seed': -2}, '--config.original_seed=-2: must be an integer >= 0.'),
-    ({'methods': 'ft,forgetful'}, "--config.methods='ft,forgetful': unknown method 'forgetful'"),
-    ({'methods': ''}, "--config.methods='': give method names"),
-    ({'rerun': 'some'}, "--config.rerun='some': must be one of missing, all."),
-    ({'results_name': 'a/b'}, "--config.results_name='a/b': must be a file name without a folder."),
-    # distributed
-    ({'distributed.num_processes': 2, 'distributed.process_id': 2},
-     '--config.distributed.process_id=2: must be below num_processes (2).'),
-    ({'distributed.num_processes': -1}, '--config.distributed.num_processes=-1: must be an'),
-    # methods
-    ({'method.ft.epochs': 0}, '--config.method.ft.epochs=0: must be an integer >= 1.'),
-    ({'method.salun.mask_fraction': 2.0}, '--config.method.salun.mask_fraction=2.0: must be a number in (0, 1].'),
-    ({'method.salun.mask_fraction': 0.0}, '--config.method.salun.mask_fraction=0.0: must be a number in (0, 1].'),
-    ({'method.ga.optimizer.grad_clip': -1.0}, '--config.method.ga.optimizer.grad_clip=-1.0: must be a number >= 0.'),
-    ({'method.neggrad_plus.beta': 1.0}, '--config.method.neggrad_plus.beta=1.0: must be a number in (0, 1).'),
-    ({'method.rl.batch_size': 0}, '--config.method.rl.batch_size=0: must be an integer >= 1.'),
-    ({'method.l1_sparse.alpha': -1.0}, '--config.method.l1_sparse.alpha=-1.0: must be a number >= 0.'),
-    ({'method.bad_teacher.temperature': 0.0}, '--config.method.bad_teacher.temperature=0.0: must be a number > 0.'),
-    ({'method.scrub.msteps': 9}, '--config.method.scrub.msteps=9: must be <= epochs (5).'),
-    ({'method.scrub.lr_decay_epochs': (0,)}, '--config.method.scrub.lr_decay_epochs=(0,): must be a tuple of integers >= 1.'),
-    ({'method.ce_ft.alpha': 1.5}, '--config.method.ce_ft.alpha=1.5: must be a number in (0, 1].'),
-    ({'method.kl_ft.alpha': 0.0}, '--config.method.kl_ft.alpha=0.0: must be a number in (0, 1].'),
-    ({'method.ice_ft.epochs': 0}, '--config.method.ice_ft.epochs=0: must be an integer >= 1.'),
-    ({'method.sfron.iterations': 0}, '--config.method.sfron.iterations=0: must be an integer >= 1.'),
-    ({'method.sfron.slow_rate': 1.5}, '--config.method.sfron.slow_rate=1.5: must be a number in (0, 1].'),
-    ({'method.sfron.mask_on': 'weights'}, "--config.method.sfron.mask_on='weights': must be one of gradient, update."),
-    ({'method.sfron.remain_steps': 0}, '--config.method.sfron.remain_steps=0: must be >= 1 unless forget_every = 1'),
-    ({'method.sfron.forget_optimizer.lr': 0.0}, '--config.method.sfron.forget_optimizer.lr=0.0: must be a number > 0.'),
-    ({'method.ssd.selection_weighting': 0.0}, '--config.method.ssd.selection_weighting=0.0: must be a number > 0.'),
-    ({'method.ssd.importance': 'fisher'}, "--config.method.ssd.importance='fisher': must be one of batch, example."),
-    ({'method.rfa_lora.rank': 0}, '--config.method.rfa_lora.rank=0: must be an integer >= 1.'),
-    ({'method.rfa_lora.layers': 'last:0'}, "--config.method.rfa_lora.layers='last:0': must be 'blocks'"),
-    ({'method.rfa_lora.layer_weights': '1,-2'}, "--config.method.rfa_lora.layer_weights='1,-2': must be empty or numbers >= 0"),
+  # training
+  ({'epochs': -1}, '--config.epochs=-1: must be an integer >= 1.'),
+  ({'batch_size': 0}, '--config.batch_size=0: must be an integer >= 1.'),
+  ({'optimizer.lr': -1.0}, '--config.optimizer.lr=-1.0: must be a number > 0.'),
+  ({'optimizer.momentum': 1.0}, '--config.optimizer.momentum=1.0: must be a number in [0, 1).'),
+  ({'optimizer.name': 'lion'}, "--config.optimizer.name='lion': must be one of sgd, adam, adamw."),
+  ({'optimizer.schedule': 'warp'}, "--config.optimizer.schedule='warp': must be one of"),
+  (
+    {'optimizer.weight_decay': -0.1},
+    '--config.optimizer.weight_decay=-0.1: must be a number >= 0.',
+  ),
+  ({'optimizer.lr': float('nan')}, '--config.optimizer.lr=nan: must be a number > 0.'),
+  ({'checkpoint_every_steps': -5}, '--config.checkpoint_every_steps=-5: must be an integer >= 0.'),
+  ({'keep_checkpoints': 0}, '--config.keep_checkpoints=0: must be an integer >= 1.'),
+  ({'log_every': 0}, '--config.log_every=0: must be an integer >= 1.'),
+  ({'num_devices': -1}, '--config.num_devices=-1: must be an integer >= 0.'),
+  ({'best_metric': 'loss'}, "--config.best_metric='loss': must be one of , test_accuracy."),
+  ({'workdir': ''}, "--config.workdir='': must name a directory."),
+  # data
+  ({'split_seed': -1}, '--config.split_seed=-1: must be an integer >= 0.'),
+  ({'dataset': ' '}, "--config.dataset=' ': must name a dataset."),
+  # evaluation
+  ({'eval_batch_size': 0}, '--config.eval_batch_size=0: must be an integer >= 1.'),
+  ({'mia_feature': 'loss'}, "--config.mia_feature='loss': must be one of confidence, entropy."),
+  ({'mia_classifier': 'knn'}, "--config.mia_classifier='knn': must be one of svc, logreg."),
+  # study
+  ({'seeds': '0,0'}, "--config.seeds='0,0': give distinct non-negative integers"),
+  ({'seeds': 'a'}, "--config.seeds='a': give distinct non-negative integers"),
+  ({'original_seed': -2}, '--config.original_seed=-2: must be an integer >= 0.'),
+  ({'methods': 'ft,forgetful'}, "--config.methods='ft,forgetful': unknown method 'forgetful'"),
+  ({'methods': ''}, "--config.methods='': give method names"),
+  ({'rerun': 'some'}, "--config.rerun='some': must be one of missing, all."),
+  ({'results_name': 'a/b'}, "--config.results_name='a/b': must be a file name without a folder."),
+  # distributed
+  (
+    {'distributed.num_processes': 2, 'distributed.process_id': 2},
+    '--config.distributed.process_id=2: must be below num_processes (2).',
+  ),
+  ({'distributed.num_processes': -1}, '--config.distributed.num_processes=-1: must be an'),
+  # methods
+  ({'method.ft.epochs': 0}, '--config.method.ft.epochs=0: must be an integer >= 1.'),
+  (
+    {'method.salun.mask_fraction': 2.0},
+    '--config.method.salun.mask_fraction=2.0: must be a number in (0, 1].',
+  ),
+  (
+    {'method.salun.mask_fraction': 0.0},
+    '--config.method.salun.mask_fraction=0.0: must be a number in (0, 1].',
+  ),
+  (
+    {'method.ga.optimizer.grad_clip': -1.0},
+    '--config.method.ga.optimizer.grad_clip=-1.0: must be a number >= 0.',
+  ),
+  (
+    {'method.neggrad_plus.beta': 1.0},
+    '--config.method.neggrad_plus.beta=1.0: must be a number in (0, 1).',
+  ),
+  ({'method.rl.batch_size': 0}, '--config.method.rl.batch_size=0: must be an integer >= 1.'),
+  (
+    {'method.l1_sparse.alpha': -1.0},
+    '--config.method.l1_sparse.alpha=-1.0: must be a number >= 0.',
+  ),
+  (
+    {'method.bad_teacher.temperature': 0.0},
+    '--config.method.bad_teacher.temperature=0.0: must be a number > 0.',
+  ),
+  ({'method.scrub.msteps': 9}, '--config.method.scrub.msteps=9: must be <= epochs (5).'),
+  (
+    {'method.scrub.lr_decay_epochs': (0,)},
+    '--config.method.scrub.lr_decay_epochs=(0,): must be a tuple of integers >= 1.',
+  ),
+  ({'method.ce_ft.alpha': 1.5}, '--config.method.ce_ft.alpha=1.5: must be a number in (0, 1].'),
+  ({'method.kl_ft.alpha': 0.0}, '--config.method.kl_ft.alpha=0.0: must be a number in (0, 1].'),
+  ({'method.ice_ft.epochs': 0}, '--config.method.ice_ft.epochs=0: must be an integer >= 1.'),
+  ({'method.sfron.iterations': 0}, '--config.method.sfron.iterations=0: must be an integer >= 1.'),
+  (
+    {'method.sfron.slow_rate': 1.5},
+    '--config.method.sfron.slow_rate=1.5: must be a number in (0, 1].',
+  ),
+  (
+    {'method.sfron.mask_on': 'weights'},
+    "--config.method.sfron.mask_on='weights': must be one of gradient, update.",
+  ),
+  (
+    {'method.sfron.remain_steps': 0},
+    '--config.method.sfron.remain_steps=0: must be >= 1 unless forget_every = 1',
+  ),
+  (
+    {'method.sfron.forget_optimizer.lr': 0.0},
+    '--config.method.sfron.forget_optimizer.lr=0.0: must be a number > 0.',
+  ),
+  (
+    {'method.ssd.selection_weighting': 0.0},
+    '--config.method.ssd.selection_weighting=0.0: must be a number > 0.',
+  ),
+  (
+    {'method.ssd.importance': 'fisher'},
+    "--config.method.ssd.importance='fisher': must be one of batch, example.",
+  ),
+  ({'method.rfa_lora.rank': 0}, '--config.method.rfa_lora.rank=0: must be an integer >= 1.'),
+  (
+    {'method.rfa_lora.layers': 'last:0'},
+    "--config.method.rfa_lora.layers='last:0': must be 'blocks'",
+  ),
+  (
+    {'method.rfa_lora.layer_weights': '1,-2'},
+    "--config.method.rfa_lora.layer_weights='1,-2': must be empty or numbers >= 0",
+  ),
 ]
 
 
@@ -87,8 +137,7 @@ def _config(tmp_path, overrides):
   return config
 
 
-@pytest.mark.parametrize('overrides, message', BAD_VALUES,
-                         ids=[','.join(o) for o, _ in BAD_VALUES])
+@pytest.mark.parametrize('overrides, message', BAD_VALUES, ids=[','.join(o) for o, _ in BAD_VALUES])
 def test_bad_value_is_one_line_before_any_work(tmp_path, overrides, message):
   with pytest.raises(ConfigError) as error:
     jaxunlearn.Study(_config(tmp_path, overrides))
@@ -98,8 +147,12 @@ def test_bad_value_is_one_line_before_any_work(tmp_path, overrides, message):
 
 
 def test_every_method_and_section_has_a_bad_value_above():
-  covered = {key.split('.')[1] for overrides, _ in BAD_VALUES for key in overrides
-             if key.startswith('method.')}
+  covered = {
+    key.split('.')[1]
+    for overrides, _ in BAD_VALUES
+    for key in overrides
+    if key.startswith('method.')
+  }
   assert covered == set(registry.names())
 
 
@@ -107,10 +160,12 @@ def test_every_numeric_field_has_a_range():
   def check(cls, path):
     import dataclasses
     import typing
+
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-      if isinstance(hints[field.name], type) and issubclass(hints[field.name],
-                                                             jaxunlearn.config.Config):
+      if isinstance(hints[field.name], type) and issubclass(
+        hints[field.name], jaxunlearn.config.Config
+      ):
         check(hints[field.name], f'{path}.{field.name}')
         continue
       rule = field.metadata['rule']
@@ -119,9 +174,13 @@ def test_every_numeric_field_has_a_range():
 
   for name, method in registry.methods().items():
     check(method.config, f'method.{name}')
-  for section in (jaxunlearn.config.DataConfig, jaxunlearn.config.TrainingConfig,
-                  jaxunlearn.config.EvalConfig, jaxunlearn.study.StudyConfig,
-                  jaxunlearn.study.DistributedConfig):
+  for section in (
+    jaxunlearn.config.DataConfig,
+    jaxunlearn.config.TrainingConfig,
+    jaxunlearn.config.EvalConfig,
+    jaxunlearn.study.StudyConfig,
+    jaxunlearn.study.DistributedConfig,
+  ):
     check(section, section.__name__)
 
 
@@ -136,18 +195,27 @@ def test_round_trip_and_unknown_keys():
     registry.parse_config('ft', {'epochs': 1.5})
 
 
-@pytest.mark.parametrize('flags, message', [
-    (['--config.method.salun.mask_fraction=2'],
-     'error: --config.method.salun.mask_fraction=2.0: must be a number in (0, 1].'),
+@pytest.mark.parametrize(
+  'flags, message',
+  [
+    (
+      ['--config.method.salun.mask_fraction=2'],
+      'error: --config.method.salun.mask_fraction=2.0: must be a number in (0, 1].',
+    ),
     (['--config.epochs=-1'], 'error: --config.epochs=-1: must be an integer >= 1.'),
     (['--config.methods=ft,forgetful'], "error: --config.methods='ft,forgetful': unknown method"),
     (['--config.method.ga.beta=0.5'], 'error: '),
     (['--config.epochs=abc'], 'error: '),
-])
+  ],
+)
 def test_binaries_print_one_line_and_exit_2(tmp_path, flags, message):
-  result = subprocess.run([sys.executable, '-m', 'experiments.unlearn',
-                           f'--config.workdir={tmp_path / "wd"}', *flags], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, '-m', 'experiments.unlearn', f'--config.workdir={tmp_path / "wd"}', *flags],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2, result.stderr
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(message), result.stderr

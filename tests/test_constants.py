@@ -23,8 +23,9 @@ def trained(tmp_path_factory, data_dir):
 
 
 def _dir_bytes(path):
-  return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path)
-             for f in files)
+  return sum(
+    os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+  )
 
 
 @pytest.mark.parametrize('name', ['scrub', 'bad_teacher', 'salun', 'rl', 'sfron'])
@@ -34,11 +35,27 @@ def test_checkpoints_hold_no_constant_and_resume_exactly(trained, tmp_path, name
   cfg = cfg.replace(epochs=1) if hasattr(cfg, 'epochs') else cfg.replace(iterations=12)
   plan = registry.get(name).build(context(setup, fns, variables, seed=0, batch_size=64), cfg)
   assert plan.constants, f'{name} has no run constants'
-  full = run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=0,
-             constants=plan.constants, log_every=1000)
+  full = run(
+    plan.program,
+    plan.state,
+    setup.train,
+    mesh=setup.mesh,
+    seed=0,
+    constants=plan.constants,
+    log_every=1000,
+  )
   manager = CheckpointManager(str(tmp_path / 'ckpt'), every_steps=4, keep=1)
-  run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=0, constants=plan.constants,
-      checkpointer=manager, log_every=1000, stop_after=6)
+  run(
+    plan.program,
+    plan.state,
+    setup.train,
+    mesh=setup.mesh,
+    seed=0,
+    constants=plan.constants,
+    checkpointer=manager,
+    log_every=1000,
+    stop_after=6,
+  )
   step = manager.latest_step()
   restored = manager.restore(step, plan.state)
   # The checkpoint is the state's tree: params, batch_stats, opt_state and the step, no constant.
@@ -46,12 +63,22 @@ def test_checkpoints_hold_no_constant_and_resume_exactly(trained, tmp_path, name
   state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(plan.state))
   constant_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(plan.constants))
   written = _dir_bytes(os.path.join(str(tmp_path / 'ckpt'), str(step)))
-  assert written < state_bytes + constant_bytes / 2 + 64_000, (written, state_bytes,
-                                                                constant_bytes)
+  assert written < state_bytes + constant_bytes / 2 + 64_000, (written, state_bytes, constant_bytes)
   # Resumed with the constants rebuilt by `build`: the same final weights, bit for bit.
   plan_again = registry.get(name).build(context(setup, fns, variables, seed=0, batch_size=64), cfg)
-  resumed = run(plan_again.program, plan_again.state, setup.train, mesh=setup.mesh, seed=0,
-                constants=plan_again.constants, checkpointer=manager, log_every=1000)
+  resumed = run(
+    plan_again.program,
+    plan_again.state,
+    setup.train,
+    mesh=setup.mesh,
+    seed=0,
+    constants=plan_again.constants,
+    checkpointer=manager,
+    log_every=1000,
+  )
   manager.close()
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(full.state.params),
-               jax.device_get(resumed.state.params))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    jax.device_get(full.state.params),
+    jax.device_get(resumed.state.params),
+  )

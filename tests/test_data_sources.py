@@ -33,8 +33,15 @@ def _unlearn_scores(setup, model_fns, variables) -> dict:
 
 def _train_and_unlearn(tmp_path, data_dir, dataset, **overrides):
   """prepare(), the original model and one unlearning method on `dataset`; returns the setup."""
-  config = tiny_config(tmp_path / 'wd', data_dir, dataset=dataset, forget='random:0.25',
-                       batch_size=16, epochs=1, **overrides)
+  config = tiny_config(
+    tmp_path / 'wd',
+    data_dir,
+    dataset=dataset,
+    forget='random:0.25',
+    batch_size=16,
+    epochs=1,
+    **overrides,
+  )
   setup = experiment.prepare(config)
   model_fns, variables, scores = experiment.train_model(setup, kind='original', seed=0)
   assert 0.0 <= scores['TA'] <= 100.0
@@ -62,16 +69,18 @@ class TinyColours(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(names=CLASSES),
-        }),
-        supervised_keys=('image', 'label'))
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8),
+          'label': tfds.features.ClassLabel(names=CLASSES),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+    )
 
   def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(split, size)
-            for split, size in self.SPLIT_SIZES.items()}
+    return {split: self._generate_examples(split, size) for split, size in self.SPLIT_SIZES.items()}
 
   def _generate_examples(self, split, size):
     rng = np.random.default_rng(len(split))
@@ -89,12 +98,15 @@ class MixedSizes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'label': tfds.features.ClassLabel(names=CLASSES),
-        }),
-        supervised_keys=('image', 'label'))
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'label': tfds.features.ClassLabel(names=CLASSES),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+    )
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples(), 'test': self._generate_examples()}
@@ -114,8 +126,7 @@ def _png_bytes(image):
 def _build(builder_cls, data_dir):
   builder = builder_cls(data_dir=str(data_dir), file_format='array_record')
   tfds.display_progress_bar(False)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
 
 
@@ -137,7 +148,7 @@ def test_a_tfds_dataset_by_name_trains_and_unlearns(tmp_path, tfds_dir):
   assert info.num_classes == 3 and info.class_names == CLASSES
   np.testing.assert_allclose(info.mean, pixels.mean(axis=0), rtol=1e-12)
   np.testing.assert_allclose(info.std, pixels.std(axis=0), rtol=1e-9)
-  assert info.augment   # colour, 32x32
+  assert info.augment  # colour, 32x32
   assert np.array_equal(train.index, np.arange(24))
   assert os.path.isdir(os.path.join(setup.config.workdir, 'tiny_colours-cnn', 'original_s0'))
 
@@ -233,7 +244,7 @@ def test_an_image_folder_trains_and_unlearns(tmp_path, capfd):
     expected = np.asarray(Image.open(os.path.join(folder, 'train', path)))
     np.testing.assert_array_equal(train.images[example_id], expected)
     assert info.class_names[train.labels[example_id]] == path.split('/')[0]
-  assert capfd.readouterr().out == ''   # the second load reads the build
+  assert capfd.readouterr().out == ''  # the second load reads the build
 
 
 def test_an_image_folder_is_rebuilt_when_its_files_change(tmp_path):
@@ -241,12 +252,14 @@ def test_an_image_folder_is_rebuilt_when_its_files_change(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   before = data.dataset_info(f'imagefolder:{folder}', data_dir)
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(
-      os.path.join(folder, 'train', 'red', '99.png'))
+    os.path.join(folder, 'train', 'red', '99.png')
+  )
   after = data.load_dataset(f'imagefolder:{folder}', data_dir)
   assert after.info.name != before.name
   assert len(after.train) == 13
   assert sorted(os.listdir(os.path.join(data_dir, 'imagefolder'))) == sorted(
-      [before.name[len('imagefolder-'):], after.info.name[len('imagefolder-'):]])
+    [before.name[len('imagefolder-') :], after.info.name[len('imagefolder-') :]]
+  )
 
 
 def test_an_image_folder_with_image_size_and_grey_images(tmp_path):
@@ -256,7 +269,8 @@ def test_an_image_folder_with_image_size_and_grey_images(tmp_path):
       os.makedirs(os.path.join(folder, split, name))
       for k, size in enumerate(((10, 12), (14, 8))):
         Image.fromarray(np.full(size, 40 * label + k, np.uint8)).save(
-            os.path.join(folder, split, name, f'{k}.png'))
+          os.path.join(folder, split, name, f'{k}.png')
+        )
   dataset = data.load_dataset(f'imagefolder:{folder}', str(tmp_path / 'tfds'), image_size='6,5')
   assert dataset.info.image_shape == (6, 5, 1) and dataset.info.name.endswith('-6x5')
   assert dataset.train.images.shape == (4, 6, 5, 1)
@@ -300,18 +314,33 @@ def _one_class(root):
   _write_folder(root, classes=('red',))
 
 
-@pytest.mark.parametrize('make, names', [
+@pytest.mark.parametrize(
+  'make, names',
+  [
     (lambda root: os.makedirs(root), 'no train folder'),
     (_no_test, 'no test folder'),
     (_different_classes, "only in train: ['red']; only in test: ['pink']"),
     (_empty_class, 'test/green holds no images'),
     (_text_file, 'train/blue/notes.txt is not an image file'),
     (_broken_image, 'cannot read {root}/train/blue/00.png as an image'),
-    (_mixed_sizes, 'images differ in size: {root}/train/blue/00.png is 32x32 (HxW), '
-                   '{root}/test/green/00.png is 30x32; set --config.image_size=H,W'),
+    (
+      _mixed_sizes,
+      'images differ in size: {root}/train/blue/00.png is 32x32 (HxW), '
+      '{root}/test/green/00.png is 30x32; set --config.image_size=H,W',
+    ),
     (_one_class, '1 class folder(s)'),
-], ids=['no_train', 'no_test', 'different_classes', 'empty_class', 'text_file', 'broken_image',
-        'mixed_sizes', 'one_class'])
+  ],
+  ids=[
+    'no_train',
+    'no_test',
+    'different_classes',
+    'empty_class',
+    'text_file',
+    'broken_image',
+    'mixed_sizes',
+    'one_class',
+  ],
+)
 def test_bad_image_folders_are_named(tmp_path, make, names):
   root = str(tmp_path / 'folder')
   make(root)
@@ -344,16 +373,18 @@ def test_train_subset_is_stratified_deterministic_and_in_the_digest(data_dir):
   assert np.all(np.abs(np.bincount(subset.labels, minlength=10) - shares) < 1)
   assert data.select_train_subset(train, 0, 10) == (train, None)
   other = data.select_train_subset(train, 201, info.num_classes)[1]
-  digests = {_split_seed_zero(train, test, info).digest,
-             _split_seed_zero(subset, test, info, positions).digest,
-             _split_seed_zero(data.select_train_subset(train, 201, 10)[0], test, info,
-                              other).digest}
+  digests = {
+    _split_seed_zero(train, test, info).digest,
+    _split_seed_zero(subset, test, info, positions).digest,
+    _split_seed_zero(data.select_train_subset(train, 201, 10)[0], test, info, other).digest,
+  }
   assert len(digests) == 3
   # Same sizes and forget positions, different subsets: still different digests.
   shifted = positions.copy()
   shifted[0] += 1 if shifted[0] + 1 not in positions else -1
-  assert (data.forget_split_digest('digits', np.arange(20), 200, positions)
-          != data.forget_split_digest('digits', np.arange(20), 200, shifted))
+  assert data.forget_split_digest(
+    'digits', np.arange(20), 200, positions
+  ) != data.forget_split_digest('digits', np.arange(20), 200, shifted)
   for size in (9, len(train) + 1, -1, 2.5):
     with pytest.raises(ValueError, match='--config.train_subset'):
       data.select_train_subset(train, size, info.num_classes)
@@ -363,8 +394,9 @@ def test_prepare_with_a_train_subset(tmp_path, data_dir):
   config = tiny_config(tmp_path, data_dir, train_subset=100)
   setup = experiment.prepare(config)
   assert len(setup.train.labels) == 100
-  assert setup.experiment_dir == os.path.join(str(tmp_path), 'digits-subset100-cnn',
-                                              'random-0.1-split0')
+  assert setup.experiment_dir == os.path.join(
+    str(tmp_path), 'digits-subset100-cnn', 'random-0.1-split0'
+  )
   saved = data.load_forget_split(setup.experiment_dir)
   assert saved.digest == setup.split.digest
   assert np.array_equal(saved.subset, setup.split.subset)
@@ -397,9 +429,10 @@ def test_prepare_cifar10_checks_and_extracts_an_archive(tmp_path, monkeypatch):
   folder = prepare_cifar10.extract(archive, str(tmp_path / 'dest'))
   assert folder == str(tmp_path / 'dest' / prepare_cifar10.FOLDER)
   assert sorted(os.listdir(os.path.join(folder, 'test'))) == sorted(CLASSES)
-  assert os.listdir(tmp_path / 'dest') == [prepare_cifar10.FOLDER]   # no staging folder left
+  assert os.listdir(tmp_path / 'dest') == [prepare_cifar10.FOLDER]  # no staging folder left
   assert data.load_dataset(f'imagefolder:{folder}', str(tmp_path / 'tfds')).info.class_names == (
-      tuple(sorted(CLASSES)))
+    tuple(sorted(CLASSES))
+  )
 
 
 @pytest.mark.skipif(not os.path.isfile(SHARED_ARCHIVE), reason='no ../shared/data checkout')

@@ -7,8 +7,8 @@ import pytest
 
 from jaxunlearn import forgetting_quality as fq
 
-
 # ------------------------------------------------------------------------------- direct epsilon
+
 
 def _threshold_epsilon(fpr, fnr, delta):
   """One threshold's epsilon straight from the definition; None if the threshold is dropped."""
@@ -49,8 +49,10 @@ def direct_epsilon(unlearned, retrained, delta=fq.DELTA, cap=fq.EPSILON_CAP):
   rights = np.linspace(inner.max() - 2, inner.max() + 2, 400)
   lefts = np.concatenate([np.linspace(r - width - 2, r - width + 2, 400) for r in rights])
   rights = np.repeat(rights, 400)
+
   def inside(c):
     return ((lefts <= c[:, None]) & (c[:, None] <= rights)).sum(0)
+
   rates = zip(inside(outer) / k, (k - inside(inner)) / k)
   double = [_threshold_epsilon(fpr, fnr, delta) for fpr, fnr in rates]
 
@@ -63,8 +65,17 @@ def test_epsilons_match_the_direct_computation_on_gaussians():
   rng = np.random.default_rng(0)
   k = 32
   # (mean shift, scale of the retrained set): from overlapping to separated, and peaky vs wide.
-  cases = [(0.0, 1.0), (0.3, 1.0), (1.0, 1.0), (2.0, 1.0), (3.5, 1.0), (0.0, 0.3), (0.0, 3.0),
-           (0.5, 0.2), (1.0, 4.0)]
+  cases = [
+    (0.0, 1.0),
+    (0.3, 1.0),
+    (1.0, 1.0),
+    (2.0, 1.0),
+    (3.5, 1.0),
+    (0.0, 0.3),
+    (0.0, 3.0),
+    (0.5, 0.2),
+    (1.0, 4.0),
+  ]
   unlearned = rng.normal(0.0, 1.0, (k, len(cases)))
   retrained = np.stack([rng.normal(shift, scale, k) for shift, scale in cases], axis=1)
   fast = fq.per_example_epsilons(unlearned, retrained)
@@ -79,7 +90,8 @@ def test_epsilons_match_the_direct_computation_on_gaussians():
     rows = pos[None], neg[None]
     assert fq._single_threshold_epsilons(*rows, table)[0] == pytest.approx(single, rel=1e-12)
     assert fq._double_threshold_epsilons(*rows, fq._interval_table(table))[0] == pytest.approx(
-        double, rel=1e-12)
+      double, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize('seed', [16, 32, 1560])
@@ -134,6 +146,7 @@ def test_constant_equal_sets_have_no_surviving_threshold_and_zero_epsilon():
 
 # ------------------------------------------------------------------------------- buckets and scores
 
+
 @pytest.mark.parametrize('num_models, buckets', [(2, 0), (3, 2), (8, 4), (32, 8), (512, 14)])
 def test_scoring_buckets_stop_below_ceil_log_k_minus_one(num_models, buckets):
   assert fq.num_score_buckets(num_models) == buckets
@@ -143,8 +156,9 @@ def test_scoring_buckets_stop_below_ceil_log_k_minus_one(num_models, buckets):
 def test_bucket_points_depend_on_the_number_of_models():
   epsilons = [0.0, 0.49, 0.5, 1.9, 2.0, 3.9, 50.0]
   np.testing.assert_array_equal(fq.epsilon_points(epsilons, 8), [1, 1, 0.5, 0.125, 0, 0, 0])
-  np.testing.assert_array_equal(fq.epsilon_points(epsilons, 32),
-                                [1, 1, 0.5, 0.125, 0.0625, 2.0**-7, 0])
+  np.testing.assert_array_equal(
+    fq.epsilon_points(epsilons, 32), [1, 1, 0.5, 0.125, 0.0625, 2.0**-7, 0]
+  )
   np.testing.assert_array_equal(fq.epsilon_points(epsilons, 3), [1, 1, 0.5, 0, 0, 0, 0])
 
 
@@ -163,7 +177,8 @@ def test_forgetting_quality_from_logits_uses_the_logit_scaled_confidence():
   labels = rng.integers(0, 4, 30)
   from_logits = fq.forgetting_quality(unlearned, retrained, labels)
   from_confidences = fq.forgetting_quality_from_confidences(
-      fq.logit_margin(unlearned, labels), fq.logit_margin(retrained, labels))
+    fq.logit_margin(unlearned, labels), fq.logit_margin(retrained, labels)
+  )
   np.testing.assert_array_equal(from_logits.epsilons, from_confidences.epsilons)
 
 
@@ -171,24 +186,32 @@ def test_logit_margin_is_log_p_correct_minus_log_p_rest():
   logits = np.array([[[2.0, 0.0, -1.0], [0.0, 3.0, 3.0]]])
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   labels = np.array([0, 2])
-  expected = [math.log(probs[0, 0, 0] / (1 - probs[0, 0, 0])),
-              math.log(probs[0, 1, 2] / (1 - probs[0, 1, 2]))]
+  expected = [
+    math.log(probs[0, 0, 0] / (1 - probs[0, 0, 0])),
+    math.log(probs[0, 1, 2] / (1 - probs[0, 1, 2])),
+  ]
   np.testing.assert_allclose(fq.logit_margin(logits, labels)[0], expected, rtol=1e-12)
   # Exact where p_y rounds to 1 in float64: 200 - log(e^0 + e^0).
-  np.testing.assert_allclose(fq.logit_margin(np.array([[[200.0, 0.0, 0.0]]]), [0]),
-                             [[200.0 - math.log(2.0)]], rtol=1e-15)
+  np.testing.assert_allclose(
+    fq.logit_margin(np.array([[[200.0, 0.0, 0.0]]]), [0]), [[200.0 - math.log(2.0)]], rtol=1e-15
+  )
 
 
 def test_challenge_score_multiplies_the_accuracy_ratios():
   quality = fq.ForgettingQuality(0.5, 64, np.zeros(1), np.ones(1))
-  score = fq.challenge_score(quality, retain_accuracy_unlearned=90.0,
-                             retain_accuracy_retrained=100.0, test_accuracy_unlearned=80.0,
-                             test_accuracy_retrained=100.0)
+  score = fq.challenge_score(
+    quality,
+    retain_accuracy_unlearned=90.0,
+    retain_accuracy_retrained=100.0,
+    test_accuracy_unlearned=80.0,
+    test_accuracy_retrained=100.0,
+  )
   assert score.score == pytest.approx(0.36) and score.num_models == 64
   assert score.forgetting_quality == 0.5
 
 
 # ------------------------------------------------------------------------------- KLOM
+
 
 def direct_klom(unlearned, retrained, bins=20, smoothing=1e-5, clip=100.0):
   unlearned, retrained = np.clip(unlearned, -clip, clip), np.clip(retrained, -clip, clip)
@@ -242,11 +265,13 @@ def test_klom_report_gives_median_and_p95_per_set():
   sets = {'forget': (rng.normal(size=(6, 50, 3)), rng.normal(size=(6, 50, 3)), labels)}
   report = fq.klom_report(sets)
   values = fq.klom_from_logits(*sets['forget'])
-  assert report['forget'] == fq.KlomSummary(float(np.median(values)),
-                                            float(np.percentile(values, 95)))
+  assert report['forget'] == fq.KlomSummary(
+    float(np.median(values)), float(np.percentile(values, 95))
+  )
 
 
 # ------------------------------------------------------------------------------- relearn time
+
 
 def test_relearn_time_is_the_first_step_reaching_the_target():
   times = fq.relearn_time([0.1, 0.5, 0.9, 0.95], target_accuracy=0.9)
@@ -273,6 +298,7 @@ def test_relearn_time_over_runs_and_its_summary():
 
 # ------------------------------------------------------------------------------- bad input
 
+
 def _one_line_error(match, function, *args, **kwargs):
   with pytest.raises(ValueError, match=match) as error:
     function(*args, **kwargs)
@@ -284,8 +310,9 @@ def test_bad_input_raises_a_one_line_error_naming_the_argument():
   good = rng.normal(size=(4, 5))
   _one_line_error('unlearned_confidences', fq.per_example_epsilons, good[:1], good[:1])
   _one_line_error('retrained_confidences', fq.forgetting_quality_from_confidences, good, good[:2])
-  _one_line_error('unlearned_confidences.*retrained_confidences', fq.per_example_epsilons,
-                  good, good[:, :4])
+  _one_line_error(
+    'unlearned_confidences.*retrained_confidences', fq.per_example_epsilons, good, good[:, :4]
+  )
   _one_line_error('delta', fq.per_example_epsilons, good, good, delta=0.5)
   bad = good.copy()
   bad[0, 0] = np.inf
@@ -300,10 +327,15 @@ def test_bad_input_raises_a_one_line_error_naming_the_argument():
   _one_line_error('labels', fq.logit_margin, logits, labels + 1)
   _one_line_error('retrained_margins', fq.klom, good, good[:1])
   _one_line_error('num_models', fq.num_score_buckets, 1)
-  _one_line_error('retain_accuracy_retrained', fq.challenge_score,
-                  fq.ForgettingQuality(1.0, 4, good[0], good[0]), retain_accuracy_unlearned=1.0,
-                  retain_accuracy_retrained=0.0, test_accuracy_unlearned=1.0,
-                  test_accuracy_retrained=1.0)
+  _one_line_error(
+    'retain_accuracy_retrained',
+    fq.challenge_score,
+    fq.ForgettingQuality(1.0, 4, good[0], good[0]),
+    retain_accuracy_unlearned=1.0,
+    retain_accuracy_retrained=0.0,
+    test_accuracy_unlearned=1.0,
+    test_accuracy_retrained=1.0,
+  )
   _one_line_error('steps', fq.relearn_time, [0.1, 0.2], 0.5, steps=[2, 1])
   _one_line_error('target_accuracy', fq.relearn_time, [[0.1, 0.2]], [0.5, 0.5])
 

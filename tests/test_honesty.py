@@ -36,8 +36,9 @@ def test_retrain_does_not_know_the_forgotten_class(class_forgetting):
 
 # GA forgets the class only at the edge of collapse: at its setting the RA loss measured 3.0
 # points (forget accuracy 5.5%), so its RA margin is 3.5 points; the others keep the 3 points.
-@pytest.mark.parametrize('name, ra_margin', [('ga', 3.5), ('rl', 3.0), ('salun', 3.0),
-                                             ('scrub', 3.0)])
+@pytest.mark.parametrize(
+  'name, ra_margin', [('ga', 3.5), ('rl', 3.0), ('salun', 3.0), ('scrub', 3.0)]
+)
 def test_forgetting_methods_forget_the_class_and_keep_the_rest(class_forgetting, name, ra_margin):
   setup, fns, original, original_scores, _ = class_forgetting
   scores = run_method(setup, name, setup.config.method[name], fns, original, seed=0).scores

@@ -12,18 +12,28 @@ from flax import nnx
 
 from jaxunlearn.metrics import trainable_fraction, tree_bytes
 from jaxunlearn.models import create_model
-from jaxunlearn.models.lora import (LORA_LAYERS, TARGET_PRESETS, LoRAConv, add_lora,
-                                    add_lora_variables, base_variables, default_lora_settings,
-                                    lora_layer_paths, lora_residuals, lora_targets, merge_lora,
-                                    merge_lora_variables)
+from jaxunlearn.models.lora import (
+  LORA_LAYERS,
+  TARGET_PRESETS,
+  LoRAConv,
+  add_lora,
+  add_lora_variables,
+  base_variables,
+  default_lora_settings,
+  lora_layer_paths,
+  lora_residuals,
+  lora_targets,
+  merge_lora,
+  merge_lora_variables,
+)
 from jaxunlearn.optim import partition_by_type
 from jaxunlearn.state import functionalize
 
 TINY = {
-    'mlp': dict(hidden_sizes=(16, 8)),
-    'cnn': dict(channels=(4, 8), dense_width=16),
-    'resnet18': dict(width=2),
-    'vit': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16),
+  'mlp': dict(hidden_sizes=(16, 8)),
+  'cnn': dict(channels=(4, 8), dense_width=16),
+  'resnet18': dict(width=2),
+  'vit': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16),
 }
 CIFAR = (32, 32, 3)
 NUM_CLASSES = 5
@@ -33,8 +43,9 @@ SCALE = ALPHA / RANK
 
 @functools.cache
 def _pristine(key):
-  return create_model(key, num_classes=NUM_CLASSES, input_shape=CIFAR, rngs=nnx.Rngs(0),
-                      **TINY[key])
+  return create_model(
+    key, num_classes=NUM_CLASSES, input_shape=CIFAR, rngs=nnx.Rngs(0), **TINY[key]
+  )
 
 
 def _model(key):
@@ -53,8 +64,9 @@ def _forward(model, x, train=False):
 
 
 def _paths(model, types):
-  return {'.'.join(map(str, path)) for path, node in nnx.iter_graph(model)
-          if isinstance(node, types)}
+  return {
+    '.'.join(map(str, path)) for path, node in nnx.iter_graph(model) if isinstance(node, types)
+  }
 
 
 def _randomize_lora(model, seed=0):
@@ -106,8 +118,9 @@ def _assert_trees_equal(actual, expected):
 
 def _assert_same_bits(actual, expected):
   """Equal float32 bit patterns (assert_array_equal alone would take -0.0 for +0.0)."""
-  np.testing.assert_array_equal(np.asarray(actual, np.float32).view(np.uint32),
-                                np.asarray(expected, np.float32).view(np.uint32))
+  np.testing.assert_array_equal(
+    np.asarray(actual, np.float32).view(np.uint32), np.asarray(expected, np.float32).view(np.uint32)
+  )
 
 
 @pytest.mark.parametrize('key', sorted(TINY))
@@ -115,15 +128,19 @@ def test_fresh_lora_model_equals_original_bit_for_bit_through_model_fns(key):
   # Holds on CPU. On a GPU, XLA may compile the base matmul or conv differently once an add
   # follows it: an H100 gave relative differences up to 1e-6 (float32) or 4e-4 (TF32).
   fns, variables = _plain(key)
-  lora_fns, lora_variables = add_lora_variables(fns, variables, rank=RANK, alpha=ALPHA,
-                                                rngs=nnx.Rngs(1))
+  lora_fns, lora_variables = add_lora_variables(
+    fns, variables, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)
+  )
   lora_model = lora_fns.module(lora_variables)
   assert _paths(lora_model, LORA_LAYERS) == _paths(_plain_model(key), (nnx.Linear, nnx.Conv))
   # Exactly the adapters are nnx.LoRAParam, so partition_by_type can train only them.
-  types = {'/'.join(str(k.key) for k in path): kind
-           for path, kind in jax.tree_util.tree_leaves_with_path(lora_fns.param_types)}
+  types = {
+    '/'.join(str(k.key) for k in path): kind
+    for path, kind in jax.tree_util.tree_leaves_with_path(lora_fns.param_types)
+  }
   assert {p for p, kind in types.items() if kind is nnx.LoRAParam} == {
-      p for p in types if p.endswith(('lora_a/kernel', 'lora_b/kernel'))}
+    p for p in types if p.endswith(('lora_a/kernel', 'lora_b/kernel'))
+  }
   assert all(kind in (nnx.Param, nnx.LoRAParam) for kind in types.values())
 
   (logits, features), batch_stats = _apply(fns, variables, _images())
@@ -138,22 +155,31 @@ def test_fresh_lora_model_equals_original_bit_for_bit_through_model_fns(key):
 
 
 def test_lora_weights_are_lora_params_with_peft_shapes():
-  model = create_model('cnn', num_classes=NUM_CLASSES, input_shape=(28, 28, 1),
-                       rngs=nnx.Rngs(0), **TINY['cnn'])
+  model = create_model(
+    'cnn', num_classes=NUM_CLASSES, input_shape=(28, 28, 1), rngs=nnx.Rngs(0), **TINY['cnn']
+  )
   lora_model = add_lora(model, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1))
   _, lora, params, batch_stats = nnx.split(lora_model, nnx.LoRAParam, nnx.Param, nnx.BatchStat)
-  shapes = {'/'.join(map(str, path)): value.shape
-            for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(lora))
-            for path in [tuple(k.key for k in path)]}
+  shapes = {
+    '/'.join(map(str, path)): value.shape
+    for path, value in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(lora))
+    for path in [tuple(k.key for k in path)]
+  }
   assert shapes == {
-      'convs/0/lora_a/kernel': (3, 3, 1, RANK), 'convs/0/lora_b/kernel': (1, 1, RANK, 4),
-      'convs/1/lora_a/kernel': (3, 3, 4, RANK), 'convs/1/lora_b/kernel': (1, 1, RANK, 8),
-      'dense/lora_a/kernel': (7 * 7 * 8, RANK), 'dense/lora_b/kernel': (RANK, 16),
-      'head/lora_a/kernel': (16, RANK), 'head/lora_b/kernel': (RANK, NUM_CLASSES)}
+    'convs/0/lora_a/kernel': (3, 3, 1, RANK),
+    'convs/0/lora_b/kernel': (1, 1, RANK, 4),
+    'convs/1/lora_a/kernel': (3, 3, 4, RANK),
+    'convs/1/lora_b/kernel': (1, 1, RANK, 8),
+    'dense/lora_a/kernel': (7 * 7 * 8, RANK),
+    'dense/lora_b/kernel': (RANK, 16),
+    'head/lora_a/kernel': (16, RANK),
+    'head/lora_b/kernel': (RANK, NUM_CLASSES),
+  }
   assert not jax.tree.leaves(batch_stats)
   # The base weights are the original ones, now under '.base'.
-  np.testing.assert_array_equal(nnx.to_pure_dict(params)['head']['base']['kernel'],
-                                model.head.kernel[...])
+  np.testing.assert_array_equal(
+    nnx.to_pure_dict(params)['head']['base']['kernel'], model.head.kernel[...]
+  )
   # PEFT's A init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); B starts at zero.
   a = np.asarray(lora_model.dense.lora_a.kernel[...])
   assert 0.8 / np.sqrt(392) < np.abs(a).max() <= 1 / np.sqrt(392)
@@ -170,12 +196,16 @@ def test_add_lora_returns_an_independent_copy():
 
 def test_linear_branch_and_residual_match_hand_computation():
   model = _model('mlp')
-  lora_model = _randomize_lora(add_lora(model, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1),
-                                        targets=lambda path, _: path == ('head',)))
+  lora_model = _randomize_lora(
+    add_lora(
+      model, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1), targets=lambda path, _: path == ('head',)
+    )
+  )
   assert _paths(lora_model, LORA_LAYERS) == {'head'}
   x = _images()
   (logits, features), intermediates = nnx.capture(lora_model, nnx.Intermediate)(
-      x, return_features=True)
+    x, return_features=True
+  )
   h = np.asarray(features['penultimate'], np.float64)
   head = lora_model.head
   a, b = np.asarray(head.lora_a.kernel[...]), np.asarray(head.lora_b.kernel[...])
@@ -191,9 +221,13 @@ def test_conv_branch_is_strided_conv_a_then_1x1_b():
   assert isinstance(lora_conv, LoRAConv)
   x = _images(shape=(3, 16, 16, 2))
   out, intermediates = nnx.capture(lora_conv, nnx.Intermediate)(x)
-  a_out = jax.lax.conv_general_dilated(x, lora_conv.lora_a.kernel[...], (2, 2),
-                                       ((1, 1), (1, 1)),
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  a_out = jax.lax.conv_general_dilated(
+    x,
+    lora_conv.lora_a.kernel[...],
+    (2, 2),
+    ((1, 1), (1, 1)),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
   b = np.asarray(lora_conv.lora_b.kernel[...])[0, 0]
   expected_residual = SCALE * np.asarray(a_out, np.float64) @ b
   assert expected_residual.shape == (3, 8, 8, 4)
@@ -222,14 +256,17 @@ def test_one_sgd_step_moves_only_lora_params_and_matches_hand_gradient():
 
   after = nnx.to_pure_dict(nnx.state(lora_model))
   frozen_after = jax.tree_util.tree_leaves_with_path(
-      nnx.to_pure_dict(nnx.state(lora_model, nnx.Not(nnx.LoRAParam))))
+    nnx.to_pure_dict(nnx.state(lora_model, nnx.Not(nnx.LoRAParam)))
+  )
   assert len(frozen_after) == 6  # Kernel and bias of three Linear layers.
   for path, value in frozen_after:
     np.testing.assert_array_equal(value, _get(before, path))
   # With B = 0 the gradient of every A is zero, and every B moves.
-  for layer, old in ((lora_model.hidden[0], before['hidden'][0]),
-                     (lora_model.hidden[1], before['hidden'][1]),
-                     (lora_model.head, before['head'])):
+  for layer, old in (
+    (lora_model.hidden[0], before['hidden'][0]),
+    (lora_model.hidden[1], before['hidden'][1]),
+    (lora_model.head, before['head']),
+  ):
     np.testing.assert_array_equal(layer.lora_a.kernel[...], old['lora_a']['kernel'])
     assert np.abs(np.asarray(layer.lora_b.kernel[...])).max() > 1e-4
   # The head's B gradient by hand: scale * (h A)^T (softmax - onehot) / batch.
@@ -247,18 +284,19 @@ def _get(tree, path):
 
 
 def test_functional_gradient_over_lora_pure_dict_under_jit():
-  lora_model = _randomize_lora(add_lora(_model('mlp'), rank=RANK, alpha=ALPHA,
-                                        rngs=nnx.Rngs(1)))
+  lora_model = _randomize_lora(add_lora(_model('mlp'), rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)))
   x, labels = _images(), jnp.array([0, 3, 4])
-  graphdef, lora, frozen, batch_stats = nnx.split(lora_model, nnx.LoRAParam, nnx.Param,
-                                                  nnx.BatchStat)
+  graphdef, lora, frozen, batch_stats = nnx.split(
+    lora_model, nnx.LoRAParam, nnx.Param, nnx.BatchStat
+  )
 
   @jax.jit
   def grad_fn(lora_values):
     state = nnx.clone(lora)
     nnx.replace_by_pure_dict(state, lora_values)
-    return jax.grad(lambda s: _cross_entropy(nnx.merge(graphdef, s, frozen, batch_stats), x,
-                                             labels))(state)
+    return jax.grad(
+      lambda s: _cross_entropy(nnx.merge(graphdef, s, frozen, batch_stats), x, labels)
+    )(state)
 
   grads = nnx.to_pure_dict(grad_fn(nnx.to_pure_dict(lora)))
   assert set(grads) == {'hidden', 'head'}
@@ -266,15 +304,15 @@ def test_functional_gradient_over_lora_pure_dict_under_jit():
   # The head's B gradient by hand: scale * (h A)^T (softmax - onehot) / batch.
   logits, features = lora_model(x, return_features=True)
   h = np.asarray(features['penultimate'], np.float64)
-  dlogits = (np.asarray(jax.nn.softmax(logits), np.float64)
-             - np.eye(NUM_CLASSES)[np.asarray(labels)]) / len(labels)
+  dlogits = (
+    np.asarray(jax.nn.softmax(logits), np.float64) - np.eye(NUM_CLASSES)[np.asarray(labels)]
+  ) / len(labels)
   expected = SCALE * (h @ np.asarray(lora_model.head.lora_a.kernel[...])).T @ dlogits
   np.testing.assert_allclose(grads['head']['lora_b']['kernel'], expected, rtol=1e-4, atol=1e-6)
 
 
 def test_residuals_collected_with_capture_under_jit_leave_no_state():
-  lora_model = _randomize_lora(add_lora(_model('cnn'), rank=RANK, alpha=ALPHA,
-                                        rngs=nnx.Rngs(1)))
+  lora_model = _randomize_lora(add_lora(_model('cnn'), rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)))
   graphdef, lora, frozen = nnx.split(lora_model, nnx.LoRAParam, nnx.Param)
   x = _images()
 
@@ -282,16 +320,18 @@ def test_residuals_collected_with_capture_under_jit_leave_no_state():
   def apply(lora, frozen):
     model = nnx.merge(graphdef, lora, frozen)
     (logits, features), intermediates = nnx.capture(model, nnx.Intermediate)(
-        x, return_features=True)
+      x, return_features=True
+    )
     return features, lora_residuals(intermediates)
 
   features, residuals = apply(lora, frozen)
   assert set(residuals) == {'convs.0', 'convs.1', 'dense', 'head'}
   head = lora_model.head
   np.testing.assert_allclose(
-      residuals['head'],
-      SCALE * features['penultimate'] @ head.lora_a.kernel[...] @ head.lora_b.kernel[...],
-      atol=1e-5)
+    residuals['head'],
+    SCALE * features['penultimate'] @ head.lora_a.kernel[...] @ head.lora_b.kernel[...],
+    atol=1e-5,
+  )
   first_conv = lora_model.convs[0]
   np.testing.assert_allclose(residuals['convs.0'], first_conv(x) - first_conv.base(x), atol=1e-5)
   nnx.capture(lora_model, nnx.Intermediate)(x)
@@ -299,8 +339,7 @@ def test_residuals_collected_with_capture_under_jit_leave_no_state():
 
 
 def test_residual_is_the_latest_call_and_plain_calls_leave_no_state():
-  lora_model = _randomize_lora(add_lora(_model('mlp'), rank=RANK, alpha=ALPHA,
-                                        rngs=nnx.Rngs(1)))
+  lora_model = _randomize_lora(add_lora(_model('mlp'), rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)))
   x, other_x = _images(), _images(seed=1)
 
   def two_calls(model):
@@ -312,24 +351,28 @@ def test_residual_is_the_latest_call_and_plain_calls_leave_no_state():
   assert set(residuals) == {'hidden.0', 'hidden.1', 'head'}
   head = lora_model.head
   np.testing.assert_allclose(
-      residuals['head'],
-      SCALE * features['penultimate'] @ head.lora_a.kernel[...] @ head.lora_b.kernel[...],
-      atol=1e-5)
+    residuals['head'],
+    SCALE * features['penultimate'] @ head.lora_a.kernel[...] @ head.lora_b.kernel[...],
+    atol=1e-5,
+  )
   lora_model(x)
   _forward(lora_model, x)
   _, _, _, _, rest = nnx.split(lora_model, nnx.LoRAParam, nnx.Param, nnx.BatchStat, ...)
   assert not jax.tree.leaves(rest)
 
 
-@pytest.mark.parametrize('key,spec', [('mlp', 'all'), ('cnn', 'all'), ('resnet18', 'all'),
-                                      ('vit', 'all'), ('vit', 'attention_qv')])
+@pytest.mark.parametrize(
+  'key,spec',
+  [('mlp', 'all'), ('cnn', 'all'), ('resnet18', 'all'), ('vit', 'all'), ('vit', 'attention_qv')],
+)
 def test_merged_variables_equal_lora_model_and_load_with_the_original_fns(key, spec):
   # 'all' on resnet18 includes the stride-2 3x3 convs (padding 1) and 1x1 shortcut convs.
   plain_model = _plain_model(key)
   fns, variables = _plain(key)
   targets = lora_targets(spec, plain_model, model_name=key, config_key='targets')
-  lora_model = _randomize_lora(add_lora(plain_model, rank=RANK, alpha=ALPHA, targets=targets,
-                                        rngs=nnx.Rngs(1)))
+  lora_model = _randomize_lora(
+    add_lora(plain_model, rank=RANK, alpha=ALPHA, targets=targets, rngs=nnx.Rngs(1))
+  )
   lora_fns, lora_variables = functionalize(lora_model)
   x = _images()
   (lora_logits, lora_features), _ = _apply(lora_fns, lora_variables, x)
@@ -339,7 +382,8 @@ def test_merged_variables_equal_lora_model_and_load_with_the_original_fns(key, s
 
   assert jax.tree.structure(merged) == jax.tree.structure(variables)
   assert jax.tree.map(lambda a: (a.shape, a.dtype), merged) == jax.tree.map(
-      lambda a: (a.shape, a.dtype), variables)
+    lambda a: (a.shape, a.dtype), variables
+  )
   _assert_trees_equal(merged['batch_stats'], variables['batch_stats'])
   (merged_logits, merged_features), _ = _apply(fns, merged, x)  # The original's fns.
   # float32 sums in another order: agreement to 1e-5, absolute and relative (on CPU; on a GPU
@@ -366,8 +410,9 @@ def test_merge_lora_gives_the_original_architecture_and_leaves_the_lora_model(ke
   _assert_trees_equal(nnx.to_pure_dict(nnx.state(lora_model)), before)
 
 
-@pytest.mark.parametrize('padding', ['SAME', 'VALID', 'CIRCULAR', ((1, 1), (1, 1)),
-                                     ((0, 1), (2, 0))])
+@pytest.mark.parametrize(
+  'padding', ['SAME', 'VALID', 'CIRCULAR', ((1, 1), (1, 1)), ((0, 1), (2, 0))]
+)
 def test_merged_strided_conv_equals_lora_conv(padding):
   # Exact because A has the base's strides and padding and B is a 1x1, stride-1 conv: B(A(x)) is
   # the conv of x with the kernel A @ B. 'SAME' at stride 2 pads by the input size's parity.
@@ -385,19 +430,19 @@ def test_merged_strided_conv_equals_lora_conv(padding):
 def test_teacher_and_student_features_in_one_jitted_step():
   fns, variables = _plain('cnn')
   settings = default_lora_settings('cnn')
-  targets = lora_targets(settings.targets, _plain_model('cnn'), model_name='cnn',
-                         config_key='targets')
-  lora_fns, lora_variables = add_lora_variables(fns, variables, rank=settings.rank,
-                                                alpha=settings.alpha, targets=targets,
-                                                rngs=nnx.Rngs(1))
+  targets = lora_targets(
+    settings.targets, _plain_model('cnn'), model_name='cnn', config_key='targets'
+  )
+  lora_fns, lora_variables = add_lora_variables(
+    fns, variables, rank=settings.rank, alpha=settings.alpha, targets=targets, rngs=nnx.Rngs(1)
+  )
   lora_variables = functionalize(_randomize_lora(lora_fns.module(lora_variables)))[1]
 
   @jax.jit
   def features(lora_variables, x):
     teacher = base_variables(lora_fns, lora_variables)
     (_, teacher_features), _ = fns.apply(teacher, x, train=False, return_features=True)
-    (_, student_features), _ = lora_fns.apply(lora_variables, x, train=False,
-                                              return_features=True)
+    (_, student_features), _ = lora_fns.apply(lora_variables, x, train=False, return_features=True)
     return teacher_features, student_features
 
   teacher_features, student_features = features(lora_variables, _images())
@@ -405,15 +450,15 @@ def test_teacher_and_student_features_in_one_jitted_step():
   (_, expected_student), _ = _apply(lora_fns, lora_variables, _images())
   for name in expected_teacher:
     np.testing.assert_array_equal(teacher_features[name], expected_teacher[name])
-    np.testing.assert_allclose(student_features[name], expected_student[name], rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(student_features[name], expected_student[name], rtol=1e-6, atol=1e-6)
   assert not np.allclose(student_features['dense1'], teacher_features['dense1'], atol=1e-3)
 
 
 def test_student_bn_in_eval_mode_uses_and_keeps_the_original_running_statistics():
   fns, variables = _plain('resnet18')
-  lora_fns, lora_variables = add_lora_variables(fns, variables, rank=RANK, alpha=ALPHA,
-                                                rngs=nnx.Rngs(1))
+  lora_fns, lora_variables = add_lora_variables(
+    fns, variables, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)
+  )
   x = _images()
   (logits, _), eval_stats = _apply(lora_fns, lora_variables, x)
   _assert_trees_equal(eval_stats, variables['batch_stats'])
@@ -421,20 +466,24 @@ def test_student_bn_in_eval_mode_uses_and_keeps_the_original_running_statistics(
   # not the teacher) and move the running averages.
   (train_logits, _), train_stats = _apply(lora_fns, lora_variables, x, train=True)
   assert not np.allclose(train_logits, logits, atol=1e-3)
-  assert not np.allclose(train_stats['stem_bn']['mean'],
-                         variables['batch_stats']['stem_bn']['mean'])
+  assert not np.allclose(
+    train_stats['stem_bn']['mean'], variables['batch_stats']['stem_bn']['mean']
+  )
 
 
 def test_partition_keeps_optimizer_state_only_for_the_adapters():
   fns, variables = _plain('resnet18')
-  lora_fns, lora_variables = add_lora_variables(fns, variables, rank=RANK, alpha=ALPHA,
-                                                rngs=nnx.Rngs(1))
+  lora_fns, lora_variables = add_lora_variables(
+    fns, variables, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)
+  )
   params = lora_variables['params']
   is_lora = lambda kind: issubclass(kind, nnx.LoRAParam)
   sgd = optax.sgd(0.1, momentum=0.9)
-  lora_bytes = sum(tree_bytes(leaf) for leaf, kind in
-                   zip(jax.tree.leaves(params), jax.tree.leaves(lora_fns.param_types))
-                   if is_lora(kind))
+  lora_bytes = sum(
+    tree_bytes(leaf)
+    for leaf, kind in zip(jax.tree.leaves(params), jax.tree.leaves(lora_fns.param_types))
+    if is_lora(kind)
+  )
   assert 0 < lora_bytes < tree_bytes(params)
   # One momentum buffer per adapter leaf; set_to_zero keeps nothing for the frozen leaves.
   state = partition_by_type(sgd, lora_fns.param_types, is_lora).init(params)
@@ -442,26 +491,31 @@ def test_partition_keeps_optimizer_state_only_for_the_adapters():
   assert tree_bytes(sgd.init(params)) == tree_bytes(params)
   # All leaves are float32, so the byte ratio is the parameter fraction.
   assert trainable_fraction(params, lora_fns.param_types, is_lora) == pytest.approx(
-      lora_bytes / tree_bytes(params), rel=1e-12)
+    lora_bytes / tree_bytes(params), rel=1e-12
+  )
 
 
 def _selected(spec, key):
   model = _model(key)
   targets = lora_targets(spec, model, model_name=key, config_key='method.rfa_lora.targets')
-  return _paths(add_lora(model, rank=RANK, alpha=ALPHA, targets=targets, rngs=nnx.Rngs(1)),
-                LORA_LAYERS)
+  return _paths(
+    add_lora(model, rank=RANK, alpha=ALPHA, targets=targets, rngs=nnx.Rngs(1)), LORA_LAYERS
+  )
 
 
 BLOCK_CONVS = {f'layer{s}.{b}.conv{c}' for s in range(1, 5) for b in range(2) for c in (1, 2)}
 ATTENTION = ('query', 'key', 'value', 'out')
 
 
-@pytest.mark.parametrize('key,intermediate', [
+@pytest.mark.parametrize(
+  'key,intermediate',
+  [
     ('mlp', {'hidden.0', 'hidden.1'}),
     ('cnn', {'convs.0', 'convs.1', 'dense'}),
     ('resnet18', BLOCK_CONVS),
     ('vit', {f'blocks.{i}.attention.{n}' for i in range(2) for n in ('query', 'value')}),
-])
+  ],
+)
 def test_default_targets_are_the_intermediate_layers_and_the_head(key, intermediate):
   assert _selected(default_lora_settings(key).targets, key) == intermediate | {'head'}
 
@@ -477,40 +531,51 @@ def test_default_settings_rank_and_alpha():
 
 def test_target_presets_and_fullmatch_regexes():
   blocks = range(2)
-  assert _selected('attention', 'vit') == {f'blocks.{i}.attention.{n}'
-                                           for i in blocks for n in ATTENTION}
+  assert _selected('attention', 'vit') == {
+    f'blocks.{i}.attention.{n}' for i in blocks for n in ATTENTION
+  }
   assert _selected('attention_mlp', 'vit') == _selected('attention', 'vit') | {
-      f'blocks.{i}.{n}' for i in blocks for n in ('mlp_in', 'mlp_out')}
+    f'blocks.{i}.{n}' for i in blocks for n in ('mlp_in', 'mlp_out')
+  }
   assert _selected('all', 'vit') == set(lora_layer_paths(_model('vit')))
   assert 'patch_embed' in _selected('all', 'vit')
   # A regex must match the whole dotted path.
   assert _selected('dense', 'cnn') == {'dense'}
   assert _selected(r'convs\.1|head', 'cnn') == {'convs.1', 'head'}
   assert _selected(r'blocks\.1\..*', 'vit') == {f'blocks.1.attention.{n}' for n in ATTENTION} | {
-      'blocks.1.mlp_in', 'blocks.1.mlp_out'}
+    'blocks.1.mlp_in',
+    'blocks.1.mlp_out',
+  }
   assert set(TARGET_PRESETS) == {'all', 'attention_qv', 'attention', 'attention_mlp'}
 
 
 def test_targets_that_select_nothing_or_do_not_parse_raise_one_line_errors():
   with pytest.raises(ValueError) as error:
     _selected('conv', 'cnn')
-  assert str(error.value) == ("--config.method.rfa_lora.targets='conv': selects no layer of "
-                              "model cnn; layers are: convs.0, convs.1, dense, head.")
+  assert str(error.value) == (
+    "--config.method.rfa_lora.targets='conv': selects no layer of "
+    'model cnn; layers are: convs.0, convs.1, dense, head.'
+  )
   with pytest.raises(ValueError, match=r"targets='attention_qv': selects no layer of model cnn"):
     _selected('attention_qv', 'cnn')
   with pytest.raises(ValueError) as error:
     _selected('convs.(', 'cnn')
-  assert str(error.value).startswith("--config.method.rfa_lora.targets='convs.(': neither a "
-                                     "preset ['all', 'attention', 'attention_mlp', 'attention_qv'] "
-                                     "nor a valid regular expression (")
+  assert str(error.value).startswith(
+    "--config.method.rfa_lora.targets='convs.(': neither a "
+    "preset ['all', 'attention', 'attention_mlp', 'attention_qv'] "
+    'nor a valid regular expression ('
+  )
   assert '\n' not in str(error.value)
 
 
-@pytest.mark.parametrize('kwargs,message', [
+@pytest.mark.parametrize(
+  'kwargs,message',
+  [
     (dict(rank=0, alpha=1.0), 'rank must be a positive int, got 0'),
     (dict(rank=2, alpha=0.0), 'alpha must be > 0, got 0.0'),
     (dict(rank=2, alpha=1.0, targets=lambda path, _: False), 'selected no'),
-])
+  ],
+)
 def test_bad_arguments_raise(kwargs, message):
   with pytest.raises(ValueError, match=message):
     add_lora(_model('mlp'), rngs=nnx.Rngs(1), **kwargs)
@@ -518,9 +583,10 @@ def test_bad_arguments_raise(kwargs, message):
 
 def test_wrapping_twice_or_grouped_convs_raise():
   lora_model = add_lora(_model('mlp'), rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1))
-  with pytest.raises(ValueError, match=r"already has LoRA branches.*merge_lora"):
+  with pytest.raises(ValueError, match=r'already has LoRA branches.*merge_lora'):
     add_lora(lora_model, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1))
-  grouped = nnx.Conv(4, 4, (3, 3), feature_group_count=2,
-                     kernel_init=nnx.initializers.zeros, rngs=nnx.Rngs(0))
+  grouped = nnx.Conv(
+    4, 4, (3, 3), feature_group_count=2, kernel_init=nnx.initializers.zeros, rngs=nnx.Rngs(0)
+  )
   with pytest.raises(ValueError, match='feature_group_count=2'):
     add_lora(grouped, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1))

@@ -3,8 +3,6 @@ the model axis sharded equals one device, both forms agree, the CPU layout rules
 many-model evaluation end to end with bad input."""
 
 import dataclasses
-import glob
-import json
 import os
 
 import jax
@@ -27,8 +25,7 @@ ATOL = 2e-6
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory, data_dir):
-  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir,
-                                        forget='class:3'))
+  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir, forget='class:3'))
 
 
 @pytest.fixture(scope='module')
@@ -38,9 +35,17 @@ def original(setup):
 
 
 def _on(setup, mesh):
-  return dataclasses.replace(setup, mesh=mesh, train=DeviceData.create(
-      np.asarray(setup.train.images), np.asarray(setup.train.labels), setup.info,
-      setup.train.sources, mesh))
+  return dataclasses.replace(
+    setup,
+    mesh=mesh,
+    train=DeviceData.create(
+      np.asarray(setup.train.images),
+      np.asarray(setup.train.labels),
+      setup.info,
+      setup.train.sources,
+      mesh,
+    ),
+  )
 
 
 def _cfg(name):
@@ -54,45 +59,79 @@ def test_k_run_equals_k_single_runs(setup, original, name, form):
   seeds = [0, 3, 5, 6]
   mesh = sharding.make_model_mesh(2, jax.devices()[:4])
   many_setup = _on(setup, mesh)
-  plans = [registry.get(name).build(context(many_setup, *original, seed=s, batch_size=64),
-                                    _cfg(name)) for s in seeds]
-  many = run_many(plans[0].program, [p.state for p in plans], many_setup.train, mesh=mesh,
-                  seeds=seeds, constants=[p.constants for p in plans], log_every=1000, form=form)
+  plans = [
+    registry.get(name).build(context(many_setup, *original, seed=s, batch_size=64), _cfg(name))
+    for s in seeds
+  ]
+  many = run_many(
+    plans[0].program,
+    [p.state for p in plans],
+    many_setup.train,
+    mesh=mesh,
+    seeds=seeds,
+    constants=[p.constants for p in plans],
+    log_every=1000,
+    form=form,
+  )
   for k, seed in enumerate(seeds):
-    one = registry.get(name).build(context(setup, *original, seed=seed, batch_size=64),
-                                   _cfg(name))
-    single = run(one.program, one.state, setup.train, mesh=setup.mesh, seed=seed,
-                 constants=one.constants, log_every=1000)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(b)[k], a, atol=ATOL, rtol=0),
-                 jax.device_get(single.state.params), jax.device_get(many.state.params))
+    one = registry.get(name).build(context(setup, *original, seed=seed, batch_size=64), _cfg(name))
+    single = run(
+      one.program,
+      one.state,
+      setup.train,
+      mesh=setup.mesh,
+      seed=seed,
+      constants=one.constants,
+      log_every=1000,
+    )
+    jax.tree.map(
+      lambda a, b, k=k: np.testing.assert_allclose(np.asarray(b)[k], a, atol=ATOL, rtol=0),
+      jax.device_get(single.state.params),
+      jax.device_get(many.state.params),
+    )
 
 
 def test_compiles_once_per_step_kind_and_sharded_equals_one_device(setup, original):
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
-      lambda name, secs, fun_name=None, **kw: compiles.append(fun_name)
-      if name == '/jax/core/compile/backend_compile_duration' else None)
+    lambda name, secs, fun_name=None, **kw: (
+      compiles.append(fun_name) if name == '/jax/core/compile/backend_compile_duration' else None
+    )
+  )
   seeds = list(range(8))
   results = {}
-  for label, mesh in (('one', sharding.make_model_mesh(1, jax.devices()[:1])),
-                      ('eight', sharding.make_model_mesh(8))):
+  for label, mesh in (
+    ('one', sharding.make_model_mesh(1, jax.devices()[:1])),
+    ('eight', sharding.make_model_mesh(8)),
+  ):
     many_setup = _on(setup, mesh)
-    cfg = _cfg('sfron').replace(forget_every=2)   # two step kinds
-    plans = [registry.get('sfron').build(context(many_setup, *original, seed=s, batch_size=64),
-                                         cfg) for s in seeds]
+    cfg = _cfg('sfron').replace(forget_every=2)  # two step kinds
+    plans = [
+      registry.get('sfron').build(context(many_setup, *original, seed=s, batch_size=64), cfg)
+      for s in seeds
+    ]
     compiles.clear()
-    results[label] = run_many(plans[0].program, [p.state for p in plans], many_setup.train,
-                              mesh=mesh, seeds=seeds, constants=[p.constants for p in plans],
-                              log_every=1000)
+    results[label] = run_many(
+      plans[0].program,
+      [p.state for p in plans],
+      many_setup.train,
+      mesh=mesh,
+      seeds=seeds,
+      constants=[p.constants for p in plans],
+      log_every=1000,
+    )
     assert compiles.count('jit(one_model)') + compiles.count('jit(mapped)') == 2, set(compiles)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=ATOL, rtol=0),
-               jax.device_get(results['one'].state.params),
-               jax.device_get(results['eight'].state.params))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=ATOL, rtol=0),
+    jax.device_get(results['one'].state.params),
+    jax.device_get(results['eight'].state.params),
+  )
 
 
 def _study(tmp_path, data_dir, methods='ft,salun'):
-  config = jaxunlearn.study_config(methods=methods,
-                                   **tiny_config(tmp_path / 'wd', data_dir, forget='class:3'))
+  config = jaxunlearn.study_config(
+    methods=methods, **tiny_config(tmp_path / 'wd', data_dir, forget='class:3')
+  )
   for name in ('ft', 'salun'):
     config.method[name].update(epochs=1, batch_size=64)
   return jaxunlearn.Study(config)
@@ -119,13 +158,18 @@ def test_many_model_evaluation_end_to_end(tmp_path, data_dir):
     assert os.path.exists(os.path.join(directory, f'many_models.{ext}'))
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     ({'num_models': 2}, '--config.eval.num_models=2: must be an integer >= 3.'),
     ({'relearn_steps': 0}, '--config.eval.relearn_steps=0: must be an integer >= 1.'),
-    ({'num_models': 6, 'model_devices': 4}, '--config.eval.num_models=6: must be a multiple of '
-                                            'the model devices (4).'),
+    (
+      {'num_models': 6, 'model_devices': 4},
+      '--config.eval.num_models=6: must be a multiple of the model devices (4).',
+    ),
     ({'model_devices': 3}, '--config.eval.model_devices=3: must divide the number of devices'),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_work(tmp_path, data_dir, overrides, message):
   values = {**jaxunlearn.config.to_config_dict(many_models.ManyModelsConfig()), **overrides}
   with pytest.raises(ConfigError) as error:
@@ -154,14 +198,24 @@ def test_k_runs_on_eight_devices_equal_k_single_runs(setup, original, form):
   seeds = list(range(8))
   mesh = sharding.make_model_mesh(8)
   many_setup = _on(setup, mesh)
-  plans = [registry.get('ft').build(context(many_setup, *original, seed=s, batch_size=64),
-                                    _cfg('ft')) for s in seeds]
-  many = run_many(plans[0].program, [p.state for p in plans], many_setup.train, mesh=mesh,
-                  seeds=seeds, log_every=1000, form=form)
+  plans = [
+    registry.get('ft').build(context(many_setup, *original, seed=s, batch_size=64), _cfg('ft'))
+    for s in seeds
+  ]
+  many = run_many(
+    plans[0].program,
+    [p.state for p in plans],
+    many_setup.train,
+    mesh=mesh,
+    seeds=seeds,
+    log_every=1000,
+    form=form,
+  )
   for k, seed in enumerate(seeds):
-    one = registry.get('ft').build(context(setup, *original, seed=seed, batch_size=64),
-                                   _cfg('ft'))
-    single = run(one.program, one.state, setup.train, mesh=setup.mesh, seed=seed,
-                 log_every=1000)
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(b)[k], a),
-                 jax.device_get(single.state.params), jax.device_get(many.state.params))
+    one = registry.get('ft').build(context(setup, *original, seed=seed, batch_size=64), _cfg('ft'))
+    single = run(one.program, one.state, setup.train, mesh=setup.mesh, seed=seed, log_every=1000)
+    jax.tree.map(
+      lambda a, b, k=k: np.testing.assert_array_equal(np.asarray(b)[k], a),
+      jax.device_get(single.state.params),
+      jax.device_get(many.state.params),
+    )

@@ -37,15 +37,22 @@ def _method_cfg(name, **options):
 
 def _unlearn(setup, original, name, seed=0, **options):
   plan = registry.get(name).build(_ctx(setup, original, seed), _method_cfg(name, **options))
-  return run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=seed,
-             constants=plan.constants, log_every=1000).state
+  return run(
+    plan.program,
+    plan.state,
+    setup.train,
+    mesh=setup.mesh,
+    seed=seed,
+    constants=plan.constants,
+    log_every=1000,
+  ).state
 
 
 def test_top_fraction_mask_breaks_ties_by_position():
   scores = {'a': np.array([0.0, 0.0, 0.0, 0.0]), 'b': np.array([[3.0, 0.0], [1.0, 0.0]])}
   mask = top_fraction_mask(jax.tree.map(np.asarray, scores), 0.5)
   np.testing.assert_array_equal(mask['b'], [[1, 0], [1, 0]])
-  np.testing.assert_array_equal(mask['a'], [1, 1, 0, 0])   # ties: first positions win
+  np.testing.assert_array_equal(mask['a'], [1, 1, 0, 0])  # ties: first positions win
 
 
 def test_salun_masked_weights_stay_bit_identical(setup, original):
@@ -56,11 +63,15 @@ def test_salun_masked_weights_stay_bit_identical(setup, original):
   assert fraction == pytest.approx(0.5, abs=1e-3)
   # Momentum and weight decay on: without masking the final update they would move every weight.
   state = _unlearn(setup, original, 'salun', optimizer=_method_cfg('salun').optimizer)
-  assert _method_cfg('salun').optimizer.momentum > 0 and _method_cfg(
-      'salun').optimizer.weight_decay > 0
+  assert (
+    _method_cfg('salun').optimizer.momentum > 0 and _method_cfg('salun').optimizer.weight_decay > 0
+  )
   moved = 0
-  for m, before, after in zip(jax.tree.leaves(mask), jax.tree.leaves(variables['params']),
-                              jax.tree.leaves(jax.device_get(state.params))):
+  for m, before, after in zip(
+    jax.tree.leaves(mask),
+    jax.tree.leaves(variables['params']),
+    jax.tree.leaves(jax.device_get(state.params)),
+  ):
     m = np.asarray(m).astype(bool)
     np.testing.assert_array_equal(np.asarray(after)[~m], np.asarray(before)[~m])
     moved += np.sum(np.asarray(after)[m] != np.asarray(before)[m])
@@ -70,8 +81,9 @@ def test_salun_masked_weights_stay_bit_identical(setup, original):
 def test_mean_gradient_statistic_matches_direct_computation(setup, original):
   fns, variables, _ = original
   stat = gradient_statistic(fns, variables, setup.train, 'forget', 64, 'mean_gradient')
-  from jaxunlearn.data import preprocess
   from jaxunlearn import losses
+  from jaxunlearn.data import preprocess
+
   positions = setup.train.sources['forget']
   images = preprocess(np.asarray(setup.train.images)[positions], setup.info, train=False, key=None)
   labels = np.asarray(setup.train.labels)[positions]
@@ -79,26 +91,38 @@ def test_mean_gradient_statistic_matches_direct_computation(setup, original):
 
   def loss(params, bounds):
     sl = slice(*bounds)
-    logits, _ = fns.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                          images[sl], train=False)
+    logits, _ = fns.apply(
+      {'params': params, 'batch_stats': variables['batch_stats']}, images[sl], train=False
+    )
     return losses.cross_entropy(logits, labels[sl]).mean()
 
-  grads = [jax.jit(jax.grad(loss), static_argnums=1)(variables['params'], (sl.start, sl.stop))
-           for sl in batches]
+  grads = [
+    jax.jit(jax.grad(loss), static_argnums=1)(variables['params'], (sl.start, sl.stop))
+    for sl in batches
+  ]
   expected = jax.tree.map(lambda *g: sum(g) / len(batches), *grads)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), stat,
-               expected)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), stat, expected)
 
 
 def test_scrub_moves_the_student_not_the_teacher(setup, original):
   _, variables, _ = original
   plan = registry.get('scrub').build(_ctx(setup, original), _method_cfg('scrub'))
-  state = run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=0,
-              constants=plan.constants, log_every=1000).state
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(plan.constants['teacher']),
-               variables)
-  diffs = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in zip(
-      jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(variables['params']))]
+  state = run(
+    plan.program,
+    plan.state,
+    setup.train,
+    mesh=setup.mesh,
+    seed=0,
+    constants=plan.constants,
+    log_every=1000,
+  ).state
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(plan.constants['teacher']), variables)
+  diffs = [
+    np.abs(np.asarray(a) - np.asarray(b)).max()
+    for a, b in zip(
+      jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(variables['params'])
+    )
+  ]
   assert max(diffs) > 1e-4
 
 
@@ -110,13 +134,16 @@ def test_every_method_is_deterministic_and_leaves_the_original_alone(setup, orig
   second = jax.device_get(_unlearn(setup, original, name, seed=1).params)
   jax.tree.map(np.testing.assert_array_equal, first, second)
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, variables))
-  changed = any(not np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(first), jax.tree.leaves(before['params'])))
+  changed = any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(before['params']))
+  )
   assert changed, f'{name} did not update any weight'
 
 
 def test_random_labels_never_draw_the_true_label():
   from jaxunlearn.methods.base import random_other_labels
+
   labels = np.tile(np.arange(10), 500)
   drawn = np.asarray(random_other_labels(jax.random.key(0), labels, 10))
   assert np.all(drawn != labels)
@@ -135,7 +162,8 @@ def test_a_diverged_run_is_reported_not_raised(setup, original):
   summary = summarise([result.scores, good])
   assert summary['UA'] == {'mean': 10.0, 'std': 0.0, 'n': 1}
   assert summary['diverged']['mean'] == 0.5
-  table = report.markdown_table({'ga': summary, 'all_bad': summarise([result.scores])},
-                                class_wise=False)
+  table = report.markdown_table(
+    {'ga': summary, 'all_bad': summarise([result.scores])}, class_wise=False
+  )
   assert '| ga (diverged in 50% of seeds) | 10.00 |' in table
   assert '| all_bad (diverged in 100% of seeds) | diverged |' in table

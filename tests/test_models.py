@@ -17,11 +17,11 @@ from jaxunlearn.models import MODELS, create_model, model_kwargs, set_compute_dt
 from jaxunlearn.state import functionalize
 
 TINY = {
-    'mlp': dict(hidden_sizes=(16, 8)),
-    'cnn': dict(channels=(4, 8), dense_width=16),
-    'resnet18': dict(width=2),
-    'vit': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16),
-    'vit_mean': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16, pooling='mean'),
+  'mlp': dict(hidden_sizes=(16, 8)),
+  'cnn': dict(channels=(4, 8), dense_width=16),
+  'resnet18': dict(width=2),
+  'vit': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16),
+  'vit_mean': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16, pooling='mean'),
 }
 NUM_CLASSES = 5
 BATCH = 3
@@ -30,8 +30,9 @@ MNIST, CIFAR = (28, 28, 1), (32, 32, 3)
 
 def _build(key, input_shape, seed=0):
   name = 'vit' if key == 'vit_mean' else key
-  return create_model(name, num_classes=NUM_CLASSES, input_shape=input_shape,
-                      rngs=nnx.Rngs(seed), **TINY[key])
+  return create_model(
+    name, num_classes=NUM_CLASSES, input_shape=input_shape, rngs=nnx.Rngs(seed), **TINY[key]
+  )
 
 
 @functools.cache
@@ -61,24 +62,33 @@ def _expected_features(key, input_shape):
   if key == 'mlp':
     return {'dense0': (16,), 'dense1': (8,), 'penultimate': (8,)}
   if key == 'cnn':
-    return {'conv1': (h // 2, w // 2, 4), 'conv2': (h // 4, w // 4, 8), 'dense1': (16,),
-            'penultimate': (16,)}
+    return {
+      'conv1': (h // 2, w // 2, 4),
+      'conv2': (h // 4, w // 4, 8),
+      'dense1': (16,),
+      'penultimate': (16,),
+    }
   if key == 'resnet18':
     expected = {'stem': (h, w, 2)}
     for stage in range(4):
-      size = (-(-h // 2 ** stage), -(-w // 2 ** stage))  # 3x3, stride 2, padding 1: ceil(h / 2).
+      size = (-(-h // 2**stage), -(-w // 2**stage))  # 3x3, stride 2, padding 1: ceil(h / 2).
       for block in range(2):
-        expected[f'layer{stage + 1}.{block}'] = (*size, 2 * 2 ** stage)
+        expected[f'layer{stage + 1}.{block}'] = (*size, 2 * 2**stage)
     expected['penultimate'] = (16,)
     return expected
   tokens = (h // 4) * (w // 4) + (1 if key == 'vit' else 0)
-  return {'embed': (tokens, 8), 'block0': (tokens, 8), 'block1': (tokens, 8),
-          'penultimate': (8,)}
+  return {'embed': (tokens, 8), 'block0': (tokens, 8), 'block1': (tokens, 8), 'penultimate': (8,)}
 
 
-@pytest.mark.parametrize('key,input_shape', [
-    (key, shape) for key in sorted(TINY) for shape in (MNIST, CIFAR)
-    if (key, shape) != ('vit_mean', MNIST)])  # Pooling does not interact with the input shape.
+@pytest.mark.parametrize(
+  'key,input_shape',
+  [
+    (key, shape)
+    for key in sorted(TINY)
+    for shape in (MNIST, CIFAR)
+    if (key, shape) != ('vit_mean', MNIST)
+  ],
+)  # Pooling does not interact with the input shape.
 def test_logits_and_feature_shapes_in_order(key, input_shape):
   model = _model(key, input_shape)
   logits, features = _forward(model, _images(input_shape), False)
@@ -87,8 +97,7 @@ def test_logits_and_feature_shapes_in_order(key, input_shape):
   assert isinstance(features, collections.OrderedDict)
   expected = _expected_features(key, input_shape)
   assert list(features) == list(expected)
-  assert {k: v.shape for k, v in features.items()} == {
-      k: (BATCH,) + s for k, s in expected.items()}
+  assert {k: v.shape for k, v in features.items()} == {k: (BATCH,) + s for k, s in expected.items()}
 
 
 def test_resnet_layer4_on_28x28_is_4x4():
@@ -104,8 +113,9 @@ def test_logits_alone_equal_logits_with_features():
 
 
 def _param_count(name, input_shape, **kwargs):
-  abstract = nnx.eval_shape(lambda: create_model(
-      name, num_classes=10, input_shape=input_shape, rngs=nnx.Rngs(0), **kwargs))
+  abstract = nnx.eval_shape(
+    lambda: create_model(name, num_classes=10, input_shape=input_shape, rngs=nnx.Rngs(0), **kwargs)
+  )
   return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
@@ -117,11 +127,13 @@ def test_parameter_counts_of_standard_sizes():
   assert _param_count('mlp', MNIST) == 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
 
 
-@pytest.mark.parametrize('name,width,heads,mlp_dim', [
-    ('vit_tiny', 192, 3, 768), ('vit_small', 384, 6, 1536)])
+@pytest.mark.parametrize(
+  'name,width,heads,mlp_dim', [('vit_tiny', 192, 3, 768), ('vit_small', 384, 6, 1536)]
+)
 def test_vit_presets(name, width, heads, mlp_dim):
-  model = nnx.eval_shape(lambda: create_model(
-      name, num_classes=10, input_shape=CIFAR, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(
+    lambda: create_model(name, num_classes=10, input_shape=CIFAR, rngs=nnx.Rngs(0))
+  )
   assert len(model.blocks) == 12
   assert model.blocks[0].attention.num_heads == heads
   assert model.blocks[0].mlp_in.kernel.shape == (width, mlp_dim)
@@ -155,8 +167,9 @@ def test_batchnorm_train_uses_batch_stats_and_updates_running_averages():
 
   _, features = _forward(model, x, True)
 
-  np.testing.assert_allclose(features['stem'], _bn_relu(z, batch_mean, batch_var, scale, bias),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    features['stem'], _bn_relu(z, batch_mean, batch_var, scale, bias), atol=1e-5
+  )
   np.testing.assert_allclose(bn.mean[...], 0.9 * old_mean + 0.1 * batch_mean, rtol=1e-5)
   np.testing.assert_allclose(bn.var[...], 0.9 * old_var + 0.1 * batch_var, rtol=1e-5)
 
@@ -170,8 +183,13 @@ def test_batchnorm_eval_uses_running_averages_and_keeps_them():
 
   _, features = _forward(model, x, False)
 
-  expected = _bn_relu(z, before['stem_bn']['mean'], before['stem_bn']['var'],
-                      np.asarray(model.stem_bn.scale[...]), np.asarray(model.stem_bn.bias[...]))
+  expected = _bn_relu(
+    z,
+    before['stem_bn']['mean'],
+    before['stem_bn']['var'],
+    np.asarray(model.stem_bn.scale[...]),
+    np.asarray(model.stem_bn.bias[...]),
+  )
   np.testing.assert_allclose(features['stem'], expected, atol=1e-5)
   after = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
   jax.tree.map(np.testing.assert_array_equal, before, after)
@@ -181,8 +199,11 @@ def test_batchnorm_eval_uses_running_averages_and_keeps_them():
 def test_same_seed_same_model_other_seed_other_model(key):
   x = _images(CIFAR)
   first, second, other = (_build(key, CIFAR, seed=s) for s in (0, 0, 1))
-  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(first)),
-               nnx.to_pure_dict(nnx.state(second)))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    nnx.to_pure_dict(nnx.state(first)),
+    nnx.to_pure_dict(nnx.state(second)),
+  )
   first_logits = _forward(first, x, False)[0]
   np.testing.assert_array_equal(first_logits, _forward(second, x, False)[0])
   np.testing.assert_array_equal(first_logits, _forward(first, x, False)[0])
@@ -213,8 +234,11 @@ def test_functional_split_merge_under_jit(key):
   if key == 'resnet18':
     np.testing.assert_allclose(train_logits, _forward(model, x, True)[0], atol=1e-5)
     # That module call updated `model`'s running averages exactly like the pure step did.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), new_stats,
-                 nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+      new_stats,
+      nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)),
+    )
     assert not np.allclose(new_stats['stem_bn']['mean'], batch_stats['stem_bn']['mean'])
   else:
     # No BatchNorm and no dropout: `train` changes nothing.
@@ -228,8 +252,9 @@ def test_bfloat16_compute_keeps_float32_weights_and_outputs(key):
   float32_fns, _ = functionalize(_build(key, CIFAR))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   x = _images(CIFAR)
-  (logits, features), _ = jax.jit(functools.partial(fns.apply, train=False,
-                                                    return_features=True))(variables, x)
+  (logits, features), _ = jax.jit(functools.partial(fns.apply, train=False, return_features=True))(
+    variables, x
+  )
   (reference, _), _ = float32_fns.apply(variables, x, train=False, return_features=True)
   assert all(f.dtype == jnp.float32 for f in [logits, *features.values()])
   # Rounded to bfloat16 inside (8 bits of mantissa), so close to but not equal to float32.
@@ -244,13 +269,22 @@ def test_unknown_model_name_names_flag_and_allowed():
 
 def test_unknown_kwargs_are_named():
   with pytest.raises(ValueError, match=r"\['depth', 'dropout'\].*'cnn'.*'channels'"):
-    create_model('cnn', num_classes=10, input_shape=MNIST, rngs=nnx.Rngs(0),
-                 dropout=0.1, depth=3, channels=(4,))
+    create_model(
+      'cnn',
+      num_classes=10,
+      input_shape=MNIST,
+      rngs=nnx.Rngs(0),
+      dropout=0.1,
+      depth=3,
+      channels=(4,),
+    )
   with pytest.raises(ValueError, match=r"\['width'\].*'vit_tiny'"):
     create_model('vit_tiny', num_classes=10, input_shape=CIFAR, rngs=nnx.Rngs(0), width=8)
 
 
-@pytest.mark.parametrize('name,kwargs,message', [
+@pytest.mark.parametrize(
+  'name,kwargs,message',
+  [
     ('cnn', dict(num_classes=0, input_shape=MNIST), 'num_classes'),
     ('cnn', dict(num_classes=10, input_shape=(28, 28)), 'input_shape'),
     ('cnn', dict(num_classes=10, input_shape=(2, 2, 1)), 'input_shape'),
@@ -259,7 +293,8 @@ def test_unknown_kwargs_are_named():
     ('vit', dict(num_classes=10, input_shape=CIFAR, pooling='max'), "pooling.*'max'"),
     ('mlp', dict(num_classes=10, input_shape=MNIST, hidden_sizes=()), 'hidden_sizes'),
     ('resnet18', dict(num_classes=10, input_shape=CIFAR, width=0), 'width'),
-])
+  ],
+)
 def test_bad_arguments_raise(name, kwargs, message):
   with pytest.raises(ValueError, match=message):
     create_model(name, rngs=nnx.Rngs(0), **kwargs)

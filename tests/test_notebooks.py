@@ -48,8 +48,10 @@ def _parameters_cell(nb):
 
 def _parameters(nb) -> dict:
   """The values of the parameters cell (literal assignments only, see the template test)."""
-  return {node.targets[0].id: ast.literal_eval(node.value)
-          for node in ast.parse(_parameters_cell(nb).source).body}
+  return {
+    node.targets[0].id: ast.literal_eval(node.value)
+    for node in ast.parse(_parameters_cell(nb).source).body
+  }
 
 
 def _execute(name, tmp_path, monkeypatch, append=()):
@@ -57,14 +59,15 @@ def _execute(name, tmp_path, monkeypatch, append=()):
 
   Raises nbclient's CellExecutionError on a failing cell.
   """
-  monkeypatch.setenv('TMPDIR', str(tmp_path))   # the notebook's workdir goes under tmp_path
+  monkeypatch.setenv('TMPDIR', str(tmp_path))  # the notebook's workdir goes under tmp_path
   # The kernel sees one CPU device, as on a Colab CPU runtime. With the suite's 8 forced host
   # devices on 2 busy cores, XLA's CPU all-reduce can miss its 40 s rendezvous and abort.
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   nb = _read(name)
   nb.cells += [nbformat.v4.new_code_cell(source) for source in append]
-  nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
-                          resources={'metadata': {'path': COLAB}}).execute()
+  nbclient.NotebookClient(
+    nb, timeout=300, kernel_name='python3', resources={'metadata': {'path': COLAB}}
+  ).execute()
   return nb
 
 
@@ -73,14 +76,19 @@ def _text(cell) -> str:
 
 
 def _images(nb):
-  return [out for cell in _code_cells(nb) for out in cell.outputs
-          if 'image/png' in out.get('data', {})]
+  return [
+    out for cell in _code_cells(nb) for out in cell.outputs if 'image/png' in out.get('data', {})
+  ]
 
 
 def test_every_notebook_is_tested():
-  assert NOTEBOOKS == ['linreg_theory.ipynb', 'many_models.ipynb', 'quickstart.ipynb',
-                       'rfa_lora.ipynb', 'sfron.ipynb'], (
-      'a notebook was added or removed in colab/: give each one a test that runs it below')
+  assert NOTEBOOKS == [
+    'linreg_theory.ipynb',
+    'many_models.ipynb',
+    'quickstart.ipynb',
+    'rfa_lora.ipynb',
+    'sfron.ipynb',
+  ], 'a notebook was added or removed in colab/: give each one a test that runs it below'
 
 
 @pytest.mark.parametrize('name', NOTEBOOKS)
@@ -89,7 +97,8 @@ def test_stored_without_outputs(name):
   assert nb.metadata.kernelspec.name == 'python3'
   for cell in _code_cells(nb):
     assert cell.outputs == [] and cell.execution_count is None, (
-        f'colab/{name} is stored with outputs: clear them (cell {cell.source[:40]!r})')
+      f'colab/{name} is stored with outputs: clear them (cell {cell.source[:40]!r})'
+    )
 
 
 @pytest.mark.parametrize('name', NOTEBOOKS)
@@ -102,10 +111,12 @@ def test_follows_the_template_and_setup_cfg_url(name):
   command = f'%pip install -q git+{url}'
   assert title.cell_type == 'markdown' and title.source.startswith('# ')
   assert badge in title.source, (
-      f'colab/{name}: the first cell\'s Open in Colab badge must link {badge} (setup.cfg url)')
+    f"colab/{name}: the first cell's Open in Colab badge must link {badge} (setup.cfg url)"
+  )
   assert install.cell_type == 'code' and 'import jaxunlearn' in install.source
   assert command in install.source, (
-      f'colab/{name}: the install cell (second cell) must run `{command}` (setup.cfg url)')
+    f'colab/{name}: the install cell (second cell) must run `{command}` (setup.cfg url)'
+  )
   # Nothing else names a repository: a fork updates setup.cfg and the two lines above.
   text = '\n'.join(cell.source for cell in nb.cells)
   for other in set(re.findall(r'github(?:\.com)?/([\w.-]+/[\w.-]+?)(?:\.git)?[/)\s]', text)):
@@ -124,8 +135,9 @@ def _table_rows(markdown: str) -> dict[str, dict[str, str]]:
   """Parses `report.markdown_table` output into {method: {column: cell}}."""
   lines = [line.strip().strip('|').split('|') for line in markdown.strip().splitlines()]
   header = [c.strip() for c in lines[0]]
-  return {cells[0].strip(): dict(zip(header[1:], (c.strip() for c in cells[1:])))
-          for cells in lines[2:]}
+  return {
+    cells[0].strip(): dict(zip(header[1:], (c.strip() for c in cells[1:]))) for cells in lines[2:]
+  }
 
 
 def _check_template_outputs(nb):
@@ -136,10 +148,11 @@ def _check_template_outputs(nb):
 
 
 def test_quickstart_runs_and_shows_table_and_plot(data_dir, tmp_path, monkeypatch):
-  del data_dir   # sets JAXUNLEARN_DATA_DIR, which the kernel inherits
+  del data_dir  # sets JAXUNLEARN_DATA_DIR, which the kernel inherits
   # Appended here only: which interpreter the 'python3' kernel resolved to.
-  nb = _execute('quickstart.ipynb', tmp_path, monkeypatch,
-                append=['import sys\nprint(sys.executable)'])
+  nb = _execute(
+    'quickstart.ipynb', tmp_path, monkeypatch, append=['import sys\nprint(sys.executable)']
+  )
   _check_template_outputs(nb)
   cells = _code_cells(nb)
   outputs = [out for cell in cells for out in cell.outputs]
@@ -168,8 +181,10 @@ def test_linreg_theory_runs_and_shows_the_claims_and_figures(tmp_path, monkeypat
   # The one-task cell shows the library's closed forms: FT stays at w_o, golden's unlearning
   # loss is (1/n_f) ||y_f||^2, both remedies equal golden (distinct features).
   claims = next(_text(c) for c in _code_cells(nb) if 'FT moves no weight' in _text(c))
-  task = theory.make_task(jax.random.key(params['seed']),
-                          theory.TaskSpec(d=params['d'], n_r=params['n_r'], n_f=params['n_f']))
+  task = theory.make_task(
+    jax.random.key(params['seed']),
+    theory.TaskSpec(d=params['d'], n_r=params['n_r'], n_f=params['n_f']),
+  )
   golden = float(theory.unlearning_loss(theory.golden(task), task))
   assert golden > 0.1
   assert f'unlearning loss: FT 0.0000, golden {golden:.4f}' in claims
@@ -190,8 +205,12 @@ def test_linreg_theory_runs_and_shows_the_claims_and_figures(tmp_path, monkeypat
     assert [o for o in cell.outputs if 'image/png' in o.get('data', {})], cell.source
   assert len(_images(nb)) == 3
   saved = _text(_code_cells(nb)[-1]).split()
-  assert [os.path.basename(p) for p in saved] == ['loss_curves.png', 'overlap_sweep.png',
-                                                  'alpha_sweep.png', 'results.json']
+  assert [os.path.basename(p) for p in saved] == [
+    'loss_curves.png',
+    'overlap_sweep.png',
+    'alpha_sweep.png',
+    'results.json',
+  ]
   for path in saved:
     assert path.startswith(str(tmp_path)) and os.path.getsize(path) > 0
 
@@ -203,8 +222,12 @@ def test_quickstart_config_to_table_in_six_lines():
 
 
 def _markdown_tables(nb):
-  return [out.data['text/markdown'] for cell in _code_cells(nb) for out in cell.outputs
-          if 'text/markdown' in out.get('data', {})]
+  return [
+    out.data['text/markdown']
+    for cell in _code_cells(nb)
+    for out in cell.outputs
+    if 'text/markdown' in out.get('data', {})
+  ]
 
 
 def test_sfron_notebook_shows_mask_weights_and_ablation(data_dir, tmp_path, monkeypatch):
@@ -216,7 +239,7 @@ def test_sfron_notebook_shows_mask_weights_and_ablation(data_dir, tmp_path, monk
   assert 'of D_f weigh more than the uniform 1' in text
   rows = _table_rows(_markdown_tables(nb)[-1])
   assert list(rows)[:2] == ['Original', 'Retrain'] and 'sfron-SFR' in rows and 'sfron-none' in rows
-  assert len(_images(nb)) == 3      # mask density, weights, the ablation picture
+  assert len(_images(nb)) == 3  # mask density, weights, the ablation picture
 
 
 def test_rfa_lora_notebook_shows_adapters_gamma_and_distances(data_dir, tmp_path, monkeypatch):
@@ -231,7 +254,7 @@ def test_rfa_lora_notebook_shows_adapters_gamma_and_distances(data_dir, tmp_path
   assert {'ft', 'rfa_lora'} <= set(rows)
   # RFA-LoRA forgets much of the class the Original knew.
   assert float(rows['rfa_lora']['UA']) > float(rows['Original']['UA']) + 10
-  assert len(_images(nb)) == 2      # the gamma figure, the distances per layer
+  assert len(_images(nb)) == 2  # the gamma figure, the distances per layer
 
 
 def test_many_models_notebook_shows_scores_and_epsilons(data_dir, tmp_path, monkeypatch):

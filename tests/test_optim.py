@@ -23,8 +23,8 @@ def test_sgd_matches_the_pytorch_recipe_by_hand():
   for _ in range(3):
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    g = np.array([0.5, 0.5]) + 0.01 * w       # weight decay added to the gradient
-    buf = 0.9 * buf + g                        # momentum buffer (dampening 0)
+    g = np.array([0.5, 0.5]) + 0.01 * w  # weight decay added to the gradient
+    buf = 0.9 * buf + g  # momentum buffer (dampening 0)
     w = w - 0.1 * buf
     np.testing.assert_allclose(params['w'], w, rtol=1e-6)
 
@@ -35,8 +35,7 @@ def test_schedules():
   assert make_schedule(cfg, 100)(50) == pytest.approx(0.5)
   assert make_schedule(cfg, 100)(100) == pytest.approx(0.0)
   step = OptimizerConfig(lr=1.0, schedule='step', lr_decay_steps=(10, 20))
-  assert [float(make_schedule(step, 30)(t)) for t in (9, 10, 25)] == pytest.approx(
-      [1.0, 0.1, 0.01])
+  assert [float(make_schedule(step, 30)(t)) for t in (9, 10, 25)] == pytest.approx([1.0, 0.1, 0.01])
   onecycle = make_schedule(sgd(1.0, schedule='onecycle'), 100)
   assert [float(onecycle(t)) for t in (0, 30)] == pytest.approx([1 / 25, 1.0])
   assert float(onecycle(99)) < 1e-3 and float(onecycle(15)) < float(onecycle(30))
@@ -69,14 +68,17 @@ def test_partition_by_type_trains_only_lora_weights():
       return self.lora(x)
 
   fns, variables = functionalize(Tiny(nnx.Rngs(0)))
-  tx = partition_by_type(optax.sgd(0.1), fns.param_types,
-                         lambda t: issubclass(t, nnx.LoRAParam))
+  tx = partition_by_type(optax.sgd(0.1), fns.param_types, lambda t: issubclass(t, nnx.LoRAParam))
   params = variables['params']
-  grads = jax.grad(lambda p: jnp.sum(fns.apply({'params': p, 'batch_stats': {}},
-                                               jnp.ones((2, 3)), train=True)[0] ** 2))(params)
+  grads = jax.grad(
+    lambda p: jnp.sum(
+      fns.apply({'params': p, 'batch_stats': {}}, jnp.ones((2, 3)), train=True)[0] ** 2
+    )
+  )(params)
   updates, _ = tx.update(grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
-  np.testing.assert_array_equal(new['lora']['base_module']['kernel'],
-                                params['lora']['base_module']['kernel'])
+  np.testing.assert_array_equal(
+    new['lora']['base_module']['kernel'], params['lora']['base_module']['kernel']
+  )
   # B starts at zero, so the first step moves B (A's gradient is B-weighted, hence zero).
   assert not np.array_equal(new['lora']['lora_b'], params['lora']['lora_b'])

@@ -17,8 +17,15 @@ def _stat(mean, std=0.0, n=3):
 
 
 def _row(ua, ra, ta, mia, gap, seconds, diverged=0.0):
-  row = {'UA': _stat(ua, 0.5), 'RA': _stat(ra, 0.1), 'TA': _stat(ta, 0.2), 'MIA': _stat(mia, 1.0),
-         'AvgGap': _stat(gap, 0.3), 'RTE_s': _stat(seconds, 0.01), 'KL': _stat(0.1)}
+  row = {
+    'UA': _stat(ua, 0.5),
+    'RA': _stat(ra, 0.1),
+    'TA': _stat(ta, 0.2),
+    'MIA': _stat(mia, 1.0),
+    'AvgGap': _stat(gap, 0.3),
+    'RTE_s': _stat(seconds, 0.01),
+    'KL': _stat(0.1),
+  }
   if diverged:
     row['diverged'] = _stat(diverged)
   return row
@@ -34,27 +41,42 @@ def _diverged_row():
 @pytest.fixture
 def rows():
   return {
-      'Original': _row(0.0, 99.9, 97.2, 0.3, 52.3, 2.3),
-      'Retrain': _row(100.0, 99.9, 87.8, 100.0, 0.0, 1.3),
-      'ft': _row(0.6, 100.0, 97.2, 4.5, 51.1, 0.22),       # the outlier: forgets nothing
-      'rl': _row(100.0, 99.7, 87.8, 100.0, 0.08, 0.17),
-      'salun': _row(100.0, 99.8, 87.8, 100.0, 0.08, 0.79),
-      'scrub': _row(98.2, 99.7, 87.8, 99.4, 0.69, 0.28),
-      'kl_ft': _row(100.0, 99.5, 87.0, 100.0, 0.31, 0.32),
-      'ga': _row(99.2, 96.3, 84.8, 99.8, 1.93, 0.04, diverged=1 / 3),
-      'neggrad_plus': _diverged_row(),
+    'Original': _row(0.0, 99.9, 97.2, 0.3, 52.3, 2.3),
+    'Retrain': _row(100.0, 99.9, 87.8, 100.0, 0.0, 1.3),
+    'ft': _row(0.6, 100.0, 97.2, 4.5, 51.1, 0.22),  # the outlier: forgets nothing
+    'rl': _row(100.0, 99.7, 87.8, 100.0, 0.08, 0.17),
+    'salun': _row(100.0, 99.8, 87.8, 100.0, 0.08, 0.79),
+    'scrub': _row(98.2, 99.7, 87.8, 99.4, 0.69, 0.28),
+    'kl_ft': _row(100.0, 99.5, 87.0, 100.0, 0.31, 0.32),
+    'ga': _row(99.2, 96.3, 84.8, 99.8, 1.93, 0.04, diverged=1 / 3),
+    'neggrad_plus': _diverged_row(),
   }
 
 
 def test_gap_order_ranks_by_gap_and_puts_diverged_last(rows):
-  assert report.gap_order(rows) == ['rl', 'salun', 'kl_ft', 'scrub', 'ga', 'ft', 'Original',
-                                    'neggrad_plus']
+  assert report.gap_order(rows) == [
+    'rl',
+    'salun',
+    'kl_ft',
+    'scrub',
+    'ga',
+    'ft',
+    'Original',
+    'neggrad_plus',
+  ]
 
 
 def test_pareto_front():
-  points = {'slow_exact': (10.0, 0.0), 'fast_rough': (0.1, 5.0), 'dominated': (1.0, 6.0),
-            'middle': (1.0, 1.0), 'tie_b': (2.0, 1.0), 'tie_a': (2.0, 1.0), 'broken': (NAN, 0.1),
-            'same_x_worse': (0.1, 7.0)}
+  points = {
+    'slow_exact': (10.0, 0.0),
+    'fast_rough': (0.1, 5.0),
+    'dominated': (1.0, 6.0),
+    'middle': (1.0, 1.0),
+    'tie_b': (2.0, 1.0),
+    'tie_a': (2.0, 1.0),
+    'broken': (NAN, 0.1),
+    'same_x_worse': (0.1, 7.0),
+  }
   assert report.pareto_front(points) == ['fast_rough', 'middle', 'slow_exact']
   assert report.pareto_front({}) == []
   assert report.pareto_front({'a': (1.0, 1.0), 'b': (1.0, 1.0)}) == ['a']
@@ -62,8 +84,14 @@ def test_pareto_front():
 
 def test_place_labels_overlap_nothing():
   # Five points in a clump and one far off, as the fine-tuning methods sit in the Pareto view.
-  anchors = [(200.0, 200.0), (204.0, 201.0), (208.0, 199.0), (212.0, 200.0), (216.0, 202.0),
-             (380.0, 40.0)]
+  anchors = [
+    (200.0, 200.0),
+    (204.0, 201.0),
+    (208.0, 199.0),
+    (212.0, 200.0),
+    (216.0, 202.0),
+    (380.0, 40.0),
+  ]
   sizes = [(60.0, 12.0), (30.0, 12.0), (90.0, 12.0), (40.0, 12.0), (20.0, 12.0), (50.0, 12.0)]
   bounds = (0.0, 0.0, 400.0, 300.0)
   marker = 7.0
@@ -100,18 +128,20 @@ def test_picture_of_outlier_and_diverged_rows(rows, tmp_path):
   report.plot(rows, str(path), 'synthetic')
   image = matplotlib.image.imread(path)
   assert image.shape[0] > 500 and image.shape[1] > 1500
-  assert os.listdir(tmp_path) == ['results.png']   # no temporary file left behind
+  assert os.listdir(tmp_path) == ['results.png']  # no temporary file left behind
 
 
 def test_write_results_writes_table_json_and_picture(rows, tmp_path):
-  table = report.write_results(str(tmp_path), {'summary': rows}, rows, class_wise=False,
-                               title='synthetic')
+  table = report.write_results(
+    str(tmp_path), {'summary': rows}, rows, class_wise=False, title='synthetic'
+  )
   assert sorted(os.listdir(tmp_path)) == ['results.json', 'results.md', 'results.png']
   assert '| neggrad_plus (diverged in 100% of seeds) |' in table
 
 
-@pytest.mark.parametrize('names', [('Retrain',), ('Original', 'Retrain'),
-                                   ('Retrain', 'neggrad_plus')])
+@pytest.mark.parametrize(
+  'names', [('Retrain',), ('Original', 'Retrain'), ('Retrain', 'neggrad_plus')]
+)
 def test_picture_of_few_rows(rows, names, tmp_path):
   report.plot({n: rows[n] for n in names}, str(tmp_path / 'results.png'), 'few rows')
   assert matplotlib.image.imread(tmp_path / 'results.png').shape[1] > 1500

@@ -17,8 +17,8 @@ from jaxunlearn.data import preprocess
 from jaxunlearn.data.device import BatchSampler, DeviceData
 from jaxunlearn.loop import run
 from jaxunlearn.methods import fisher, sfron
-from jaxunlearn.unlearn import context
 from jaxunlearn.state import TrainState
+from jaxunlearn.unlearn import context
 from tests.conftest import tiny_config
 
 BATCH = 64
@@ -43,21 +43,36 @@ def cache_dir(tmp_path_factory):
 def _ctx(setup, original, mesh=None, cache_dir=''):
   fns, variables = original
   if mesh is not None:
-    setup = dataclasses.replace(setup, mesh=mesh, train=DeviceData.create(
-        np.asarray(setup.train.images), np.asarray(setup.train.labels), setup.info,
-        setup.train.sources, mesh))
+    setup = dataclasses.replace(
+      setup,
+      mesh=mesh,
+      train=DeviceData.create(
+        np.asarray(setup.train.images),
+        np.asarray(setup.train.labels),
+        setup.info,
+        setup.train.sources,
+        mesh,
+      ),
+    )
   return context(setup, fns, variables, seed=0, batch_size=BATCH, cache_dir=cache_dir)
 
 
 def _cfg(preset='paper', **overrides):
-  return getattr(sfron, preset)().replace(batch_size=BATCH, saliency_batch_size=BATCH,
-                                          **overrides)
+  return getattr(sfron, preset)().replace(batch_size=BATCH, saliency_batch_size=BATCH, **overrides)
 
 
 def _run(ctx, cfg, mesh=None):
   plan = sfron.build(ctx, cfg)
-  result = run(plan.program, plan.state, ctx.data, mesh=mesh or ctx.mesh, seed=0,
-               constants=plan.constants, augment=False, log_every=1000)
+  result = run(
+    plan.program,
+    plan.state,
+    ctx.data,
+    mesh=mesh or ctx.mesh,
+    seed=0,
+    constants=plan.constants,
+    augment=False,
+    log_every=1000,
+  )
   return result, plan
 
 
@@ -67,20 +82,22 @@ def _leaves(tree):
 
 # --- S: the saliency mask ------------------------------------------------------------------------
 
+
 def _hand_fisher(ctx, source, estimator):
   """F by Python loops: over mini-batches (squared batch-mean gradient) or over examples."""
   fns, variables = ctx.model_fns, ctx.original
   positions = np.asarray(ctx.data.sources[source])
-  images = np.asarray(preprocess(np.asarray(ctx.data.images)[positions], ctx.data.info,
-                                 train=False, key=None))
+  images = np.asarray(
+    preprocess(np.asarray(ctx.data.images)[positions], ctx.data.info, train=False, key=None)
+  )
   labels = np.asarray(ctx.data.labels)[positions]
 
   @jax.jit
   def grad_of_mean_ce(params, x, y):
     def loss(p):
-      logits, _ = fns.apply({'params': p, 'batch_stats': variables['batch_stats']}, x,
-                            train=False)
+      logits, _ = fns.apply({'params': p, 'batch_stats': variables['batch_stats']}, x, train=False)
       return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+
     return jax.grad(loss)(params)
 
   total = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), variables['params'])
@@ -98,42 +115,47 @@ def _hand_fisher(ctx, source, estimator):
 @pytest.mark.parametrize('estimator', ['batch_fisher', 'empirical_fisher'])
 def test_mask_equals_direct_computation(setup, original, cache_dir, estimator):
   ctx = _ctx(setup, original)
-  mine = {s: fisher.fisher_diagonal(ctx, s, estimator, BATCH, cache_dir=cache_dir)
-          for s in ('forget', 'retain')}
+  mine = {
+    s: fisher.fisher_diagonal(ctx, s, estimator, BATCH, cache_dir=cache_dir)
+    for s in ('forget', 'retain')
+  }
   hand = {s: _hand_fisher(ctx, s, estimator) for s in ('forget', 'retain')}
   for s in mine:
     for a, b in zip(_leaves(mine[s]), _leaves(hand[s])):
       np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7 * b.max())
-  ratio = [(f + np.float32(1e-15)) / (r + np.float32(1e-15))
-           for f, r in zip(_leaves(hand['forget']), _leaves(hand['retain']))]
+  ratio = [
+    (f + np.float32(1e-15)) / (r + np.float32(1e-15))
+    for f, r in zip(_leaves(hand['forget']), _leaves(hand['retain']))
+  ]
   by_ratio = fisher.saliency_mask(mine['forget'], mine['retain'], threshold='ratio', gamma=1.0)
   for m, r in zip(_leaves(by_ratio), ratio):
     np.testing.assert_array_equal(m, (r >= 1.0).astype(np.float32))
   density = np.mean(np.concatenate([m.ravel() for m in _leaves(by_ratio)]))
   assert 0.02 < density < 0.98
   # Quantile: exactly the top 30% by saliency, pooled over the network.
-  by_rank = fisher.saliency_mask(mine['forget'], mine['retain'], threshold='quantile',
-                                 fraction=0.3)
+  by_rank = fisher.saliency_mask(mine['forget'], mine['retain'], threshold='quantile', fraction=0.3)
   flat = np.concatenate([r.ravel() for r in ratio])
   expected = np.zeros(flat.size, np.float32)
-  expected[np.argsort(-flat, kind='stable')[:round(0.3 * flat.size)]] = 1.0
+  expected[np.argsort(-flat, kind='stable')[: round(0.3 * flat.size)]] = 1.0
   np.testing.assert_array_equal(np.concatenate([m.ravel() for m in _leaves(by_rank)]), expected)
 
 
 def test_saliency_of_weights_without_gradient_is_one():
   zero = {'w': jnp.zeros((3,))}
   mask = fisher.saliency_mask(zero, {'w': jnp.array([0.0, 1e-3, 0.0])}, gamma=1.0)
-  np.testing.assert_array_equal(mask['w'], [1.0, 0.0, 1.0])   # (0 + eps) / (0 + eps) = 1 >= 1
+  np.testing.assert_array_equal(mask['w'], [1.0, 0.0, 1.0])  # (0 + eps) / (0 + eps) = 1 >= 1
 
 
 # --- Fisher cache --------------------------------------------------------------------------------
+
 
 def test_fisher_cache_key_tracks_checkpoint_split_estimator(original):
   _, variables = original
   positions = np.arange(10, 40)
   key = fisher.fisher_cache_key(variables, positions, 'batch_fisher', 64, 'digits')
-  assert key == fisher.fisher_cache_key(jax.tree.map(np.array, variables), positions.copy(),
-                                        'batch_fisher', 64, 'digits')
+  assert key == fisher.fisher_cache_key(
+    jax.tree.map(np.array, variables), positions.copy(), 'batch_fisher', 64, 'digits'
+  )
   changed = jax.tree.map(np.array, variables)
   changed['params']['head']['bias'][0] += 1e-6
   assert fisher.fisher_cache_key(changed, positions, 'batch_fisher', 64, 'digits') != key
@@ -162,34 +184,42 @@ def test_fisher_cache_is_reused(setup, original, cache_dir, monkeypatch):
 
 # --- F: per-sample weights and the fade ----------------------------------------------------------
 
+
 def test_sample_weights_sum_order_and_padding():
   loss = jnp.array([0.25, 4.0, 1.0, 9.0])
-  weight = jnp.array([1.0, 1.0, 1.0, 0.0])           # last row is padding
+  weight = jnp.array([1.0, 1.0, 1.0, 0.0])  # last row is padding
   eps = np.asarray(sfron.sample_weights(loss, weight, 0.5))
-  c = np.array([2.0, 0.5, 1.0])                      # l^-1/2 of the real rows
+  c = np.array([2.0, 0.5, 1.0])  # l^-1/2 of the real rows
   np.testing.assert_allclose(eps, np.append(3 * c / c.sum(), 0.0), rtol=1e-6)
-  assert eps.sum() == pytest.approx(3.0, rel=1e-6)   # n real rows
-  assert eps[0] > eps[2] > eps[1]                    # lower loss -> larger weight
+  assert eps.sum() == pytest.approx(3.0, rel=1e-6)  # n real rows
+  assert eps[0] > eps[2] > eps[1]  # lower loss -> larger weight
   np.testing.assert_allclose(sfron.sample_weights(loss, weight, 0.0), [1, 1, 1, 0], rtol=1e-6)
   # Over a whole set: N_f c_i / sum_j c_j with the set's normaliser.
-  np.testing.assert_allclose(sfron.sample_weights(loss, weight, 0.5, normaliser=5.0, count=10),
-                             np.append(10 * c / 5.0, 0.0), rtol=1e-6)
+  np.testing.assert_allclose(
+    sfron.sample_weights(loss, weight, 0.5, normaliser=5.0, count=10),
+    np.append(10 * c / 5.0, 0.0),
+    rtol=1e-6,
+  )
   # A loss that underflowed to 0 gets 1 / 1e-15, never inf or NaN.
   zero = sfron.sample_weights(jnp.array([0.0, 1.0]), jnp.ones(2), 0.5)
   assert np.all(np.isfinite(zero)) and zero[0] > 1e5 * zero[1]
 
 
-@pytest.mark.parametrize('schedule,values', [('linear', [1.0, 0.75, 0.5, 0.0]),
-                                             ('cosine', [1.0, 0.5 + 0.5 * math.sqrt(0.5),
-                                                         0.5, 0.0]),
-                                             ('constant', [1.0, 1.0, 1.0, 1.0])])
+@pytest.mark.parametrize(
+  'schedule,values',
+  [
+    ('linear', [1.0, 0.75, 0.5, 0.0]),
+    ('cosine', [1.0, 0.5 + 0.5 * math.sqrt(0.5), 0.5, 0.0]),
+    ('constant', [1.0, 1.0, 1.0, 1.0]),
+  ],
+)
 def test_fade(schedule, values):
   got = [float(sfron.fade(t, 100, schedule)) for t in (0, 25, 50, 100)]
   np.testing.assert_allclose(got, values, rtol=1e-6, atol=1e-7)
 
 
 def test_torch_clip_formula():
-  grads = {'a': jnp.array([6.0, 8.0])}                 # norm 10
+  grads = {'a': jnp.array([6.0, 8.0])}  # norm 10
   clipped, norm = sfron.torch_clip_by_global_norm(grads, 7.0)
   assert float(norm) == pytest.approx(10.0)
   np.testing.assert_allclose(clipped['a'], np.array([6.0, 8.0]) * 7.0 / (10.0 + 1e-6), rtol=1e-7)
@@ -198,6 +228,7 @@ def test_torch_clip_formula():
 
 
 # --- R-on: masked fast update, slow step ---------------------------------------------------------
+
 
 def test_paper_forget_update_moves_no_masked_weight(setup, original, cache_dir):
   ctx = _ctx(setup, original, cache_dir=cache_dir)
@@ -214,10 +245,16 @@ def test_paper_forget_update_moves_no_masked_weight(setup, original, cache_dir):
     moved += np.sum(a[m] != b[m])
   assert kept > 0 and moved > 0.9 * sum(np.sum(m) for m in mask)
   # Masking only the gradient (the official placement) lets weight decay move masked weights.
-  drifted, _ = _run(ctx, _cfg('paper', remain_steps=0, forget_every=1, iterations=4,
-                              forget_scale=50.0, mask_on='gradient'))
-  assert any(np.any(a[~m.astype(bool)] != b[~m.astype(bool)])
-             for m, b, a in zip(mask, before, _leaves(drifted.state.params)))
+  drifted, _ = _run(
+    ctx,
+    _cfg(
+      'paper', remain_steps=0, forget_every=1, iterations=4, forget_scale=50.0, mask_on='gradient'
+    ),
+  )
+  assert any(
+    np.any(a[~m.astype(bool)] != b[~m.astype(bool)])
+    for m, b, a in zip(mask, before, _leaves(drifted.state.params))
+  )
 
 
 def test_slow_step(setup, original):
@@ -227,15 +264,17 @@ def test_slow_step(setup, original):
   identity, _ = _run(ctx, _cfg('paper', r_on=True, slow_rate=1.0, **base))
   half, _ = _run(ctx, _cfg('paper', r_on=True, slow_rate=0.5, **base))
   for theta0, theta_r, same, got in zip(
-      _leaves(ctx.original['params']), _leaves(fast.state.params),
-      _leaves(identity.state.params), _leaves(half.state.params)):
+    _leaves(ctx.original['params']),
+    _leaves(fast.state.params),
+    _leaves(identity.state.params),
+    _leaves(half.state.params),
+  ):
     np.testing.assert_array_equal(same.view(np.uint32), theta_r.view(np.uint32))
     np.testing.assert_allclose(got, theta0 - 0.5 * (theta0 - theta_r), rtol=1e-6, atol=1e-7)
-  assert any(np.any(a != b) for a, b in zip(_leaves(fast.state.params),
-                                            _leaves(half.state.params)))
+  assert any(np.any(a != b) for a, b in zip(_leaves(fast.state.params), _leaves(half.state.params)))
 
 
-MU, WD, LAM = 0.9, 5e-4, 0.5   # both presets: SGD momentum, coupled weight decay; lambda
+MU, WD, LAM = 0.9, 5e-4, 0.5  # both presets: SGD momentum, coupled weight decay; lambda
 
 
 class _Hand:
@@ -244,8 +283,9 @@ class _Hand:
   def __init__(self, ctx):
     self.ctx = ctx
     self.images, self.labels = jnp.asarray(ctx.data.images), jnp.asarray(ctx.data.labels)
-    self.samplers = {s: BatchSampler(ctx.data.sources[s], BATCH, 0, s)
-                     for s in ('forget', 'retain')}
+    self.samplers = {
+      s: BatchSampler(ctx.data.sources[s], BATCH, 0, s) for s in ('forget', 'retain')
+    }
     self.draws = {'forget': 0, 'retain': 0}
 
   def batch(self, source):
@@ -256,9 +296,11 @@ class _Hand:
   def per_example_ce(self, p, pos):
     x = preprocess(jnp.take(self.images, pos, axis=0), self.ctx.data.info, train=False, key=None)
     logits = self.ctx.model_fns.apply(
-        {'params': p, 'batch_stats': self.ctx.original['batch_stats']}, x, train=True)[0]
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.take(self.labels, pos)[:, None],
-                                1)[:, 0]
+      {'params': p, 'batch_stats': self.ctx.original['batch_stats']}, x, train=True
+    )[0]
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.take(self.labels, pos)[:, None], 1)[
+      :, 0
+    ]
 
   def remain_loss(self, p, pos, w):
     return jnp.sum(self.per_example_ce(p, pos) * w) / jnp.sum(w)
@@ -270,7 +312,7 @@ class _Hand:
 
   @staticmethod
   def torch_clip(grads, clip):
-    norm = math.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads)))
+    norm = math.sqrt(sum(float(jnp.sum(g**2)) for g in jax.tree.leaves(grads)))
     return jax.tree.map(lambda g: g * min(clip / (norm + 1e-6), 1.0), grads), norm > clip
 
 
@@ -279,8 +321,9 @@ def _assert_close(got_tree, want_tree, start_tree=None):
   for got, want in zip(_leaves(got_tree), _leaves(want_tree)):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
   if start_tree is not None:
-    assert max(np.max(np.abs(w - s)) for w, s in zip(_leaves(want_tree),
-                                                    _leaves(start_tree))) > 1e-3
+    assert (
+      max(np.max(np.abs(w - s)) for w, s in zip(_leaves(want_tree), _leaves(start_tree))) > 1e-3
+    )
 
 
 def test_official_preset_matches_hand_written_schedule(setup, original):
@@ -290,14 +333,18 @@ def test_official_preset_matches_hand_written_schedule(setup, original):
   ctx = _ctx(setup, original)
   # A clip norm of 1 (the code's is 7) so that this model's forget gradients get clipped.
   iterations, every, lr0, scale0, clip = 6, 2, 0.01, 25.0, 1.0
-  result, plan = _run(ctx, _cfg('official', iterations=iterations, forget_every=every,
-                                forget_clip=clip, forget_scale=scale0))
+  result, plan = _run(
+    ctx,
+    _cfg(
+      'official', iterations=iterations, forget_every=every, forget_clip=clip, forget_scale=scale0
+    ),
+  )
   mask, hand = plan.constants['mask'], _Hand(ctx)
 
   def forget_loss(p, pos, w, alpha):
     loss = hand.per_example_ce(p, pos)
     coef = w / (jax.lax.stop_gradient(loss) ** LAM + 1e-15)
-    return -alpha * jnp.sum(coef / jnp.sum(coef) * loss)   # AdaptiveLoss: mean of B coef l / sum
+    return -alpha * jnp.sum(coef / jnp.sum(coef) * loss)  # AdaptiveLoss: mean of B coef l / sum
 
   forget_grad, remain_grad = jax.jit(jax.grad(forget_loss)), jax.jit(jax.grad(hand.remain_loss))
   params = jax.tree.map(jnp.asarray, ctx.original['params'])
@@ -317,7 +364,7 @@ def test_official_preset_matches_hand_written_schedule(setup, original):
       if grads is None:
         grads = remain_grad(params, *hand.batch('retain'))
       buf = hand.sgd_direction(params, buf, grads)
-      params = jax.tree.map(lambda p, b: p - lr * b, params, buf)
+      params = jax.tree.map(lambda p, b, lr=lr: p - lr * b, params, buf)
   assert clipped > 0
   _assert_close(result.state.params, params, ctx.original['params'])
   _assert_close(optax.tree_utils.tree_get(result.state.opt_state['main'], 'trace'), buf)
@@ -329,8 +376,10 @@ def test_paper_preset_matches_hand_written_schedule(setup, original, cache_dir):
   update), a remain step with another, then theta_t - alpha (theta_t - theta_r)."""
   ctx = _ctx(setup, original, cache_dir=cache_dir)
   iterations, lr0, scale0, clip, alpha = 4, 0.01, 5.0, 1.0, 0.5
-  result, plan = _run(ctx, _cfg('paper', iterations=iterations, forget_clip=clip,
-                                forget_scale=scale0, slow_rate=alpha))
+  result, plan = _run(
+    ctx,
+    _cfg('paper', iterations=iterations, forget_clip=clip, forget_scale=scale0, slow_rate=alpha),
+  )
   mask, hand = plan.constants['mask'], _Hand(ctx)
   forget_positions = np.asarray(ctx.data.sources['forget'])
   index_in_forget = {int(p): i for i, p in enumerate(forget_positions)}
@@ -349,13 +398,14 @@ def test_paper_preset_matches_hand_written_schedule(setup, original, cache_dir):
     c = 1.0 / (np.asarray(all_forget_ce(params, forget_positions), np.float64) ** LAM + 1e-15)
     pos, w = hand.batch('forget')
     eps = np.array([len(c) * c[index_in_forget[int(q)]] / c.sum() for q in pos], np.float32)
-    grads = jax.tree.map(jnp.multiply, forget_grad(params, pos, w, eps,
-                                                   scale0 * (1 - t / iterations)), mask)
+    grads = jax.tree.map(
+      jnp.multiply, forget_grad(params, pos, w, eps, scale0 * (1 - t / iterations)), mask
+    )
     grads, _ = hand.torch_clip(grads, clip)
     buf_f = hand.sgd_direction(params, buf_f, grads)
-    params = jax.tree.map(lambda p, b, m: p - lr * b * m, params, buf_f, mask)
+    params = jax.tree.map(lambda p, b, m, lr=lr: p - lr * b * m, params, buf_f, mask)
     buf_r = hand.sgd_direction(params, buf_r, remain_grad(params, *hand.batch('retain')))
-    params = jax.tree.map(lambda p, b: p - lr * b, params, buf_r)
+    params = jax.tree.map(lambda p, b, lr=lr: p - lr * b, params, buf_r)
     params = jax.tree.map(lambda s, r: s - alpha * (s - r), slow, params)
   _assert_close(result.state.params, params, ctx.original['params'])
   _assert_close(optax.tree_utils.tree_get(result.state.opt_state['forget'], 'trace'), buf_f)
@@ -364,15 +414,27 @@ def test_paper_preset_matches_hand_written_schedule(setup, original, cache_dir):
 
 # --- one program: compile once, sharding, loop structure -----------------------------------------
 
+
 def test_schedule_and_ablation_grid():
   assert sfron.schedule_kinds(7, 5, 1) == ['forget_remain'] + ['remain'] * 4 + [
-      'forget_remain', 'remain']
+    'forget_remain',
+    'remain',
+  ]
   assert sfron.schedule_kinds(3, 1, 0) == ['forget'] * 3
   grid = sfron.ablation_configs(_cfg('paper'))
-  assert list(grid) == ['sfron-SFR', 'sfron-SF', 'sfron-SR', 'sfron-S', 'sfron-FR', 'sfron-F',
-                        'sfron-R', 'sfron-none']
+  assert list(grid) == [
+    'sfron-SFR',
+    'sfron-SF',
+    'sfron-SR',
+    'sfron-S',
+    'sfron-FR',
+    'sfron-F',
+    'sfron-R',
+    'sfron-none',
+  ]
   assert [(c.saliency, c.adaptive_weights, c.r_on) for c in grid.values()] == [
-      (s, f, r) for s in (True, False) for f in (True, False) for r in (True, False)]
+    (s, f, r) for s in (True, False) for f in (True, False) for r in (True, False)
+  ]
   with pytest.raises(ConfigError, match=r'--config.method.sfron.mask_on=.weights.: must be one'):
     validate(_cfg('paper', mask_on='weights'), '--config.method.sfron')
   with pytest.raises(ConfigError, match='remain_steps=0: must be >= 1 unless forget_every = 1'):
@@ -385,12 +447,22 @@ def test_compiles_once(setup, original, cache_dir):
   ctx = _ctx(setup, original, cache_dir=cache_dir)
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
-      lambda name, secs, fun_name=None, **kw: compiles.append(fun_name)
-      if name == '/jax/core/compile/backend_compile_duration' else None)
+    lambda name, secs, fun_name=None, **kw: (
+      compiles.append(fun_name) if name == '/jax/core/compile/backend_compile_duration' else None
+    )
+  )
   plan = sfron.build(ctx, _cfg('paper', iterations=3, forget_every=2))
   compiles.clear()
-  run(plan.program, plan.state, ctx.data, mesh=ctx.mesh, seed=0, constants=plan.constants,
-      augment=False, log_every=1000)
+  run(
+    plan.program,
+    plan.state,
+    ctx.data,
+    mesh=ctx.mesh,
+    seed=0,
+    constants=plan.constants,
+    augment=False,
+    log_every=1000,
+  )
   assert compiles.count('jit(program_step)') == 2
 
 
@@ -402,15 +474,23 @@ def test_sharded_equals_single_device_and_rolled_equals_unrolled(setup, original
   assert one.history[-1]['forget_ce'] > 0
   eight_mesh = sharding.make_mesh()
   for inner_loop in ('unrolled', 'rolled'):
-    eight, _ = _run(_ctx(setup, original, eight_mesh, cache_dir),
-                    cfg.replace(inner_loop=inner_loop), eight_mesh)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 jax.device_get(one.state.params), jax.device_get(eight.state.params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
-                 jax.device_get(one.state.opt_state), jax.device_get(eight.state.opt_state))
+    eight, _ = _run(
+      _ctx(setup, original, eight_mesh, cache_dir), cfg.replace(inner_loop=inner_loop), eight_mesh
+    )
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+      jax.device_get(one.state.params),
+      jax.device_get(eight.state.params),
+    )
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+      jax.device_get(one.state.opt_state),
+      jax.device_get(eight.state.opt_state),
+    )
 
 
 # --- the pieces, called alone --------------------------------------------------------------------
+
 
 def _pieces(setup, original, cache_dir, **overrides):
   """Settings, constants, a start state and one forget and one remain batch of a paper run."""
@@ -423,8 +503,12 @@ def _pieces(setup, original, cache_dir, **overrides):
   for slot, source in (('forget', 'forget'), ('remain', 'retain')):
     pos, w = hand.batch(source)
     x = preprocess(jnp.take(hand.images, pos, axis=0), ctx.data.info, train=False, key=None)
-    batch[slot] = {'image': x, 'label': jnp.take(hand.labels, pos), 'weight': jnp.asarray(w),
-                   'position': jnp.asarray(pos)}
+    batch[slot] = {
+      'image': x,
+      'label': jnp.take(hand.labels, pos),
+      'weight': jnp.asarray(w),
+      'position': jnp.asarray(pos),
+    }
   return ctx, s, plan, batch
 
 
@@ -433,30 +517,34 @@ def test_slow_step_piece():
   fast = {'w': jnp.array([0.0, 4.0, -1.0])}
   np.testing.assert_allclose(sfron.slow_step(slow, fast, 0.25)['w'], [0.75, 2.5, -2.5])
   same = sfron.slow_step(slow, fast, 1.0)['w']
-  np.testing.assert_array_equal(np.asarray(same).view(np.uint32),
-                                np.asarray(fast['w']).view(np.uint32))
+  np.testing.assert_array_equal(
+    np.asarray(same).view(np.uint32), np.asarray(fast['w']).view(np.uint32)
+  )
 
 
 def test_remain_update_piece_is_one_sgd_step(setup, original, cache_dir):
   ctx, s, plan, batch = _pieces(setup, original, cache_dir)
   state = plan.state
   (params, _, opt), metrics = sfron.remain_update(
-      s, (state.params, state.batch_stats, state.opt_state), batch['remain'], 3)
+    s, (state.params, state.batch_stats, state.opt_state), batch['remain'], 3
+  )
   hand = _Hand(ctx)
   grads = jax.grad(lambda p: losses_ce(ctx, p, batch['remain']))(state.params)
   lr = s.remain_lr(3)
   want = jax.tree.map(lambda p, g: p - lr * (g + WD * p), state.params, grads)  # first step: buf
   del hand
   _assert_close(params, want, state.params)
-  assert float(metrics['remain_ce']) == pytest.approx(float(losses_ce(ctx, state.params,
-                                                                      batch['remain'])), rel=1e-5)
+  assert float(metrics['remain_ce']) == pytest.approx(
+    float(losses_ce(ctx, state.params, batch['remain'])), rel=1e-5
+  )
   # Only the remain optimiser's state moved.
   jax.tree.map(np.testing.assert_array_equal, opt['forget'], state.opt_state['forget'])
 
 
 def losses_ce(ctx, params, data):
-  logits, _ = ctx.model_fns.apply({'params': params, 'batch_stats': ctx.original['batch_stats']},
-                                  data['image'], train=True)
+  logits, _ = ctx.model_fns.apply(
+    {'params': params, 'batch_stats': ctx.original['batch_stats']}, data['image'], train=True
+  )
   ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), data['label'][:, None], 1)[:, 0]
   return jnp.sum(ce * data['weight']) / jnp.sum(data['weight'])
 
@@ -464,9 +552,9 @@ def losses_ce(ctx, params, data):
 def test_forget_update_piece_masks_weights_and_follows_the_formula(setup, original, cache_dir):
   ctx, s, plan, batch = _pieces(setup, original, cache_dir, forget_scale=3.0, forget_clip=0.0)
   state, mask, t = plan.state, plan.constants['mask'], 2
-  params, _, opt, metrics = sfron.forget_update(s, state.params, state.batch_stats,
-                                                 state.opt_state, plan.constants,
-                                                 batch['forget'], t)
+  params, _, opt, metrics = sfron.forget_update(
+    s, state.params, state.batch_stats, state.opt_state, plan.constants, batch['forget'], t
+  )
   # eps over D_f at theta_t, by hand: N_f c_i / sum_j c_j, c = 1 / (l^0.5 + 1e-15).
   positions = np.asarray(ctx.data.sources['forget'])
   hand = _Hand(ctx)
@@ -474,13 +562,15 @@ def test_forget_update_piece_masks_weights_and_follows_the_formula(setup, origin
   c = 1.0 / (np.maximum(all_ce, 0) ** LAM + 1e-15)
   index = {int(p): i for i, p in enumerate(positions)}
   data = batch['forget']
-  eps = np.array([len(c) * c[index[int(q)]] / c.sum() for q in np.asarray(data['position'])],
-                 np.float32) * np.asarray(data['weight'])
+  eps = np.array(
+    [len(c) * c[index[int(q)]] / c.sum() for q in np.asarray(data['position'])], np.float32
+  ) * np.asarray(data['weight'])
   scale = 3.0 * (1 - t / 10)
 
   def loss(p):
-    logits, _ = ctx.model_fns.apply({'params': p, 'batch_stats': state.batch_stats},
-                                    data['image'], train=True)
+    logits, _ = ctx.model_fns.apply(
+      {'params': p, 'batch_stats': state.batch_stats}, data['image'], train=True
+    )
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), data['label'][:, None], 1)[:, 0]
     return -scale * jnp.sum(eps * ce * data['weight']) / jnp.sum(data['weight'])
 
@@ -496,13 +586,18 @@ def test_forget_update_piece_masks_weights_and_follows_the_formula(setup, origin
 
 def test_forget_set_losses_piece_equals_a_direct_pass(setup, original, cache_dir):
   ctx, s, plan, _ = _pieces(setup, original, cache_dir)
-  scattered, total = sfron.forget_set_inverse_losses(s, plan.state.params, plan.state.batch_stats,
-                                                     plan.constants['forget_set'])
+  scattered, total = sfron.forget_set_inverse_losses(
+    s, plan.state.params, plan.state.batch_stats, plan.constants['forget_set']
+  )
   positions = np.asarray(ctx.data.sources['forget'])
-  logits, _ = ctx.model_fns.apply(ctx.original, preprocess(
-      np.asarray(ctx.data.images)[positions], ctx.data.info, train=False, key=None), train=False)
-  ce = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
-                           np.asarray(ctx.data.labels)[positions][:, None], 1)[:, 0]
+  logits, _ = ctx.model_fns.apply(
+    ctx.original,
+    preprocess(np.asarray(ctx.data.images)[positions], ctx.data.info, train=False, key=None),
+    train=False,
+  )
+  ce = -np.take_along_axis(
+    np.asarray(jax.nn.log_softmax(logits)), np.asarray(ctx.data.labels)[positions][:, None], 1
+  )[:, 0]
   c = 1.0 / (np.maximum(ce, 0) ** LAM + 1e-15)
   np.testing.assert_allclose(np.asarray(scattered)[positions], c, rtol=1e-3)  # float32 losses
   assert np.count_nonzero(np.asarray(scattered)) == len(positions)
@@ -518,16 +613,18 @@ def test_remain_updates_rolled_equals_unrolled_piece(setup, original, cache_dir)
     settings = dataclasses.replace(s, unrolled=unrolled)
     out[unrolled] = jax.jit(lambda c, b, st=settings: sfron.remain_updates(st, c, b, 1))(carry, two)
   _assert_close(out[True][0][0], out[False][0][0])
-  assert float(out[True][1]['remain_ce']) == pytest.approx(float(out[False][1]['remain_ce']),
-                                                           rel=1e-5)
+  assert float(out[True][1]['remain_ce']) == pytest.approx(
+    float(out[False][1]['remain_ce']), rel=1e-5
+  )
 
 
 def test_iteration_piece_composes_the_pieces(setup, original, cache_dir):
   ctx, s, plan, batch = _pieces(setup, original, cache_dir)
   state = plan.state.replace(step=jnp.asarray(4, jnp.int32))
   new, _ = sfron.iteration(s, state, batch, plan.constants, with_forget=True)
-  p, bs, opt, _ = sfron.forget_update(s, state.params, state.batch_stats, state.opt_state,
-                                      plan.constants, batch['forget'], 4)
+  p, bs, opt, _ = sfron.forget_update(
+    s, state.params, state.batch_stats, state.opt_state, plan.constants, batch['forget'], 4
+  )
   (p, bs, opt), _ = sfron.remain_update(s, (p, bs, opt), batch['remain'], 4)
   want = sfron.slow_step(state.params, p, s.cfg.slow_rate)
   _assert_close(new.params, want)

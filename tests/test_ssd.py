@@ -30,8 +30,7 @@ def test_dampening_equals_a_hand_computation():
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory, data_dir):
-  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir,
-                                        forget='class:3'))
+  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir, forget='class:3'))
 
 
 @pytest.fixture(scope='module')
@@ -44,20 +43,23 @@ def test_importances_are_squared_batch_gradients(setup, original):
   cfg = ssd.SsdConfig(batch_size=64)
   imps = ssd.importances(context(setup, fns, variables, seed=0, batch_size=64), cfg)
   positions = setup.train.sources['forget']
-  images = preprocess(np.asarray(setup.train.images)[positions], setup.info, train=False,
-                      key=None)
+  images = preprocess(np.asarray(setup.train.images)[positions], setup.info, train=False, key=None)
   labels = np.asarray(setup.train.labels)[positions]
 
   def loss(params, start):
-    logits, _ = fns.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                          images[start:start + 64], train=False)
-    return losses.cross_entropy(logits, labels[start:start + 64]).mean()
+    logits, _ = fns.apply(
+      {'params': params, 'batch_stats': variables['batch_stats']},
+      images[start : start + 64],
+      train=False,
+    )
+    return losses.cross_entropy(logits, labels[start : start + 64]).mean()
 
   starts = range(0, len(positions), 64)
   grads = [jax.grad(loss)(variables['params'], s) for s in starts]
-  expected = jax.tree.map(lambda *g: sum(x ** 2 for x in g) / len(starts), *grads)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9),
-               imps['forget'], expected)
+  expected = jax.tree.map(lambda *g: sum(x**2 for x in g) / len(starts), *grads)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-9), imps['forget'], expected
+  )
 
 
 def test_run_dampens_only_selected_weights(setup, original):
@@ -65,27 +67,42 @@ def test_run_dampens_only_selected_weights(setup, original):
   cfg = ssd.SsdConfig(batch_size=64, selection_weighting=2.0, dampening_constant=1.0)
   ctx = context(setup, fns, variables, seed=0, batch_size=64)
   plan = registry.get('ssd').build(ctx, cfg)
-  state = run(plan.program, plan.state, setup.train, mesh=setup.mesh, seed=0,
-              constants=plan.constants, log_every=1000).state
+  state = run(
+    plan.program,
+    plan.state,
+    setup.train,
+    mesh=setup.mesh,
+    seed=0,
+    constants=plan.constants,
+    log_every=1000,
+  ).state
   after = jax.device_get(state.params)
   selected_total = 0
-  for before, new, imp_d, imp_f in zip(*(jax.tree.leaves(t) for t in (
-      variables['params'], after, plan.constants['all'], plan.constants['forget']))):
+  for before, new, imp_d, imp_f in zip(
+    *(
+      jax.tree.leaves(t)
+      for t in (variables['params'], after, plan.constants['all'], plan.constants['forget'])
+    )
+  ):
     selected = np.asarray(imp_f) > 2.0 * np.asarray(imp_d)
-    np.testing.assert_array_equal(np.asarray(new)[~selected].view(np.uint32),
-                                  np.asarray(before)[~selected].view(np.uint32))
+    np.testing.assert_array_equal(
+      np.asarray(new)[~selected].view(np.uint32), np.asarray(before)[~selected].view(np.uint32)
+    )
     factor = np.minimum(np.asarray(imp_d) / np.where(selected, imp_f, 1.0), 1.0)
-    np.testing.assert_allclose(np.asarray(new)[selected],
-                               (np.asarray(before) * factor)[selected], rtol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(new)[selected], (np.asarray(before) * factor)[selected], rtol=1e-6
+    )
     selected_total += selected.sum()
   assert selected_total > 0
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats),
-               variables['batch_stats'])
+  jax.tree.map(
+    np.testing.assert_array_equal, jax.device_get(state.batch_stats), variables['batch_stats']
+  )
 
 
 def test_ssd_runs_like_every_method(setup, original):
   fns, variables, _ = original
-  result = run_method(setup, 'ssd', registry.get('ssd').config().replace(batch_size=64), fns,
-                      variables, seed=0)
+  result = run_method(
+    setup, 'ssd', registry.get('ssd').config().replace(batch_size=64), fns, variables, seed=0
+  )
   assert result.scores['steps'] == 1 and result.scores['RTE_s'] > 0
   assert 0 <= result.scores['UA'] <= 100

@@ -4,13 +4,12 @@ import json
 import os
 import time
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.linalg  # pylint: disable=unused-import (loads the LAPACK jaxlib's SVD uses)
 import threadpoolctl
+from absl import flags
 
 from experiments import linreg_theory
 from jaxunlearn import theory
@@ -28,8 +27,9 @@ _D, _N_R, _N_F, _SEEDS = 120, 30, 12, 4
 
 
 def _tasks(d_lap, seed, **kwargs):
-  return theory.make_tasks(jax.random.key(seed),
-                           theory.TaskSpec(d=_D, n_r=_N_R, n_f=_N_F, d_lap=d_lap, **kwargs), _SEEDS)
+  return theory.make_tasks(
+    jax.random.key(seed), theory.TaskSpec(d=_D, n_r=_N_R, n_f=_N_F, d_lap=d_lap, **kwargs), _SEEDS
+  )
 
 
 @jax.jit
@@ -47,11 +47,13 @@ def test_mse_and_gap_hand_computed():
   y = jnp.array([1.0, 1.0])
   # residuals (0 - 1, 2 - 1) -> mean of squares 1; normalisation is 1/n, no 1/2.
   assert float(theory.mse(jnp.array([0.0, 1.0]), x, y)) == pytest.approx(1.0)
-  task = theory.LinRegTask(x, y, x, 2 * y, jnp.zeros(2), jnp.zeros(2),
-                           jnp.ones(2, bool), jnp.ones(2, bool))
+  task = theory.LinRegTask(
+    x, y, x, 2 * y, jnp.zeros(2), jnp.zeros(2), jnp.ones(2, bool), jnp.ones(2, bool)
+  )
   # L(0, D_f) = mean(2^2) = 4; L(w, D_f) with w = (2, 1): residuals (0, 0) -> 0; gap 4.
   assert float(theory.gap_to_golden(jnp.array([2.0, 1.0]), jnp.zeros(2), task)) == (
-      pytest.approx(4.0))
+    pytest.approx(4.0)
+  )
 
 
 @pytest.mark.parametrize('d_lap', [0, 30])
@@ -64,8 +66,9 @@ def test_finetuning_from_pretrained_changes_nothing(d_lap):
   assert float(jnp.min(losses['unlearning_loss']['golden'])) > 0.1
   if d_lap == 0:
     # Distinct features: w_g is zero on D_f's features, so L(w_g, D_f) = (1/n_f) ||y_f||^2.
-    np.testing.assert_allclose(losses['unlearning_loss']['golden'],
-                               jnp.mean(jnp.square(tasks.y_f), axis=1), rtol=1e-5)
+    np.testing.assert_allclose(
+      losses['unlearning_loss']['golden'], jnp.mean(jnp.square(tasks.y_f), axis=1), rtol=1e-5
+    )
 
 
 def test_distinct_features_remedies_equal_golden_float64():
@@ -117,8 +120,9 @@ def test_forget_option_is_also_the_remaining_support_reading():
   # coordinates D_r uses: the brief's coordinate-subspace "retain" reading is this same option.
   tasks = _tasks(40, seed=5)
   np.testing.assert_array_equal(theory.remedy_keep_mask(tasks, 'forget'), tasks.r_support)
-  np.testing.assert_array_equal(theory.remedy_keep_mask(tasks, 'retain'),
-                                tasks.r_support & ~tasks.f_support)
+  np.testing.assert_array_equal(
+    theory.remedy_keep_mask(tasks, 'retain'), tasks.r_support & ~tasks.f_support
+  )
   assert int(jnp.sum(tasks.r_support[0] & ~tasks.f_support[0])) == 40  # (120 - 40) / 2
 
 
@@ -131,19 +135,21 @@ def test_gradient_descent_converges_to_closed_forms(x64, tolerance):
     w_o = ends['pretrained']
     lr = _learning_rates(tasks, 0.0)
     starts = {
-        'ft': w_o,
-        'golden': jnp.zeros_like(w_o),
-        'remedy_forget': _remedy_starts(tasks, w_o, 'forget'),
-        'remedy_retain': _remedy_starts(tasks, w_o, 'retain'),
+      'ft': w_o,
+      'golden': jnp.zeros_like(w_o),
+      'remedy_forget': _remedy_starts(tasks, w_o, 'forget'),
+      'remedy_retain': _remedy_starts(tasks, w_o, 'retain'),
     }
     for name, start in starts.items():
       run = theory.simulate(tasks, start, lr, 0.0, steps=3000)
       np.testing.assert_allclose(run.w_final, ends[name], atol=tolerance, err_msg=name)
       assert run.remaining_loss.shape == (_SEEDS, 3001)
-      np.testing.assert_allclose(run.remaining_loss[:, -1], losses['remaining_loss'][name],
-                                 atol=tolerance)
-      np.testing.assert_allclose(run.unlearning_loss[:, -1], losses['unlearning_loss'][name],
-                                 atol=tolerance)
+      np.testing.assert_allclose(
+        run.remaining_loss[:, -1], losses['remaining_loss'][name], atol=tolerance
+      )
+      np.testing.assert_allclose(
+        run.unlearning_loss[:, -1], losses['unlearning_loss'][name], atol=tolerance
+      )
     lr_reg = _learning_rates(tasks, 0.5)
     run = theory.simulate(tasks, w_o, lr_reg, 0.5, steps=3000)
     np.testing.assert_allclose(run.w_final, ends['reg_ft'], atol=tolerance)
@@ -200,14 +206,23 @@ def test_regularized_finetune_closed_forms():
     ends_one, losses = _endpoints_and_losses(tasks, 1.0)
     np.testing.assert_allclose(ends_small['reg_ft'], ends_one['reg_ft'], atol=1e-10)
     assert float(jnp.max(losses['remaining_loss']['reg_ft'])) < 1e-20
-    np.testing.assert_allclose(losses['unlearning_loss']['reg_ft'],
-                               jnp.mean(jnp.square(tasks.y_f), axis=1), rtol=1e-10)
+    np.testing.assert_allclose(
+      losses['unlearning_loss']['reg_ft'], jnp.mean(jnp.square(tasks.y_f), axis=1), rtol=1e-10
+    )
 
     # Conflict: the forget example repeats the remaining one. J = (w0 - 2)^2 + alpha w0^2, so
     # w0 = 2 / (1 + alpha); untouched coordinates keep their start values (minimum change).
     e0 = jnp.array([[1.0, 0.0, 0.0]])
-    conflict = theory.LinRegTask(e0, jnp.array([2.0]), e0, jnp.array([5.0]), jnp.zeros(3),
-                                 jnp.zeros(3), jnp.ones(3, bool), jnp.ones(3, bool))
+    conflict = theory.LinRegTask(
+      e0,
+      jnp.array([2.0]),
+      e0,
+      jnp.array([5.0]),
+      jnp.zeros(3),
+      jnp.zeros(3),
+      jnp.ones(3, bool),
+      jnp.ones(3, bool),
+    )
     w = theory.regularized_finetune(conflict, jnp.array([0.0, 7.0, -1.0]), 0.25)
     np.testing.assert_allclose(w, [1.6, 7.0, -1.0], atol=1e-12)
   for bad in (0.0, 1.5, -0.2):
@@ -231,8 +246,17 @@ def test_invalid_arguments_raise_named_errors():
     theory.gradient_descent(task, jnp.zeros(_D), 0.1, steps=0)
 
 
-_TINY = ['linreg_theory', '--d=60', '--n_r=12', '--n_f=6', '--seeds=2', '--overlap_points=3',
-         '--curve_steps=40', '--alphas=0.5,1', '--alpha_budgets=5,10']
+_TINY = [
+  'linreg_theory',
+  '--d=60',
+  '--n_r=12',
+  '--n_f=6',
+  '--seeds=2',
+  '--overlap_points=3',
+  '--curve_steps=40',
+  '--alphas=0.5,1',
+  '--alpha_budgets=5,10',
+]
 
 
 def test_experiment_main_writes_figures_and_json(tmp_path):
@@ -256,8 +280,14 @@ def test_experiment_main_writes_figures_and_json(tmp_path):
   assert results['alpha_sweep']['overlapping']['alpha'] == [0.5, 1.0]
 
 
-@pytest.mark.parametrize('extra,flag', [(['--n_r=40'], '--n_r'), (['--alphas=0,1'], '--alphas'),
-                                        (['--overlap_ratio=1.5'], '--overlap_ratio')])
+@pytest.mark.parametrize(
+  'extra,flag',
+  [
+    (['--n_r=40'], '--n_r'),
+    (['--alphas=0,1'], '--alphas'),
+    (['--overlap_ratio=1.5'], '--overlap_ratio'),
+  ],
+)
 def test_experiment_flag_validation_names_the_flag(tmp_path, extra, flag):
   with pytest.raises(ValueError, match=flag):
     linreg_theory.main(_TINY + [f'--workdir={tmp_path}'] + extra)
@@ -271,6 +301,6 @@ def test_experiment_requires_workdir():
 def test_make_config_is_the_binary_flags(tmp_path):
   config = linreg_theory.make_config(workdir=str(tmp_path), d=300, alphas=[1, 0.5], x64=True)
   assert config['d'] == 300 and config['alphas'] == [0.5, 1.0] and config['x64'] is True
-  assert config['n_f'] == 40 and config['seeds'] == 5   # the others at their defaults
+  assert config['n_f'] == 40 and config['seeds'] == 5  # the others at their defaults
   with pytest.raises(ValueError, match='--n_r'):
-    linreg_theory.make_config(workdir=str(tmp_path), d=60)   # n_r = 100 > d_r = 30
+    linreg_theory.make_config(workdir=str(tmp_path), d=60)  # n_r = 100 > d_r = 30

@@ -27,9 +27,9 @@ from experiments import torch_reference  # noqa: E402
 INPUT_SHAPE = (8, 8, 3)
 BATCH = 4
 TINY = {
-    'cnn': dict(channels=(4, 8), dense_width=16),
-    'resnet18': dict(width=2),
-    'vit': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16),
+  'cnn': dict(channels=(4, 8), dense_width=16),
+  'resnet18': dict(width=2),
+  'vit': dict(patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16),
 }
 TOLERANCE = 1e-4
 STEP_HYPER = dict(lr=0.1, momentum=0.9, weight_decay=0.05)
@@ -41,8 +41,9 @@ def _jax_steps(name, **hyper):
 
 
 def _torch_model(name):
-  model = torch_reference.create_model(name, num_classes=rb.NUM_CLASSES, input_shape=INPUT_SHAPE,
-                                       **TINY[name])
+  model = torch_reference.create_model(
+    name, num_classes=rb.NUM_CLASSES, input_shape=INPUT_SHAPE, **TINY[name]
+  )
   torch_reference.load_jax_variables(model, _jax_steps(name).variables)
   return model.train()
 
@@ -54,8 +55,9 @@ def _batch(seed=0):
 def _assert_close(actual, expected, err_msg='', floor=0.0):
   expected = np.asarray(expected)
   scale = max(np.max(np.abs(expected)), floor)
-  np.testing.assert_allclose(np.asarray(actual), expected, rtol=0, atol=TOLERANCE * scale,
-                             err_msg=err_msg)
+  np.testing.assert_allclose(
+    np.asarray(actual), expected, rtol=0, atol=TOLERANCE * scale, err_msg=err_msg
+  )
 
 
 def _assert_trees_close(actual, expected):
@@ -80,32 +82,36 @@ def test_same_loss_and_gradients(name):
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
-  (loss, stats), grads = loss_and_grads(steps.variables['params'],
-                                        steps.variables['batch_stats'], batch['image'],
-                                        batch['label'])
+  (loss, stats), grads = loss_and_grads(
+    steps.variables['params'], steps.variables['batch_stats'], batch['image'], batch['label']
+  )
   model = _torch_model(name)
   inputs = rb.to_torch(batch, 'cpu')
   torch_loss = torch.nn.functional.cross_entropy(model(inputs['image']), inputs['label'])
   torch_loss.backward()
   np.testing.assert_allclose(float(loss), torch_loss.item(), rtol=1e-5)
-  torch_grads = torch_reference.jax_tree(model, steps.variables['params'],
-                                         {n: p.grad for n, p in model.named_parameters()})
+  torch_grads = torch_reference.jax_tree(
+    model, steps.variables['params'], {n: p.grad for n, p in model.named_parameters()}
+  )
   _assert_trees_close(grads, torch_grads)
   if name == 'resnet18':
     # Running means agree; torch updates the running variance with the unbiased batch variance:
     # torch_var - 0.9 = (flax_var - 0.9) n / (n - 1), n values per channel (both start at 1).
-    torch_stats = torch_reference.jax_tree(model, steps.variables['batch_stats'],
-                                           dict(model.state_dict()))
+    torch_stats = torch_reference.jax_tree(
+      model, steps.variables['batch_stats'], dict(model.state_dict())
+    )
     stem_n = BATCH * INPUT_SHAPE[0] * INPUT_SHAPE[1]
     _assert_close(stats['stem_bn']['mean'], torch_stats['stem_bn']['mean'])
-    _assert_close((stats['stem_bn']['var'] - 0.9) * stem_n / (stem_n - 1),
-                  torch_stats['stem_bn']['var'] - 0.9)
+    _assert_close(
+      (stats['stem_bn']['var'] - 0.9) * stem_n / (stem_n - 1), torch_stats['stem_bn']['var'] - 0.9
+    )
 
 
 def _stepper_pair(name):
   steps = _jax_steps(name, **STEP_HYPER)
-  model = torch_reference.create_model(name, num_classes=rb.NUM_CLASSES, input_shape=INPUT_SHAPE,
-                                       **TINY[name])
+  model = torch_reference.create_model(
+    name, num_classes=rb.NUM_CLASSES, input_shape=INPUT_SHAPE, **TINY[name]
+  )
   torch_reference.load_jax_variables(model, steps.variables)
   return steps, torch_reference.Stepper(model, steps.variables['params'], steps.mask, **STEP_HYPER)
 
@@ -113,8 +119,9 @@ def _stepper_pair(name):
 def _assert_same_updates(steps, stepper, jax_params):
   """The two sides moved every weight by the same amount (and so to the same place)."""
   initial = steps.variables['params']
-  torch_params = torch_reference.jax_tree(stepper.model, initial,
-                                          dict(stepper.model.named_parameters()))
+  torch_params = torch_reference.jax_tree(
+    stepper.model, initial, dict(stepper.model.named_parameters())
+  )
   minus_initial = lambda tree: jax.tree.map(lambda p, p0: np.asarray(p) - p0, tree, initial)
   _assert_trees_close(minus_initial(jax_params), minus_initial(torch_params))
   return torch_params
@@ -132,8 +139,11 @@ def test_salun_step_same_updates_and_masked_weights_unmoved(name='cnn'):
   torch_params = _assert_same_updates(steps, stepper, state['params'])
   moved = False
   for new, old, mask, torch_new in zip(
-      jax.tree.leaves(state['params']), jax.tree.leaves(steps.variables['params']),
-      jax.tree.leaves(steps.mask), jax.tree.leaves(torch_params)):
+    jax.tree.leaves(state['params']),
+    jax.tree.leaves(steps.variables['params']),
+    jax.tree.leaves(steps.mask),
+    jax.tree.leaves(torch_params),
+  ):
     frozen = mask == 0
     np.testing.assert_array_equal(np.asarray(new)[frozen], old[frozen])
     np.testing.assert_array_equal(torch_new[frozen], old[frozen])
@@ -144,11 +154,14 @@ def test_salun_step_same_updates_and_masked_weights_unmoved(name='cnn'):
 def test_sfron_iteration_same_updates(name='cnn'):
   steps, stepper = _stepper_pair(name)
   inputs = rb.kind_inputs('sfron', np.random.default_rng(2), BATCH, INPUT_SHAPE)
-  state, (weighted, remain) = steps.steps['sfron'](steps.init_state('sfron'),
-                                                   steps.put_batch(inputs))
+  state, (weighted, remain) = steps.steps['sfron'](
+    steps.init_state('sfron'), steps.put_batch(inputs)
+  )
   torch_inputs = rb.to_torch(inputs, 'cpu')
   torch_weighted, torch_remain = stepper.sfron_iteration(
-      torch_inputs['forget'], torch_inputs['remain'], lr=STEP_HYPER['lr'], **rb.SFRON)
-  np.testing.assert_allclose([float(weighted), float(remain)],
-                             [float(torch_weighted), float(torch_remain)], rtol=1e-5)
+    torch_inputs['forget'], torch_inputs['remain'], lr=STEP_HYPER['lr'], **rb.SFRON
+  )
+  np.testing.assert_allclose(
+    [float(weighted), float(remain)], [float(torch_weighted), float(torch_remain)], rtol=1e-5
+  )
   _assert_same_updates(steps, stepper, state['params'])

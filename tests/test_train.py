@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 
@@ -22,9 +21,22 @@ def _worker(out_dir, workdir, data_dir, *extra):
   being read would block one of them inside a collective and hang both."""
   env = {**os.environ, 'PYTHONPATH': REPO}
   log = open(os.path.join(out_dir, f'worker{"-".join(map(str, extra))}.log'), 'w+')
-  proc = subprocess.Popen([sys.executable, '-m', 'tests.train_worker', str(out_dir),
-                           str(workdir), data_dir, *map(str, extra)], cwd=REPO, env=env,
-                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      '-m',
+      'tests.train_worker',
+      str(out_dir),
+      str(workdir),
+      data_dir,
+      *map(str, extra),
+    ],
+    cwd=REPO,
+    env=env,
+    stdin=subprocess.DEVNULL,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
   proc.log = log
   return proc
 
@@ -57,15 +69,19 @@ def _finish(*procs, timeout=240):
     results.append((p.returncode, p.log.read()))
     p.log.close()
   if hung:
-    pytest.fail(f'worker(s) still running after {timeout} s; their stacks end their output:\n'
-                f'{_outputs(results)}', pytrace=False)
+    pytest.fail(
+      f'worker(s) still running after {timeout} s; their stacks end their output:\n'
+      f'{_outputs(results)}',
+      pytrace=False,
+    )
   return results
 
 
 def _outputs(results):
   """Every worker's exit code and output, for a failure message."""
-  return '\n'.join(f'--- worker {i} (exit {code}) ---\n{log}'
-                   for i, (code, log) in enumerate(results))
+  return '\n'.join(
+    f'--- worker {i} (exit {code}) ---\n{log}' for i, (code, log) in enumerate(results)
+  )
 
 
 def _params(path):
@@ -90,8 +106,9 @@ def test_killed_run_resumes_to_the_same_params(uninterrupted, tmp_path, data_dir
   ckpt = tmp_path / 'wd' / 'digits-cnn' / 'original_s0' / 'checkpoints'
   proc = _worker(tmp_path, tmp_path / 'wd', data_dir)
   deadline = time.time() + 240
-  while time.time() < deadline and not (ckpt.exists() and any(
-      d.name.isdigit() and int(d.name) >= 8 for d in ckpt.iterdir())):
+  while time.time() < deadline and not (
+    ckpt.exists() and any(d.name.isdigit() and int(d.name) >= 8 for d in ckpt.iterdir())
+  ):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   _finish(proc)
@@ -125,7 +142,9 @@ def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, da
     np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     (dict(dataset='imagenet'), '--config.dataset=imagenet'),
     (dict(model='resnet50'), 'model'),
     (dict(forget='random:1.5'), '--config.forget'),
@@ -137,7 +156,8 @@ def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, da
     (dict(forget='indices:/nonexistent.npy'), '--config.forget'),
     (dict(batch_size=60, num_devices=0), '--config.batch_size'),
     (dict(num_devices=9), '--config.num_devices'),
-])
+  ],
+)
 def test_bad_input_is_refused_before_training(tmp_path, data_dir, overrides, message):
   with pytest.raises(ValueError, match=message.replace('.', r'\.')):
     experiment.prepare(tiny_config(tmp_path, data_dir, **overrides))

@@ -16,13 +16,14 @@ def test_every_knob_is_a_field_of_its_method_and_the_grid_is_at_most_three_by_th
     for knob in method.tune:
       field = tune.field_name(knob)
       rule = tune.field_rule(method.config, field)
-      values = tune.knob_values(knob, tune.get_field(config.method[name], field), rule,
-                                MULTIPLIERS)
+      values = tune.knob_values(knob, tune.get_field(config.method[name], field), rule, MULTIPLIERS)
       assert 1 <= len(values) <= 3 and all(rule.allows(v) for v in values), (name, knob, values)
   assert jaxunlearn.methods.get('rfa_lora').tune == ('optimizer.lr', 'gamma')
 
 
-@pytest.mark.parametrize('knob, default, rule, expected', [
+@pytest.mark.parametrize(
+  'knob, default, rule, expected',
+  [
     ('optimizer.lr', 0.01, Rule('float', 0, None, low_open=True), [0.003, 0.01, 0.03]),
     # Clipped to a closed bound, then duplicates dropped.
     ('mask_fraction', 0.5, Rule('float', 0, 1, low_open=True), [0.15, 0.5, 1.0]),
@@ -31,13 +32,15 @@ def test_every_knob_is_a_field_of_its_method_and_the_grid_is_at_most_three_by_th
     ('1-beta', 0.96, Rule('float', 0, 1, low_open=True, high_open=True), [0.988, 0.96, 0.88]),
     ('beta', 0.96, Rule('float', 0, 1, low_open=True, high_open=True), [0.288, 0.96]),
     ('msteps', 3, Rule('int', 0, None), [1, 3, 9]),
-])
+  ],
+)
 def test_knob_values(knob, default, rule, expected):
   assert tune.knob_values(knob, default, rule, MULTIPLIERS) == pytest.approx(expected)
 
 
 def test_ties_go_to_the_combination_nearest_the_defaults():
   defaults = {'lr': 0.01, 'gamma': 1.0}
-  assert (tune.distance_to_default({'lr': 0.01, 'gamma': 3.0}, defaults)
-          < tune.distance_to_default({'lr': 0.03, 'gamma': 3.0}, defaults))
+  assert tune.distance_to_default({'lr': 0.01, 'gamma': 3.0}, defaults) < tune.distance_to_default(
+    {'lr': 0.03, 'gamma': 3.0}, defaults
+  )
   assert tune.distance_to_default(defaults, defaults) == 0.0

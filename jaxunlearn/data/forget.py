@@ -36,9 +36,11 @@ from jaxunlearn.data.datasets import ArraySplit, DatasetInfo
 KINDS = ('random', 'class', 'indices')
 SPLIT_ARRAYS = 'split.npz'
 SPLIT_META = 'split.json'
-_ALLOWED = ("allowed forms: 'random:FRACTION' with 0 < FRACTION < 1 (e.g. random:0.1), "
-            "'random:COUNT' (e.g. random:400), 'class:C' or 'class:C1,C2,...', "
-            "'indices:PATH.npy'")
+_ALLOWED = (
+  "allowed forms: 'random:FRACTION' with 0 < FRACTION < 1 (e.g. random:0.1), "
+  "'random:COUNT' (e.g. random:400), 'class:C' or 'class:C1,C2,...', "
+  "'indices:PATH.npy'"
+)
 _INTEGER = re.compile(r'[+-]?\d+')
 SUBSET_SEED = 0
 
@@ -114,8 +116,9 @@ def parse_forget_spec(spec: str) -> ForgetSpec:
   return ForgetSpec('indices', value)
 
 
-def forget_split_digest(dataset: str, forget: np.ndarray, num_train: int,
-                        subset: np.ndarray | None = None) -> str:
+def forget_split_digest(
+  dataset: str, forget: np.ndarray, num_train: int, subset: np.ndarray | None = None
+) -> str:
   """sha256 hex digest of the dataset name in UTF-8, a NUL byte, then num_train and the sorted
   forget positions as little-endian int64; with a training subset, then the bytes b'subset' and
   its sorted positions as little-endian int64."""
@@ -127,8 +130,9 @@ def forget_split_digest(dataset: str, forget: np.ndarray, num_train: int,
   return digest.hexdigest()
 
 
-def select_train_subset(train: ArraySplit, size: int,
-                        num_classes: int) -> tuple[ArraySplit, np.ndarray | None]:
+def select_train_subset(
+  train: ArraySplit, size: int, num_classes: int
+) -> tuple[ArraySplit, np.ndarray | None]:
   """The training subset of --config.train_subset: `size` examples of `train`, or all for 0.
 
   The draw is stratified by class (each class gets its share of `size`, rounded by largest
@@ -142,18 +146,24 @@ def select_train_subset(train: ArraySplit, size: int,
   Returns:
     (the subset's arrays, its sorted int64 positions in `train`), or (`train`, None) for 0.
   """
-  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not (
-      size == 0 or num_classes <= size <= len(train)):
-    raise ConfigError(f'--config.train_subset: got {size!r}; allowed: 0 (the whole train split) or '
-                     f'{num_classes} (one example per class) to {len(train)} (the train split).')
+  if (
+    isinstance(size, bool)
+    or not isinstance(size, (int, np.integer))
+    or not (size == 0 or num_classes <= size <= len(train))
+  ):
+    raise ConfigError(
+      f'--config.train_subset: got {size!r}; allowed: 0 (the whole train split) or '
+      f'{num_classes} (one example per class) to {len(train)} (the train split).'
+    )
   if size == 0:
     return train, None
   if size == len(train):
     positions = np.arange(len(train), dtype=np.int64)
   else:
     positions = stratified_split(train.labels, int(size), SUBSET_SEED)[1]
-  subset = ArraySplit(images=train.images[positions], labels=train.labels[positions],
-                      index=train.index[positions])
+  subset = ArraySplit(
+    images=train.images[positions], labels=train.labels[positions], index=train.index[positions]
+  )
   return subset, positions
 
 
@@ -171,28 +181,33 @@ def _random_forget(spec: str, value: float | int, seed: int, num_train: int) -> 
   if isinstance(value, float):
     count = math.floor(value * num_train + 0.5)
     if not 0 < count < num_train:
-      raise _bad_spec(spec, f'fraction {value} of {num_train} train examples is {count} '
-                      'examples, which leaves an empty forget or retain set')
+      raise _bad_spec(
+        spec,
+        f'fraction {value} of {num_train} train examples is {count} '
+        'examples, which leaves an empty forget or retain set',
+      )
   else:
     count = value
     if not 0 < count < num_train:
-      raise _bad_spec(spec, f'count {count} is outside [1, {num_train - 1}] ({num_train} train '
-                      'examples; the forget and retain sets must both be non-empty)')
+      raise _bad_spec(
+        spec,
+        f'count {count} is outside [1, {num_train - 1}] ({num_train} train '
+        'examples; the forget and retain sets must both be non-empty)',
+      )
   return np.sort(np.random.default_rng(seed).choice(num_train, size=count, replace=False))
 
 
-def _class_forget(spec: str, classes: tuple[int, ...], labels: np.ndarray,
-                  num_classes: int) -> np.ndarray:
+def _class_forget(
+  spec: str, classes: tuple[int, ...], labels: np.ndarray, num_classes: int
+) -> np.ndarray:
   outside = [c for c in classes if not 0 <= c < num_classes]
   if outside:
     raise _bad_spec(spec, f'class {outside} outside [0, {num_classes - 1}]')
   forget = np.flatnonzero(np.isin(labels, classes))
   if forget.size == 0:
-    raise _bad_spec(spec, f'no train example has class {list(classes)}, so the forget set is '
-                    'empty')
+    raise _bad_spec(spec, f'no train example has class {list(classes)}, so the forget set is empty')
   if forget.size == labels.size:
-    raise _bad_spec(spec, 'every train example is in a forgotten class, so the retain set is '
-                    'empty')
+    raise _bad_spec(spec, 'every train example is in a forgotten class, so the retain set is empty')
   return forget
 
 
@@ -204,13 +219,17 @@ def _indices_forget(spec: str, path: str, num_train: int) -> np.ndarray:
   except (OSError, ValueError) as err:
     raise _bad_spec(spec, f'cannot read {path} as .npy ({err})') from None
   if positions.ndim != 1 or not np.issubdtype(positions.dtype, np.integer):
-    raise _bad_spec(spec, f'{path} holds a {positions.dtype} array of shape {positions.shape}; '
-                    'expected a 1-D integer array')
+    raise _bad_spec(
+      spec,
+      f'{path} holds a {positions.dtype} array of shape {positions.shape}; '
+      'expected a 1-D integer array',
+    )
   if positions.size == 0:
     raise _bad_spec(spec, f'{path} is empty, so the forget set is empty')
   if positions.min() < 0 or positions.max() >= num_train:
-    raise _bad_spec(spec, f'{path} has positions outside [0, {num_train - 1}] ({num_train} '
-                    'train examples)')
+    raise _bad_spec(
+      spec, f'{path} has positions outside [0, {num_train - 1}] ({num_train} train examples)'
+    )
   if np.unique(positions).size != positions.size:
     raise _bad_spec(spec, f'{path} lists a position more than once')
   if positions.size == num_train:
@@ -218,8 +237,15 @@ def _indices_forget(spec: str, path: str, num_train: int) -> np.ndarray:
   return np.sort(positions)
 
 
-def make_forget_split(spec: str, seed: int, train: ArraySplit, test: ArraySplit,
-                      info: DatasetInfo, *, subset: np.ndarray | None = None) -> ForgetSplit:
+def make_forget_split(
+  spec: str,
+  seed: int,
+  train: ArraySplit,
+  test: ArraySplit,
+  info: DatasetInfo,
+  *,
+  subset: np.ndarray | None = None,
+) -> ForgetSplit:
   """Splits `train` into D_f and D_r as `spec` says (see the module docstring).
 
   `seed` drives the random kind only; class and indices splits do not depend on it. `subset`,
@@ -244,16 +270,25 @@ def make_forget_split(spec: str, seed: int, train: ArraySplit, test: ArraySplit,
     forget = _indices_forget(spec, parsed.value, num_train)
   forget = forget.astype(np.int64)
   return ForgetSplit(
-      dataset=info.name, spec=spec, seed=int(seed), kind=parsed.kind, forget=forget,
-      retain=np.setdiff1d(np.arange(num_train, dtype=np.int64), forget), classes=classes,
-      test_forget=test_forget, test_retain=test_retain,
-      digest=forget_split_digest(info.name, forget, num_train, subset), subset=subset)
+    dataset=info.name,
+    spec=spec,
+    seed=int(seed),
+    kind=parsed.kind,
+    forget=forget,
+    retain=np.setdiff1d(np.arange(num_train, dtype=np.int64), forget),
+    classes=classes,
+    test_forget=test_forget,
+    test_retain=test_retain,
+    digest=forget_split_digest(info.name, forget, num_train, subset),
+    subset=subset,
+  )
 
 
 def _write_atomically(path: str, write) -> None:
   """Calls write(file) on a temp file in the same folder, then os.replace()s it onto `path`."""
-  handle, temp = tempfile.mkstemp(dir=os.path.dirname(path),
-                                  prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  handle, temp = tempfile.mkstemp(
+    dir=os.path.dirname(path), prefix=f'.{os.path.basename(path)}.', suffix='.tmp'
+  )
   try:
     with os.fdopen(handle, 'wb') as f:
       write(f)
@@ -276,15 +311,24 @@ def save_forget_split(split: ForgetSplit, directory: str) -> None:
   arrays = {'forget': split.forget, 'retain': split.retain}
   if split.test_forget is not None:
     arrays.update(test_forget=split.test_forget, test_retain=split.test_retain)
-  meta = {'dataset': split.dataset, 'spec': split.spec, 'seed': split.seed, 'kind': split.kind,
-          'classes': list(split.classes), 'num_train': int(split.forget.size + split.retain.size),
-          'num_forget': int(split.forget.size), 'digest': split.digest}
+  meta = {
+    'dataset': split.dataset,
+    'spec': split.spec,
+    'seed': split.seed,
+    'kind': split.kind,
+    'classes': list(split.classes),
+    'num_train': int(split.forget.size + split.retain.size),
+    'num_forget': int(split.forget.size),
+    'digest': split.digest,
+  }
   if split.subset is not None:
     arrays['subset'] = split.subset
     meta['train_subset'] = int(split.subset.size)
   _write_atomically(os.path.join(directory, SPLIT_ARRAYS), lambda f: np.savez(f, **arrays))
-  _write_atomically(os.path.join(directory, SPLIT_META),
-                    lambda f: f.write(json.dumps(meta, indent=2).encode('utf-8') + b'\n'))
+  _write_atomically(
+    os.path.join(directory, SPLIT_META),
+    lambda f: f.write(json.dumps(meta, indent=2).encode('utf-8') + b'\n'),
+  )
 
 
 def load_forget_split(directory: str) -> ForgetSplit | None:
@@ -304,10 +348,20 @@ def load_forget_split(directory: str) -> ForgetSplit | None:
   digest = forget_split_digest(meta['dataset'], forget, num_train, subset)
   partition = np.array_equal(np.sort(np.concatenate([forget, retain])), np.arange(num_train))
   if digest != meta['digest'] or not partition:
-    raise ValueError(f'{directory}: the saved forget split is inconsistent (digest '
-                     f'{meta["digest"]}; its positions give {digest}).')
+    raise ValueError(
+      f'{directory}: the saved forget split is inconsistent (digest '
+      f'{meta["digest"]}; its positions give {digest}).'
+    )
   return ForgetSplit(
-      dataset=meta['dataset'], spec=meta['spec'], seed=meta['seed'], kind=meta['kind'],
-      forget=forget, retain=retain, classes=tuple(meta['classes']),
-      test_forget=arrays.get('test_forget'), test_retain=arrays.get('test_retain'),
-      digest=meta['digest'], subset=subset)
+    dataset=meta['dataset'],
+    spec=meta['spec'],
+    seed=meta['seed'],
+    kind=meta['kind'],
+    forget=forget,
+    retain=retain,
+    classes=tuple(meta['classes']),
+    test_forget=arrays.get('test_forget'),
+    test_retain=arrays.get('test_retain'),
+    digest=meta['digest'],
+    subset=subset,
+  )

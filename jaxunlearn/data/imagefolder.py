@@ -78,13 +78,16 @@ def list_folder(spec: str) -> FolderListing:
       sub-folder, a file that is not .jpg/.jpeg/.png, or no image, if the splits' classes
       differ, or if there are fewer than two classes.
   """
-  root = os.path.abspath(os.path.expanduser(spec[len(PREFIX):]))
+  root = os.path.abspath(os.path.expanduser(spec[len(PREFIX) :]))
   if not os.path.isdir(root):
     raise _error(spec, f'{root} is not a folder.')
   for split in SPLITS:
     if not os.path.isdir(os.path.join(root, split)):
-      raise _error(spec, f'no {split} folder in {root} (expected {root}/train/<class>/*.jpg '
-                   f'and {root}/test/<class>/*.jpg; .jpeg and .png files work too).')
+      raise _error(
+        spec,
+        f'no {split} folder in {root} (expected {root}/train/<class>/*.jpg '
+        f'and {root}/test/<class>/*.jpg; .jpeg and .png files work too).',
+      )
   digest = hashlib.sha256()
   classes_by_split, files = {}, {}
   for split in SPLITS:
@@ -92,8 +95,11 @@ def list_folder(spec: str) -> FolderListing:
     classes = sorted(_visible(split_dir))
     for name in classes:
       if not os.path.isdir(os.path.join(split_dir, name)):
-        raise _error(spec, f'{os.path.join(split_dir, name)} is not a class folder (only class '
-                     f'folders may be in {split_dir}).')
+        raise _error(
+          spec,
+          f'{os.path.join(split_dir, name)} is not a class folder (only class '
+          f'folders may be in {split_dir}).',
+        )
     classes_by_split[split] = classes
     entries = []
     for name in classes:
@@ -103,17 +109,28 @@ def list_folder(spec: str) -> FolderListing:
     label_of = {name: label for label, name in enumerate(classes)}
     files[split] = [(path, label_of[path.split('/', 1)[0]]) for path, _ in entries]
     for path, size in entries:
-      digest.update(f'{split}/{path}\0{size}\n'.encode('utf-8'))
+      digest.update(f'{split}/{path}\0{size}\n'.encode())
   train_classes, test_classes = (set(classes_by_split[split]) for split in SPLITS)
   if train_classes != test_classes:
-    raise _error(spec, 'train and test have different class folders (only in train: '
-                 f'{sorted(train_classes - test_classes)}; only in test: '
-                 f'{sorted(test_classes - train_classes)}).')
+    raise _error(
+      spec,
+      'train and test have different class folders (only in train: '
+      f'{sorted(train_classes - test_classes)}; only in test: '
+      f'{sorted(test_classes - train_classes)}).',
+    )
   if len(train_classes) < 2:
-    raise _error(spec, f'{len(train_classes)} class folder(s) in {root}/train; a classification '
-                 'dataset needs at least two.')
-  return FolderListing(spec=spec, root=root, class_names=tuple(classes_by_split['train']),
-                       files=files, digest=digest.hexdigest())
+    raise _error(
+      spec,
+      f'{len(train_classes)} class folder(s) in {root}/train; a classification '
+      'dataset needs at least two.',
+    )
+  return FolderListing(
+    spec=spec,
+    root=root,
+    class_names=tuple(classes_by_split['train']),
+    files=files,
+    digest=digest.hexdigest(),
+  )
 
 
 def _visible(folder: str) -> list[str]:
@@ -131,8 +148,7 @@ def _list_class(spec: str, class_dir: str) -> list[tuple[str, int]]:
       if entry.is_dir():
         raise _error(spec, f'{entry.path} is a folder; a class folder may hold only images.')
       if not entry.name.lower().endswith(EXTENSIONS):
-        raise _error(spec, f'{entry.path} is not an image file (allowed: '
-                     f'{", ".join(EXTENSIONS)}).')
+        raise _error(spec, f'{entry.path} is not an image file (allowed: {", ".join(EXTENSIONS)}).')
       found.append((entry.name, entry.stat().st_size))
   if not found:
     raise _error(spec, f'{class_dir} holds no images ({", ".join(EXTENSIONS)}).')
@@ -189,9 +205,10 @@ def decode_folder(listing: FolderListing, image_size: tuple[int, int] | None) ->
     for position, array in enumerate(decoded[split]):
       if array.shape[:2] != first.shape[:2]:
         raise listing.error(
-            f'images differ in size: {_path(listing, "train", 0)} is {first.shape[0]}x'
-            f'{first.shape[1]} (HxW), {_path(listing, split, position)} is {array.shape[0]}x'
-            f'{array.shape[1]}; set --config.image_size=H,W to resize them all.')
+          f'images differ in size: {_path(listing, "train", 0)} is {first.shape[0]}x'
+          f'{first.shape[1]} (HxW), {_path(listing, split, position)} is {array.shape[0]}x'
+          f'{array.shape[1]}; set --config.image_size=H,W to resize them all.'
+        )
 
   def with_channels(array: np.ndarray) -> np.ndarray:
     if grey:
@@ -200,10 +217,13 @@ def decode_folder(listing: FolderListing, image_size: tuple[int, int] | None) ->
     return array if array.ndim == 3 else np.repeat(array[..., None], 3, axis=-1)
 
   return DecodedFolder(
-      images={split: np.stack([with_channels(array) for array in decoded[split]])
-              for split in SPLITS},
-      labels={split: np.asarray([label for _, label in listing.files[split]], np.int64)
-              for split in SPLITS})
+    images={
+      split: np.stack([with_channels(array) for array in decoded[split]]) for split in SPLITS
+    },
+    labels={
+      split: np.asarray([label for _, label in listing.files[split]], np.int64) for split in SPLITS
+    },
+  )
 
 
 def _path(listing: FolderListing, split: str, position: int) -> str:
@@ -219,27 +239,43 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   # Nothing is downloaded; see builders._BuiltinBuilder.
   code_path = None
 
-  def __init__(self, *, listing: FolderListing, image_size: tuple[int, int] | None,
-               decoded: DecodedFolder, **kwargs):
+  def __init__(
+    self,
+    *,
+    listing: FolderListing,
+    image_size: tuple[int, int] | None,
+    decoded: DecodedFolder,
+    **kwargs,
+  ):
     self._listing = listing
     self._decoded = decoded
-    super().__init__(config=tfds.core.BuilderConfig(
-        name=build_name(listing, image_size), version=VERSION,
-        description=f'The images of {listing.root}.'), **kwargs)
+    super().__init__(
+      config=tfds.core.BuilderConfig(
+        name=build_name(listing, image_size),
+        version=VERSION,
+        description=f'The images of {listing.root}.',
+      ),
+      **kwargs,
+    )
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=f'Image folder {self._listing.root}.',
-        features=tfds.features.FeaturesDict({
-            # Stored as raw bytes: TFDS writes a default uint8 Tensor as a list of int64,
-            # several times slower to write and read.
-            'image': tfds.features.Tensor(shape=self._decoded.images['train'].shape[1:],
-                                          dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
-            'label': tfds.features.ClassLabel(names=self._listing.class_names),
-            'index': tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=('image', 'label'),
+      builder=self,
+      description=f'Image folder {self._listing.root}.',
+      features=tfds.features.FeaturesDict(
+        {
+          # Stored as raw bytes: TFDS writes a default uint8 Tensor as a list of int64,
+          # several times slower to write and read.
+          'image': tfds.features.Tensor(
+            shape=self._decoded.images['train'].shape[1:],
+            dtype=np.uint8,
+            encoding=tfds.features.Encoding.BYTES,
+          ),
+          'label': tfds.features.ClassLabel(names=self._listing.class_names),
+          'index': tfds.features.Scalar(dtype=np.int64),
+        }
+      ),
+      supervised_keys=('image', 'label'),
     )
 
   def _split_generators(self, dl_manager):
@@ -257,8 +293,13 @@ def version_dir(data_dir: str, listing: FolderListing, image_size: tuple[int, in
   return os.path.join(data_dir, BUILDER_NAME, build_name(listing, image_size), VERSION)
 
 
-def prepare(listing: FolderListing, data_dir: str, image_size: tuple[int, int] | None, *,
-            rebuild: bool = False) -> tfds.core.DatasetBuilder:
+def prepare(
+  listing: FolderListing,
+  data_dir: str,
+  image_size: tuple[int, int] | None,
+  *,
+  rebuild: bool = False,
+) -> tfds.core.DatasetBuilder:
   """Returns a read-only builder of the folder's build under `data_dir`, building it if needed.
 
   Args:
@@ -275,7 +316,13 @@ def prepare(listing: FolderListing, data_dir: str, image_size: tuple[int, int] |
     with builders.announce(builders.preparing_message(listing.spec, directory, rebuild)):
       decoded = decode_folder(listing, image_size)
       builders.build_in_place(
-          lambda: ImageFolderBuilder(listing=listing, image_size=image_size, decoded=decoded,
-                                     data_dir=data_dir, file_format='array_record'))
+        lambda: ImageFolderBuilder(
+          listing=listing,
+          image_size=image_size,
+          decoded=decoded,
+          data_dir=data_dir,
+          file_format='array_record',
+        )
+      )
   with builders.quiet_tfds():
     return tfds.builder_from_directory(directory)

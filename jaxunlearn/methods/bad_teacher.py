@@ -26,6 +26,7 @@ from jaxunlearn.train import create_state
 @dataclasses.dataclass(frozen=True)
 class BadTeacherConfig(EpochMethodConfig):
   """`epochs` passes over D_f u D_r."""
+
   epochs: int = integer(2, ge=1)
   optimizer: OptimizerConfig = nested(lambda: sgd(0.01))
   temperature: float = number(1.0, gt=0)
@@ -36,9 +37,13 @@ def cifar10_resnet18() -> BadTeacherConfig:
   return BadTeacherConfig(epochs=10, optimizer=sgd(0.02))
 
 
-@register('bad_teacher', config=BadTeacherConfig, title='BadTeacher (Chundawat et al., AAAI 2023)',
-          summary='competent/incompetent teacher distillation',
-          presets={'cifar10_resnet18': cifar10_resnet18})
+@register(
+  'bad_teacher',
+  config=BadTeacherConfig,
+  title='BadTeacher (Chundawat et al., AAAI 2023)',
+  summary='competent/incompetent teacher distillation',
+  presets={'cifar10_resnet18': cifar10_resnet18},
+)
 def build(ctx: UnlearnContext, cfg: BadTeacherConfig) -> Plan:
   steps = cfg.epochs * ctx.steps_per_epoch('all')
   tx = make_optimizer(cfg.optimizer, steps)
@@ -53,12 +58,19 @@ def build(ctx: UnlearnContext, cfg: BadTeacherConfig) -> Plan:
     is_forget = jnp.take(constants['is_forget'], data['position'])[:, None]
     teacher = jax.lax.stop_gradient(jnp.where(is_forget > 0, bad, good))
     logits, batch_stats = forward(fns, params, state, data['image'])
-    loss = losses.weighted_mean(losses.distillation_kl(teacher, logits, temperature),
-                                data['weight'])
+    loss = losses.weighted_mean(
+      losses.distillation_kl(teacher, logits, temperature), data['weight']
+    )
     return loss, (batch_stats, {})
 
-  constants = {'teacher': ctx.original, 'bad_teacher': ctx.init_variables(ctx.seed + 1),
-               'is_forget': ctx.is_forget()}
+  constants = {
+    'teacher': ctx.original,
+    'bad_teacher': ctx.init_variables(ctx.seed + 1),
+    'is_forget': ctx.is_forget(),
+  }
   kind = StepKind(gradient_step(loss_fn, tx), {'train': 'all'})
-  return Plan(Program({'distill': kind}, ['distill'] * steps, ctx.batch_size),
-              create_state(ctx.original, {'main': tx}), constants)
+  return Plan(
+    Program({'distill': kind}, ['distill'] * steps, ctx.batch_size),
+    create_state(ctx.original, {'main': tx}),
+    constants,
+  )

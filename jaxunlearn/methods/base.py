@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,7 @@ class Plan(NamedTuple):
   with the run's scores, e.g. 'trainable_fraction' (default 1: every weight may move) or a
   method's diagnostics.
   """
+
   program: Program
   state: TrainState
   constants: dict
@@ -48,16 +50,17 @@ class Plan(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class UnlearnContext:
   """What a method may read: the model, the original weights and the data it unlearns on."""
+
   model_fns: ModelFns
-  original: dict           # variables of the original (pre-unlearning) model
-  data: DeviceData         # train data on device with sources 'all', 'forget', 'retain'
+  original: dict  # variables of the original (pre-unlearning) model
+  data: DeviceData  # train data on device with sources 'all', 'forget', 'retain'
   num_classes: int
   batch_size: int
   seed: int
   mesh: Any
-  init_variables: Callable[[int], dict]   # fresh, randomly initialised variables for a seed
-  cache_dir: str = ''      # where a method may cache statistics of the original ('' = none)
-  model_name: str = ''     # the architecture's name in `jaxunlearn.models.MODELS`
+  init_variables: Callable[[int], dict]  # fresh, randomly initialised variables for a seed
+  cache_dir: str = ''  # where a method may cache statistics of the original ('' = none)
+  model_name: str = ''  # the architecture's name in `jaxunlearn.models.MODELS`
 
   @property
   def num_forget(self) -> int:
@@ -77,26 +80,48 @@ class UnlearnContext:
     return jnp.asarray(flags)
 
 
-def gradient_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
-                  opt_name: str = 'main', mask: str | None = None) -> StepFn:
+def gradient_step(
+  loss_fn: LossFn,
+  tx: optax.GradientTransformation,
+  *,
+  opt_name: str = 'main',
+  mask: str | None = None,
+) -> StepFn:
   """A step that descends `loss_fn` with optimiser `opt_name` (ascent = a negated loss); with
   `mask`, the run constant of that name multiplies the final update."""
 
   def step(state: TrainState, batch: dict, key: jax.Array, constants):
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state, batch, key, constants)
-    state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, opt_name,
-                            mask=constants[mask] if mask else None)
+      state.params, state, batch, key, constants
+    )
+    state = apply_gradients(
+      state.replace(batch_stats=batch_stats),
+      grads,
+      tx,
+      opt_name,
+      mask=constants[mask] if mask else None,
+    )
     return state, {'loss': loss, **metrics}
 
   return step
 
 
-def forward(ctx_fns: ModelFns, params, state: TrainState, images, *, train: bool = True,
-            return_features: bool = False):
+def forward(
+  ctx_fns: ModelFns,
+  params,
+  state: TrainState,
+  images,
+  *,
+  train: bool = True,
+  return_features: bool = False,
+):
   """The student's outputs and new batch statistics."""
-  return ctx_fns.apply({'params': params, 'batch_stats': state.batch_stats}, images, train=train,
-                       return_features=return_features)
+  return ctx_fns.apply(
+    {'params': params, 'batch_stats': state.batch_stats},
+    images,
+    train=train,
+    return_features=return_features,
+  )
 
 
 def cross_entropy_loss(model_fns: ModelFns, slot: str, *, sign: float = 1.0) -> LossFn:
@@ -123,8 +148,16 @@ GRADIENT_STATISTICS = ('mean_gradient', 'batch_fisher', 'empirical_fisher')
 STATISTIC_LOOPS = ('auto', 'scan', 'host')
 
 
-def gradient_statistic(model_fns: ModelFns, variables: dict, data: DeviceData, source: str,
-                       batch_size: int, statistic: str, *, loop: str = 'auto') -> Any:
+def gradient_statistic(
+  model_fns: ModelFns,
+  variables: dict,
+  data: DeviceData,
+  source: str,
+  batch_size: int,
+  statistic: str,
+  *,
+  loop: str = 'auto',
+) -> Any:
   """A per-parameter statistic of the CE gradient on `source` at `variables`, in one pass over the
   whole set:
 
@@ -153,8 +186,9 @@ def gradient_statistic(model_fns: ModelFns, variables: dict, data: DeviceData, s
   num_batches, num_examples = positions_2d.shape[0], len(data.sources[source])
 
   def batch_loss(params, images, labels, weight):
-    logits, _ = model_fns.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                                images, train=False)
+    logits, _ = model_fns.apply(
+      {'params': params, 'batch_stats': variables['batch_stats']}, images, train=False
+    )
     return losses.weighted_cross_entropy(logits, labels, weight)
 
   def example_loss(params, image, label):

@@ -23,8 +23,13 @@ import jax.numpy as jnp
 from jaxunlearn import losses
 from jaxunlearn.config import EpochMethodConfig, OptimizerConfig, nested, number, sgd
 from jaxunlearn.loop import Program, StepKind
-from jaxunlearn.methods.base import (Plan, UnlearnContext, forward, gradient_step,
-                                     random_other_labels)
+from jaxunlearn.methods.base import (
+  Plan,
+  UnlearnContext,
+  forward,
+  gradient_step,
+  random_other_labels,
+)
 from jaxunlearn.methods.registry import register
 from jaxunlearn.optim import make_optimizer
 from jaxunlearn.train import create_state
@@ -35,6 +40,7 @@ VARIANTS = ('ce', 'kl', 'ice')
 @dataclasses.dataclass(frozen=True)
 class DiscriminativeConfig(EpochMethodConfig):
   """FT's settings plus alpha in (0, 1], so that retention is favoured over forgetting."""
+
   optimizer: OptimizerConfig = nested(lambda: sgd(0.02))
   alpha: float = number(0.5, gt=0, le=1)
 
@@ -62,40 +68,58 @@ def plan(ctx: UnlearnContext, cfg: DiscriminativeConfig, variant: str) -> Plan:
     f_logits, _ = forward(fns, params, state, forget['image'])
     r_loss = losses.weighted_cross_entropy(r_logits, remain['label'], remain['weight'])
     if variant == 'kl':
-      f_loss = losses.weighted_mean(wrong_label_kl(f_logits, forget['label'], num_classes),
-                                    forget['weight'])
+      f_loss = losses.weighted_mean(
+        wrong_label_kl(f_logits, forget['label'], num_classes), forget['weight']
+      )
     else:
       wrong = jnp.take(constants['random_labels'], forget['position'])
       f_loss = losses.weighted_cross_entropy(f_logits, wrong, forget['weight'])
     loss = alpha * r_loss + f_loss if variant == 'ice' else r_loss + alpha * f_loss
-    return loss, (batch_stats, {
-        'remain_ce': r_loss, 'forget_term': f_loss,
-        'forget_accuracy': losses.weighted_accuracy(f_logits, forget['label'],
-                                                    forget['weight'])})
+    return loss, (
+      batch_stats,
+      {
+        'remain_ce': r_loss,
+        'forget_term': f_loss,
+        'forget_accuracy': losses.weighted_accuracy(f_logits, forget['label'], forget['weight']),
+      },
+    )
 
-  constants = {'random_labels': random_other_labels(jax.random.key(ctx.seed), ctx.data.labels,
-                                                    num_classes)}
+  constants = {
+    'random_labels': random_other_labels(jax.random.key(ctx.seed), ctx.data.labels, num_classes)
+  }
   kind = StepKind(gradient_step(loss_fn, tx), {'remain': 'retain', 'forget': 'forget'})
-  return Plan(Program({variant: kind}, [variant] * steps, ctx.batch_size),
-              create_state(ctx.original, {'main': tx}), constants)
+  return Plan(
+    Program({variant: kind}, [variant] * steps, ctx.batch_size),
+    create_state(ctx.original, {'main': tx}),
+    constants,
+  )
 
 
-@register('ce_ft', config=DiscriminativeConfig,
-          title='CE-FT (Ding, Xu, Ji v1): FT + alpha CE(D_f, wrong label)',
-          tune=('optimizer.lr', 'alpha'))
+@register(
+  'ce_ft',
+  config=DiscriminativeConfig,
+  title='CE-FT (Ding, Xu, Ji v1): FT + alpha CE(D_f, wrong label)',
+  tune=('optimizer.lr', 'alpha'),
+)
 def ce_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
   return plan(ctx, cfg, 'ce')
 
 
-@register('kl_ft', config=DiscriminativeConfig,
-          title='KL-FT (Ding, Xu, Ji v1): FT + alpha KL(q, p), q uniform over wrong labels',
-          tune=('optimizer.lr', 'alpha'))
+@register(
+  'kl_ft',
+  config=DiscriminativeConfig,
+  title='KL-FT (Ding, Xu, Ji v1): FT + alpha KL(q, p), q uniform over wrong labels',
+  tune=('optimizer.lr', 'alpha'),
+)
 def kl_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
   return plan(ctx, cfg, 'kl')
 
 
-@register('ice_ft', config=DiscriminativeConfig,
-          title='ICE-FT (Ding, Xu, Ji v1): alpha CE(D_r) + CE(D_f, wrong label)',
-          tune=('optimizer.lr', 'alpha'))
+@register(
+  'ice_ft',
+  config=DiscriminativeConfig,
+  title='ICE-FT (Ding, Xu, Ji v1): alpha CE(D_r) + CE(D_f, wrong label)',
+  tune=('optimizer.lr', 'alpha'),
+)
 def ice_ft(ctx: UnlearnContext, cfg: DiscriminativeConfig) -> Plan:
   return plan(ctx, cfg, 'ice')

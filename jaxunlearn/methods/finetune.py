@@ -13,6 +13,7 @@ from jaxunlearn.train import create_state
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(EpochMethodConfig):
   """`epochs` passes over D_r (mnist5k defaults)."""
+
   optimizer: OptimizerConfig = nested(lambda: sgd(0.02))
 
 
@@ -21,12 +22,20 @@ def cifar10_resnet18() -> FinetuneConfig:
   return FinetuneConfig(epochs=10, optimizer=sgd(0.01))
 
 
-@register('ft', config=FinetuneConfig, title='FT (fine-tune on D_r)',
-          presets={'cifar10_resnet18': cifar10_resnet18})
+@register(
+  'ft',
+  config=FinetuneConfig,
+  title='FT (fine-tune on D_r)',
+  presets={'cifar10_resnet18': cifar10_resnet18},
+)
 def build(ctx: UnlearnContext, cfg: FinetuneConfig) -> Plan:
   steps = cfg.epochs * ctx.steps_per_epoch('retain')
   tx = make_optimizer(cfg.optimizer, steps)
-  kind = StepKind(gradient_step(cross_entropy_loss(ctx.model_fns, 'remain'), tx),
-                  {'remain': 'retain'})
-  return Plan(Program({'remain': kind}, ['remain'] * steps, ctx.batch_size),
-              create_state(ctx.original, {'main': tx}), {})
+  kind = StepKind(
+    gradient_step(cross_entropy_loss(ctx.model_fns, 'remain'), tx), {'remain': 'retain'}
+  )
+  return Plan(
+    Program({'remain': kind}, ['remain'] * steps, ctx.batch_size),
+    create_state(ctx.original, {'main': tx}),
+    {},
+  )

@@ -27,11 +27,12 @@ from jaxunlearn.methods.base import UnlearnContext, gradient_statistic, top_frac
 
 ESTIMATORS = ('batch_fisher', 'empirical_fisher')
 THRESHOLDS = ('ratio', 'quantile')
-CACHE_FORMAT = 1   # bump when the statistic's definition changes
+CACHE_FORMAT = 1  # bump when the statistic's definition changes
 
 
-def fisher_cache_key(variables: dict, positions: np.ndarray, estimator: str, batch_size: int,
-                     dataset: str) -> str:
+def fisher_cache_key(
+  variables: dict, positions: np.ndarray, estimator: str, batch_size: int, dataset: str
+) -> str:
   """A hex digest of everything a Fisher diagonal depends on: the weights and BatchNorm
   statistics (names, shapes, dtypes and bytes), the set's example positions, the estimator, the
   batch size and the dataset."""
@@ -78,8 +79,9 @@ def _load(path: str, like) -> tuple[Any, float] | None:
   return jax.tree_util.tree_unflatten(treedef, values), float(stored['__seconds__'])
 
 
-def fisher_diagonal(ctx: UnlearnContext, source: str, estimator: str, batch_size: int, *,
-                    cache_dir: str = '') -> Any:
+def fisher_diagonal(
+  ctx: UnlearnContext, source: str, estimator: str, batch_size: int, *, cache_dir: str = ''
+) -> Any:
   """The Fisher diagonal of the CE loss on `source` ('forget' or 'retain') at the original weights.
 
   * 'batch_fisher' (the official code): the squared gradient of the batch-mean loss, averaged over
@@ -99,17 +101,20 @@ def fisher_diagonal(ctx: UnlearnContext, source: str, estimator: str, batch_size
     raise ValueError(f'saliency_estimator={estimator!r}: allowed values are {ESTIMATORS}.')
   path = None
   if cache_dir:
-    key = fisher_cache_key(ctx.original, ctx.data.sources[source], estimator, batch_size,
-                           ctx.data.info.name)
+    key = fisher_cache_key(
+      ctx.original, ctx.data.sources[source], estimator, batch_size, ctx.data.info.name
+    )
     path = cache_path(cache_dir, source, estimator, batch_size, key)
     cached = _load(path, ctx.original['params'])
     if cached is not None:
-      logging.info('Fisher %s/%s read from %s (computed in %.1f s)', source, estimator, path,
-                   cached[1])
+      logging.info(
+        'Fisher %s/%s read from %s (computed in %.1f s)', source, estimator, path, cached[1]
+      )
       return cached[0]
   t0 = time.perf_counter()
-  fisher = jax.block_until_ready(gradient_statistic(ctx.model_fns, ctx.original, ctx.data, source,
-                                                    batch_size, estimator))
+  fisher = jax.block_until_ready(
+    gradient_statistic(ctx.model_fns, ctx.original, ctx.data, source, batch_size, estimator)
+  )
   seconds = time.perf_counter() - t0
   logging.info('Fisher %s/%s computed in %.1f s', source, estimator, seconds)
   if path is not None and jax.process_index() == 0:
@@ -117,8 +122,15 @@ def fisher_diagonal(ctx: UnlearnContext, source: str, estimator: str, batch_size
   return fisher
 
 
-def saliency_mask(fisher_forget, fisher_remain, *, threshold: str = 'ratio', gamma: float = 1.0,
-                  fraction: float = 0.5, eps: float = 1e-15):
+def saliency_mask(
+  fisher_forget,
+  fisher_remain,
+  *,
+  threshold: str = 'ratio',
+  gamma: float = 1.0,
+  fraction: float = 0.5,
+  eps: float = 1e-15,
+):
   """The forget/remain saliency mask, a 0/1 float32 PyTree shaped like the parameters.
 
   The saliency of a weight is ``(F_f + eps) / (F_r + eps)`` (float32; a weight with no gradient on

@@ -20,6 +20,7 @@ class GradientAscentConfig(EpochMethodConfig):
   collapses. No budget we tried meets both on every seed (cosine lr 0.015-0.03, momentum 0, 5-60
   epochs, stopping at a forget-batch accuracy of 8-40%): forget accuracy < 10% cost 3-7 RA points.
   """
+
   optimizer: OptimizerConfig = nested(lambda: sgd(0.0105, grad_clip=1.0))
 
 
@@ -28,12 +29,21 @@ def cifar10_resnet18() -> GradientAscentConfig:
   return GradientAscentConfig(epochs=9, optimizer=sgd(1e-4, grad_clip=0.1))
 
 
-@register('ga', config=GradientAscentConfig, title='GA (gradient ascent on D_f)',
-          summary='clipped', presets={'cifar10_resnet18': cifar10_resnet18})
+@register(
+  'ga',
+  config=GradientAscentConfig,
+  title='GA (gradient ascent on D_f)',
+  summary='clipped',
+  presets={'cifar10_resnet18': cifar10_resnet18},
+)
 def build(ctx: UnlearnContext, cfg: GradientAscentConfig) -> Plan:
   steps = cfg.epochs * ctx.steps_per_epoch('forget')
   tx = make_optimizer(cfg.optimizer, steps)
-  kind = StepKind(gradient_step(cross_entropy_loss(ctx.model_fns, 'forget', sign=-1.0), tx),
-                  {'forget': 'forget'})
-  return Plan(Program({'forget': kind}, ['forget'] * steps, ctx.batch_size),
-              create_state(ctx.original, {'main': tx}), {})
+  kind = StepKind(
+    gradient_step(cross_entropy_loss(ctx.model_fns, 'forget', sign=-1.0), tx), {'forget': 'forget'}
+  )
+  return Plan(
+    Program({'forget': kind}, ['forget'] * steps, ctx.batch_size),
+    create_state(ctx.original, {'main': tx}),
+    {},
+  )

@@ -20,6 +20,7 @@ from jaxunlearn.train import create_state
 @dataclasses.dataclass(frozen=True)
 class L1SparseConfig(EpochMethodConfig):
   """FT's settings plus the initial l1 weight."""
+
   optimizer: OptimizerConfig = nested(lambda: sgd(0.02))
   alpha: float = number(5e-5, ge=0, doc='l1 weight at epoch 0, decaying linearly to 0')
 
@@ -30,9 +31,14 @@ def cifar10_resnet18() -> L1SparseConfig:
   return L1SparseConfig(epochs=10, optimizer=sgd(0.01), alpha=5e-4)
 
 
-@register('l1_sparse', config=L1SparseConfig, title='l1-sparse (Jia et al., NeurIPS 2023)',
-          summary='FT + a decaying l1 penalty', presets={'cifar10_resnet18': cifar10_resnet18},
-          tune=('optimizer.lr', 'alpha'))
+@register(
+  'l1_sparse',
+  config=L1SparseConfig,
+  title='l1-sparse (Jia et al., NeurIPS 2023)',
+  summary='FT + a decaying l1 penalty',
+  presets={'cifar10_resnet18': cifar10_resnet18},
+  tune=('optimizer.lr', 'alpha'),
+)
 def build(ctx: UnlearnContext, cfg: L1SparseConfig) -> Plan:
   steps_per_epoch = ctx.steps_per_epoch('retain')
   steps = cfg.epochs * steps_per_epoch
@@ -48,5 +54,8 @@ def build(ctx: UnlearnContext, cfg: L1SparseConfig) -> Plan:
     return loss + current_alpha * l1, (batch_stats, {**metrics, 'l1': l1})
 
   kind = StepKind(gradient_step(loss_fn, tx), {'remain': 'retain'})
-  return Plan(Program({'remain': kind}, ['remain'] * steps, ctx.batch_size),
-              create_state(ctx.original, {'main': tx}), {})
+  return Plan(
+    Program({'remain': kind}, ['remain'] * steps, ctx.batch_size),
+    create_state(ctx.original, {'main': tx}),
+    {},
+  )

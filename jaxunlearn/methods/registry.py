@@ -10,7 +10,8 @@ job, the benchmark and `reproduce_results` see a new method without any other ed
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -36,6 +37,7 @@ class Method:
       fields: the learning rate (unless the method has none) and the weight that sets how hard
       the method pushes on D_f against D_r, where it has one; '1-NAME' scales 1 - NAME.
   """
+
   name: str
   build: Callable
   config: type
@@ -43,7 +45,8 @@ class Method:
   summary: str = ''
   presets: Mapping[str, Callable[[], Config]] = dataclasses.field(default_factory=dict)
   groups: Mapping[str, Callable[[Config], dict[str, Config]]] = dataclasses.field(
-      default_factory=dict)
+    default_factory=dict
+  )
   check: Callable | None = None
   tune: tuple[str, ...] = ('optimizer.lr',)
 
@@ -55,17 +58,33 @@ class Method:
 _METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, config: type, title: str, summary: str = '',
-             presets: Mapping[str, Callable[[], Config]] | None = None,
-             groups: Mapping[str, Callable[[Config], dict]] | None = None,
-             check: Callable | None = None, tune: tuple[str, ...] = ('optimizer.lr',)):
+def register(
+  name: str,
+  *,
+  config: type,
+  title: str,
+  summary: str = '',
+  presets: Mapping[str, Callable[[], Config]] | None = None,
+  groups: Mapping[str, Callable[[Config], dict]] | None = None,
+  check: Callable | None = None,
+  tune: tuple[str, ...] = ('optimizer.lr',),
+):
   """Decorator registering ``build(ctx, cfg) -> Plan`` as method `name` (see `Method`)."""
 
   def decorate(build):
     if name in _METHODS:
       raise ValueError(f'method {name!r} is registered twice')
-    _METHODS[name] = Method(name, build, config, title, summary, dict(presets or {}),
-                            dict(groups or {}), check, tuple(tune))
+    _METHODS[name] = Method(
+      name,
+      build,
+      config,
+      title,
+      summary,
+      dict(presets or {}),
+      dict(groups or {}),
+      check,
+      tuple(tune),
+    )
     return build
 
   return decorate
@@ -95,7 +114,8 @@ def config_dicts(preset: str | None = None) -> ml_collections.ConfigDict:
   """{method name: ConfigDict of its config}, the defaults or `preset` where a method has it;
   what ``--config.method.NAME.FIELD`` overrides."""
   return ml_collections.ConfigDict(
-      {name: to_config_dict(m.preset(preset)) for name, m in methods().items()})
+    {name: to_config_dict(m.preset(preset)) for name, m in methods().items()}
+  )
 
 
 def parse_config(name: str, values: Any, path: str | None = None) -> Config:
@@ -114,12 +134,15 @@ def parse_methods(value: str, flag: str = '--config.methods') -> list[str]:
   chosen = [m.strip() for m in str(value).split(',') if m.strip()]
   allowed = names() + sorted(groups())
   if not chosen:
-    raise ConfigError(f'{flag}={value!r}: give method names separated by commas, or "all"; '
-                      f'allowed: {", ".join(allowed)}.')
+    raise ConfigError(
+      f'{flag}={value!r}: give method names separated by commas, or "all"; '
+      f'allowed: {", ".join(allowed)}.'
+    )
   unknown = [m for m in chosen if m not in allowed]
   if unknown:
-    raise ConfigError(f'{flag}={value!r}: unknown method {unknown[0]!r}; allowed: all, '
-                      f'{", ".join(allowed)}.')
+    raise ConfigError(
+      f'{flag}={value!r}: unknown method {unknown[0]!r}; allowed: all, {", ".join(allowed)}.'
+    )
   if len(set(chosen)) != len(chosen):
     raise ConfigError(f'{flag}={value!r}: a method is listed twice.')
   return chosen

@@ -81,8 +81,16 @@ import optax
 from flax import nnx, traverse_util
 
 from jaxunlearn import losses
-from jaxunlearn.config import (Config, ConfigError, OptimizerConfig, choice, integer, nested,
-                               number, text)
+from jaxunlearn.config import (
+  Config,
+  ConfigError,
+  OptimizerConfig,
+  choice,
+  integer,
+  nested,
+  number,
+  text,
+)
 from jaxunlearn.data import preprocess
 from jaxunlearn.data.device import padded_chunks
 from jaxunlearn.loop import Program, StepKind
@@ -109,15 +117,20 @@ class RfaLoraConfig(Config):
   settings forget too much of it (8.38 against 1.68 at lr 3e-3). `experiments/tune.py` tunes lr
   and gamma together on other data.
   """
+
   epochs: int = integer(3, ge=1, doc='passes over D_r (each step also takes a D_f batch)')
   batch_size: int = integer(128, ge=1)
-  optimizer: OptimizerConfig = nested(lambda: OptimizerConfig(
-      name='adam', lr=9e-3, schedule='cosine', weight_decay=0.0))
+  optimizer: OptimizerConfig = nested(
+    lambda: OptimizerConfig(name='adam', lr=9e-3, schedule='cosine', weight_decay=0.0)
+  )
   gamma: float = number(0.3, ge=0, doc='weight of the D_f terms against the D_r terms')
   rank: int = integer(8, ge=1)
   alpha: float = number(8.0, gt=0, doc='the branch scale is alpha / rank')
-  targets: str = text('default', doc="layers with a branch: 'default' (per model), a preset "
-                      'name (all, attention_qv, attention, attention_mlp) or a regex')
+  targets: str = text(
+    'default',
+    doc="layers with a branch: 'default' (per model), a preset "
+    'name (all, attention_qv, attention, attention_mlp) or a regex',
+  )
   layers: str = text('blocks', doc="aligned features: 'blocks', 'last:K' or names")
   layer_weights: str = text('', doc='w_k per aligned layer, comma-separated; empty = 1 each')
   distance: str = choice('mse', DISTANCES)
@@ -126,10 +139,18 @@ class RfaLoraConfig(Config):
   form: str = choice('feature', FORMS)
 
   def constraints(self):
-    return (('layers', bool(re.fullmatch(r'blocks|last:[1-9]\d*|[\w.]+(,[\w.]+)*', self.layers)),
-             "must be 'blocks', 'last:K' (K >= 1) or feature names separated by commas"),
-            ('layer_weights', self.layer_weights == '' or _weights_ok(self.layer_weights),
-             'must be empty or numbers >= 0 separated by commas'))
+    return (
+      (
+        'layers',
+        bool(re.fullmatch(r'blocks|last:[1-9]\d*|[\w.]+(,[\w.]+)*', self.layers)),
+        "must be 'blocks', 'last:K' (K >= 1) or feature names separated by commas",
+      ),
+      (
+        'layer_weights',
+        self.layer_weights == '' or _weights_ok(self.layer_weights),
+        'must be empty or numbers >= 0 separated by commas',
+      ),
+    )
 
 
 def _weights_ok(value: str) -> bool:
@@ -151,23 +172,28 @@ def vit() -> RfaLoraConfig:
 
 # --- model-level pieces ---------------------------------------------------------------------------
 
-def student(ctx_fns: ModelFns, original: dict, cfg: RfaLoraConfig, model_name: str,
-            seed: int) -> tuple[ModelFns, dict]:
+
+def student(
+  ctx_fns: ModelFns, original: dict, cfg: RfaLoraConfig, model_name: str, seed: int
+) -> tuple[ModelFns, dict]:
   """The LoRA student of the original model: its ModelFns and initial variables (B = 0).
 
   Raises:
     ConfigError: `targets` selects no layer of the model.
   """
   module = ctx_fns.module(original)
-  spec = lora.default_lora_settings(model_name).targets if cfg.targets == 'default' else (
-      cfg.targets)
+  spec = (
+    lora.default_lora_settings(model_name).targets if cfg.targets == 'default' else (cfg.targets)
+  )
   try:
-    targets = lora.lora_targets(spec, module, model_name=model_name,
-                                config_key='method.rfa_lora.targets')
+    targets = lora.lora_targets(
+      spec, module, model_name=model_name, config_key='method.rfa_lora.targets'
+    )
   except ValueError as error:
     raise ConfigError(str(error)) from None
-  return lora.add_lora_variables(ctx_fns, original, rank=cfg.rank, alpha=cfg.alpha,
-                                 targets=targets, rngs=nnx.Rngs(seed))
+  return lora.add_lora_variables(
+    ctx_fns, original, rank=cfg.rank, alpha=cfg.alpha, targets=targets, rngs=nnx.Rngs(seed)
+  )
 
 
 def aligned_layers(feature_names: list[str], cfg: RfaLoraConfig) -> tuple[list[str], list[float]]:
@@ -180,30 +206,38 @@ def aligned_layers(feature_names: list[str], cfg: RfaLoraConfig) -> tuple[list[s
   if cfg.layers == 'blocks':
     names = blocks
   elif cfg.layers.startswith('last:'):
-    names = blocks[-int(cfg.layers.split(':')[1]):]
+    names = blocks[-int(cfg.layers.split(':')[1]) :]
   else:
     names = cfg.layers.split(',')
     unknown = [n for n in names if n not in feature_names]
     if unknown:
-      raise ConfigError(f'--config.method.rfa_lora.layers={cfg.layers!r}: the model has no layer '
-                        f'{unknown[0]!r}; its layers: {", ".join(feature_names)}.')
-  weights = [1.0] * len(names) if not cfg.layer_weights else [
-      float(w) for w in cfg.layer_weights.split(',')]
+      raise ConfigError(
+        f'--config.method.rfa_lora.layers={cfg.layers!r}: the model has no layer '
+        f'{unknown[0]!r}; its layers: {", ".join(feature_names)}.'
+      )
+  weights = (
+    [1.0] * len(names)
+    if not cfg.layer_weights
+    else [float(w) for w in cfg.layer_weights.split(',')]
+  )
   if len(weights) != len(names):
-    raise ConfigError(f'--config.method.rfa_lora.layer_weights={cfg.layer_weights!r}: give one '
-                      f'weight per aligned layer ({len(names)}: {", ".join(names)}).')
+    raise ConfigError(
+      f'--config.method.rfa_lora.layer_weights={cfg.layer_weights!r}: give one '
+      f'weight per aligned layer ({len(names)}: {", ".join(names)}).'
+    )
   return names, weights
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Settings:
   """What one RFA-LoRA run fixes, derived by `build`."""
+
   cfg: RfaLoraConfig
   teacher_fns: ModelFns
   student_fns: ModelFns
-  base_paths: dict          # student param path (tuple) -> teacher param path: the frozen base
-  layers: tuple             # aligned feature names (feature form)
-  weights: tuple            # their w_k
+  base_paths: dict  # student param path (tuple) -> teacher param path: the frozen base
+  layers: tuple  # aligned feature names (feature form)
+  weights: tuple  # their w_k
   tx: Any
 
 
@@ -219,13 +253,20 @@ def student_params(s: Settings, adapters: dict, teacher_params: dict) -> dict:
 def apply_student(s: Settings, adapters: dict, teacher: dict, images):
   """The student's logits, features and (per adapted layer) branch and base outputs, in eval
   mode with the teacher's BatchNorm statistics."""
-  variables = {'params': student_params(s, adapters, teacher['params']),
-               'batch_stats': teacher['batch_stats']}
+  variables = {
+    'params': student_params(s, adapters, teacher['params']),
+    'batch_stats': teacher['batch_stats'],
+  }
   model = s.student_fns.module(variables)
   (logits, features), captured = nnx.capture(model, nnx.Intermediate)(
-      images, train=False, return_features=True)
-  return logits, features, lora.lora_residuals(captured), lora.lora_residuals(
-      captured, lora.BASE_OUTPUT_NAME)
+    images, train=False, return_features=True
+  )
+  return (
+    logits,
+    features,
+    lora.lora_residuals(captured),
+    lora.lora_residuals(captured, lora.BASE_OUTPUT_NAME),
+  )
 
 
 def distance(a, b, weight, kind: str) -> jax.Array:
@@ -256,37 +297,52 @@ def alignment_loss(s: Settings, adapters: dict, batch: dict, constants: dict):
   """The loss of one D_r ('remain') and one D_f ('forget') batch, and its parts."""
   cfg, teacher = s.cfg, constants['teacher']
   remain, forget = batch['remain'], batch['forget']
-  t_logits, t_features = s.teacher_fns.apply(teacher, remain['image'], train=False,
-                                             return_features=True)[0]
+  t_logits, t_features = s.teacher_fns.apply(
+    teacher, remain['image'], train=False, return_features=True
+  )[0]
   t_logits, t_features = jax.lax.stop_gradient((t_logits, t_features))
   r_logits, r_features, r_branch, _ = apply_student(s, adapters, teacher, remain['image'])
   f_logits, f_features, f_branch, f_base = apply_student(s, adapters, teacher, forget['image'])
   means = constants['means']
   parts = {}
   if cfg.form == 'feature':
-    remain_term = sum(w * distance(r_features[k], t_features[k], remain['weight'], cfg.distance)
-                      for k, w in zip(s.layers, s.weights))
-    forget_term = sum(w * distance(f_features[k], means['features'][k], forget['weight'],
-                                   cfg.distance) for k, w in zip(s.layers, s.weights))
+    remain_term = sum(
+      w * distance(r_features[k], t_features[k], remain['weight'], cfg.distance)
+      for k, w in zip(s.layers, s.weights)
+    )
+    forget_term = sum(
+      w * distance(f_features[k], means['features'][k], forget['weight'], cfg.distance)
+      for k, w in zip(s.layers, s.weights)
+    )
   else:
-    remain_term = sum(distance(r, jnp.zeros_like(r), remain['weight'], cfg.distance)
-                      for r in r_branch.values())
-    forget_term = sum(distance(f_branch[k], means['base_outputs'][k][None] - f_base[k],
-                               forget['weight'], cfg.distance) for k in f_branch)
+    remain_term = sum(
+      distance(r, jnp.zeros_like(r), remain['weight'], cfg.distance) for r in r_branch.values()
+    )
+    forget_term = sum(
+      distance(
+        f_branch[k], means['base_outputs'][k][None] - f_base[k], forget['weight'], cfg.distance
+      )
+      for k in f_branch
+    )
   if cfg.output_target == 'logits':
     remain_target, forget_target = t_logits, means['logits']
   else:
     remain_target, forget_target = jax.nn.softmax(t_logits), means['probabilities']
   remain_out = output_distance(r_logits, remain_target, remain['weight'], cfg.output_target)
   forget_out = output_distance(f_logits, forget_target, forget['weight'], cfg.output_target)
-  loss = (remain_term + cfg.gamma * forget_term
-          + cfg.output_weight * (remain_out + cfg.gamma * forget_out))
-  parts.update(remain_align=remain_term, forget_align=forget_term, remain_out=remain_out,
-               forget_out=forget_out,
-               forget_accuracy=losses.weighted_accuracy(f_logits, forget['label'],
-                                                        forget['weight']),
-               remain_accuracy=losses.weighted_accuracy(r_logits, remain['label'],
-                                                        remain['weight']))
+  loss = (
+    remain_term
+    + cfg.gamma * forget_term
+    + cfg.output_weight * (remain_out + cfg.gamma * forget_out)
+  )
+  parts.update(
+    remain_align=remain_term,
+    forget_align=forget_term,
+    remain_out=remain_out,
+    forget_out=forget_out,
+    forget_accuracy=losses.weighted_accuracy(f_logits, forget['label'], forget['weight']),
+    remain_accuracy=losses.weighted_accuracy(r_logits, remain['label'], remain['weight']),
+  )
   return loss, parts
 
 
@@ -294,10 +350,12 @@ def step(s: Settings, state: TrainState, batch: dict, key, constants: dict):
   """One descent of `alignment_loss` on the LoRA weights (the only state)."""
   del key
   (loss, parts), grads = jax.value_and_grad(
-      lambda a: alignment_loss(s, a, batch, constants), has_aux=True)(state.params)
+    lambda a: alignment_loss(s, a, batch, constants), has_aux=True
+  )(state.params)
   updates, opt_state = s.tx.update(grads, state.opt_state['lora'], state.params)
-  return state.replace(params=optax.apply_updates(state.params, updates),
-                       opt_state={'lora': opt_state}), {'loss': loss, **parts}
+  return state.replace(
+    params=optax.apply_updates(state.params, updates), opt_state={'lora': opt_state}
+  ), {'loss': loss, **parts}
 
 
 def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
@@ -307,14 +365,16 @@ def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
   batch on CPU, one `lax.scan` elsewhere (as `base.gradient_statistic`)."""
   teacher = ctx.original
   positions, weights = padded_chunks(ctx.data.sources['retain'], ctx.batch_size)
-  keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), MEANS_KEY),
-                          len(positions))
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), MEANS_KEY), len(positions))
 
   def sums(images_all, pos, w, key):
     images = preprocess(jnp.take(images_all, pos, axis=0), ctx.data.info, train=True, key=key)
     logits, features = s.teacher_fns.apply(teacher, images, train=False, return_features=True)[0]
-    out = {'logits': logits, 'probabilities': jax.nn.softmax(logits),
-           'features': {k: features[k] for k in s.layers}}
+    out = {
+      'logits': logits,
+      'probabilities': jax.nn.softmax(logits),
+      'features': {k: features[k] for k in s.layers},
+    }
     if s.cfg.form == 'branch':
       out['base_outputs'] = apply_student(s, adapters, teacher, images)[3]
     return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), out)
@@ -326,10 +386,12 @@ def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
     for pos, w, key in zip(positions, weights, keys):
       total = accumulate(total, ctx.data.images, pos, w, key)
   else:
+
     @jax.jit
     def sweep(images, positions, weights, keys):
       body = lambda t, xs: (jax.tree.map(jnp.add, t, sums(images, *xs)), None)
       return jax.lax.scan(body, total, (positions, weights, keys))[0]
+
     total = sweep(ctx.data.images, positions, weights, keys)
   return jax.tree.map(lambda t: t / ctx.num_retain, total)
 
@@ -353,8 +415,9 @@ def forgotten_classes(ctx: UnlearnContext) -> list[int]:
   return [int(c) for c in np.flatnonzero((forgotten == everywhere) & (everywhere > 0))]
 
 
-def target_ranks(s: Settings, teacher: dict, means: dict, classes: list[int],
-                 image_shape: tuple) -> dict[str, dict[int, int]]:
+def target_ranks(
+  s: Settings, teacher: dict, means: dict, classes: list[int], image_shape: tuple
+) -> dict[str, dict[int, int]]:
   """Where each forgotten class ranks under each D_f target, before any training.
 
   For the output target, the rank of the class in zbar (mean logits or mean probabilities, as
@@ -370,14 +433,15 @@ def target_ranks(s: Settings, teacher: dict, means: dict, classes: list[int],
   ranks = {'output': {c: class_rank(zbar, c) for c in classes}}
   probe = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   for layer in s.layers:
-    logits = s.teacher_fns.apply(teacher, probe, train=False,
-                                 replace_features={layer: means['features'][layer]})[0]
+    logits = s.teacher_fns.apply(
+      teacher, probe, train=False, replace_features={layer: means['features'][layer]}
+    )[0]
     logits = np.asarray(logits)[0]
     ranks[layer] = {c: class_rank(logits, c) for c in classes}
   return ranks
 
 
-_REPORTED = set()   # the diagnostic lines already printed by this process
+_REPORTED = set()  # the diagnostic lines already printed by this process
 
 
 def report_ranks(ranks: dict[str, dict[int, int]], num_classes: int, output_target: str) -> dict:
@@ -392,53 +456,67 @@ def report_ranks(ranks: dict[str, dict[int, int]], num_classes: int, output_targ
   if not ranks['output']:
     return {}
   names = {'output': f'output ({output_target})'}
-  lines = [f'[rfa_lora] D_f targets: rank of each forgotten class among {num_classes} '
-           '(last = what forgetting needs): ' + '; '.join(
-               f'{names.get(t, t)} ' + ', '.join(f'class {c}: {r}' for c, r in per.items())
-               for t, per in ranks.items())]
+  lines = [
+    f'[rfa_lora] D_f targets: rank of each forgotten class among {num_classes} '
+    '(last = what forgetting needs): '
+    + '; '.join(
+      f'{names.get(t, t)} ' + ', '.join(f'class {c}: {r}' for c, r in per.items())
+      for t, per in ranks.items()
+    )
+  ]
   short = {c: r for c, r in ranks['output'].items() if r < num_classes}
   if short:
-    lines.append(f'warning: rfa_lora: the output target ({output_target}) does not put every '
-                 'forgotten class last (' + ', '.join(
-                     f'class {c}: rank {r} of {num_classes}' for c, r in short.items())
-                 + '); moving D_f towards it can keep the class recognised.')
+    lines.append(
+      f'warning: rfa_lora: the output target ({output_target}) does not put every '
+      'forgotten class last ('
+      + ', '.join(f'class {c}: rank {r} of {num_classes}' for c, r in short.items())
+      + '); moving D_f towards it can keep the class recognised.'
+    )
   for line in lines:
     if line not in _REPORTED:
       _REPORTED.add(line)
       print(line, flush=True)
-  return {f'target_rank/{t}/class{c}': float(r) for t, per in ranks.items()
-          for c, r in per.items()}
+  return {f'target_rank/{t}/class{c}': float(r) for t, per in ranks.items() for c, r in per.items()}
 
 
 def feature_names(model_fns: ModelFns, variables: dict, image_shape: tuple) -> list[str]:
   """The names of the features the model returns, shallow to deep."""
-  probe = jax.eval_shape(lambda v: model_fns.apply(v, jnp.zeros((1,) + tuple(image_shape)),
-                                                   train=False, return_features=True)[0][1],
-                         variables)
+  probe = jax.eval_shape(
+    lambda v: model_fns.apply(
+      v, jnp.zeros((1,) + tuple(image_shape)), train=False, return_features=True
+    )[0][1],
+    variables,
+  )
   return list(probe)
 
 
-def check(cfg: RfaLoraConfig, model_fns: ModelFns, variables: dict, model_name: str,
-          image_shape: tuple) -> None:
+def check(
+  cfg: RfaLoraConfig, model_fns: ModelFns, variables: dict, model_name: str, image_shape: tuple
+) -> None:
   """The checks that need the model, run before any training: `targets` selects a layer, every
   aligned layer exists, one weight per aligned layer (each a one-line `ConfigError`)."""
   student(model_fns, variables, cfg, model_name, 0)
   aligned_layers(feature_names(model_fns, variables, image_shape), cfg)
 
 
-@register('rfa_lora', config=RfaLoraConfig,
-          title='RFA-LoRA (Qin et al., arXiv 2411.08443)',
-          summary='LoRA on a frozen base; features aligned to the teacher on D_r and to its mean '
-          'D_r features on D_f; merged into the base at the end',
-          presets={'cifar10_resnet18': resnet18, 'resnet18': resnet18, 'vit': vit}, check=check,
-          tune=('optimizer.lr', 'gamma'))
+@register(
+  'rfa_lora',
+  config=RfaLoraConfig,
+  title='RFA-LoRA (Qin et al., arXiv 2411.08443)',
+  summary='LoRA on a frozen base; features aligned to the teacher on D_r and to its mean '
+  'D_r features on D_f; merged into the base at the end',
+  presets={'cifar10_resnet18': resnet18, 'resnet18': resnet18, 'vit': vit},
+  check=check,
+  tune=('optimizer.lr', 'gamma'),
+)
 def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
   model_name = ctx.model_name
   student_fns, student_vars = student(ctx.model_fns, ctx.original, cfg, model_name, ctx.seed)
   types = traverse_util.flatten_dict(student_fns.param_types)
   flat = traverse_util.flatten_dict(student_vars['params'])
   adapters = traverse_util.unflatten_dict(
-      {p: v for p, v in flat.items() if issubclass(types[p], nnx.LoRAParam)})
+    {p: v for p, v in flat.items() if issubclass(types[p], nnx.LoRAParam)}
+  )
   teacher_flat = traverse_util.flatten_dict(ctx.original['params'])
   base_paths = {}
   for path in flat:
@@ -447,28 +525,52 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
       assert teacher_flat[base].shape == flat[path].shape, path
       base_paths[path] = base
   names, weights = aligned_layers(
-      feature_names(ctx.model_fns, ctx.original, ctx.data.info.image_shape), cfg)
+    feature_names(ctx.model_fns, ctx.original, ctx.data.info.image_shape), cfg
+  )
   steps = cfg.epochs * ctx.steps_per_epoch('retain')
   tx = make_optimizer(cfg.optimizer, steps)
-  s = Settings(cfg=cfg, teacher_fns=ctx.model_fns, student_fns=student_fns,
-               base_paths=base_paths, layers=tuple(names), weights=tuple(weights), tx=tx)
+  s = Settings(
+    cfg=cfg,
+    teacher_fns=ctx.model_fns,
+    student_fns=student_fns,
+    base_paths=base_paths,
+    layers=tuple(names),
+    weights=tuple(weights),
+    tx=tx,
+  )
   means = teacher_means(s, ctx, adapters)
   constants = {'teacher': ctx.original, 'means': means}
   diagnostic = report_ranks(
-      target_ranks(s, ctx.original, means, forgotten_classes(ctx), ctx.data.info.image_shape),
-      ctx.num_classes, cfg.output_target)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=adapters, batch_stats={},
-                     opt_state={'lora': tx.init(adapters)})
-  kind = StepKind(lambda state, batch, key, constants: step(s, state, batch, key, constants),
-                  {'remain': 'retain', 'forget': 'forget'})
+    target_ranks(s, ctx.original, means, forgotten_classes(ctx), ctx.data.info.image_shape),
+    ctx.num_classes,
+    cfg.output_target,
+  )
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=adapters,
+    batch_stats={},
+    opt_state={'lora': tx.init(adapters)},
+  )
+  kind = StepKind(
+    lambda state, batch, key, constants: step(s, state, batch, key, constants),
+    {'remain': 'retain', 'forget': 'forget'},
+  )
 
   def finalize(final: TrainState) -> dict:
-    return lora.merge_lora_variables(student_fns, {
+    return lora.merge_lora_variables(
+      student_fns,
+      {
         'params': student_params(s, jax.device_get(final.params), ctx.original['params']),
-        'batch_stats': ctx.original['batch_stats']})
+        'batch_stats': ctx.original['batch_stats'],
+      },
+    )
 
   adapter_size = sum(np.size(x) for x in jax.tree.leaves(adapters))
   total_size = adapter_size + sum(np.size(x) for x in jax.tree.leaves(ctx.original['params']))
-  return Plan(Program({'align': kind}, ['align'] * steps, ctx.batch_size), state, constants,
-              finalize=finalize,
-              info={'trainable_fraction': adapter_size / total_size, **diagnostic})
+  return Plan(
+    Program({'align': kind}, ['align'] * steps, ctx.batch_size),
+    state,
+    constants,
+    finalize=finalize,
+    info={'trainable_fraction': adapter_size / total_size, **diagnostic},
+  )

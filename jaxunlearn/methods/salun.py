@@ -21,6 +21,7 @@ from jaxunlearn.methods.registry import register
 @dataclasses.dataclass(frozen=True)
 class SalunConfig(EpochMethodConfig):
   """RL's settings plus the share of weights that may move."""
+
   epochs: int = integer(3, ge=1)
   optimizer: OptimizerConfig = nested(lambda: sgd(0.01))
   mask_fraction: float = number(0.5, gt=0, le=1, doc='share of weights updated (the salient ones)')
@@ -34,15 +35,21 @@ def cifar10_resnet18() -> SalunConfig:
 
 def saliency_mask(ctx: UnlearnContext, fraction: float):
   """The top `fraction` of weights by |mean D_f gradient| at the original weights."""
-  grads = gradient_statistic(ctx.model_fns, ctx.original, ctx.data, 'forget', ctx.batch_size,
-                             'mean_gradient')
+  grads = gradient_statistic(
+    ctx.model_fns, ctx.original, ctx.data, 'forget', ctx.batch_size, 'mean_gradient'
+  )
   return top_fraction_mask(jax.tree.map(jnp.abs, grads), fraction)
 
 
-@register('salun', config=SalunConfig, title='SalUn (Fan et al., ICLR 2024)',
-          summary='RL on the top-k% salient weights; the mask multiplies the final update, so '
-          'masked weights never move', presets={'cifar10_resnet18': cifar10_resnet18},
-          tune=('optimizer.lr', 'mask_fraction'))
+@register(
+  'salun',
+  config=SalunConfig,
+  title='SalUn (Fan et al., ICLR 2024)',
+  summary='RL on the top-k% salient weights; the mask multiplies the final update, so '
+  'masked weights never move',
+  presets={'cifar10_resnet18': cifar10_resnet18},
+  tune=('optimizer.lr', 'mask_fraction'),
+)
 def build(ctx: UnlearnContext, cfg: SalunConfig) -> Plan:
   plan = random_label.plan(ctx, cfg, saliency_mask=saliency_mask(ctx, float(cfg.mask_fraction)))
   return plan._replace(info={'trainable_fraction': float(cfg.mask_fraction)})

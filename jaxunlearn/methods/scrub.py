@@ -13,8 +13,15 @@ import dataclasses
 import jax
 
 from jaxunlearn import losses
-from jaxunlearn.config import (EpochMethodConfig, OptimizerConfig, integer, integers, nested,
-                               number, sgd)
+from jaxunlearn.config import (
+  EpochMethodConfig,
+  OptimizerConfig,
+  integer,
+  integers,
+  nested,
+  number,
+  sgd,
+)
 from jaxunlearn.loop import Program, StepKind
 from jaxunlearn.methods.base import Plan, UnlearnContext, forward, gradient_step
 from jaxunlearn.methods.registry import register
@@ -27,8 +34,12 @@ class ScrubConfig(EpochMethodConfig):
   """mnist5k defaults: the small-scale reference values (Adam lr 5e-4, alpha 0.5, gamma 1, T 2,
   msteps 3) over 5 epochs; its weight decay (0.1 in one notebook) is the 5e-4 of every other
   method."""
-  optimizer: OptimizerConfig = nested(lambda: OptimizerConfig(
-      name='adam', lr=5e-4, schedule='constant', momentum=0.9, weight_decay=5e-4))
+
+  optimizer: OptimizerConfig = nested(
+    lambda: OptimizerConfig(
+      name='adam', lr=5e-4, schedule='constant', momentum=0.9, weight_decay=5e-4
+    )
+  )
   msteps: int = integer(3, ge=0, doc='epochs with a max pass over D_f')
   alpha: float = number(0.5, ge=0, doc='weight of the KL term on D_r')
   gamma: float = number(1.0, ge=0, doc='weight of the CE term on D_r')
@@ -42,8 +53,15 @@ class ScrubConfig(EpochMethodConfig):
 def cifar10_resnet18() -> ScrubConfig:
   """The large-scale values of SCRUB's reference notebooks: SGD momentum 0.9, lr 5e-4, wd 5e-4,
   alpha 0.001, gamma 0.99, T 4, msteps 2, 3 epochs."""
-  return ScrubConfig(epochs=3, optimizer=sgd(5e-4), msteps=2, alpha=0.001, gamma=0.99,
-                     temperature=4.0, lr_decay_epochs=(2,))
+  return ScrubConfig(
+    epochs=3,
+    optimizer=sgd(5e-4),
+    msteps=2,
+    alpha=0.001,
+    gamma=0.99,
+    temperature=4.0,
+    lr_decay_epochs=(2,),
+  )
 
 
 def schedule(epochs: int, msteps: int, forget_steps: int, retain_steps: int) -> list[str]:
@@ -55,25 +73,32 @@ def schedule(epochs: int, msteps: int, forget_steps: int, retain_steps: int) -> 
   return kinds
 
 
-@register('scrub', config=ScrubConfig, title='SCRUB (Kurmanji et al., NeurIPS 2023)',
-          summary='alternating max (D_f) / min (D_r) passes against the teacher',
-          presets={'cifar10_resnet18': cifar10_resnet18}, tune=('optimizer.lr', 'msteps'))
+@register(
+  'scrub',
+  config=ScrubConfig,
+  title='SCRUB (Kurmanji et al., NeurIPS 2023)',
+  summary='alternating max (D_f) / min (D_r) passes against the teacher',
+  presets={'cifar10_resnet18': cifar10_resnet18},
+  tune=('optimizer.lr', 'msteps'),
+)
 def build(ctx: UnlearnContext, cfg: ScrubConfig) -> Plan:
   forget_steps, retain_steps = ctx.steps_per_epoch('forget'), ctx.steps_per_epoch('retain')
   kinds = schedule(cfg.epochs, cfg.msteps, forget_steps, retain_steps)
   # Optimiser step counts at which the per-epoch learning-rate decays happen.
-  decay_steps = tuple(len(schedule(e - 1, cfg.msteps, forget_steps, retain_steps))
-                      for e in cfg.lr_decay_epochs)
-  tx = make_optimizer(cfg.optimizer.replace(schedule='step', lr_decay_steps=decay_steps),
-                      len(kinds))
+  decay_steps = tuple(
+    len(schedule(e - 1, cfg.msteps, forget_steps, retain_steps)) for e in cfg.lr_decay_epochs
+  )
+  tx = make_optimizer(
+    cfg.optimizer.replace(schedule='step', lr_decay_steps=decay_steps), len(kinds)
+  )
   fns, temperature = ctx.model_fns, float(cfg.temperature)
 
   def kl_to_teacher(params, state, data, constants):
     teacher, _ = fns.apply(constants['teacher'], data['image'], train=False)
     logits, batch_stats = forward(fns, params, state, data['image'])
     kl = losses.weighted_mean(
-        losses.distillation_kl(jax.lax.stop_gradient(teacher), logits, temperature),
-        data['weight'])
+      losses.distillation_kl(jax.lax.stop_gradient(teacher), logits, temperature), data['weight']
+    )
     return kl, logits, batch_stats
 
   def max_loss(params, state, batch, key, constants):
@@ -88,7 +113,12 @@ def build(ctx: UnlearnContext, cfg: ScrubConfig) -> Plan:
     ce = losses.weighted_cross_entropy(logits, data['label'], data['weight'])
     return cfg.gamma * ce + cfg.alpha * kl, (batch_stats, {'remain_kl': kl, 'remain_ce': ce})
 
-  program = Program({'max': StepKind(gradient_step(max_loss, tx), {'forget': 'forget'}),
-                     'min': StepKind(gradient_step(min_loss, tx), {'remain': 'retain'})},
-                    kinds, ctx.batch_size)
+  program = Program(
+    {
+      'max': StepKind(gradient_step(max_loss, tx), {'forget': 'forget'}),
+      'min': StepKind(gradient_step(min_loss, tx), {'remain': 'retain'}),
+    },
+    kinds,
+    ctx.batch_size,
+  )
   return Plan(program, create_state(ctx.original, {'main': tx}), {'teacher': ctx.original})

@@ -71,8 +71,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxunlearn import losses
-from jaxunlearn.config import (Config, OptimizerConfig, choice, flag, integer, nested, number,
-                               sgd)
+from jaxunlearn.config import Config, OptimizerConfig, choice, flag, integer, nested, number, sgd
 from jaxunlearn.data import preprocess
 from jaxunlearn.data.device import padded_chunks
 from jaxunlearn.loop import Program, StepKind
@@ -87,8 +86,8 @@ FADES = ('cosine', 'linear', 'constant')
 NORMALISATIONS = ('batch', 'forget_set')
 MASK_TARGETS = ('gradient', 'update')
 INNER_LOOPS = ('auto', 'rolled', 'unrolled')
-LOSS_EPS = 1e-15          # added to l^lambda, as in the official code
-TORCH_CLIP_EPS = 1e-6     # torch.nn.utils.clip_grad_norm_ adds it to the norm
+LOSS_EPS = 1e-15  # added to l^lambda, as in the official code
+TORCH_CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_ adds it to the norm
 ABLATION_ELEMENTS = ('saliency', 'adaptive_weights', 'r_on')
 
 
@@ -99,6 +98,7 @@ def _cosine_sgd() -> OptimizerConfig:
 @dataclasses.dataclass(frozen=True)
 class SfronConfig(Config):
   """SFR-on's settings; the defaults are the paper's elements sized for mnist5k (`mnist5k`)."""
+
   iterations: int = integer(300, ge=1)
   batch_size: int = integer(128, ge=1)
   forget_every: int = integer(5, ge=1, doc='a forget update on every k-th iteration')
@@ -108,8 +108,9 @@ class SfronConfig(Config):
   shared_optimizer: bool = flag(False, doc='one optimiser state for forget and remain (code)')
   forget_scale: float = number(1e7, ge=0, doc='forget-loss scale at t = 0')
   forget_fade: str = choice('linear', FADES)
-  forget_clip: float = number(7.0, ge=0, doc="PyTorch-formula clip of the forget gradient; 0 = "
-                              'none')
+  forget_clip: float = number(
+    7.0, ge=0, doc='PyTorch-formula clip of the forget gradient; 0 = none'
+  )
   saliency: bool = flag(True, doc='S: the saliency mask')
   saliency_estimator: str = choice('empirical_fisher', fisher.ESTIMATORS)
   saliency_threshold: str = choice('ratio', fisher.THRESHOLDS)
@@ -127,8 +128,13 @@ class SfronConfig(Config):
   inner_loop: str = choice('auto', INNER_LOOPS)
 
   def constraints(self):
-    return (('remain_steps', self.remain_steps > 0 or self.forget_every == 1,
-             'must be >= 1 unless forget_every = 1 (an iteration must do something)'),)
+    return (
+      (
+        'remain_steps',
+        self.remain_steps > 0 or self.forget_every == 1,
+        'must be >= 1 unless forget_every = 1 (an iteration must do something)',
+      ),
+    )
 
 
 def official() -> SfronConfig:
@@ -138,9 +144,17 @@ def official() -> SfronConfig:
   iterations, momentum 0.9, wd 5e-4), weights normalised per batch with lambda = 0.5, forget scale
   25 with a cosine decay to 0, a forget batch every 5th iteration, 1500 iterations of batch 128,
   slow coefficient 1 (an identity)."""
-  return SfronConfig(iterations=1500, forget_every=5, shared_optimizer=True, forget_scale=25.0,
-                     forget_fade='cosine', saliency_estimator='batch_fisher', mask_on='gradient',
-                     weight_normalisation='batch', slow_rate=1.0)
+  return SfronConfig(
+    iterations=1500,
+    forget_every=5,
+    shared_optimizer=True,
+    forget_scale=25.0,
+    forget_fade='cosine',
+    saliency_estimator='batch_fisher',
+    mask_on='gradient',
+    weight_normalisation='batch',
+    slow_rate=1.0,
+  )
 
 
 def paper() -> SfronConfig:
@@ -151,19 +165,30 @@ def paper() -> SfronConfig:
   code's 1 makes the slow step an identity); 0.5 is our choice (Lookahead's usual value). Nor does
   it give a forget step size beyond the fast learning rate: the forget scale and clip stay the
   code's."""
-  return official().replace(forget_every=1, shared_optimizer=False, forget_fade='linear',
-                            saliency_estimator='empirical_fisher', mask_on='update',
-                            weight_normalisation='forget_set', slow_rate=0.5)
+  return official().replace(
+    forget_every=1,
+    shared_optimizer=False,
+    forget_fade='linear',
+    saliency_estimator='empirical_fisher',
+    mask_on='update',
+    weight_normalisation='forget_set',
+    slow_rate=0.5,
+  )
 
 
 def swin_tinyimagenet() -> SfronConfig:
   """The official code's commented Swin-T / TinyImageNet 10% values: AdamW lr 2e-5, wd 0.05, 500
   iterations, a forget batch every iteration, forget scale 500, lambda 0.6 (other settings as
   `official`)."""
-  adamw = OptimizerConfig(name='adamw', lr=2e-5, schedule='cosine', momentum=0.9,
-                          weight_decay=0.05)
-  return official().replace(optimizer=adamw, forget_optimizer=adamw, iterations=500,
-                            forget_every=1, forget_scale=500.0, weight_lambda=0.6)
+  adamw = OptimizerConfig(name='adamw', lr=2e-5, schedule='cosine', momentum=0.9, weight_decay=0.05)
+  return official().replace(
+    optimizer=adamw,
+    forget_optimizer=adamw,
+    iterations=500,
+    forget_every=1,
+    forget_scale=500.0,
+    weight_lambda=0.6,
+  )
 
 
 def mnist5k() -> SfronConfig:
@@ -198,19 +223,23 @@ def variants(cfg: SfronConfig) -> dict[str, SfronConfig]:
   steps per iteration, or twice the iterations (more remain descent, for the utility that the
   forget steps cost); and the official code's whole formulation (`official`) at `cfg`'s size."""
   out = {
-      'sfron-batch_fisher': cfg.replace(saliency_estimator='batch_fisher'),
-      'sfron-quantile50': cfg.replace(saliency_threshold='quantile', saliency_fraction=0.5),
-      'sfron-forget_every1': cfg.replace(forget_every=1),
-      'sfron-remain2': cfg.replace(remain_steps=2),
-      'sfron-iter600': cfg.replace(iterations=2 * cfg.iterations),
+    'sfron-batch_fisher': cfg.replace(saliency_estimator='batch_fisher'),
+    'sfron-quantile50': cfg.replace(saliency_threshold='quantile', saliency_fraction=0.5),
+    'sfron-forget_every1': cfg.replace(forget_every=1),
+    'sfron-remain2': cfg.replace(remain_steps=2),
+    'sfron-iter600': cfg.replace(iterations=2 * cfg.iterations),
   }
   out['sfron-official'] = official().replace(
-      iterations=cfg.iterations, forget_every=cfg.forget_every, forget_scale=cfg.forget_scale,
-      mask_cache=cfg.mask_cache)
+    iterations=cfg.iterations,
+    forget_every=cfg.forget_every,
+    forget_scale=cfg.forget_scale,
+    mask_cache=cfg.mask_cache,
+  )
   return out
 
 
 # --- The pure pieces ----------------------------------------------------------------------------
+
 
 def fade(step, total_steps: int, schedule: str) -> jax.Array:
   """The forget-loss fade at iteration `step` of `total_steps`: 1 at t = 0, 0 at t = T.
@@ -232,7 +261,7 @@ def inverse_loss(per_example_loss, weight, lam: float) -> jax.Array:
   """c_i = weight_i / (l_i^lambda + 1e-15) of detached losses (0 on padding rows). CE is >= 0; it
   is clipped at 0 so that a rounding error below 0 cannot make a fractional power NaN."""
   loss = jnp.maximum(jax.lax.stop_gradient(per_example_loss), 0.0)
-  return weight / (loss ** lam + LOSS_EPS)
+  return weight / (loss**lam + LOSS_EPS)
 
 
 def sample_weights(per_example_loss, weight, lam: float, *, normaliser=None, count=None):
@@ -260,8 +289,9 @@ def slow_step(slow_params, fast_params, rate: float):
   """R-on's outer update ``theta_t - alpha (theta_t - theta_r)``, written as
   ``theta_r + (1 - alpha)(theta_t - theta_r)`` so that alpha = 1 returns theta_r bit for bit."""
   keep = jnp.float32(1.0 - float(rate))
-  return jax.tree.map(lambda slow, fast: fast + (keep * (slow - fast)).astype(fast.dtype),
-                      slow_params, fast_params)
+  return jax.tree.map(
+    lambda slow, fast: fast + (keep * (slow - fast)).astype(fast.dtype), slow_params, fast_params
+  )
 
 
 def schedule_kinds(iterations: int, forget_every: int, remain_steps: int) -> list[str]:
@@ -305,19 +335,20 @@ def unit_lr(opt_cfg: OptimizerConfig) -> optax.GradientTransformation:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Settings:
   """What one SFR-on run fixes, derived once by `build` and read by every piece of the step."""
+
   cfg: SfronConfig
   model_fns: ModelFns
-  info: Any                # the dataset's DatasetInfo (for preprocessing the D_f pass)
+  info: Any  # the dataset's DatasetInfo (for preprocessing the D_f pass)
   num_forget: int
   num_all: int
-  unrolled: bool           # the loops inside an iteration (`use_unrolled_loops`)
-  txs: dict                # optimiser name -> unit-rate optax transformation
-  forget_opt: str          # the optimiser of the forget update ('forget' or the shared 'main')
+  unrolled: bool  # the loops inside an iteration (`use_unrolled_loops`)
+  txs: dict  # optimiser name -> unit-rate optax transformation
+  forget_opt: str  # the optimiser of the forget update ('forget' or the shared 'main')
   remain_opt: str
   forget_lr: optax.Schedule
   remain_lr: optax.Schedule
   batch_sharding: Any
-  masked: bool             # a saliency mask is in the constants
+  masked: bool  # a saliency mask is in the constants
 
   @property
   def over_forget_set(self) -> bool:
@@ -340,23 +371,32 @@ def forget_set_inverse_losses(s: Settings, params, batch_stats, forget_set: dict
 
   def chunk(xs):
     images = jax.lax.with_sharding_constraint(xs['images'], s.batch_sharding)
-    logits, _ = s.model_fns.apply({'params': params, 'batch_stats': batch_stats},
-                                  preprocess(images, s.info, train=False, key=None), train=False)
+    logits, _ = s.model_fns.apply(
+      {'params': params, 'batch_stats': batch_stats},
+      preprocess(images, s.info, train=False, key=None),
+      train=False,
+    )
     return inverse_loss(losses.cross_entropy(logits, xs['labels']), xs['weight'], lam)
 
   chunks = {k: forget_set[k] for k in ('images', 'labels', 'weight')}
   if s.unrolled:
-    c = jnp.stack([chunk(jax.tree.map(lambda x, i=i: x[i], chunks))
-                   for i in range(forget_set['images'].shape[0])])
+    c = jnp.stack(
+      [
+        chunk(jax.tree.map(lambda x, i=i: x[i], chunks))
+        for i in range(forget_set['images'].shape[0])
+      ]
+    )
   else:
     c = jax.lax.map(chunk, chunks)
-  scattered = jnp.zeros((s.num_all,), jnp.float32).at[forget_set['positions'].ravel()].add(
-      c.ravel())
+  scattered = (
+    jnp.zeros((s.num_all,), jnp.float32).at[forget_set['positions'].ravel()].add(c.ravel())
+  )
   return scattered, jnp.sum(c)
 
 
-def forget_update(s: Settings, params, batch_stats, opt_states: dict, constants: dict, data: dict,
-                  t):
+def forget_update(
+  s: Settings, params, batch_stats, opt_states: dict, constants: dict, data: dict, t
+):
   """(F, S) The fast forget update of iteration `t` on the D_f batch `data`: ascent on
   ``s(t) mean_i eps_i l_i``, the gradient masked (and clipped), the update masked too where
   ``mask_on='update'``. Returns (params, batch_stats, opt_states, metrics)."""
@@ -369,8 +409,9 @@ def forget_update(s: Settings, params, batch_stats, opt_states: dict, constants:
     eps = jnp.take(c_all, data['position']) * weight * (s.num_forget / total)
 
   def loss_fn(p):
-    logits, new_stats = s.model_fns.apply({'params': p, 'batch_stats': batch_stats},
-                                          data['image'], train=True)
+    logits, new_stats = s.model_fns.apply(
+      {'params': p, 'batch_stats': batch_stats}, data['image'], train=True
+    )
     ce = losses.cross_entropy(logits, data['label'])
     if s.over_forget_set:
       w = eps
@@ -393,10 +434,13 @@ def forget_update(s: Settings, params, batch_stats, opt_states: dict, constants:
     updates = mask_updates(updates, constants['mask'])
   lr = s.forget_lr(t)
   params = jax.tree.map(lambda p, u: p + (lr * u).astype(p.dtype), params, updates)
-  metrics = {'forget_ce': losses.weighted_mean(ce, weight),
-             'forget_weighted_ce': weighted,
-             'forget_accuracy': losses.weighted_accuracy(logits, data['label'], weight),
-             'forget_grad_norm': grad_norm, 'forget_scale': scale}
+  metrics = {
+    'forget_ce': losses.weighted_mean(ce, weight),
+    'forget_weighted_ce': weighted,
+    'forget_accuracy': losses.weighted_accuracy(logits, data['label'], weight),
+    'forget_grad_norm': grad_norm,
+    'forget_scale': scale,
+  }
   return params, new_stats, opt_states, metrics
 
 
@@ -406,8 +450,9 @@ def remain_update(s: Settings, carry: tuple, data: dict, t):
   params, batch_stats, opt_states = carry
 
   def loss_fn(p):
-    logits, new_stats = s.model_fns.apply({'params': p, 'batch_stats': batch_stats},
-                                          data['image'], train=True)
+    logits, new_stats = s.model_fns.apply(
+      {'params': p, 'batch_stats': batch_stats}, data['image'], train=True
+    )
     ce = losses.weighted_cross_entropy(logits, data['label'], data['weight'])
     return ce, (new_stats, logits, ce)
 
@@ -416,8 +461,9 @@ def remain_update(s: Settings, carry: tuple, data: dict, t):
   lr = s.remain_lr(t)
   params = jax.tree.map(lambda p, u: p + (lr * u).astype(p.dtype), params, updates)
   return (params, new_stats, opt_states), {
-      'remain_ce': ce,
-      'remain_accuracy': losses.weighted_accuracy(logits, data['label'], data['weight'])}
+    'remain_ce': ce,
+    'remain_accuracy': losses.weighted_accuracy(logits, data['label'], data['weight']),
+  }
 
 
 def remain_updates(s: Settings, carry: tuple, batch: dict, t):
@@ -431,13 +477,15 @@ def remain_updates(s: Settings, carry: tuple, batch: dict, t):
     stacked_metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
   else:
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[batch[slot] for slot in s.slots])
-    carry, stacked_metrics = jax.lax.scan(lambda c, data: remain_update(s, c, data, t), carry,
-                                          stacked)
+    carry, stacked_metrics = jax.lax.scan(
+      lambda c, data: remain_update(s, c, data, t), carry, stacked
+    )
   return carry, jax.tree.map(jnp.mean, stacked_metrics)
 
 
-def iteration(s: Settings, state: TrainState, batch: dict, constants: dict, *,
-              with_forget: bool) -> tuple[TrainState, dict]:
+def iteration(
+  s: Settings, state: TrainState, batch: dict, constants: dict, *, with_forget: bool
+) -> tuple[TrainState, dict]:
   """One SFR-on iteration: the forget update (if `with_forget`), the remain updates from where it
   ended, then the slow step from the iteration's start (if R-on)."""
   t = state.step
@@ -445,10 +493,12 @@ def iteration(s: Settings, state: TrainState, batch: dict, constants: dict, *,
   metrics = {}
   if with_forget:
     params, batch_stats, opt_states, metrics = forget_update(
-        s, params, batch_stats, opt_states, constants, batch['forget'], t)
+      s, params, batch_stats, opt_states, constants, batch['forget'], t
+    )
   if s.slots:
     (params, batch_stats, opt_states), remain_metrics = remain_updates(
-        s, (params, batch_stats, opt_states), batch, t)
+      s, (params, batch_stats, opt_states), batch, t
+    )
     metrics.update(remain_metrics)
   if s.cfg.r_on:
     params = slow_step(state.params, params, s.cfg.slow_rate)
@@ -466,44 +516,71 @@ def make_settings(ctx: UnlearnContext, cfg: SfronConfig) -> Settings:
     txs = {'forget': unit_lr(cfg.forget_optimizer), 'remain': unit_lr(cfg.optimizer)}
     forget_opt, remain_opt = 'forget', 'remain'
     forget_lr = make_schedule(cfg.forget_optimizer, cfg.iterations)
-  return Settings(cfg=cfg, model_fns=ctx.model_fns, info=ctx.data.info,
-                  num_forget=ctx.num_forget, num_all=len(ctx.data.sources['all']),
-                  unrolled=use_unrolled_loops(cfg.inner_loop), txs=txs, forget_opt=forget_opt,
-                  remain_opt=remain_opt, forget_lr=forget_lr, remain_lr=remain_lr,
-                  batch_sharding=NamedSharding(ctx.mesh, PartitionSpec(DATA_AXIS)),
-                  masked=bool(cfg.saliency))
+  return Settings(
+    cfg=cfg,
+    model_fns=ctx.model_fns,
+    info=ctx.data.info,
+    num_forget=ctx.num_forget,
+    num_all=len(ctx.data.sources['all']),
+    unrolled=use_unrolled_loops(cfg.inner_loop),
+    txs=txs,
+    forget_opt=forget_opt,
+    remain_opt=remain_opt,
+    forget_lr=forget_lr,
+    remain_lr=remain_lr,
+    batch_sharding=NamedSharding(ctx.mesh, PartitionSpec(DATA_AXIS)),
+    masked=bool(cfg.saliency),
+  )
 
 
 def compute_mask(ctx: UnlearnContext, cfg: SfronConfig):
   """The saliency mask of `cfg` at the original weights (Fisher diagonals read from the context's
   cache directory when `cfg.mask_cache` and it holds them)."""
   cache_dir = ctx.cache_dir if cfg.mask_cache else ''
-  diagonals = [fisher.fisher_diagonal(ctx, source, cfg.saliency_estimator,
-                                      int(cfg.saliency_batch_size), cache_dir=cache_dir)
-               for source in ('forget', 'retain')]
-  return fisher.saliency_mask(*diagonals, threshold=cfg.saliency_threshold,
-                              gamma=float(cfg.saliency_gamma),
-                              fraction=float(cfg.saliency_fraction), eps=float(cfg.saliency_eps))
+  diagonals = [
+    fisher.fisher_diagonal(
+      ctx, source, cfg.saliency_estimator, int(cfg.saliency_batch_size), cache_dir=cache_dir
+    )
+    for source in ('forget', 'retain')
+  ]
+  return fisher.saliency_mask(
+    *diagonals,
+    threshold=cfg.saliency_threshold,
+    gamma=float(cfg.saliency_gamma),
+    fraction=float(cfg.saliency_fraction),
+    eps=float(cfg.saliency_eps),
+  )
 
 
 def forget_set_arrays(ctx: UnlearnContext) -> dict:
   """D_f's raw images, labels, 0/1 weights and positions in chunks of the batch size (the last one
   padded), for the per-step loss pass of the 'forget_set' normalisation (a run constant)."""
   positions, weight = padded_chunks(ctx.data.sources['forget'], ctx.batch_size)
-  return {'images': jnp.take(ctx.data.images, positions.ravel(), axis=0).reshape(
-              positions.shape + ctx.data.images.shape[1:]),
-          'labels': jnp.take(ctx.data.labels, positions.ravel(), axis=0).reshape(
-              positions.shape),
-          'weight': jnp.asarray(weight), 'positions': jnp.asarray(positions)}
+  return {
+    'images': jnp.take(ctx.data.images, positions.ravel(), axis=0).reshape(
+      positions.shape + ctx.data.images.shape[1:]
+    ),
+    'labels': jnp.take(ctx.data.labels, positions.ravel(), axis=0).reshape(positions.shape),
+    'weight': jnp.asarray(weight),
+    'positions': jnp.asarray(positions),
+  }
 
 
-@register('sfron', config=SfronConfig, title='SFR-on (Huang et al., NeurIPS 2024)',
-          summary='saliency mask from the Fisher-diagonal ratio, adaptive per-sample forget '
-          'weights, fast/slow (R-on) updates in one jitted step',
-          presets={'cifar10_resnet18': official, 'official': official, 'paper': paper,
-                   'swin_tinyimagenet': swin_tinyimagenet},
-          groups={'sfron_ablation': ablation_configs, 'sfron_variants': variants},
-          tune=('optimizer.lr', 'forget_optimizer.lr'))
+@register(
+  'sfron',
+  config=SfronConfig,
+  title='SFR-on (Huang et al., NeurIPS 2024)',
+  summary='saliency mask from the Fisher-diagonal ratio, adaptive per-sample forget '
+  'weights, fast/slow (R-on) updates in one jitted step',
+  presets={
+    'cifar10_resnet18': official,
+    'official': official,
+    'paper': paper,
+    'swin_tinyimagenet': swin_tinyimagenet,
+  },
+  groups={'sfron_ablation': ablation_configs, 'sfron_variants': variants},
+  tune=('optimizer.lr', 'forget_optimizer.lr'),
+)
 def build(ctx: UnlearnContext, cfg: SfronConfig) -> Plan:
   """SFR-on as a `Plan` of `cfg.iterations` iterations.
 
@@ -517,8 +594,10 @@ def build(ctx: UnlearnContext, cfg: SfronConfig) -> Plan:
   constants = {}
   if cfg.saliency:
     constants['mask'] = compute_mask(ctx, cfg)
-    logging.info('SFR-on saliency mask keeps %.2f%% of the weights',
-                 100 * fisher.mask_density(constants['mask']))
+    logging.info(
+      'SFR-on saliency mask keeps %.2f%% of the weights',
+      100 * fisher.mask_density(constants['mask']),
+    )
   if cfg.adaptive_weights and cfg.weight_normalisation == 'forget_set':
     constants['forget_set'] = forget_set_arrays(ctx)
   s = make_settings(ctx, cfg)
@@ -527,16 +606,22 @@ def build(ctx: UnlearnContext, cfg: SfronConfig) -> Plan:
     def step(state, batch, key, constants):
       del key
       return iteration(s, state, batch, constants, with_forget=with_forget)
+
     return step
 
   remain_sources = {slot: 'retain' for slot in s.slots}
   kinds = {'remain': StepKind(make_step(False), remain_sources)} if s.slots else {}
   kinds['forget_remain' if s.slots else 'forget'] = StepKind(
-      make_step(True), {'forget': 'forget', **remain_sources})
-  program = Program(kinds, schedule_kinds(cfg.iterations, cfg.forget_every, cfg.remain_steps),
-                    ctx.batch_size)
+    make_step(True), {'forget': 'forget', **remain_sources}
+  )
+  program = Program(
+    kinds, schedule_kinds(cfg.iterations, cfg.forget_every, cfg.remain_steps), ctx.batch_size
+  )
   params = ctx.original['params']
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=ctx.original['batch_stats'],
-                     opt_state={name: tx.init(params) for name, tx in s.txs.items()})
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=ctx.original['batch_stats'],
+    opt_state={name: tx.init(params) for name, tx in s.txs.items()},
+  )
   return Plan(program, state, constants)

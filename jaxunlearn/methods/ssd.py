@@ -43,15 +43,25 @@ class SsdConfig(Config):
   0.06; random 10%: 2.11). The paper's ResNet-18 values (lambda = 1, alpha = 10) are the
   'cifar10_resnet18' preset.
   """
+
   dampening_constant: float = number(0.1, gt=0, doc='lambda')
   selection_weighting: float = number(3.0, gt=0, doc='alpha: dampen where imp_f > alpha imp_D')
-  importance: str = choice('batch', tuple(IMPORTANCES), doc='squared batch-mean gradients '
-                           "('batch', the reference) or squared per-example gradients")
+  importance: str = choice(
+    'batch',
+    tuple(IMPORTANCES),
+    doc="squared batch-mean gradients ('batch', the reference) or squared per-example gradients",
+  )
   batch_size: int = integer(128, ge=1, doc='examples per importance batch')
 
 
-def dampen(params, importance_all, importance_forget, *, dampening_constant: float,
-           selection_weighting: float):
+def dampen(
+  params,
+  importance_all,
+  importance_forget,
+  *,
+  dampening_constant: float,
+  selection_weighting: float,
+):
   """SSD's update of every parameter leaf.
 
   Args:
@@ -77,9 +87,12 @@ def dampen(params, importance_all, importance_forget, *, dampening_constant: flo
 def importances(ctx: UnlearnContext, cfg: SsdConfig) -> dict:
   """imp_D and imp_f at the original weights."""
   statistic = IMPORTANCES[cfg.importance]
-  return {name: gradient_statistic(ctx.model_fns, ctx.original, ctx.data, source, cfg.batch_size,
-                                   statistic)
-          for name, source in (('all', 'all'), ('forget', 'forget'))}
+  return {
+    name: gradient_statistic(
+      ctx.model_fns, ctx.original, ctx.data, source, cfg.batch_size, statistic
+    )
+    for name, source in (('all', 'all'), ('forget', 'forget'))
+  }
 
 
 def cifar10_resnet18() -> SsdConfig:
@@ -87,24 +100,35 @@ def cifar10_resnet18() -> SsdConfig:
   return SsdConfig(dampening_constant=1.0, selection_weighting=10.0)
 
 
-@register('ssd', config=SsdConfig, title='SSD (Foster et al., AAAI 2024)',
-          summary='retrain-free: dampens weights far more important to D_f than to D; no '
-          'fine-tuning', presets={'cifar10_resnet18': cifar10_resnet18},
-          tune=('selection_weighting', 'dampening_constant'))
+@register(
+  'ssd',
+  config=SsdConfig,
+  title='SSD (Foster et al., AAAI 2024)',
+  summary='retrain-free: dampens weights far more important to D_f than to D; no fine-tuning',
+  presets={'cifar10_resnet18': cifar10_resnet18},
+  tune=('selection_weighting', 'dampening_constant'),
+)
 def build(ctx: UnlearnContext, cfg: SsdConfig) -> Plan:
 
   def step(state, batch, key, constants):
     del batch, key
-    params = dampen(state.params, constants['all'], constants['forget'],
-                    dampening_constant=cfg.dampening_constant,
-                    selection_weighting=cfg.selection_weighting)
+    params = dampen(
+      state.params,
+      constants['all'],
+      constants['forget'],
+      dampening_constant=cfg.dampening_constant,
+      selection_weighting=cfg.selection_weighting,
+    )
     return state.replace(params=params), {}
 
   program = Program({'dampen': StepKind(step, {})}, ['dampen'], cfg.batch_size)
   imps = importances(ctx, cfg)
-  selected = sum(float(jnp.sum(f > cfg.selection_weighting * d))
-                 for d, f in zip(jax.tree.leaves(imps['all']), jax.tree.leaves(imps['forget'])))
+  selected = sum(
+    float(jnp.sum(f > cfg.selection_weighting * d))
+    for d, f in zip(jax.tree.leaves(imps['all']), jax.tree.leaves(imps['forget']))
+  )
   size = sum(x.size for x in jax.tree.leaves(imps['all']))
   # No weight is trained; the share that SSD changes stands in for the trainable fraction.
-  return Plan(program, create_state(ctx.original, {}), imps,
-              info={'trainable_fraction': selected / size})
+  return Plan(
+    program, create_state(ctx.original, {}), imps, info={'trainable_fraction': selected / size}
+  )

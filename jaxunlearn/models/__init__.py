@@ -24,16 +24,16 @@ from jaxunlearn.models.resnet import BasicBlock, ResNet, resnet18
 from jaxunlearn.models.vit import ViT, vit_small, vit_tiny
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
-    'mlp': MLP,
-    'cnn': CNN,
-    'resnet18': resnet18,
-    'vit': ViT,
-    'vit_tiny': vit_tiny,
-    'vit_small': vit_small,
+  'mlp': MLP,
+  'cnn': CNN,
+  'resnet18': resnet18,
+  'vit': ViT,
+  'vit_tiny': vit_tiny,
+  'vit_small': vit_small,
 }
 
 _COMMON_ARGS = ('num_classes', 'input_shape', 'rngs')
-_DTYPED_LAYERS = (nnx.Conv, nnx.Linear, nnx.BatchNorm, nnx.LayerNorm)   # every layer of the zoo
+_DTYPED_LAYERS = (nnx.Conv, nnx.Linear, nnx.BatchNorm, nnx.LayerNorm)  # every layer of the zoo
 
 
 def set_compute_dtype(model: nnx.Module, compute_dtype: str) -> nnx.Module:
@@ -58,8 +58,9 @@ def model_kwargs(name: str) -> tuple[str, ...]:
   return tuple(p for p in signature.parameters if p not in ('self',) + _COMMON_ARGS)
 
 
-def create_model(name: str, *, num_classes: int, input_shape: tuple[int, int, int],
-                 rngs: nnx.Rngs, **kwargs) -> nnx.Module:
+def create_model(
+  name: str, *, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs, **kwargs
+) -> nnx.Module:
   """Builds model `name` from `MODELS` for inputs of shape `input_shape` (H, W, C).
 
   Raises ValueError for an unknown name, unknown keyword arguments, a non-positive
@@ -69,14 +70,16 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, int, in
   unknown = sorted(set(kwargs) - set(allowed))
   if unknown:
     raise ValueError(
-        f'Unknown keyword arguments {unknown} for model {name!r}; allowed: {list(allowed)}.')
+      f'Unknown keyword arguments {unknown} for model {name!r}; allowed: {list(allowed)}.'
+    )
   if not _is_positive_int(num_classes):
     raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
   shape = tuple(input_shape)
   if len(shape) != 3 or not all(_is_positive_int(d) for d in shape):
     raise ValueError(f'input_shape must be three positive ints (H, W, C), got {input_shape!r}.')
-  return MODELS[name](num_classes=int(num_classes), input_shape=tuple(int(d) for d in shape),
-                      rngs=rngs, **kwargs)
+  return MODELS[name](
+    num_classes=int(num_classes), input_shape=tuple(int(d) for d in shape), rngs=rngs, **kwargs
+  )
 
 
 def _is_positive_int(value) -> bool:
@@ -85,9 +88,19 @@ def _is_positive_int(value) -> bool:
 
 def _check_name(name: str) -> None:
   if name not in MODELS:
-    raise ValueError(
-        f'Unknown model {name!r} (--config.model / model); allowed: {sorted(MODELS)}.')
+    raise ValueError(f'Unknown model {name!r} (--config.model / model); allowed: {sorted(MODELS)}.')
 
 
-__all__ = ['MODELS', 'create_model', 'model_kwargs', 'MLP', 'CNN', 'ResNet', 'BasicBlock',
-           'resnet18', 'ViT', 'vit_tiny', 'vit_small']
+__all__ = [
+  'MODELS',
+  'create_model',
+  'model_kwargs',
+  'MLP',
+  'CNN',
+  'ResNet',
+  'BasicBlock',
+  'resnet18',
+  'ViT',
+  'vit_tiny',
+  'vit_small',
+]

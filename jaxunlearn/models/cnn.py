@@ -18,7 +18,7 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
   max-pool several times slower.
   """
   batch, height, width, channels = x.shape
-  x = x[:, :height // 2 * 2, :width // 2 * 2]
+  x = x[:, : height // 2 * 2, : width // 2 * 2]
   return jnp.max(x.reshape(batch, height // 2, 2, width // 2, 2, channels), axis=(2, 4))
 
 
@@ -31,13 +31,13 @@ class CNN(nnx.Module):
   """
 
   def __init__(
-      self,
-      *,
-      num_classes: int,
-      input_shape: tuple[int, int, int],
-      rngs: nnx.Rngs,
-      channels: Sequence[int] = (32, 64),
-      dense_width: int = 128,
+    self,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    channels: Sequence[int] = (32, 64),
+    dense_width: int = 128,
   ):
     channels = tuple(channels)
     if not channels or any(int(c) < 1 for c in channels):
@@ -47,33 +47,43 @@ class CNN(nnx.Module):
     height, width, in_channels = input_shape
     if min(height, width) < 2 ** len(channels):
       raise ValueError(
-          f'input_shape {input_shape!r} is too small for {len(channels)} 2x2 max-pools '
-          f'(channels={channels!r}); height and width must be >= {2 ** len(channels)}.'
+        f'input_shape {input_shape!r} is too small for {len(channels)} 2x2 max-pools '
+        f'(channels={channels!r}); height and width must be >= {2 ** len(channels)}.'
       )
     widths = (in_channels,) + channels
-    self.convs = nnx.List([
-        nnx.Conv(c_in, c_out, (3, 3), padding='SAME', kernel_init=initializers.lecun_normal,
-                 rngs=rngs)
+    self.convs = nnx.List(
+      [
+        nnx.Conv(
+          c_in, c_out, (3, 3), padding='SAME', kernel_init=initializers.lecun_normal, rngs=rngs
+        )
         for c_in, c_out in zip(widths[:-1], widths[1:])
-    ])
+      ]
+    )
     for _ in channels:
       height, width = height // 2, width // 2
-    self.dense = nnx.Linear(height * width * channels[-1], dense_width,
-                            kernel_init=initializers.lecun_normal, rngs=rngs)
-    self.head = nnx.Linear(dense_width, num_classes, kernel_init=initializers.lecun_normal,
-                           rngs=rngs)
+    self.dense = nnx.Linear(
+      height * width * channels[-1], dense_width, kernel_init=initializers.lecun_normal, rngs=rngs
+    )
+    self.head = nnx.Linear(
+      dense_width, num_classes, kernel_init=initializers.lecun_normal, rngs=rngs
+    )
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
-      replace_features: Mapping[str, jax.Array] | None = None
+    self,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+    replace_features: Mapping[str, jax.Array] | None = None,
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     del train
     features = collections.OrderedDict()
     h = x
     for i, conv in enumerate(self.convs):
       h = record(features, f'conv{i + 1}', _max_pool_2x2(nnx.relu(conv(h))), replace_features)
-    h = record(features, 'dense1', nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1)))),
-               replace_features)
+    h = record(
+      features, 'dense1', nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1)))), replace_features
+    )
     h = record(features, 'penultimate', h, replace_features)
     logits = self.head(h)
     return (logits, features) if return_features else logits

@@ -14,8 +14,12 @@ import jax
 import jax.numpy as jnp
 
 
-def record(features: MutableMapping[str, jax.Array], name: str, h: jax.Array,
-           replace: Mapping[str, jax.Array] | None) -> jax.Array:
+def record(
+  features: MutableMapping[str, jax.Array],
+  name: str,
+  h: jax.Array,
+  replace: Mapping[str, jax.Array] | None,
+) -> jax.Array:
   """Stores feature `name` and returns what the rest of the network sees.
 
   Args:

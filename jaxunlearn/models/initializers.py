@@ -20,8 +20,9 @@ _DISTRIBUTIONS = ('truncated_normal', 'normal', 'uniform')
 
 
 @functools.partial(jax.jit, static_argnames=('length', 'distribution', 'dtype'))
-def _scaled_draw(key: jax.Array, stddev: jax.Array, *, length: int, distribution: str,
-                 dtype) -> jax.Array:
+def _scaled_draw(
+  key: jax.Array, stddev: jax.Array, *, length: int, distribution: str, dtype
+) -> jax.Array:
   """`length` i.i.d. draws with mean 0 and standard deviation `stddev`."""
   if distribution == 'truncated_normal':
     unit = jax.random.truncated_normal(key, -2.0, 2.0, (length,), dtype) / _TRUNCATED_STDDEV
@@ -32,12 +33,14 @@ def _scaled_draw(key: jax.Array, stddev: jax.Array, *, length: int, distribution
   return unit * stddev.astype(dtype)
 
 
-def _draw(key: jax.Array, shape: tuple[int, ...], stddev: float, distribution: str,
-          dtype) -> jax.Array:
+def _draw(
+  key: jax.Array, shape: tuple[int, ...], stddev: float, distribution: str, dtype
+) -> jax.Array:
   size = math.prod(shape)
   length = 1 << max(size - 1, 0).bit_length()
-  draw = _scaled_draw(key, jnp.asarray(stddev), length=length, distribution=distribution,
-                      dtype=jnp.dtype(dtype))
+  draw = _scaled_draw(
+    key, jnp.asarray(stddev), length=length, distribution=distribution, dtype=jnp.dtype(dtype)
+  )
   return draw[:size].reshape(shape)
 
 

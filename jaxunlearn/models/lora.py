@@ -69,12 +69,28 @@ class LoRALinear(nnx.Module):
   def __init__(self, base: nnx.Linear, *, rank: int, alpha: float, rngs: nnx.Rngs):
     self.base = base
     self.scale = alpha / rank
-    self.lora_a = _as_lora_param(nnx.Linear(
-        base.in_features, rank, use_bias=False, kernel_init=initializers.kaiming_uniform_sqrt5,
-        param_dtype=base.param_dtype, dtype=base.dtype, rngs=rngs))
-    self.lora_b = _as_lora_param(nnx.Linear(
-        rank, base.out_features, use_bias=False, kernel_init=nnx.initializers.zeros,
-        param_dtype=base.param_dtype, dtype=base.dtype, rngs=rngs))
+    self.lora_a = _as_lora_param(
+      nnx.Linear(
+        base.in_features,
+        rank,
+        use_bias=False,
+        kernel_init=initializers.kaiming_uniform_sqrt5,
+        param_dtype=base.param_dtype,
+        dtype=base.dtype,
+        rngs=rngs,
+      )
+    )
+    self.lora_b = _as_lora_param(
+      nnx.Linear(
+        rank,
+        base.out_features,
+        use_bias=False,
+        kernel_init=nnx.initializers.zeros,
+        param_dtype=base.param_dtype,
+        dtype=base.dtype,
+        rngs=rngs,
+      )
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = self.scale * self.lora_b(self.lora_a(x))
@@ -85,7 +101,8 @@ class LoRALinear(nnx.Module):
   def merged_kernel(self) -> jax.Array:
     """The base kernel with the branch folded in: W + scale * A @ B."""
     return self.base.kernel[...] + self.scale * jnp.matmul(
-        self.lora_a.kernel[...], self.lora_b.kernel[...], precision=_FOLD_PRECISION)
+      self.lora_a.kernel[...], self.lora_b.kernel[...], precision=_FOLD_PRECISION
+    )
 
 
 class LoRAConv(nnx.Module):
@@ -93,20 +110,41 @@ class LoRAConv(nnx.Module):
 
   def __init__(self, base: nnx.Conv, *, rank: int, alpha: float, rngs: nnx.Rngs):
     if base.feature_group_count != 1 or base.mask is not None:
-      raise ValueError('add_lora supports convs with feature_group_count=1 and no mask, got '
-                       f'feature_group_count={base.feature_group_count}, '
-                       f'mask={"set" if base.mask is not None else None}.')
+      raise ValueError(
+        'add_lora supports convs with feature_group_count=1 and no mask, got '
+        f'feature_group_count={base.feature_group_count}, '
+        f'mask={"set" if base.mask is not None else None}.'
+      )
     self.base = base
     self.scale = alpha / rank
-    self.lora_a = _as_lora_param(nnx.Conv(
-        base.in_features, rank, base.kernel_size, strides=base.strides, padding=base.padding,
-        input_dilation=base.input_dilation, kernel_dilation=base.kernel_dilation,
-        use_bias=False, kernel_init=initializers.kaiming_uniform_sqrt5,
-        param_dtype=base.param_dtype, dtype=base.dtype, rngs=rngs))
-    self.lora_b = _as_lora_param(nnx.Conv(
-        rank, base.out_features, (1,) * len(base.kernel_size), use_bias=False,
-        kernel_init=nnx.initializers.zeros, param_dtype=base.param_dtype, dtype=base.dtype,
-        rngs=rngs))
+    self.lora_a = _as_lora_param(
+      nnx.Conv(
+        base.in_features,
+        rank,
+        base.kernel_size,
+        strides=base.strides,
+        padding=base.padding,
+        input_dilation=base.input_dilation,
+        kernel_dilation=base.kernel_dilation,
+        use_bias=False,
+        kernel_init=initializers.kaiming_uniform_sqrt5,
+        param_dtype=base.param_dtype,
+        dtype=base.dtype,
+        rngs=rngs,
+      )
+    )
+    self.lora_b = _as_lora_param(
+      nnx.Conv(
+        rank,
+        base.out_features,
+        (1,) * len(base.kernel_size),
+        use_bias=False,
+        kernel_init=nnx.initializers.zeros,
+        param_dtype=base.param_dtype,
+        dtype=base.dtype,
+        rngs=rngs,
+      )
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = self.scale * self.lora_b(self.lora_a(x))
@@ -118,7 +156,8 @@ class LoRAConv(nnx.Module):
     """One kernel equal to base + A then 1x1 B: K + scale * sum_r A[..., i, r] B[r, o]."""
     b_matrix = self.lora_b.kernel[...].reshape(self.lora_b.kernel.shape[-2:])
     return self.base.kernel[...] + self.scale * jnp.einsum(
-        '...ir,ro->...io', self.lora_a.kernel[...], b_matrix, precision=_FOLD_PRECISION)
+      '...ir,ro->...io', self.lora_a.kernel[...], b_matrix, precision=_FOLD_PRECISION
+    )
 
 
 LORA_LAYERS = (LoRALinear, LoRAConv)
@@ -128,8 +167,9 @@ def _wrappers(model: nnx.Module) -> list[PathParts]:
   return [path for path, node in nnx.iter_graph(model) if isinstance(node, LORA_LAYERS)]
 
 
-def add_lora(model: nnx.Module, *, rank: int, alpha: float, targets: Targets | None = None,
-             rngs: nnx.Rngs) -> nnx.Module:
+def add_lora(
+  model: nnx.Module, *, rank: int, alpha: float, targets: Targets | None = None, rngs: nnx.Rngs
+) -> nnx.Module:
   """Returns a copy of `model` with the selected nnx.Linear / nnx.Conv layers LoRA-wrapped.
 
   Args:
@@ -179,7 +219,8 @@ def _fold(layer: LoRALinear | LoRAConv) -> nnx.Linear | nnx.Conv:
 def _unwrap(model: nnx.Module, replace: Callable) -> nnx.Module:
   """Replaces every LoRA layer of `model` (in place) by ``replace(layer)``, a plain layer."""
   return nnx.recursive_map(
-      lambda _, node: replace(node) if isinstance(node, LORA_LAYERS) else node, model)
+    lambda _, node: replace(node) if isinstance(node, LORA_LAYERS) else node, model
+  )
 
 
 def lora_residuals(intermediates: nnx.State, name: str = RESIDUAL_NAME) -> dict[str, jax.Array]:
@@ -198,9 +239,16 @@ def lora_residuals(intermediates: nnx.State, name: str = RESIDUAL_NAME) -> dict[
 
 # ------------------------------------------------------------------ functional form (ModelFns)
 
-def add_lora_variables(fns: state.ModelFns, variables: dict, *, rank: int, alpha: float,
-                       targets: Targets | None = None,
-                       rngs: nnx.Rngs) -> tuple[state.ModelFns, dict]:
+
+def add_lora_variables(
+  fns: state.ModelFns,
+  variables: dict,
+  *,
+  rank: int,
+  alpha: float,
+  targets: Targets | None = None,
+  rngs: nnx.Rngs,
+) -> tuple[state.ModelFns, dict]:
   """`add_lora` on a functionalized model.
 
   Args:
@@ -213,7 +261,8 @@ def add_lora_variables(fns: state.ModelFns, variables: dict, *, rank: int, alpha
     the batch statistics are `variables`' own.
   """
   return state.functionalize(
-      add_lora(fns.module(variables), rank=rank, alpha=alpha, targets=targets, rngs=rngs))
+    add_lora(fns.module(variables), rank=rank, alpha=alpha, targets=targets, rngs=rngs)
+  )
 
 
 def merge_lora_variables(lora_fns: state.ModelFns, lora_variables: dict) -> dict:
@@ -244,19 +293,20 @@ def _variables(model: nnx.Module) -> dict:
 
 # Named layer selections (regular expressions over dotted layer paths, see `lora_targets`).
 TARGET_PRESETS = {
-    # Every nnx.Linear and nnx.Conv, the head and the input layer included.
-    'all': r'.*',
-    # ViT: the attention query and value projections (LoRA's and PEFT's usual choice).
-    'attention_qv': r'blocks\.\d+\.attention\.(query|value)',
-    # ViT: all four attention projections.
-    'attention': r'blocks\.\d+\.attention\.(query|key|value|out)',
-    # ViT: every Linear of every encoder block (attention and MLP).
-    'attention_mlp': r'blocks\.\d+\.(attention\.(query|key|value|out)|mlp_in|mlp_out)',
+  # Every nnx.Linear and nnx.Conv, the head and the input layer included.
+  'all': r'.*',
+  # ViT: the attention query and value projections (LoRA's and PEFT's usual choice).
+  'attention_qv': r'blocks\.\d+\.attention\.(query|value)',
+  # ViT: all four attention projections.
+  'attention': r'blocks\.\d+\.attention\.(query|key|value|out)',
+  # ViT: every Linear of every encoder block (attention and MLP).
+  'attention_mlp': r'blocks\.\d+\.(attention\.(query|key|value|out)|mlp_in|mlp_out)',
 }
 
 
 class LoRASettings(NamedTuple):
   """Branch rank, scale numerator and layer selection (a `TARGET_PRESETS` name or a regex)."""
+
   rank: int
   alpha: float
   targets: str
@@ -275,14 +325,14 @@ class LoRASettings(NamedTuple):
 # them gets a branch and every feature it returns can move.
 _HEAD = r'|head'
 _DEFAULTS = {
-    'mlp': (16, r'hidden\.\d+' + _HEAD),
-    # Rank 8: the small CNN's convs have 32 and 64 output channels (the first only 9 inputs on
-    # MNIST), so rank 16 would be half the first conv's width.
-    'cnn': (8, r'convs\.\d+|dense' + _HEAD),
-    'resnet18': (16, r'layer\d\.\d+\.conv[12]' + _HEAD),
-    'vit': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
-    'vit_tiny': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
-    'vit_small': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
+  'mlp': (16, r'hidden\.\d+' + _HEAD),
+  # Rank 8: the small CNN's convs have 32 and 64 output channels (the first only 9 inputs on
+  # MNIST), so rank 16 would be half the first conv's width.
+  'cnn': (8, r'convs\.\d+|dense' + _HEAD),
+  'resnet18': (16, r'layer\d\.\d+\.conv[12]' + _HEAD),
+  'vit': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
+  'vit_tiny': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
+  'vit_small': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
 }
 
 
@@ -300,8 +350,11 @@ def default_lora_settings(model_name: str) -> LoRASettings:
 
 def lora_layer_paths(model: nnx.Module) -> list[str]:
   """Dotted paths (e.g. 'layer1.0.conv1') of every nnx.Linear and nnx.Conv of `model`."""
-  return [_dotted(path) for path, node in nnx.iter_graph(model)
-          if isinstance(node, (nnx.Linear, nnx.Conv))]
+  return [
+    _dotted(path)
+    for path, node in nnx.iter_graph(model)
+    if isinstance(node, (nnx.Linear, nnx.Conv))
+  ]
 
 
 def lora_targets(spec: str, model: nnx.Module, *, model_name: str, config_key: str) -> Targets:
@@ -325,12 +378,16 @@ def lora_targets(spec: str, model: nnx.Module, *, model_name: str, config_key: s
   try:
     pattern = re.compile(TARGET_PRESETS.get(spec, spec))
   except re.error as error:
-    raise ValueError(f'--config.{config_key}={spec!r}: neither a preset {sorted(TARGET_PRESETS)} '
-                     f'nor a valid regular expression ({error}).') from None
+    raise ValueError(
+      f'--config.{config_key}={spec!r}: neither a preset {sorted(TARGET_PRESETS)} '
+      f'nor a valid regular expression ({error}).'
+    ) from None
   layers = lora_layer_paths(model)
   if not any(pattern.fullmatch(path) for path in layers):
-    raise ValueError(f'--config.{config_key}={spec!r}: selects no layer of model {model_name}; '
-                     f'layers are: {", ".join(layers)}.')
+    raise ValueError(
+      f'--config.{config_key}={spec!r}: selects no layer of model {model_name}; '
+      f'layers are: {", ".join(layers)}.'
+    )
   return lambda path, _: pattern.fullmatch(_dotted(path)) is not None
 
 

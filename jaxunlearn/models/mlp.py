@@ -20,30 +20,37 @@ class MLP(nnx.Module):
   """
 
   def __init__(
-      self,
-      *,
-      num_classes: int,
-      input_shape: tuple[int, int, int],
-      rngs: nnx.Rngs,
-      hidden_sizes: Sequence[int] = (256, 256),
+    self,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    hidden_sizes: Sequence[int] = (256, 256),
   ):
     hidden_sizes = tuple(hidden_sizes)
     if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
       raise ValueError(
-          f'hidden_sizes must be a non-empty sequence of positive ints, got {hidden_sizes!r}.'
+        f'hidden_sizes must be a non-empty sequence of positive ints, got {hidden_sizes!r}.'
       )
     in_features = input_shape[0] * input_shape[1] * input_shape[2]
     widths = (in_features,) + hidden_sizes
-    self.hidden = nnx.List([
+    self.hidden = nnx.List(
+      [
         nnx.Linear(w_in, w_out, kernel_init=initializers.lecun_normal, rngs=rngs)
         for w_in, w_out in zip(widths[:-1], widths[1:])
-    ])
-    self.head = nnx.Linear(widths[-1], num_classes, kernel_init=initializers.lecun_normal,
-                           rngs=rngs)
+      ]
+    )
+    self.head = nnx.Linear(
+      widths[-1], num_classes, kernel_init=initializers.lecun_normal, rngs=rngs
+    )
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
-      replace_features: Mapping[str, jax.Array] | None = None
+    self,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+    replace_features: Mapping[str, jax.Array] | None = None,
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     del train
     features = collections.OrderedDict()

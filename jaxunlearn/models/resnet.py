@@ -18,8 +18,16 @@ _PAD_1 = ((1, 1), (1, 1))
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
   # Symmetric padding 1, as in the reference code; 'SAME' pads asymmetrically at stride 2.
-  return nnx.Conv(in_channels, out_channels, (3, 3), strides=stride, padding=_PAD_1,
-                  use_bias=False, kernel_init=initializers.he_normal_fan_out, rngs=rngs)
+  return nnx.Conv(
+    in_channels,
+    out_channels,
+    (3, 3),
+    strides=stride,
+    padding=_PAD_1,
+    use_bias=False,
+    kernel_init=initializers.he_normal_fan_out,
+    rngs=rngs,
+  )
 
 
 def _batch_norm(channels: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -35,9 +43,16 @@ class BasicBlock(nnx.Module):
     self.conv2 = _conv3x3(out_channels, out_channels, 1, rngs)
     self.bn2 = _batch_norm(out_channels, rngs)
     if stride != 1 or in_channels != out_channels:
-      self.shortcut_conv = nnx.Conv(in_channels, out_channels, (1, 1), strides=stride,
-                                    padding='VALID', use_bias=False,
-                                    kernel_init=initializers.he_normal_fan_out, rngs=rngs)
+      self.shortcut_conv = nnx.Conv(
+        in_channels,
+        out_channels,
+        (1, 1),
+        strides=stride,
+        padding='VALID',
+        use_bias=False,
+        kernel_init=initializers.he_normal_fan_out,
+        rngs=rngs,
+      )
       self.shortcut_bn = _batch_norm(out_channels, rngs)
     else:
       self.shortcut_conv = None
@@ -64,13 +79,13 @@ class ResNet(nnx.Module):
   """
 
   def __init__(
-      self,
-      *,
-      num_classes: int,
-      input_shape: tuple[int, int, int],
-      rngs: nnx.Rngs,
-      stage_sizes: Sequence[int] = (2, 2, 2, 2),
-      width: int = 64,
+    self,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    stage_sizes: Sequence[int] = (2, 2, 2, 2),
+    width: int = 64,
   ):
     stage_sizes = tuple(stage_sizes)
     if len(stage_sizes) != 4 or any(int(n) < 1 for n in stage_sizes):
@@ -81,34 +96,46 @@ class ResNet(nnx.Module):
     self.stem_bn = _batch_norm(width, rngs)
     in_channels = width
     for stage, num_blocks in enumerate(stage_sizes):
-      out_channels = width * 2 ** stage
+      out_channels = width * 2**stage
       blocks = []
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
         blocks.append(BasicBlock(in_channels, out_channels, stride, rngs=rngs))
         in_channels = out_channels
       setattr(self, f'layer{stage + 1}', nnx.List(blocks))
-    self.head = nnx.Linear(in_channels, num_classes, kernel_init=initializers.lecun_normal,
-                           rngs=rngs)
+    self.head = nnx.Linear(
+      in_channels, num_classes, kernel_init=initializers.lecun_normal, rngs=rngs
+    )
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
-      replace_features: Mapping[str, jax.Array] | None = None
+    self,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+    replace_features: Mapping[str, jax.Array] | None = None,
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     features = collections.OrderedDict()
     h = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
     h = record(features, 'stem', h, replace_features)
     for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
       for block_index, block in enumerate(layer):
-        h = record(features, f'layer{stage + 1}.{block_index}', block(h, train=train),
-                   replace_features)
+        h = record(
+          features, f'layer{stage + 1}.{block_index}', block(h, train=train), replace_features
+        )
     h = record(features, 'penultimate', jnp.mean(h, axis=(1, 2)), replace_features)
     logits = self.head(h)
     return (logits, features) if return_features else logits
 
 
-def resnet18(*, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
-             width: int = 64) -> ResNet:
+def resnet18(
+  *, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs, width: int = 64
+) -> ResNet:
   """ResNet-18 (BasicBlocks [2, 2, 2, 2]); `width` is the first stage's channels (64 standard)."""
-  return ResNet(num_classes=num_classes, input_shape=input_shape, rngs=rngs,
-                stage_sizes=(2, 2, 2, 2), width=width)
+  return ResNet(
+    num_classes=num_classes,
+    input_shape=input_shape,
+    rngs=rngs,
+    stage_sizes=(2, 2, 2, 2),
+    width=width,
+  )

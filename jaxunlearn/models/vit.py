@@ -72,27 +72,31 @@ class ViT(nnx.Module):
   """
 
   def __init__(
-      self,
-      *,
-      num_classes: int,
-      input_shape: tuple[int, int, int],
-      rngs: nnx.Rngs,
-      patch_size: int = 4,
-      width: int = 192,
-      depth: int = 6,
-      num_heads: int = 3,
-      mlp_dim: int | None = None,
-      pooling: str = 'cls',
+    self,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    rngs: nnx.Rngs,
+    patch_size: int = 4,
+    width: int = 192,
+    depth: int = 6,
+    num_heads: int = 3,
+    mlp_dim: int | None = None,
+    pooling: str = 'cls',
   ):
     height, img_width, channels = input_shape
-    for name, value in (('patch_size', patch_size), ('width', width), ('depth', depth),
-                        ('num_heads', num_heads)):
+    for name, value in (
+      ('patch_size', patch_size),
+      ('width', width),
+      ('depth', depth),
+      ('num_heads', num_heads),
+    ):
       if value < 1:
         raise ValueError(f'{name} must be a positive int, got {value!r}.')
     if height % patch_size or img_width % patch_size:
       raise ValueError(
-          f'patch_size {patch_size} must divide the input height and width, got input_shape '
-          f'{input_shape!r}.'
+        f'patch_size {patch_size} must divide the input height and width, got input_shape '
+        f'{input_shape!r}.'
       )
     if width % num_heads:
       raise ValueError(f'num_heads {num_heads} must divide width {width}.')
@@ -102,8 +106,15 @@ class ViT(nnx.Module):
     if mlp_dim < 1:
       raise ValueError(f'mlp_dim must be a positive int, got {mlp_dim!r}.')
     self.pooling = pooling
-    self.patch_embed = nnx.Conv(channels, width, (patch_size, patch_size), strides=patch_size,
-                                padding='VALID', kernel_init=_KERNEL_INIT, rngs=rngs)
+    self.patch_embed = nnx.Conv(
+      channels,
+      width,
+      (patch_size, patch_size),
+      strides=patch_size,
+      padding='VALID',
+      kernel_init=_KERNEL_INIT,
+      rngs=rngs,
+    )
     num_tokens = (height // patch_size) * (img_width // patch_size)
     if pooling == 'cls':
       self.cls_token = nnx.Param(jnp.zeros((1, 1, width)))
@@ -111,15 +122,21 @@ class ViT(nnx.Module):
     else:
       self.cls_token = None
     self.position_embedding = nnx.Param(
-        initializers.normal(0.02)(rngs.params(), (1, num_tokens, width)))
+      initializers.normal(0.02)(rngs.params(), (1, num_tokens, width))
+    )
     self.blocks = nnx.List(
-        [EncoderBlock(width, num_heads, mlp_dim, rngs=rngs) for _ in range(depth)])
+      [EncoderBlock(width, num_heads, mlp_dim, rngs=rngs) for _ in range(depth)]
+    )
     self.final_norm = nnx.LayerNorm(width, epsilon=_LN_EPSILON, rngs=rngs)
     self.head = _linear(width, num_classes, rngs)
 
   def __call__(
-      self, x: jax.Array, *, train: bool = False, return_features: bool = False,
-      replace_features: Mapping[str, jax.Array] | None = None
+    self,
+    x: jax.Array,
+    *,
+    train: bool = False,
+    return_features: bool = False,
+    replace_features: Mapping[str, jax.Array] | None = None,
   ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
     del train
     features = collections.OrderedDict()
@@ -132,21 +149,55 @@ class ViT(nnx.Module):
     for i, block in enumerate(self.blocks):
       h = record(features, f'block{i}', block(h), replace_features)
     h = self.final_norm(h)
-    h = record(features, 'penultimate', h[:, 0] if self.pooling == 'cls' else jnp.mean(h, axis=1),
-               replace_features)
+    h = record(
+      features,
+      'penultimate',
+      h[:, 0] if self.pooling == 'cls' else jnp.mean(h, axis=1),
+      replace_features,
+    )
     logits = self.head(h)
     return (logits, features) if return_features else logits
 
 
-def vit_tiny(*, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
-             patch_size: int = 4, pooling: str = 'cls') -> ViT:
+def vit_tiny(
+  *,
+  num_classes: int,
+  input_shape: tuple[int, int, int],
+  rngs: nnx.Rngs,
+  patch_size: int = 4,
+  pooling: str = 'cls',
+) -> ViT:
   """ViT-Tiny: width 192, depth 12, 3 heads, MLP 768."""
-  return ViT(num_classes=num_classes, input_shape=input_shape, rngs=rngs, patch_size=patch_size,
-             width=192, depth=12, num_heads=3, mlp_dim=768, pooling=pooling)
+  return ViT(
+    num_classes=num_classes,
+    input_shape=input_shape,
+    rngs=rngs,
+    patch_size=patch_size,
+    width=192,
+    depth=12,
+    num_heads=3,
+    mlp_dim=768,
+    pooling=pooling,
+  )
 
 
-def vit_small(*, num_classes: int, input_shape: tuple[int, int, int], rngs: nnx.Rngs,
-              patch_size: int = 4, pooling: str = 'cls') -> ViT:
+def vit_small(
+  *,
+  num_classes: int,
+  input_shape: tuple[int, int, int],
+  rngs: nnx.Rngs,
+  patch_size: int = 4,
+  pooling: str = 'cls',
+) -> ViT:
   """ViT-Small: width 384, depth 12, 6 heads, MLP 1536."""
-  return ViT(num_classes=num_classes, input_shape=input_shape, rngs=rngs, patch_size=patch_size,
-             width=384, depth=12, num_heads=6, mlp_dim=1536, pooling=pooling)
+  return ViT(
+    num_classes=num_classes,
+    input_shape=input_shape,
+    rngs=rngs,
+    patch_size=patch_size,
+    width=384,
+    depth=12,
+    num_heads=6,
+    mlp_dim=1536,
+    pooling=pooling,
+  )

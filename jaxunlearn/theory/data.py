@@ -30,6 +30,7 @@ class LinRegTask(NamedTuple):
     r_support: bool (d,), coordinates on which D_r is non-zero.
     f_support: bool (d,), coordinates on which D_f is non-zero.
   """
+
   x_r: jax.Array
   y_r: jax.Array
   x_f: jax.Array
@@ -52,6 +53,7 @@ class TaskSpec:
     r_only_fraction: share of the d - d_lap unshared coordinates that belong to D_r only.
     noise_std: standard deviation of Gaussian label noise (0 = the paper's noiseless targets).
   """
+
   d: int
   n_r: int
   n_f: int
@@ -71,16 +73,22 @@ class TaskSpec:
     if not self.noise_std >= 0.0:
       raise ValueError(f'noise_std must be >= 0, got {self.noise_std!r}.')
     if self.n_r + self.n_f >= self.d:
-      raise ValueError(f'n_r + n_f must be < d (over-parameterised), got n_r={self.n_r}, '
-                       f'n_f={self.n_f}, d={self.d}.')
+      raise ValueError(
+        f'n_r + n_f must be < d (over-parameterised), got n_r={self.n_r}, '
+        f'n_f={self.n_f}, d={self.d}.'
+      )
     # Each data set must be under-determined on its own features, otherwise fine-tuning has no
     # freedom left and the regimes of the paper do not apply.
     if self.n_r >= self.d_r:
-      raise ValueError(f'n_r must be < d_r = d_r_only + d_lap = {self.d_r}, got n_r={self.n_r} '
-                       f'(d={self.d}, d_lap={self.d_lap}, r_only_fraction={self.r_only_fraction}).')
+      raise ValueError(
+        f'n_r must be < d_r = d_r_only + d_lap = {self.d_r}, got n_r={self.n_r} '
+        f'(d={self.d}, d_lap={self.d_lap}, r_only_fraction={self.r_only_fraction}).'
+      )
     if self.n_f >= self.d_f:
-      raise ValueError(f'n_f must be < d_f = d_f_only + d_lap = {self.d_f}, got n_f={self.n_f} '
-                       f'(d={self.d}, d_lap={self.d_lap}, r_only_fraction={self.r_only_fraction}).')
+      raise ValueError(
+        f'n_f must be < d_f = d_f_only + d_lap = {self.d_f}, got n_f={self.n_f} '
+        f'(d={self.d}, d_lap={self.d_lap}, r_only_fraction={self.r_only_fraction}).'
+      )
 
   @property
   def d_r_only(self) -> int:
@@ -123,8 +131,9 @@ def _sample(key, r_support, f_support, noise_std, n_r, n_f, dtype) -> LinRegTask
 
 _STATIC = ('n_r', 'n_f', 'dtype')
 _sample_one = jax.jit(_sample, static_argnames=_STATIC)
-_sample_many = jax.jit(jax.vmap(_sample, in_axes=(0, None, None, None, None, None, None)),
-                       static_argnums=(4, 5, 6))
+_sample_many = jax.jit(
+  jax.vmap(_sample, in_axes=(0, None, None, None, None, None, None)), static_argnums=(4, 5, 6)
+)
 
 
 def _sampler_args(spec: TaskSpec, dtype):
@@ -132,8 +141,14 @@ def _sampler_args(spec: TaskSpec, dtype):
   if not jnp.issubdtype(dtype, jnp.floating):
     raise ValueError(f'dtype must be a float dtype, got {dtype}.')
   r_support, f_support = spec.supports()
-  return (jnp.asarray(r_support), jnp.asarray(f_support), jnp.asarray(spec.noise_std, dtype),
-          spec.n_r, spec.n_f, dtype)
+  return (
+    jnp.asarray(r_support),
+    jnp.asarray(f_support),
+    jnp.asarray(spec.noise_std, dtype),
+    spec.n_r,
+    spec.n_f,
+    dtype,
+  )
 
 
 def make_task(key: jax.Array, spec: TaskSpec, dtype=None) -> LinRegTask:

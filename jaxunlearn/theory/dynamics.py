@@ -23,6 +23,7 @@ class Trajectory(NamedTuple):
     remaining_loss: L(w, D_r) at steps 0 (the start), 1, ..., steps; shape (steps + 1,).
     unlearning_loss: L(w, D_f) (true forget targets) at the same steps.
   """
+
   w_final: jax.Array
   remaining_loss: jax.Array
   unlearning_loss: jax.Array
@@ -45,8 +46,9 @@ def _validate_steps(steps) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=('steps',))
-def gradient_descent(task: LinRegTask, w_start: jax.Array, learning_rate, alpha=0.0, *,
-                     steps: int) -> Trajectory:
+def gradient_descent(
+  task: LinRegTask, w_start: jax.Array, learning_rate, alpha=0.0, *, steps: int
+) -> Trajectory:
   """Runs `steps` full-batch gradient steps on J_alpha from w_start (lax.scan, jitted).
 
   Args:
@@ -68,14 +70,17 @@ def gradient_descent(task: LinRegTask, w_start: jax.Array, learning_rate, alpha=
 
   w_final, (remaining, unlearning) = jax.lax.scan(step, w_start, length=steps)
   remaining_0, unlearning_0 = losses(w_start)
-  return Trajectory(w_final,
-                    jnp.concatenate([remaining_0[None], remaining]),
-                    jnp.concatenate([unlearning_0[None], unlearning]))
+  return Trajectory(
+    w_final,
+    jnp.concatenate([remaining_0[None], remaining]),
+    jnp.concatenate([unlearning_0[None], unlearning]),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('steps',))
-def simulate(tasks: LinRegTask, w_starts: jax.Array, learning_rates: jax.Array, alpha=0.0, *,
-             steps: int) -> Trajectory:
+def simulate(
+  tasks: LinRegTask, w_starts: jax.Array, learning_rates: jax.Array, alpha=0.0, *, steps: int
+) -> Trajectory:
   """`gradient_descent` vmapped over a leading seed axis of tasks, starts and learning rates.
 
   alpha is shared by every seed. Returns a Trajectory whose arrays carry the seed axis first.

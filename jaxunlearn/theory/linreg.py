@@ -25,6 +25,7 @@ REMEDY_OPTIONS = ('forget', 'retain')
 
 class _Factor(NamedTuple):
   """Thin SVD x = U diag(s) V^T with 1/s set to 0 where s is numerically zero."""
+
   u: jax.Array
   inverse_s: jax.Array
   vt: jax.Array
@@ -85,8 +86,9 @@ def gap_to_golden(w: jax.Array, w_golden: jax.Array, task: LinRegTask) -> jax.Ar
 
 def pretrained(task: LinRegTask) -> jax.Array:
   """w_o = X^+ y on D_r u D_f: the limit of gradient descent from zero on all the data."""
-  return min_norm_lstsq(jnp.concatenate([task.x_r, task.x_f]),
-                        jnp.concatenate([task.y_r, task.y_f]))
+  return min_norm_lstsq(
+    jnp.concatenate([task.x_r, task.x_f]), jnp.concatenate([task.y_r, task.y_f])
+  )
 
 
 def golden(task: LinRegTask) -> jax.Array:
@@ -197,12 +199,12 @@ def closed_form_endpoints(task: LinRegTask, alpha=1.0) -> dict[str, jax.Array]:
     return _min_change(factor_r, task.x_r, task.y_r, w_start)
 
   return {
-      'pretrained': w_o,
-      'ft': finetune_from(w_o),
-      'golden': _pinv_apply(factor_r, task.y_r),
-      'remedy_forget': finetune_from(remedy_start(task, w_o, 'forget')),
-      'remedy_retain': finetune_from(remedy_start(task, w_o, 'retain')),
-      'reg_ft': regularized_finetune(task, w_o, alpha),
+    'pretrained': w_o,
+    'ft': finetune_from(w_o),
+    'golden': _pinv_apply(factor_r, task.y_r),
+    'remedy_forget': finetune_from(remedy_start(task, w_o, 'forget')),
+    'remedy_retain': finetune_from(remedy_start(task, w_o, 'retain')),
+    'reg_ft': regularized_finetune(task, w_o, alpha),
   }
 
 
@@ -216,7 +218,7 @@ def endpoint_losses(task: LinRegTask, weights: dict[str, jax.Array]) -> dict[str
     raise ValueError(f"weights must contain 'golden', got keys {sorted(weights)}.")
   w_g = weights['golden']
   return {
-      'remaining_loss': {k: remaining_loss(w, task) for k, w in weights.items()},
-      'unlearning_loss': {k: unlearning_loss(w, task) for k, w in weights.items()},
-      'gap_to_golden': {k: gap_to_golden(w, w_g, task) for k, w in weights.items()},
+    'remaining_loss': {k: remaining_loss(w, task) for k, w in weights.items()},
+    'unlearning_loss': {k: unlearning_loss(w, task) for k, w in weights.items()},
+    'gap_to_golden': {k: gap_to_golden(w, w_g, task) for k, w in weights.items()},
   }
