@@ -23,7 +23,7 @@ import os
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli
+from jaxunlearn import benchmarking, cli, report, runs, sharding
 
 _CONFIG = cli.define_config(
   os.path.join(os.path.dirname(__file__), 'configs', 'benchmark.py'),
@@ -61,12 +61,23 @@ def main(argv):
       out=_OUT.value if _OUT.present else None,
     )
     return
-  jaxunlearn.Study(config).benchmark(
-    _STEPS.value,
-    out=_OUT.value,
-    many_models=tuple(int(k) for k in _MANY.value),
-    equal_examples=_EQUAL_EXAMPLES.value,
-  )
+  study = jaxunlearn.Study(config)
+  exp = study.experiment
+  payload = {
+    'results': benchmarking.benchmark(
+      exp, study.rows, _STEPS.value, equal_examples=_EQUAL_EXAMPLES.value
+    ),
+    'steps': _STEPS.value,
+    'dataset': exp.data_config.dataset,
+    'model': exp.training.model,
+    'batch_size': exp.training.batch_size,
+    **report.provenance(),
+  }
+  if _MANY.value:
+    payload['many_models'] = benchmarking.many_models_speed(
+      exp, sharding.make_model_mesh(0), [int(k) for k in _MANY.value], _STEPS.value
+    )
+  runs.write_json(_OUT.value, payload)
   print(f'wrote {_OUT.value}')
 
 

@@ -29,7 +29,7 @@ def main(argv):
   study = jaxunlearn.Study(config)
   sharding.use_one_cpu_device_per_core()
   many_models.model_mesh(cfg)
-  payload = many_models.run(study, cfg)
+  payload = study.many_models(cfg)
   print(many_models.markdown_table(payload['rows']))
   print(
     f'\n{many_models.TABLE_NOTE}\n\nResults in {study.experiment_dir}/many_K{cfg.num_models} '

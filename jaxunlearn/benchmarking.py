@@ -12,14 +12,13 @@ from jaxunlearn import experiment
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config
 from jaxunlearn.data.device import BatchSampler
-from jaxunlearn.loop import Program, StepKind, compile_program
+from jaxunlearn.loop import Program, StepKind, compile_program, run_many
 from jaxunlearn.methods import Plan, registry
 from jaxunlearn.optim import make_optimizer
 from jaxunlearn.train import create_state, supervised_step
-from jaxunlearn.unlearn import context
 
 
-def time_plan(plan: Plan, setup: experiment.Setup, seed: int, steps: int) -> dict:
+def time_plan(plan: Plan, exp: experiment.Experiment, seed: int, steps: int) -> dict:
   """Compile time and throughput of each step kind of `plan`, on fixed batches.
 
   Args:
@@ -31,21 +30,21 @@ def time_plan(plan: Plan, setup: experiment.Setup, seed: int, steps: int) -> dic
   Returns:
     {'compile_s': seconds, 'kinds': {kind: {'step_s', 'steps_per_s', 'examples_per_s'}}}.
   """
-  program, state = plan.program, sharding_lib.replicate(plan.state, setup.mesh)
-  constants = sharding_lib.replicate(plan.constants, setup.mesh)
+  program, state = plan.program, sharding_lib.replicate(plan.state, exp.mesh)
+  constants = sharding_lib.replicate(plan.constants, exp.mesh)
   t0 = time.perf_counter()
   compiled, _ = compile_program(
-    program, state, setup.train, setup.mesh, seed, augment=True, constants=constants
+    program, state, exp.train, exp.mesh, seed, augment=True, constants=constants
   )
   out = {'compile_s': time.perf_counter() - t0, 'kinds': {}}
   base_key = jax.random.key(seed)
   for name, kind in program.kinds.items():
     batch = {
-      slot: BatchSampler(setup.train.sources[source], program.batch_size, seed, source).batch(0)
+      slot: BatchSampler(exp.train.sources[source], program.batch_size, seed, source).batch(0)
       for slot, source in kind.slots.items()
     }
-    batch = sharding_lib.shard_global_batch(batch, setup.mesh)
-    args = (constants, setup.train.images, setup.train.labels, batch, base_key)
+    batch = sharding_lib.shard_global_batch(batch, exp.mesh)
+    args = (constants, exp.train.images, exp.train.labels, batch, base_key)
     run_state, _ = compiled[name](state, *args)
     jax.block_until_ready(run_state)
     t0 = time.perf_counter()
@@ -62,7 +61,7 @@ def time_plan(plan: Plan, setup: experiment.Setup, seed: int, steps: int) -> dic
 
 
 def benchmark(
-  setup: experiment.Setup,
+  exp: experiment.Experiment,
   rows: list[tuple[str, str, Config]],
   steps: int,
   seed: int = 0,
@@ -79,34 +78,34 @@ def benchmark(
   Returns:
     {'retrain_step': timing, row: timing}, each as `time_plan` gives it.
   """
-  fns, variables = experiment.build_model(setup.config, setup.info, seed)
-  tx = make_optimizer(setup.training.optimizer, 1000)
+  fns, variables = exp.model(seed)
+  tx = make_optimizer(exp.training.optimizer, 1000)
   reference = Plan(
     Program(
       {'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
       ['train'],
-      setup.training.batch_size,
+      exp.training.batch_size,
     ),
     create_state(variables, {'main': tx}),
     {},
   )
-  results = {'retrain_step': time_plan(reference, setup, seed, steps)}
+  results = {'retrain_step': time_plan(reference, exp, seed, steps)}
   ref_step = results['retrain_step']['kinds']['train']['step_s']
   print(f'retrain step: {ref_step * 1e3:.1f} ms', flush=True)
   for row, method, cfg in rows:
-    ctx = context(setup, fns, variables, seed=seed, batch_size=cfg.batch_size)
+    ctx = exp.context(fns, variables, seed=seed, batch_size=cfg.batch_size)
     t0 = time.perf_counter()
     plan = registry.get(method).build(ctx, cfg)
     jax.block_until_ready((plan.state, plan.constants))
     prepare_s = time.perf_counter() - t0
-    timing = time_plan(plan, setup, seed, steps)
+    timing = time_plan(plan, exp, seed, steps)
     timing['prepare_s'] = prepare_s
     for kind in timing['kinds'].values():
       kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
     slots = max(len(kind.slots) for kind in plan.program.kinds.values())
     if equal_examples and slots > 1:
-      ctx = context(setup, fns, variables, seed=seed, batch_size=cfg.batch_size // slots)
-      equal = time_plan(registry.get(method).build(ctx, cfg), setup, seed, steps)
+      ctx = exp.context(fns, variables, seed=seed, batch_size=cfg.batch_size // slots)
+      equal = time_plan(registry.get(method).build(ctx, cfg), exp, seed, steps)
       for kind in equal['kinds'].values():
         kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
       timing['equal_examples'] = {'batch_size_per_slot': cfg.batch_size // slots, **equal}
@@ -133,7 +132,7 @@ def benchmark(
 
 
 def many_models_speed(
-  setup: experiment.Setup, model_mesh, num_models: list[int], steps: int, seed: int = 0
+  exp: experiment.Experiment, model_mesh, num_models: list[int], steps: int, seed: int = 0
 ) -> dict:
   """Time per training step of K models in one program (`loop.run_many`, on `model_mesh`)
   against K single-model steps one after another, for each K in `num_models`: vmapped, and on
@@ -143,25 +142,21 @@ def many_models_speed(
     {'K=k': {'sequential_step_s', form: {'step_s', 'compile_s', 'speedup'}}}, and the single
     step's time under 'single_step_s'.
   """
-  from jaxunlearn.loop import run_many
 
-  fns, variables = experiment.build_model(setup.config, setup.info, seed)
-  tx = make_optimizer(setup.training.optimizer, 1000)
+  fns, variables = exp.model(seed)
+  tx = make_optimizer(exp.training.optimizer, 1000)
   program = Program(
     {'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
     ['train'] * steps,
-    setup.training.batch_size,
+    exp.training.batch_size,
   )
-  single = time_plan(Plan(program, create_state(variables, {'main': tx}), {}), setup, seed, steps)
+  single = time_plan(Plan(program, create_state(variables, {'main': tx}), {}), exp, seed, steps)
   single_s = single['kinds']['train']['step_s']
   out = {'single_step_s': single_s}
-  data = many_setup_data(setup, model_mesh)
+  data = exp.on_mesh(model_mesh).train
   forms = ('vmap', 'unroll') if jax.default_backend() == 'cpu' else ('vmap',)
   for k in num_models:
-    states = [
-      create_state(experiment.build_model(setup.config, setup.info, s)[1], {'main': tx})
-      for s in range(k)
-    ]
+    states = [create_state(exp.model(s)[1], {'main': tx}) for s in range(k)]
     entry = {'sequential_step_s': k * single_s}
     for form in forms:
       result = run_many(
@@ -181,15 +176,3 @@ def many_models_speed(
       )
     out[f'K={k}'] = entry
   return out
-
-
-def many_setup_data(setup: experiment.Setup, mesh):
-  from jaxunlearn.data.device import DeviceData
-
-  return DeviceData.create(
-    jax.device_get(setup.train.images),
-    jax.device_get(setup.train.labels),
-    setup.info,
-    setup.train.sources,
-    mesh,
-  )

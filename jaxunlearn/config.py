@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from collections.abc import Iterable
 from typing import Any
@@ -205,18 +206,6 @@ def validate(config: Config, path: str) -> Config:
   return config
 
 
-def fields_doc(cls: type) -> dict[str, str]:
-  """Field name -> 'default; rule; doc' for docs and --help-like listings."""
-  out = {}
-  for f in dataclasses.fields(cls):
-    rule = f.metadata.get('rule')
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    out[f.name] = '; '.join(
-      p for p in (repr(default), rule.describe() if rule else '', f.metadata.get('doc', '')) if p
-    )
-  return out
-
-
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step', 'linear', 'onecycle')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -374,3 +363,95 @@ def flat_defaults(*sections: Config) -> ml_collections.ConfigDict:
   for section in sections:
     out.update(to_config_dict(section))
   return out
+
+
+RERUN = ('missing', 'all')
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig(Config):
+  """Which rows and seeds a study runs, and what it writes."""
+
+  methods: str = text('all', doc='method or group names separated by commas, or all')
+  seeds: str = text('0', doc="seeds of Retrain and every method run, e.g. '0,1,2'; never the split")
+  original_seed: int = integer(0, ge=0)
+  no_train: bool = flag(False, doc='refuse to train a missing Original or Retrain')
+  rerun: str = choice('missing', RERUN, doc='missing: reuse completed runs; all: redo them')
+  only_report: bool = flag(False, doc='tabulate the completed runs; run nothing')
+  plot: bool = flag(True)
+  results_name: str = text('results', doc='writes {results_name}.json/.md/.png')
+
+  def constraints(self):
+    return (
+      (
+        'results_name',
+        bool(self.results_name) and os.sep not in self.results_name,
+        'must be a file name without a folder',
+      ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig(Config):
+  """Multi-host runs (every host runs the same command with its own process_id)."""
+
+  coordinator_address: str = text(
+    '', doc="HOST:PORT of process 0; '' = single host (or a TPU pod, where JAX finds it)"
+  )
+  num_processes: int = integer(0, ge=0)
+  process_id: int = integer(0, ge=0)
+
+  def constraints(self):
+    return (
+      (
+        'process_id',
+        self.num_processes == 0 or self.process_id < self.num_processes,
+        f'must be below num_processes ({self.num_processes})',
+      ),
+    )
+
+
+def training_config() -> ml_collections.ConfigDict:
+  """The flat config of an experiment's data, training and evaluation (the training binary's)."""
+  c = flat_defaults(DataConfig(), TrainingConfig(), EvalConfig())
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.distributed = to_config_dict(DistributedConfig())
+  return c
+
+
+def parse_seeds(value, flag: str = '--config.seeds') -> list[int]:
+  """Distinct non-negative seeds from '0,1,2'."""
+  try:
+    seeds = [int(s) for s in str(value).split(',') if s.strip()]
+  except ValueError:
+    seeds = []
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise ConfigError(
+      f'{flag}={value!r}: give distinct non-negative integers separated by commas, e.g. 0,1,2.'
+    )
+  return seeds
+
+
+def study_config(preset: str | None = None, **overrides) -> ml_collections.ConfigDict:
+  """The main job's config: an experiment plus the study's rows and every method's settings.
+
+  Args:
+    preset: a method preset (e.g. 'cifar10_resnet18') for the methods that have it.
+    **overrides: values to set; nested keys with '__' or '.' inside a dict key, e.g.
+      ``study_config(**{'method.ft.epochs': 2})`` or ``study_config(epochs=3)``.
+
+  Returns:
+    An unlocked ConfigDict.
+  """
+  c = training_config()
+  c.update(to_config_dict(StudyConfig()))
+  from jaxunlearn.methods import registry  # noqa: PLC0415 (the registry imports this module)
+
+  c.method = registry.config_dicts(preset)
+  for key, value in overrides.items():
+    *parents, leaf = key.replace('__', '.').split('.')
+    node = c
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return c

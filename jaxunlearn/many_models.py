@@ -47,12 +47,11 @@ from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config, ConfigError, choice, integer, number
 from jaxunlearn.config import sgd as sgd_config
 from jaxunlearn.data import preprocess
-from jaxunlearn.data.device import DeviceData, padded_chunks
+from jaxunlearn.data.device import padded_chunks
 from jaxunlearn.loop import Program, StepKind, run_many
 from jaxunlearn.methods import registry
 from jaxunlearn.optim import make_optimizer
-from jaxunlearn.train import apply_gradients, create_state, supervised_program
-from jaxunlearn.unlearn import context
+from jaxunlearn.train import apply_gradients, create_state
 
 ORIGINALS = ('per_model', 'one')
 
@@ -97,17 +96,6 @@ def model_mesh(cfg: ManyModelsConfig):
   return sharding_lib.make_model_mesh(devices)
 
 
-def on_mesh(setup: experiment.Setup, mesh) -> experiment.Setup:
-  """The experiment with its data placed on `mesh`."""
-
-  def move(data: DeviceData) -> DeviceData:
-    return DeviceData.create(
-      np.asarray(data.images), np.asarray(data.labels), data.info, data.sources, mesh
-    )
-
-  return dataclasses.replace(setup, mesh=mesh, train=move(setup.train), test=move(setup.test))
-
-
 def _stack(trees: list) -> Any:
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
@@ -117,38 +105,30 @@ def _model(tree, k: int):
 
 
 def train_models(
-  setup: experiment.Setup, seeds: list[int], source: str, name: str
+  exp: experiment.Experiment, seeds: list[int], source: str, name: str
 ) -> tuple[dict, float]:
   """Models trained together with the training recipe on `source` ('retain': Retrain models,
   'all': Originals), model k from seeds[k]; returns their stacked variables and the wall time."""
-  training = setup.training
-  states, txs = [], None
+  states, program = [], None
   for seed in seeds:
-    fns, variables = experiment.build_model(setup.config, setup.info, seed)
-    program, txs = supervised_program(
-      fns,
-      training.optimizer,
-      num_examples=len(setup.train.sources[source]),
-      batch_size=training.batch_size,
-      epochs=training.epochs,
-      source=source,
-    )
-    states.append(create_state(variables, txs))
+    fns, variables = exp.model(seed)
+    program, optimizers = exp.training_program(fns, source)
+    states.append(create_state(variables, optimizers))
   t0 = time.perf_counter()
   result = run_many(
     program,
     states,
-    setup.train,
-    mesh=setup.mesh,
+    exp.train,
+    mesh=exp.mesh,
     seeds=seeds,
-    log_every=training.log_every,
+    log_every=exp.training.log_every,
     name=name,
   )
   return jax.device_get(result.state.variables), time.perf_counter() - t0
 
 
 def unlearn_models(
-  setup: experiment.Setup,
+  exp: experiment.Experiment,
   method: str,
   cfg: Config,
   model_fns,
@@ -162,9 +142,7 @@ def unlearn_models(
   t0 = time.perf_counter()
   plans = [
     registry.get(method).build(
-      context(
-        setup, model_fns, original, seed=seed, batch_size=cfg.batch_size, cache_dir=cache_dir
-      ),
+      exp.context(model_fns, original, seed=seed, batch_size=cfg.batch_size, cache_dir=cache_dir),
       cfg,
     )
     for original, seed in zip(originals, seeds)
@@ -172,11 +150,11 @@ def unlearn_models(
   result = run_many(
     plans[0].program,
     [p.state for p in plans],
-    setup.train,
-    mesh=setup.mesh,
+    exp.train,
+    mesh=exp.mesh,
     seeds=seeds,
     constants=[p.constants for p in plans],
-    log_every=setup.training.log_every,
+    log_every=exp.training.log_every,
     name=method,
   )
   final = jax.device_get(result.state)
@@ -188,18 +166,18 @@ def unlearn_models(
 
 
 def relearn_accuracies(
-  setup: experiment.Setup, model_fns, variables: dict, seeds: list[int], cfg: ManyModelsConfig
+  exp: experiment.Experiment, model_fns, variables: dict, seeds: list[int], cfg: ManyModelsConfig
 ) -> np.ndarray:
   """Forget-set accuracy [K, relearn_steps + 1] of K models fine-tuned on D_f with SGD (before
   the first step, then after each); each model's batches follow its seed."""
   tx = make_optimizer(sgd_config(cfg.relearn_lr), cfg.relearn_steps)
-  positions, weights = padded_chunks(setup.train.sources['forget'], cfg.relearn_batch_size)
+  positions, weights = padded_chunks(exp.train.sources['forget'], cfg.relearn_batch_size)
   forget_set = {'positions': jnp.asarray(positions), 'weights': jnp.asarray(weights)}
 
   def set_accuracy(params, batch_stats, constants, images, labels):
     def chunk(xs):
       pos, w = xs
-      x = preprocess(jnp.take(images, pos, axis=0), setup.info, train=False, key=None)
+      x = preprocess(jnp.take(images, pos, axis=0), exp.info, train=False, key=None)
       logits, _ = model_fns.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
       return jnp.sum((jnp.argmax(logits, -1) == jnp.take(labels, pos)) * w)
 
@@ -225,7 +203,7 @@ def relearn_accuracies(
     )
     return state, {'loss': loss, 'forget_set_accuracy': accuracy}
 
-  constants = {'forget_set': forget_set, 'images': setup.train.images, 'labels': setup.train.labels}
+  constants = {'forget_set': forget_set, 'images': exp.train.images, 'labels': exp.train.labels}
   program = Program(
     {'relearn': StepKind(relearn_step, {'train': 'forget'})},
     ['relearn'] * cfg.relearn_steps,
@@ -236,7 +214,7 @@ def relearn_accuracies(
     [
       np.asarray(
         jax.jit(set_accuracy)(
-          s.params, s.batch_stats, constants, setup.train.images, setup.train.labels
+          s.params, s.batch_stats, constants, exp.train.images, exp.train.labels
         )
       )
       for s in states
@@ -245,8 +223,8 @@ def relearn_accuracies(
   result = run_many(
     program,
     states,
-    setup.train,
-    mesh=setup.mesh,
+    exp.train,
+    mesh=exp.mesh,
     seeds=seeds,
     constants=[constants] * len(seeds),
     log_every=10**9,
@@ -260,36 +238,33 @@ def relearn_accuracies(
 SETS = (('forget', 'train', 'forget'), ('retain', 'train', 'retain'), ('test', 'test', 'test'))
 
 
-def logits_of(setup: experiment.Setup, model_fns, variables: dict) -> dict[str, np.ndarray]:
+def logits_of(exp: experiment.Experiment, model_fns, variables: dict) -> dict[str, np.ndarray]:
   """Eval-mode logits [K, N, C] of K models on D_f, D_r and the test set."""
   return {
     name: evaluation.predict_many(
       model_fns,
       variables,
-      getattr(setup, data).images,
-      setup.info,
-      getattr(setup, data).sources[source],
-      mesh=setup.mesh,
-      batch_size=setup.evaluation.eval_batch_size,
+      getattr(exp, data).images,
+      exp.info,
+      getattr(exp, data).sources[source],
+      mesh=exp.mesh,
+      batch_size=exp.evaluation.eval_batch_size,
     )
     for name, data, source in SETS
   }
 
 
-def labels_of(setup: experiment.Setup) -> dict[str, np.ndarray]:
+def labels_of(exp: experiment.Experiment) -> dict[str, np.ndarray]:
   return {
-    name: np.asarray(getattr(setup, data).labels)[getattr(setup, data).sources[source]]
+    name: np.asarray(getattr(exp, data).labels)[getattr(exp, data).sources[source]]
     for name, data, source in SETS
   }
 
 
-def per_model_scores(setup: experiment.Setup, logits: dict, labels: dict) -> list[dict]:
+def per_model_scores(exp: experiment.Experiment, logits: dict, labels: dict) -> list[dict]:
   """UA, RA, TA and MIA (the study's evaluation settings) of each of the K models."""
-  test_forget_mask = None
-  if setup.split.test_forget is not None:
-    test_forget_mask = np.zeros(len(labels['test']), bool)
-    test_forget_mask[setup.split.test_forget] = True
-  cfg = setup.evaluation
+  test_forget_mask = exp.test_forget_mask()
+  cfg = exp.evaluation
   return [
     metrics.unlearning_metrics(
       forget_logits=logits['forget'][k],
@@ -312,7 +287,7 @@ def mean_scores(per_model: list[dict]) -> dict:
 
 
 def scores_of(
-  setup: experiment.Setup,
+  exp: experiment.Experiment,
   model_fns,
   variables: dict,
   retrain: dict,
@@ -326,10 +301,10 @@ def scores_of(
   Args:
     retrain: {'logits': Retrain's logits by set, 'scores': its mean single-model scores}.
     original_forget_accuracy: the relearn target, the forget accuracy of the Original each
-      model comes from ([K], or one for all).
+      model comes from, [K].
   """
-  logits, labels = logits_of(setup, model_fns, variables), labels_of(setup)
-  per_model = per_model_scores(setup, logits, labels)
+  logits, labels = logits_of(exp, model_fns, variables), labels_of(exp)
+  per_model = per_model_scores(exp, logits, labels)
   scores = mean_scores(per_model)
   scores['AvgGap'] = float(np.mean([metrics.avg_gap(s, retrain['scores']) for s in per_model]))
   scores['ToW'] = float(np.mean([metrics.tow(s, retrain['scores']) for s in per_model]))
@@ -349,7 +324,7 @@ def scores_of(
   )
   relearn = fq.relearn_summary(
     fq.relearn_time(
-      relearn_accuracies(setup, model_fns, variables, seeds, cfg),
+      relearn_accuracies(exp, model_fns, variables, seeds, cfg),
       original_forget_accuracy,
       steps=np.arange(cfg.relearn_steps + 1),
       tolerance=cfg.relearn_tolerance,
@@ -421,9 +396,7 @@ TABLE_NOTE = (
 )
 
 
-def plot_epsilons(
-  per_example: dict[str, np.ndarray], num_models: int, path: str, title: str
-) -> None:
+def epsilon_figure(per_example: dict[str, np.ndarray], num_models: int, title: str):
   """Per row, the share of forget examples in each epsilon bucket, as a stacked bar: the
   buckets that score at this K (width 0.5, worth 1, 1/2, ...), the rest below the cap, and the cap
   (the attacks told the two sets of models apart perfectly)."""
@@ -462,52 +435,37 @@ def plot_epsilons(
   ax.set_title(title, fontsize=10)
   ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
   figure.tight_layout()
-  report.save_figure(figure, path)
+  return figure
 
 
-def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict:
-  """The many-model evaluation of `study`'s rows; writes {results_name}.json/.md/.png under
-  {experiment_dir}/many_K{K}/ and returns the payload."""
+def evaluate(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict:
+  """The many-model evaluation of `study`'s rows (`Study.many_models`); writes
+  {results_name}.json/.md/.png under {experiment_dir}/many_K{K}/ and returns the payload."""
   mesh = model_mesh(cfg)
   study.check_methods()
   k = cfg.num_models
   seeds = list(range(k))
-  setup = on_mesh(study.setup, mesh)
-  labels = labels_of(setup)
+  exp = study.experiment.on_mesh(mesh)
+  labels = labels_of(exp)
   start = time.perf_counter()
-  stacked_originals, originals_wall = train_models(setup, seeds, 'all', 'original')
-  fns = experiment.build_model(study.config, setup.info, 0)[0]
+  stacked_originals, originals_wall = train_models(exp, seeds, 'all', 'original')
+  fns = exp.model(0)[0]
   if cfg.originals == 'per_model':
     originals = [_model(stacked_originals, i) for i in seeds]
-    original_fa = 100.0 * np.mean(
-      np.argmax(logits_of(setup, fns, stacked_originals)['forget'], -1) == labels['forget'], axis=1
-    )
+    original_logits = logits_of(exp, fns, stacked_originals)['forget']
   else:
     original = study.original()
     originals = [original.variables] * k
-    original_fa = 100.0 * float(
-      np.mean(
-        np.argmax(
-          evaluation.predict(
-            fns,
-            original.variables,
-            study.setup.train.images,
-            setup.info,
-            setup.train.sources['forget'],
-            mesh=study.setup.mesh,
-          ),
-          -1,
-        )
-        == labels['forget']
-      )
-    )
-  retrain_vars, retrain_wall = train_models(setup, seeds, 'retain', 'retrain')
-  retrain_logits = logits_of(setup, fns, retrain_vars)
-  retrain_scores = mean_scores(per_model_scores(setup, retrain_logits, labels))
+    one = study.experiment.logits(original.model_fns, original.variables)['forget']
+    original_logits = np.broadcast_to(one, (k, *one.shape))
+  original_fa = 100.0 * np.mean(np.argmax(original_logits, -1) == labels['forget'], axis=1)
+  retrain_vars, retrain_wall = train_models(exp, seeds, 'retain', 'retrain')
+  retrain_logits = logits_of(exp, fns, retrain_vars)
+  retrain_scores = mean_scores(per_model_scores(exp, retrain_logits, labels))
   retrain = {'logits': retrain_logits, 'scores': retrain_scores}
   relearn = fq.relearn_summary(
     fq.relearn_time(
-      relearn_accuracies(setup, fns, retrain_vars, seeds, cfg),
+      relearn_accuracies(exp, fns, retrain_vars, seeds, cfg),
       original_fa,
       steps=np.arange(cfg.relearn_steps + 1),
       tolerance=cfg.relearn_tolerance,
@@ -525,24 +483,23 @@ def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict
   }
   per_example = {}
   control_seeds = list(range(k, 2 * k))
-  control_vars, control_wall = train_models(setup, control_seeds, 'retain', 'control')
+  control_vars, control_wall = train_models(exp, control_seeds, 'retain', 'control')
   for row, variables, row_seeds, wall in (
     ('Control', control_vars, control_seeds, control_wall),
     ('Original', stacked_originals, seeds, originals_wall),
   ):
     rows[row], per_example[row] = scores_of(
-      setup, fns, variables, retrain, original_fa, cfg, row_seeds
+      exp, fns, variables, retrain, original_fa, cfg, row_seeds
     )
     rows[row]['wall_s'] = wall
     _print(row, rows[row])
   for row, method, method_cfg in study.rows:
     variables, wall, info = unlearn_models(
-      setup, method, method_cfg, fns, originals, seeds, os.path.join(study.experiment_dir, 'cache')
+      exp, method, method_cfg, fns, originals, seeds, os.path.join(study.experiment_dir, 'cache')
     )
-    rows[row], per_example[row] = scores_of(setup, fns, variables, retrain, original_fa, cfg, seeds)
+    rows[row], per_example[row] = scores_of(exp, fns, variables, retrain, original_fa, cfg, seeds)
     rows[row].update(wall_s=wall, trainable_fraction=info.get('trainable_fraction', 1.0))
     _print(row, rows[row])
-  directory = os.path.join(study.experiment_dir, f'many_K{k}')
   title = (
     f'{study.data_config.dataset} / {study.training.model} / forget '
     f'{study.data_config.forget}: K = {k} models per row'
@@ -553,31 +510,23 @@ def run(study, cfg: ManyModelsConfig, results_name: str = 'many_models') -> dict
     'rows': rows,
     'epsilons': {name: v.tolist() for name, v in per_example.items()},
     'originals': cfg.originals,
-    'original_forget_accuracy': np.asarray(original_fa).tolist(),
-    'device': {
-      'platform': jax.devices()[0].platform,
-      'kind': jax.devices()[0].device_kind,
-      'count': jax.device_count(),
-    },
+    'original_forget_accuracy': original_fa.tolist(),
+    **report.provenance(),
     'wall_seconds': time.perf_counter() - start,
   }
   if jax.process_index() == 0:
-    os.makedirs(directory, exist_ok=True)
-    experiment.write_json(os.path.join(directory, f'{results_name}.json'), payload)
-    report.write_text(
-      os.path.join(directory, f'{results_name}.md'),
-      f'# {title}\n\n{markdown_table(rows)}\n\n{TABLE_NOTE}\n',
+    report.write_results(
+      os.path.join(study.experiment_dir, f'many_K{k}'),
+      results_name,
+      payload,
+      title=title,
+      table=markdown_table(rows),
+      note=TABLE_NOTE,
+      figure=epsilon_figure(per_example, k, title),
     )
-    plot_epsilons(per_example, k, os.path.join(directory, f'{results_name}.png'), title)
   return payload
 
 
 def _print(row: str, scores: dict) -> None:
-  print(
-    f'[many {row}] '
-    + ', '.join(
-      f'{k} {scores[k]:.3f}'
-      for k in ('UA', 'RA', 'TA', 'AvgGap', 'F', 'F_low', 'F_high', 'relearn_steps', 'wall_s')
-    ),
-    flush=True,
-  )
+  shown = ('UA', 'RA', 'TA', 'AvgGap', 'F', 'F_low', 'F_high', 'relearn_steps', 'wall_s')
+  print(f'[many {row}] ' + ', '.join(f'{k} {scores[k]:.3f}' for k in shown), flush=True)

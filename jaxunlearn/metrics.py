@@ -9,9 +9,7 @@ Conventions (the field's, as in SalUn's reference code):
     (higher = more forgotten). Some code reports the complement; every table should say which.
 """
 
-import dataclasses
 import math
-import time
 
 import jax
 import numpy as np
@@ -69,44 +67,21 @@ def _accuracy(logits, labels):
   return float(100.0 * np.mean(np.argmax(logits, axis=1) == labels))
 
 
-def _confidence(logits, labels):
-  return np.exp(np.take_along_axis(_log_softmax(logits), labels[:, None], axis=1)[:, 0])
-
-
-def _entropy(logits):
-  log_probs = _log_softmax(logits)
-  return -np.sum(np.exp(log_probs) * log_probs, axis=1)
-
-
 def accuracy(logits, labels) -> float:
   """Percent (0..100) of examples whose arg-max logit is the label; ties go to the lowest class."""
   return _accuracy(*_checked(logits, labels))
 
 
-def per_class_accuracy(logits, labels, num_classes) -> np.ndarray:
-  """Accuracy (percent) of each class 0..num_classes-1 on its own examples; nan for absent ones."""
-  is_int = isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, bool)
-  if not is_int or num_classes < 1:
-    raise ValueError(f'num_classes must be a positive integer; got {num_classes!r}.')
-  logits = _as_logits(logits, 'logits')
-  labels = _as_labels(labels, logits.shape[0], num_classes, 'labels')
-  correct = (np.argmax(logits, axis=1) == labels).astype(np.float64)
-  totals = np.bincount(labels, minlength=num_classes).astype(np.float64)
-  hits = np.bincount(labels, weights=correct, minlength=num_classes)
-  result = np.full(num_classes, np.nan)
-  present = totals > 0
-  result[present] = 100.0 * hits[present] / totals[present]
-  return result
-
-
 def softmax_confidence(logits, labels) -> np.ndarray:
   """Softmax probability of the true label per example, computed stably via log-softmax."""
-  return _confidence(*_checked(logits, labels))
+  logits, labels = _checked(logits, labels)
+  return np.exp(np.take_along_axis(_log_softmax(logits), labels[:, None], axis=1)[:, 0])
 
 
 def prediction_entropy(logits) -> np.ndarray:
   """Entropy (nats) of the softmax distribution per example, computed stably via log-softmax."""
-  return _entropy(_as_logits(logits, 'logits'))
+  log_probs = _log_softmax(_as_logits(logits, 'logits'))
+  return -np.sum(np.exp(log_probs) * log_probs, axis=1)
 
 
 def mia_member_indices(num_retain: int, num_test: int, seed: int) -> np.ndarray:
@@ -123,8 +98,8 @@ def mia_member_indices(num_retain: int, num_test: int, seed: int) -> np.ndarray:
 
 def _mia_feature(logits, labels, feature):
   if feature == 'confidence':
-    return _confidence(logits, labels)
-  return _entropy(logits)
+    return softmax_confidence(logits, labels)
+  return prediction_entropy(logits)
 
 
 def _mia_classifier(classifier):
@@ -138,18 +113,6 @@ def _validate_mia_options(feature, classifier, feature_name, classifier_name):
     raise ValueError(f'{feature_name} must be one of {MIA_FEATURES}; got {feature!r}.')
   if classifier not in MIA_CLASSIFIERS:
     raise ValueError(f'{classifier_name} must be one of {MIA_CLASSIFIERS}; got {classifier!r}.')
-
-
-def _mia_efficacy(retain, test, forget, feature, classifier, seed):
-  """MIA-Efficacy on already validated (logits, labels) pairs."""
-  members = mia_member_indices(retain[0].shape[0], test[0].shape[0], seed)
-  member_x = _mia_feature(retain[0][members], retain[1][members], feature)
-  nonmember_x = _mia_feature(*test, feature)
-  inputs = np.concatenate([member_x, nonmember_x])[:, None]
-  targets = np.concatenate([np.ones(member_x.size), np.zeros(nonmember_x.size)])
-  attacker = _mia_classifier(classifier).fit(inputs, targets)
-  predicted_member = attacker.predict(_mia_feature(*forget, feature)[:, None])
-  return float(100.0 * np.mean(predicted_member == 0))
 
 
 def mia_efficacy(
@@ -184,7 +147,14 @@ def mia_efficacy(
   retain = _checked(retain_logits, retain_labels, 'retain_logits', 'retain_labels')
   test = _checked(test_logits, test_labels, 'test_logits', 'test_labels')
   forget = _checked(forget_logits, forget_labels, 'forget_logits', 'forget_labels')
-  return _mia_efficacy(retain, test, forget, feature, classifier, seed)
+  members = mia_member_indices(retain[0].shape[0], test[0].shape[0], seed)
+  member_x = _mia_feature(retain[0][members], retain[1][members], feature)
+  nonmember_x = _mia_feature(*test, feature)
+  inputs = np.concatenate([member_x, nonmember_x])[:, None]
+  targets = np.concatenate([np.ones(member_x.size), np.zeros(nonmember_x.size)])
+  attacker = _mia_classifier(classifier).fit(inputs, targets)
+  predicted_member = attacker.predict(_mia_feature(*forget, feature)[:, None])
+  return float(100.0 * np.mean(predicted_member == 0))
 
 
 def kl_to_reference(reference_logits, logits) -> float:
@@ -239,61 +209,6 @@ def tow(metrics: dict, reference: dict) -> float:
   return float(
     np.prod([1.0 - abs(float(metrics[k]) - float(reference[k])) / 100.0 for k in TOW_KEYS])
   )
-
-
-def feature_distance(features_a, features_b) -> float:
-  """Mean over examples of the L2 norm of the row difference; non-batch dims are flattened."""
-  a = np.asarray(features_a, dtype=np.float64)
-  b = np.asarray(features_b, dtype=np.float64)
-  if a.shape != b.shape:
-    raise ValueError(
-      f'features_a and features_b must have the same shape; got {a.shape} and {b.shape}.'
-    )
-  if a.ndim == 0 or a.shape[0] == 0:
-    raise ValueError(f'features_a must have a non-empty leading example axis; got shape {a.shape}.')
-  difference = (a - b).reshape(a.shape[0], -1)
-  return float(np.mean(np.linalg.norm(difference, axis=1)))
-
-
-def _same_layers(features, reference_features):
-  """The layer names of `features`, checked to be those of `reference_features`."""
-  if set(features) != set(reference_features):
-    raise ValueError(
-      f'features and reference_features must name the same layers; got {list(features)} '
-      f'and {list(reference_features)}.'
-    )
-  return list(features)
-
-
-def layer_feature_distances(features, reference_features) -> dict:
-  """`feature_distance` per layer between two models' features on the same examples.
-
-  This is the library's activation distance: for each layer, the mean over examples of the L2
-  norm of the difference of the flattened layer outputs. RFA-LoRA reports an activation distance
-  on D_r between the unlearned and the original model without a formula; Golatkar et al.'s
-  (2020) activation distance is this formula on softmax outputs (pass probabilities as a layer).
-
-  Args:
-      features: maps layer name -> [examples, ...] array, e.g. the features of
-          ``ModelFns.apply(..., return_features=True)``.
-      reference_features: the reference model's, with the same names and shapes.
-
-  Returns:
-      {layer: distance}, in `features`' order.
-  """
-  return {
-    name: feature_distance(features[name], reference_features[name])
-    for name in _same_layers(features, reference_features)
-  }
-
-
-def mean_feature_distance(features, reference_features) -> float:
-  """Mean over layers of `layer_feature_distances`.
-
-  Layers are not rescaled, so wide layers (early conv maps) weigh most; compare per-layer values
-  when the layers' scales differ.
-  """
-  return float(np.mean(list(layer_feature_distances(features, reference_features).values())))
 
 
 def _as_feature_matrix(features, name):
@@ -377,22 +292,6 @@ def linear_cka(x, y, *, debiased: bool = False) -> float:
     dot_xx = _debiased_hsic(dot_xx, rows_x, rows_x, examples)
     dot_yy = _debiased_hsic(dot_yy, rows_y, rows_y, examples)
   return float(dot_xy / np.sqrt(dot_xx * dot_yy))
-
-
-def layer_linear_cka(features, reference_features, *, debiased: bool = False) -> dict:
-  """`linear_cka` per layer between two models' features on the same examples.
-
-  Args:
-      features, reference_features: as for `layer_feature_distances` (widths may differ).
-      debiased: as for `linear_cka`.
-
-  Returns:
-      {layer: CKA}, in `features`' order.
-  """
-  return {
-    name: linear_cka(features[name], reference_features[name], debiased=debiased)
-    for name in _same_layers(features, reference_features)
-  }
 
 
 def _leaf_bytes(leaf):
@@ -488,25 +387,15 @@ def unlearning_metrics(
     nonmembers = (test[0][~mask], test[1][~mask])
     results['TA_retain'] = _accuracy(*nonmembers)
     results['TA_forget'] = _accuracy(test[0][mask], test[1][mask])
-  results['MIA'] = _mia_efficacy(retain, nonmembers, forget, mia_feature, mia_classifier, seed)
+  results['MIA'] = mia_efficacy(
+    retain_logits=retain[0],
+    retain_labels=retain[1],
+    test_logits=nonmembers[0],
+    test_labels=nonmembers[1],
+    forget_logits=forget[0],
+    forget_labels=forget[1],
+    feature=mia_feature,
+    classifier=mia_classifier,
+    seed=seed,
+  )
   return results
-
-
-@dataclasses.dataclass
-class Timer:
-  """Context manager measuring wall time with time.perf_counter; `seconds` is the last span.
-
-  JAX dispatches work asynchronously: block on the results (jax.block_until_ready) inside the
-  `with` block, or the time measured is only the dispatch. `seconds` is nan until a span ends.
-  """
-
-  seconds: float = math.nan
-  _start: float = dataclasses.field(default=math.nan, repr=False)
-
-  def __enter__(self):
-    self._start = time.perf_counter()
-    return self
-
-  def __exit__(self, *exc_info):
-    self.seconds = time.perf_counter() - self._start
-    return False

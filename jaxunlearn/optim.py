@@ -6,8 +6,6 @@ added to the gradient before momentum) for 'sgd' and 'adam'; 'adamw' decouples i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import optax
 
@@ -80,12 +78,3 @@ def mask_updates(updates, mask):
   run constant, passed to the step, never part of the optimiser state or a checkpoint.
   """
   return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, mask)
-
-
-def partition_by_type(
-  tx: optax.GradientTransformation, param_types, trainable: Callable[[type], bool]
-) -> optax.GradientTransformation:
-  """Trains only the parameters whose variable type satisfies `trainable` (e.g. LoRA weights);
-  the rest get zero updates and no optimiser state."""
-  labels = jax.tree.map(lambda t: 'train' if trainable(t) else 'frozen', param_types)
-  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)

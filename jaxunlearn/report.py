@@ -7,14 +7,16 @@ pyplot backend, so a notebook keeps its own and shows a returned figure inline.
 from __future__ import annotations
 
 import os
-import tempfile
+import platform
+from importlib import metadata
 
+import jax
 import numpy as np
 from matplotlib import colormaps, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxunlearn.experiment import write_json
+from jaxunlearn import runs
 
 COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'KL', 'FD_r', 'RTE_s')
 CLASS_COLUMNS = ('TA_retain', 'TA_forget')
@@ -56,15 +58,6 @@ TABLE_NOTE = (
   'of the unlearning phase in seconds, compilation excluded (Original/Retrain: '
   'training time).'
 )
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes `text` atomically (temporary file, then rename), readable by all as any file."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-  os.chmod(tmp, 0o644)  # mkstemp creates 0600
-  os.replace(tmp, path)
 
 
 SIGNED_METRICS = ('UA', 'RA', 'TA', 'MIA')
@@ -477,15 +470,8 @@ def colormap(name: str):
 
 def save_figure(fig, path: str) -> None:
   """Writes `fig` to `path` as a PNG, atomically (a reader never sees half a file)."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.png')
-  os.close(fd)
-  try:
-    fig.savefig(tmp, dpi=fig.dpi)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
+  with runs.atomic_file(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=fig.dpi)
 
 
 def plot(rows: dict[str, dict], path: str, title: str) -> None:
@@ -494,19 +480,37 @@ def plot(rows: dict[str, dict], path: str, title: str) -> None:
 
 
 def write_results(
-  directory: str,
-  payload: dict,
-  rows: dict[str, dict],
-  *,
-  class_wise: bool,
-  title: str,
-  make_plot: bool = True,
-  name: str = 'results',
-) -> str:
-  """Writes {name}.json, {name}.md and {name}.png into `directory`; returns the table."""
-  table = markdown_table(rows, class_wise=class_wise)
-  write_json(os.path.join(directory, f'{name}.json'), payload)
-  write_text(os.path.join(directory, f'{name}.md'), f'# {title}\n\n{table}\n\n{TABLE_NOTE}\n')
-  if make_plot:
-    plot(rows, os.path.join(directory, f'{name}.png'), title)
-  return table
+  directory: str, name: str, payload: dict, *, title: str, table: str, note: str, figure=None
+) -> None:
+  """The one writer of results files: {name}.json (`payload`), {name}.md (`title`, `table`,
+  `note`) and, if `figure` is given, {name}.png, into `directory`."""
+  runs.write_json(os.path.join(directory, f'{name}.json'), payload)
+  runs.write_text(os.path.join(directory, f'{name}.md'), f'# {title}\n\n{table}\n\n{note}\n')
+  if figure is not None:
+    save_figure(figure, os.path.join(directory, f'{name}.png'))
+
+
+PACKAGES = (
+  'jax',
+  'jaxlib',
+  'flax',
+  'optax',
+  'orbax-checkpoint',
+  'tensorflow-datasets',
+  'scikit-learn',
+  'numpy',
+)
+
+
+def provenance() -> dict:
+  """What results files record of where they were made: package versions and the devices."""
+  device = jax.devices()[0]
+  return {
+    'versions': {p: metadata.version(p) for p in PACKAGES},
+    'device': {
+      'platform': device.platform,
+      'kind': device.device_kind,
+      'count': jax.device_count(),
+      'host': platform.machine(),
+    },
+  }

@@ -47,9 +47,10 @@ class ModelFns:
     params = _fill(self.abstract_params, variables['params'])
     batch_stats = _fill(self.abstract_batch_stats, variables['batch_stats'])
     model = nnx.merge(self.graphdef, params, batch_stats)
+    # Only a caller that replaces features needs a model that accepts it (every model of the zoo).
+    extra = {} if replace_features is None else {'replace_features': replace_features}
     outputs = jax.tree.map(
-      _as_float32,
-      model(x, train=train, return_features=return_features, replace_features=replace_features),
+      _as_float32, model(x, train=train, return_features=return_features, **extra)
     )
     return outputs, nnx.state(model, nnx.BatchStat).to_pure_dict()
 

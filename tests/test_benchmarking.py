@@ -3,6 +3,7 @@
 import pytest
 
 import jaxunlearn
+from jaxunlearn import benchmarking
 from tests import study_worker
 
 
@@ -11,10 +12,8 @@ def test_benchmark_times_each_row_and_two_batch_steps_at_equal_examples(tmp_path
   config.methods = 'ft,rfa_lora'
   config.method.ft.batch_size = 32
   config.method.rfa_lora.batch_size = 32
-  payload = jaxunlearn.Study(config).benchmark(
-    steps=2, out=str(tmp_path / 'bench.json'), equal_examples=True
-  )
-  results = payload['results']
+  study = jaxunlearn.Study(config)
+  results = benchmarking.benchmark(study.experiment, study.rows, 2, equal_examples=True)
   assert set(results) == {'retrain_step', 'ft', 'rfa_lora'}
   assert 'equal_examples' not in results['ft']  # one batch per step: nothing to equalise
   align = results['rfa_lora']['kinds']['align']
@@ -25,4 +24,3 @@ def test_benchmark_times_each_row_and_two_batch_steps_at_equal_examples(tmp_path
   assert equal_align['examples_per_s'] == pytest.approx(2 * 16 * equal_align['steps_per_s'])
   ref_step = results['retrain_step']['kinds']['train']['step_s']
   assert equal_align['step_time_vs_retrain_step'] == pytest.approx(equal_align['step_s'] / ref_step)
-  assert (tmp_path / 'bench.json').exists()

@@ -11,14 +11,13 @@ from jaxunlearn import experiment
 from jaxunlearn.checkpoint import CheckpointManager
 from jaxunlearn.loop import run
 from jaxunlearn.methods import registry
-from jaxunlearn.unlearn import context
 from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory, data_dir):
   setup = experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir))
-  fns, variables, _ = experiment.train_model(setup, kind='original', seed=0)
+  fns, variables, _ = setup.train_model('original', 0)
   return setup, fns, variables
 
 
@@ -33,7 +32,7 @@ def test_checkpoints_hold_no_constant_and_resume_exactly(trained, tmp_path, name
   setup, fns, variables = trained
   cfg = registry.get(name).config().replace(batch_size=64)
   cfg = cfg.replace(epochs=1) if hasattr(cfg, 'epochs') else cfg.replace(iterations=12)
-  plan = registry.get(name).build(context(setup, fns, variables, seed=0, batch_size=64), cfg)
+  plan = registry.get(name).build(setup.context(fns, variables, seed=0, batch_size=64), cfg)
   assert plan.constants, f'{name} has no run constants'
   full = run(
     plan.program,
@@ -65,7 +64,7 @@ def test_checkpoints_hold_no_constant_and_resume_exactly(trained, tmp_path, name
   written = _dir_bytes(os.path.join(str(tmp_path / 'ckpt'), str(step)))
   assert written < state_bytes + constant_bytes / 2 + 64_000, (written, state_bytes, constant_bytes)
   # Resumed with the constants rebuilt by `build`: the same final weights, bit for bit.
-  plan_again = registry.get(name).build(context(setup, fns, variables, seed=0, batch_size=64), cfg)
+  plan_again = registry.get(name).build(setup.context(fns, variables, seed=0, batch_size=64), cfg)
   resumed = run(
     plan_again.program,
     plan_again.state,

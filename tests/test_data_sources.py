@@ -43,7 +43,7 @@ def _train_and_unlearn(tmp_path, data_dir, dataset, **overrides):
     **overrides,
   )
   setup = experiment.prepare(config)
-  model_fns, variables, scores = experiment.train_model(setup, kind='original', seed=0)
+  model_fns, variables, scores = setup.train_model('original', 0)
   assert 0.0 <= scores['TA'] <= 100.0
   unlearned = _unlearn_scores(setup, model_fns, variables)
   assert all(np.isfinite(unlearned[key]) for key in ('UA', 'RA', 'TA', 'MIA'))
@@ -150,7 +150,7 @@ def test_a_tfds_dataset_by_name_trains_and_unlearns(tmp_path, tfds_dir):
   np.testing.assert_allclose(info.std, pixels.std(axis=0), rtol=1e-9)
   assert info.augment  # colour, 32x32
   assert np.array_equal(train.index, np.arange(24))
-  assert os.path.isdir(os.path.join(setup.config.workdir, 'tiny_colours-cnn', 'original_s0'))
+  assert os.path.isdir(os.path.join(setup.training.workdir, 'tiny_colours-cnn', 'original_s0'))
 
 
 def test_statistics_are_cached_beside_the_data_and_follow_it(tmp_path):

@@ -103,7 +103,7 @@ def setup(tmp_path_factory, data_dir):
 
 
 def _train(setup, checkpointer=None, stop_after=None, lr=None):
-  fns, variables = experiment.build_model(setup.config, setup.info, 0)
+  fns, variables = setup.model(0)
   optimizer = setup.training.optimizer if lr is None else setup.training.optimizer.replace(lr=lr)
   program, txs = supervised_program(
     fns,
@@ -155,7 +155,7 @@ def test_non_finite_training_loss_stops_and_names_the_step(setup, tmp_path):
   manager.wait()
   assert manager.latest_step() is None or manager.latest_step() < error.value.step
   if manager.latest_step() is not None:
-    fns, variables = experiment.build_model(setup.config, setup.info, 0)
+    fns, variables = setup.model(0)
     restored = manager.restore(
       manager.latest_step(),
       create_state(variables, {}).replace(opt_state=_train(setup, stop_after=1).state.opt_state),

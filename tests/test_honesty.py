@@ -20,14 +20,15 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def class_forgetting(workdir, data_dir):
-  setup = experiment.prepare(honesty_config(workdir, data_dir, 'class:3'))
-  fns, original, original_scores = experiment.train_model(setup, kind='original', seed=0)
-  _, _, retrain_scores = experiment.train_model(setup, kind='retrain', seed=0)
-  return setup, fns, original, original_scores, retrain_scores
+  config = honesty_config(workdir, data_dir, 'class:3')
+  setup = experiment.prepare(config)
+  fns, original, original_scores = setup.train_model('original', 0)
+  _, _, retrain_scores = setup.train_model('retrain', 0)
+  return setup, fns, original, original_scores, retrain_scores, config.method
 
 
 def test_retrain_does_not_know_the_forgotten_class(class_forgetting):
-  _, _, _, original_scores, retrain_scores = class_forgetting
+  _, _, _, original_scores, retrain_scores, _ = class_forgetting
   assert original_scores['TA'] >= 96.0
   assert retrain_scores['FA'] <= 1.0
   assert retrain_scores['TA_forget'] <= 1.0
@@ -40,13 +41,13 @@ def test_retrain_does_not_know_the_forgotten_class(class_forgetting):
   'name, ra_margin', [('ga', 3.5), ('rl', 3.0), ('salun', 3.0), ('scrub', 3.0)]
 )
 def test_forgetting_methods_forget_the_class_and_keep_the_rest(class_forgetting, name, ra_margin):
-  setup, fns, original, original_scores, _ = class_forgetting
-  scores = run_method(setup, name, setup.config.method[name], fns, original, seed=0).scores
+  setup, fns, original, original_scores, _, methods = class_forgetting
+  scores = run_method(setup, name, methods[name], fns, original, seed=0).scores
   assert scores['FA'] < 10.0, scores
   assert scores['RA'] >= original_scores['RA'] - ra_margin, scores
 
 
 def test_finetuning_keeps_remaining_class_accuracy(class_forgetting):
-  setup, fns, original, original_scores, _ = class_forgetting
-  scores = run_method(setup, 'ft', setup.config.method.ft, fns, original, seed=0).scores
+  setup, fns, original, original_scores, _, methods = class_forgetting
+  scores = run_method(setup, 'ft', methods.ft, fns, original, seed=0).scores
   assert scores['TA_retain'] >= original_scores['TA_retain'] - 1.0, scores

@@ -7,7 +7,7 @@ from tests.conftest import honesty_config
 
 def test_retrain_forget_set_behaves_like_unseen_data(tmp_path, data_dir):
   setup = experiment.prepare(honesty_config(tmp_path, data_dir, 'random:0.1'))
-  _, _, scores = experiment.train_model(setup, kind='retrain', seed=0)
+  _, _, scores = setup.train_model('retrain', 0)
   test_error = 100.0 - scores['TA']
   assert abs(scores['UA'] - test_error) <= 2.0, scores
   assert scores['RA'] - (100.0 - scores['UA']) >= 0.5  # D_r is fit better than D_f

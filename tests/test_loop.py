@@ -34,7 +34,7 @@ def setup(tmp_path_factory, data_dir):
 
 
 def _train(setup, mesh, steps=None, checkpointer=None, stop_after=None):
-  fns, variables = experiment.build_model(setup.config, setup.info, 0)
+  fns, variables = setup.model(0)
   program, txs = supervised_program(
     fns,
     setup.training.optimizer,

@@ -26,7 +26,6 @@ from jaxunlearn.models.lora import (
   merge_lora,
   merge_lora_variables,
 )
-from jaxunlearn.optim import partition_by_type
 from jaxunlearn.state import functionalize
 
 TINY = {
@@ -133,7 +132,7 @@ def test_fresh_lora_model_equals_original_bit_for_bit_through_model_fns(key):
   )
   lora_model = lora_fns.module(lora_variables)
   assert _paths(lora_model, LORA_LAYERS) == _paths(_plain_model(key), (nnx.Linear, nnx.Conv))
-  # Exactly the adapters are nnx.LoRAParam, so partition_by_type can train only them.
+  # Exactly the adapters are nnx.LoRAParam, so an optimiser can be given only them.
   types = {
     '/'.join(str(k.key) for k in path): kind
     for path, kind in jax.tree_util.tree_leaves_with_path(lora_fns.param_types)
@@ -471,24 +470,19 @@ def test_student_bn_in_eval_mode_uses_and_keeps_the_original_running_statistics(
   )
 
 
-def test_partition_keeps_optimizer_state_only_for_the_adapters():
+def test_the_trainable_fraction_is_the_adapters_share_of_the_weights():
   fns, variables = _plain('resnet18')
   lora_fns, lora_variables = add_lora_variables(
     fns, variables, rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1)
   )
   params = lora_variables['params']
   is_lora = lambda kind: issubclass(kind, nnx.LoRAParam)
-  sgd = optax.sgd(0.1, momentum=0.9)
   lora_bytes = sum(
     tree_bytes(leaf)
     for leaf, kind in zip(jax.tree.leaves(params), jax.tree.leaves(lora_fns.param_types))
     if is_lora(kind)
   )
   assert 0 < lora_bytes < tree_bytes(params)
-  # One momentum buffer per adapter leaf; set_to_zero keeps nothing for the frozen leaves.
-  state = partition_by_type(sgd, lora_fns.param_types, is_lora).init(params)
-  assert tree_bytes(state) == lora_bytes
-  assert tree_bytes(sgd.init(params)) == tree_bytes(params)
   # All leaves are float32, so the byte ratio is the parameter fraction.
   assert trainable_fraction(params, lora_fns.param_types, is_lora) == pytest.approx(
     lora_bytes / tree_bytes(params), rel=1e-12

@@ -2,7 +2,6 @@
 the model axis sharded equals one device, both forms agree, the CPU layout rules, and the
 many-model evaluation end to end with bad input."""
 
-import dataclasses
 import os
 
 import jax
@@ -12,10 +11,8 @@ import pytest
 import jaxunlearn
 from jaxunlearn import experiment, many_models, sharding
 from jaxunlearn.config import ConfigError, from_config_dict
-from jaxunlearn.data.device import DeviceData
 from jaxunlearn.loop import run, run_many, use_vmap
 from jaxunlearn.methods import registry
-from jaxunlearn.unlearn import context
 from tests.conftest import tiny_config
 
 # vmap changes the order of float32 sums inside convolutions and matmuls; after one epoch the
@@ -30,22 +27,8 @@ def setup(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope='module')
 def original(setup):
-  fns, variables, _ = experiment.train_model(setup, kind='original', seed=0)
+  fns, variables, _ = setup.train_model('original', 0)
   return fns, variables
-
-
-def _on(setup, mesh):
-  return dataclasses.replace(
-    setup,
-    mesh=mesh,
-    train=DeviceData.create(
-      np.asarray(setup.train.images),
-      np.asarray(setup.train.labels),
-      setup.info,
-      setup.train.sources,
-      mesh,
-    ),
-  )
 
 
 def _cfg(name):
@@ -58,9 +41,9 @@ def _cfg(name):
 def test_k_run_equals_k_single_runs(setup, original, name, form):
   seeds = [0, 3, 5, 6]
   mesh = sharding.make_model_mesh(2, jax.devices()[:4])
-  many_setup = _on(setup, mesh)
+  many_setup = setup.on_mesh(mesh)
   plans = [
-    registry.get(name).build(context(many_setup, *original, seed=s, batch_size=64), _cfg(name))
+    registry.get(name).build(many_setup.context(*original, seed=s, batch_size=64), _cfg(name))
     for s in seeds
   ]
   many = run_many(
@@ -74,7 +57,7 @@ def test_k_run_equals_k_single_runs(setup, original, name, form):
     form=form,
   )
   for k, seed in enumerate(seeds):
-    one = registry.get(name).build(context(setup, *original, seed=seed, batch_size=64), _cfg(name))
+    one = registry.get(name).build(setup.context(*original, seed=seed, batch_size=64), _cfg(name))
     single = run(
       one.program,
       one.state,
@@ -104,10 +87,10 @@ def test_compiles_once_per_step_kind_and_sharded_equals_one_device(setup, origin
     ('one', sharding.make_model_mesh(1, jax.devices()[:1])),
     ('eight', sharding.make_model_mesh(8)),
   ):
-    many_setup = _on(setup, mesh)
+    many_setup = setup.on_mesh(mesh)
     cfg = _cfg('sfron').replace(forget_every=2)  # two step kinds
     plans = [
-      registry.get('sfron').build(context(many_setup, *original, seed=s, batch_size=64), cfg)
+      registry.get('sfron').build(many_setup.context(*original, seed=s, batch_size=64), cfg)
       for s in seeds
     ]
     compiles.clear()
@@ -140,14 +123,14 @@ def _study(tmp_path, data_dir, methods='ft,salun'):
 def test_many_model_evaluation_end_to_end(tmp_path, data_dir):
   cfg = many_models.ManyModelsConfig(num_models=4, model_devices=2, relearn_steps=5)
   study = _study(tmp_path, data_dir)
-  payload = many_models.run(study, cfg)
+  payload = study.many_models(cfg)
   rows = payload['rows']
   assert list(rows) == ['Retrain', 'Control', 'Original', 'ft', 'salun']
   for name in ('Control', 'Original', 'ft', 'salun'):
     assert 0.0 <= rows[name]['F_low'] <= rows[name]['F'] <= rows[name]['F_high'] <= 1.0
     assert rows[name]['K'] == 4 and 0.0 <= rows[name]['ToW'] <= 1.0
     assert rows[name]['KLOM_forget_median'] >= 0 and 0 <= rows[name]['relearn_steps'] <= 5
-    assert len(payload['epsilons'][name]) == len(study.setup.split.forget)
+    assert len(payload['epsilons'][name]) == len(study.experiment.split.forget)
   # A second set of Retrain models is closer to Retrain than models that saw the class.
   assert rows['Control']['F'] > rows['Original']['F']
   assert rows['Control']['AvgGap'] < rows['Original']['AvgGap']
@@ -197,9 +180,9 @@ def test_the_per_core_layout_keeps_a_device_count_forced_by_xla_flags():
 def test_k_runs_on_eight_devices_equal_k_single_runs(setup, original, form):
   seeds = list(range(8))
   mesh = sharding.make_model_mesh(8)
-  many_setup = _on(setup, mesh)
+  many_setup = setup.on_mesh(mesh)
   plans = [
-    registry.get('ft').build(context(many_setup, *original, seed=s, batch_size=64), _cfg('ft'))
+    registry.get('ft').build(many_setup.context(*original, seed=s, batch_size=64), _cfg('ft'))
     for s in seeds
   ]
   many = run_many(
@@ -212,7 +195,7 @@ def test_k_runs_on_eight_devices_equal_k_single_runs(setup, original, form):
     form=form,
   )
   for k, seed in enumerate(seeds):
-    one = registry.get('ft').build(context(setup, *original, seed=seed, batch_size=64), _cfg('ft'))
+    one = registry.get('ft').build(setup.context(*original, seed=seed, batch_size=64), _cfg('ft'))
     single = run(one.program, one.state, setup.train, mesh=setup.mesh, seed=seed, log_every=1000)
     jax.tree.map(
       lambda a, b, k=k: np.testing.assert_array_equal(np.asarray(b)[k], a),

@@ -8,7 +8,7 @@ from jaxunlearn import experiment, report
 from jaxunlearn.loop import run
 from jaxunlearn.methods import registry, salun
 from jaxunlearn.methods.base import gradient_statistic, top_fraction_mask
-from jaxunlearn.unlearn import context, run_method, summarise
+from jaxunlearn.unlearn import run_method, summarise
 from tests.conftest import tiny_config
 
 
@@ -20,12 +20,12 @@ def setup(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope='module')
 def original(setup):
-  return experiment.train_model(setup, kind='original', seed=0)
+  return setup.train_model('original', 0)
 
 
 def _ctx(setup, original, seed=0):
   fns, variables, _ = original
-  return context(setup, fns, variables, seed=seed, batch_size=64)
+  return setup.context(fns, variables, seed=seed, batch_size=64)
 
 
 def _method_cfg(name, **options):

@@ -247,7 +247,11 @@ def test_rfa_lora_notebook_shows_adapters_gamma_and_distances(data_dir, tmp_path
   nb = _execute('rfa_lora.ipynb', tmp_path, monkeypatch)
   _check_template_outputs(nb)
   text = '\n'.join(_text(c) for c in _code_cells(nb))
-  assert 'layers with a branch: convs.0, convs.1, dense' in text
+  assert 'layers with a branch: convs.0, convs.1, dense, head' in text
+  # The diagnostic: the mean softmax puts the forgotten class last, so it warns only once the
+  # output target is switched to the mean logits (if at all).
+  assert 'defaults: output_target=probabilities' in text
+  assert 'output (probabilities) class 3: 10' in text and 'output (logits) class 3:' in text
   share = float(re.search(r'\(([\d.]+)% of all weights\)', text).group(1))
   assert 0 < share < 20
   rows = _table_rows(_markdown_tables(nb)[-1])
@@ -262,9 +266,10 @@ def test_many_models_notebook_shows_scores_and_epsilons(data_dir, tmp_path, monk
   nb = _execute('many_models.ipynb', tmp_path, monkeypatch)
   _check_template_outputs(nb)
   rows = _table_rows(_markdown_tables(nb)[0])
-  assert list(rows) == ['Retrain', 'ft', 'salun']
-  for name in ('ft', 'salun'):
-    assert 0.0 <= float(rows[name]['F']) <= 1.0
+  assert list(rows) == ['Retrain', 'Control', 'Original', 'ft', 'salun']
+  for name in ('Control', 'Original', 'ft', 'salun'):
+    point, low, high = map(float, re.findall(r'[\d.]+', rows[name]['F']))
+    assert 0.0 <= low <= point <= high <= 1.0
   assert len(_images(nb)) == 1
   text = '\n'.join(_text(c) for c in _code_cells(nb))
   assert 'median epsilon' in text and 'scoring examples' in text

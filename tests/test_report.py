@@ -132,11 +132,21 @@ def test_picture_of_outlier_and_diverged_rows(rows, tmp_path):
 
 
 def test_write_results_writes_table_json_and_picture(rows, tmp_path):
-  table = report.write_results(
-    str(tmp_path), {'summary': rows}, rows, class_wise=False, title='synthetic'
+  table = report.markdown_table(rows, class_wise=False)
+  report.write_results(
+    str(tmp_path),
+    'results',
+    {'summary': rows},
+    title='synthetic',
+    table=table,
+    note=report.TABLE_NOTE,
+    figure=report.trade_off_figure(rows, 'synthetic'),
   )
   assert sorted(os.listdir(tmp_path)) == ['results.json', 'results.md', 'results.png']
   assert '| neggrad_plus (diverged in 100% of seeds) |' in table
+  assert (tmp_path / 'results.md').read_text().startswith('# synthetic\n\n| Method |')
+  report.write_results(str(tmp_path / 'many'), 'many_models', {}, title='t', table=table, note='n')
+  assert sorted(os.listdir(tmp_path / 'many')) == ['many_models.json', 'many_models.md']
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from jaxunlearn.data import preprocess
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.loop import run
 from jaxunlearn.methods import rfa_lora
-from jaxunlearn.unlearn import context
 from tests.conftest import tiny_config
 
 BATCH = 64
@@ -30,7 +29,7 @@ def setup(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope='module')
 def original(setup):
-  fns, variables, _ = experiment.train_model(setup, kind='original', seed=0)
+  fns, variables, _ = setup.train_model('original', 0)
   return fns, variables
 
 
@@ -51,7 +50,7 @@ def _ctx(setup, original, mesh=None):
         mesh,
       ),
     )
-  return context(setup, *original, seed=0, batch_size=BATCH)
+  return setup.context(*original, seed=0, batch_size=BATCH)
 
 
 def _settings(ctx, plan):

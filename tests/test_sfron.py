@@ -18,7 +18,6 @@ from jaxunlearn.data.device import BatchSampler, DeviceData
 from jaxunlearn.loop import run
 from jaxunlearn.methods import fisher, sfron
 from jaxunlearn.state import TrainState
-from jaxunlearn.unlearn import context
 from tests.conftest import tiny_config
 
 BATCH = 64
@@ -31,7 +30,7 @@ def setup(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope='module')
 def original(setup):
-  fns, variables, _ = experiment.train_model(setup, kind='original', seed=0)
+  fns, variables, _ = setup.train_model('original', 0)
   return fns, variables
 
 
@@ -54,7 +53,7 @@ def _ctx(setup, original, mesh=None, cache_dir=''):
         mesh,
       ),
     )
-  return context(setup, fns, variables, seed=0, batch_size=BATCH, cache_dir=cache_dir)
+  return setup.context(fns, variables, seed=0, batch_size=BATCH, cache_dir=cache_dir)
 
 
 def _cfg(preset='paper', **overrides):

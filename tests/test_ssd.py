@@ -10,7 +10,7 @@ from jaxunlearn import experiment, losses
 from jaxunlearn.data import preprocess
 from jaxunlearn.loop import run
 from jaxunlearn.methods import registry, ssd
-from jaxunlearn.unlearn import context, run_method
+from jaxunlearn.unlearn import run_method
 from tests.conftest import tiny_config
 
 
@@ -35,13 +35,13 @@ def setup(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope='module')
 def original(setup):
-  return experiment.train_model(setup, kind='original', seed=0)
+  return setup.train_model('original', 0)
 
 
 def test_importances_are_squared_batch_gradients(setup, original):
   fns, variables, _ = original
   cfg = ssd.SsdConfig(batch_size=64)
-  imps = ssd.importances(context(setup, fns, variables, seed=0, batch_size=64), cfg)
+  imps = ssd.importances(setup.context(fns, variables, seed=0, batch_size=64), cfg)
   positions = setup.train.sources['forget']
   images = preprocess(np.asarray(setup.train.images)[positions], setup.info, train=False, key=None)
   labels = np.asarray(setup.train.labels)[positions]
@@ -65,7 +65,7 @@ def test_importances_are_squared_batch_gradients(setup, original):
 def test_run_dampens_only_selected_weights(setup, original):
   fns, variables, _ = original
   cfg = ssd.SsdConfig(batch_size=64, selection_weighting=2.0, dampening_constant=1.0)
-  ctx = context(setup, fns, variables, seed=0, batch_size=64)
+  ctx = setup.context(fns, variables, seed=0, batch_size=64)
   plan = registry.get('ssd').build(ctx, cfg)
   state = run(
     plan.program,

@@ -173,9 +173,9 @@ def test_empty_forget_set_is_refused(tmp_path, data_dir):
 
 def test_checkpoint_of_another_architecture_is_refused(uninterrupted, tmp_path, data_dir):
   config = tiny_config(tmp_path, data_dir, epochs=1)
-  experiment.train_model(experiment.prepare(config), kind='original', seed=0)
+  experiment.prepare(config).train_model('original', 0)
   wider = tiny_config(tmp_path, data_dir, epochs=1)
   wider.model_kwargs.dense_width = 32
   setup = experiment.prepare(wider)
   with pytest.raises(ValueError, match='--config.workdir.*model_signature'):
-    experiment.train_model(setup, kind='original', seed=0)
+    setup.train_model('original', 0)

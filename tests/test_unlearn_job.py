@@ -12,9 +12,8 @@ import pytest
 
 import jaxunlearn
 from jaxunlearn import experiment
-from jaxunlearn.config import ConfigError
+from jaxunlearn.config import ConfigError, parse_seeds
 from jaxunlearn.methods.registry import parse_methods
-from jaxunlearn.unlearn import parse_seeds
 from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

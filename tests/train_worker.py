@@ -36,11 +36,11 @@ def main():
   if jax.process_index() == 1:
     # Train only once process 0 has created the checkpoint directory: the order that used to hang
     # (process 1 then found the directory and took checkpoint barriers that process 0 never took).
-    checkpoints = os.path.join(experiment.run_dir(setup, 'original', 0), 'checkpoints')
+    checkpoints = os.path.join(setup.model_run_dir('original', 0), 'checkpoints')
     deadline = time.monotonic() + 120
     while not os.path.isdir(checkpoints) and time.monotonic() < deadline:
       time.sleep(0.05)
-  _, variables, _ = experiment.train_model(setup, kind='original', seed=0)
+  _, variables, _ = setup.train_model('original', 0)
   if jax.process_index() == 0:
     flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
     np.savez(

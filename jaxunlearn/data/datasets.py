@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxunlearn import runs
 from jaxunlearn.config import ConfigError
 from jaxunlearn.data import builders, imagefolder
 
@@ -569,11 +570,9 @@ def _cached_statistics(
   except (OSError, ValueError, KeyError, TypeError):
     pass  # No cache yet, or an unreadable one: measure again.
   mean, std = channel_statistics(train_images())
-  temporary = f'{path}.{os.getpid()}.tmp'
   try:
-    with open(temporary, 'w', encoding='utf-8') as f:
+    with runs.atomic_file(path, encoding='utf-8') as f:
       json.dump({'key': key, 'mean': mean, 'std': std}, f, indent=1)
-    os.replace(temporary, path)
   except OSError:
     pass  # A read-only data dir: measure on every load.
   return mean, std

@@ -25,10 +25,10 @@ import json
 import math
 import os
 import re
-import tempfile
 
 import numpy as np
 
+from jaxunlearn import runs
 from jaxunlearn.config import ConfigError
 from jaxunlearn.data.builders import stratified_split
 from jaxunlearn.data.datasets import ArraySplit, DatasetInfo
@@ -78,6 +78,16 @@ class ForgetSplit:
   test_retain: np.ndarray | None
   digest: str
   subset: np.ndarray | None = None
+
+  def summary(self) -> dict:
+    """What results files say of the split."""
+    return {
+      'spec': self.spec,
+      'seed': self.seed,
+      'digest': self.digest,
+      'num_forget': len(self.forget),
+      'num_retain': len(self.retain),
+    }
 
 
 def _bad_spec(spec: str, problem: str) -> ValueError:
@@ -284,24 +294,6 @@ def make_forget_split(
   )
 
 
-def _write_atomically(path: str, write) -> None:
-  """Calls write(file) on a temp file in the same folder, then os.replace()s it onto `path`."""
-  handle, temp = tempfile.mkstemp(
-    dir=os.path.dirname(path), prefix=f'.{os.path.basename(path)}.', suffix='.tmp'
-  )
-  try:
-    with os.fdopen(handle, 'wb') as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(temp, 0o644)  # mkstemp makes the file private.
-    os.replace(temp, path)
-  except BaseException:
-    if os.path.exists(temp):
-      os.remove(temp)
-    raise
-
-
 def save_forget_split(split: ForgetSplit, directory: str) -> None:
   """Writes split.npz (the positions), then split.json (the rest), each atomically.
 
@@ -324,11 +316,9 @@ def save_forget_split(split: ForgetSplit, directory: str) -> None:
   if split.subset is not None:
     arrays['subset'] = split.subset
     meta['train_subset'] = int(split.subset.size)
-  _write_atomically(os.path.join(directory, SPLIT_ARRAYS), lambda f: np.savez(f, **arrays))
-  _write_atomically(
-    os.path.join(directory, SPLIT_META),
-    lambda f: f.write(json.dumps(meta, indent=2).encode('utf-8') + b'\n'),
-  )
+  with runs.atomic_file(os.path.join(directory, SPLIT_ARRAYS), 'wb') as f:
+    np.savez(f, **arrays)
+  runs.write_text(os.path.join(directory, SPLIT_META), json.dumps(meta, indent=2) + '\n')
 
 
 def load_forget_split(directory: str) -> ForgetSplit | None:

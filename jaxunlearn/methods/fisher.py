@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from jaxunlearn import runs
 from jaxunlearn.methods.base import UnlearnContext, gradient_statistic, top_fraction_mask
 
 ESTIMATORS = ('batch_fisher', 'empirical_fisher')
@@ -55,11 +55,8 @@ def cache_path(cache_dir: str, source: str, estimator: str, batch_size: int, key
 def _save(path: str, tree, seconds: float) -> None:
   leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
   arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp.npz')
-  with os.fdopen(fd, 'wb') as f:
+  with runs.atomic_file(path, 'wb') as f:
     np.savez(f, __seconds__=np.float64(seconds), **arrays)
-  os.replace(tmp, path)
 
 
 def _load(path: str, like) -> tuple[Any, float] | None:

@@ -146,3 +146,20 @@ def parse_methods(value: str, flag: str = '--config.methods') -> list[str]:
   if len(set(chosen)) != len(chosen):
     raise ConfigError(f'{flag}={value!r}: a method is listed twice.')
   return chosen
+
+
+def method_rows(method_configs, methods: str) -> list[tuple[str, str, Config]]:
+  """(row, method, validated config) of every run `methods` asks for, each config read from
+  `method_configs` ({method: ConfigDict}, a study config's `method`); a group name runs its
+  variants, each a row."""
+  rows = []
+  for name in parse_methods(methods):
+    if name in groups():
+      method = groups()[name]
+      base = parse_config(method.name, method_configs[method.name])
+      for row, variant in method.groups[name](base).items():
+        path = f'--config.method.{method.name} ({row})'
+        rows.append((row, method.name, parse_config(method.name, variant, path)))
+    else:
+      rows.append((name, name, parse_config(name, method_configs[name])))
+  return rows

@@ -96,6 +96,7 @@ from jaxunlearn.data.device import padded_chunks
 from jaxunlearn.loop import Program, StepKind
 from jaxunlearn.methods.base import Plan, UnlearnContext
 from jaxunlearn.methods.registry import register
+from jaxunlearn.metrics import trainable_fraction
 from jaxunlearn.models import lora
 from jaxunlearn.optim import make_optimizer
 from jaxunlearn.state import ModelFns, TrainState
@@ -565,12 +566,13 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
       },
     )
 
-  adapter_size = sum(np.size(x) for x in jax.tree.leaves(adapters))
-  total_size = adapter_size + sum(np.size(x) for x in jax.tree.leaves(ctx.original['params']))
+  fraction = trainable_fraction(
+    student_vars['params'], student_fns.param_types, lambda kind: issubclass(kind, nnx.LoRAParam)
+  )
   return Plan(
     Program({'align': kind}, ['align'] * steps, ctx.batch_size),
     state,
     constants,
     finalize=finalize,
-    info={'trainable_fraction': adapter_size / total_size, **diagnostic},
+    info={'trainable_fraction': fraction, **diagnostic},
   )
