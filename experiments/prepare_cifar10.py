@@ -1,6 +1,6 @@
 r"""Extracts the shared CIFAR-10 JPEG archive into an image folder, and builds it for training.
 
-  python -m experiments.prepare_cifar10      # archive from ../shared/data, into the data dir
+  python -m experiments.prepare_cifar10 --archive=../shared/data/cifar10-jpeg.tar.gz
   python -m experiments.train \
       --config.dataset=imagefolder:$JAXUNLEARN_DATA_DIR/downloads/cifar10-jpeg
 
@@ -35,8 +35,8 @@ NUM_CLASSES = 10
 
 _ARCHIVE = flags.DEFINE_string(
   'archive',
-  os.path.normpath(os.path.join(REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')),
-  'The archive cifar10-jpeg.tar.gz.',
+  None,
+  'The archive cifar10-jpeg.tar.gz (sha256 checked); this repository keeps it in ../shared/data.',
 )
 _DEST = flags.DEFINE_string(
   'dest',
@@ -86,6 +86,11 @@ def extract(archive: str, dest: str) -> str:
   if os.path.isdir(folder):
     print(f'{folder} exists: not extracting again.')
     return folder
+  if not archive:
+    raise app.UsageError(
+      '--archive: give the path of cifar10-jpeg.tar.gz (in this repository: '
+      '../shared/data/cifar10-jpeg.tar.gz; see its README).'
+    )
   if not os.path.isfile(archive):
     raise app.UsageError(
       f'--archive: {archive} does not exist (it is in ../shared/data of the project checkout).'

@@ -536,11 +536,13 @@ def compare_case(
     torch_step = {
       'sgd': stepper.sgd_step,
       'salun': stepper.salun_step,
-      'sfron': lambda b: stepper.sfron_iteration(b['forget'], b['remain'], lr=LR, **SFRON),
+      'sfron': lambda b, stepper=stepper: stepper.sfron_iteration(
+        b['forget'], b['remain'], lr=LR, **SFRON
+      ),
     }[kind]
     states = {name: side.init_state(kind) for name, side in sides.items()}
     with Precision(case.compute):
-      torch_losses = [_losses(torch_step(to_torch(batch, device))) for batch in batches]
+      torch_losses = [_losses(torch_step(to_torch(b, device))) for b in batches]
       torch_params = torch_reference.jax_tree(
         torch_model, reference.variables['params'], dict(torch_model.named_parameters())
       )
@@ -563,7 +565,7 @@ def compare_case(
         )
         result[name]['compile_s'] = compile_s
 
-      def jax_runner(name):
+      def jax_runner(name, kind=kind, states=states, batches=batches):
         side, batch = sides[name], sides[name].put_batch(batches[0])
 
         def run_steps(steps):
@@ -575,9 +577,9 @@ def compare_case(
 
       torch_batch = to_torch(batches[0], device)
 
-      def run_torch(steps):
+      def run_torch(steps, step=torch_step, batch=torch_batch):
         for _ in range(steps):
-          torch_step(torch_batch)
+          step(batch)
         _sync_torch(device)
 
       runners = {name: jax_runner(name) for name in sides}
@@ -680,7 +682,7 @@ def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
       )
       losses.append(loss)
     jax.block_until_ready(state)
-    return [_losses(jax.device_get(l)) for l in losses]
+    return [_losses(jax.device_get(loss)) for loss in losses]
 
   def run_torch():
     torch_model = torch_reference.create_model(
@@ -710,7 +712,7 @@ def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
         )
       )
     _sync_torch(device)
-    return [_losses(l) for l in losses]
+    return [_losses(loss) for loss in losses]
 
   timings = {}
   with Precision('float32'):

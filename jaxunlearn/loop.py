@@ -142,31 +142,89 @@ def run(
     constants=constants,
     kinds=set(program.schedule[start:]),
   )
-  history, pending, unchecked = [], [], []
-  run_start = last_time = time.perf_counter()
-  last_step = start
-  steps_run = 0
-  for step in range(start, total):
-    kind_name = program.schedule[step]
-    kind = program.kinds[kind_name]
+
+  def draw(kind: StepKind) -> dict:
     batch = {}
     for slot, source in kind.slots.items():
       batch[slot] = samplers[source].batch(draws[source])
       draws[source] += 1
-    batch = sharding_lib.shard_global_batch(batch, mesh)
-    state, metrics = compiled[kind_name](
-      state, constants, data.images, data.labels, batch, base_key
-    )
+    return sharding_lib.shard_global_batch(batch, mesh)
+
+  def execute(kind_name, state, batch):
+    return compiled[kind_name](state, constants, data.images, data.labels, batch, base_key)
+
+  unchecked = []
+
+  def saving(done: int) -> bool:
+    return checkpointer is not None and (checkpointer.should_save(done) or done == total)
+
+  def before_line(done: int, metrics, line: bool) -> None:
+    nonlocal unchecked
+    if stop_on_nonfinite:
+      unchecked.append((done, metrics))
+      if saving(done) or line:
+        _check_finite(unchecked, name)
+        unchecked = []
+
+  def after_step(done: int, state) -> None:
+    if saving(done):
+      checkpointer.save(state, eval_fn(state) if eval_fn else {})
+
+  state, history, run_seconds, steps_run = _host_loop(
+    program,
+    state,
+    start,
+    draw,
+    execute,
+    examples_per_step=program.batch_size,
+    log_every=log_every,
+    name=f'[{name}]',
+    before_line=before_line,
+    after_step=after_step,
+    stop_after=stop_after,
+  )
+  if checkpointer is not None:
+    checkpointer.wait()
+  return RunResult(state, history, compile_seconds, run_seconds, steps_run)
+
+
+def _host_loop(
+  program: Program,
+  state,
+  start: int,
+  draw: Callable[[StepKind], dict],
+  execute: Callable[[str, Any, dict], tuple[Any, dict]],
+  *,
+  examples_per_step: int,
+  log_every: int,
+  name: str,
+  before_line: Callable[[int, dict, bool], None] | None = None,
+  after_step: Callable[[int, Any], None] | None = None,
+  stop_after: int | None = None,
+):
+  """The host side both drivers share: from global step `start` to the end of the schedule,
+  draws each step's batch (`draw`), runs its compiled step (`execute`), prints a progress line
+  every `log_every` steps and at the end (metrics fetched only then), and calls the hooks:
+  `before_line(done, metrics, line)` after each step, before its progress line if any, and
+  `after_step(done, state)` after it. Stops early after `stop_after` steps in this call.
+
+  Returns:
+    (state, history of progress records, run seconds, steps run).
+  """
+  total = len(program.schedule)
+  history, pending = [], []
+  run_start = last_time = time.perf_counter()
+  last_step, steps_run = start, 0
+  for step in range(start, total):
+    kind_name = program.schedule[step]
+    state, metrics = execute(kind_name, state, draw(program.kinds[kind_name]))
     pending.append((kind_name, metrics))
     steps_run += 1
     done = step + 1
-    saving = checkpointer is not None and (checkpointer.should_save(done) or done == total)
-    if stop_on_nonfinite:
-      unchecked.append((done, metrics))
-      if saving or done % log_every == 0 or done == total:
-        _check_finite(unchecked, name)
-        unchecked = []
-    if done % log_every == 0 or done == total:
+    line = done % log_every == 0 or done == total
+    if before_line is not None:
+      before_line(done, metrics, line)
+    if line:
       now = time.perf_counter()
       record = _summarise(
         pending,
@@ -174,21 +232,19 @@ def run(
         total,
         now - last_time,
         done - last_step,
-        program.batch_size,
+        examples_per_step,
         now - run_start,
         steps_run,
       )
-      print(f'[{name}] {_format(record)}', flush=True)
+      print(f'{name} {_format(record)}', flush=True)
       history.append(record)
       pending, last_time, last_step = [], now, done
-    if saving:
-      checkpointer.save(state, eval_fn(state) if eval_fn else {})
+    if after_step is not None:
+      after_step(done, state)
     if stop_after is not None and steps_run >= stop_after:
       break
   jax.block_until_ready(state)
-  if checkpointer is not None:
-    checkpointer.wait()
-  return RunResult(state, history, compile_seconds, time.perf_counter() - run_start, steps_run)
+  return state, history, time.perf_counter() - run_start, steps_run
 
 
 def _check_finite(entries: list[tuple[int, dict]], name: str) -> None:
@@ -209,6 +265,29 @@ def _draw_offsets(program: Program, start: int) -> dict[str, int]:
     for source in program.kinds[kind_name].slots.values():
       draws[source] += 1
   return draws
+
+
+def _program_step(kind: StepKind, info, augment: bool):
+  """The compiled body of one step of `kind`, the same for one model and for many: gathers and
+  preprocesses each slot's batch on device, derives every key from (base_key, step), runs the
+  step and advances the step counter.
+
+  Returns:
+    ``program_step(state, constants, images, labels, batch, base_key) -> (state, metrics)``.
+  """
+
+  def program_step(state, constants, images, labels, batch, base_key):
+    key = jax.random.fold_in(base_key, state.step)
+    batch = {
+      slot: gather_batch(
+        images, labels, info, positions, weight, jax.random.fold_in(key, i), augment=augment
+      )
+      for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))
+    }
+    new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)), constants)
+    return new_state.replace(step=state.step + 1), metrics
+
+  return program_step
 
 
 def compile_program(
@@ -235,17 +314,7 @@ def compile_program(
   for kind_name in sorted(kinds):
     kind = program.kinds[kind_name]
 
-    def program_step(state, constants, images, labels, batch, base_key, kind=kind):
-      key = jax.random.fold_in(base_key, state.step)
-      batch = {
-        slot: gather_batch(
-          images, labels, data.info, positions, weight, jax.random.fold_in(key, i), augment=augment
-        )
-        for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))
-      }
-      new_state, metrics = kind.fn(state, batch, jax.random.fold_in(key, len(batch)), constants)
-      return new_state.replace(step=state.step + 1), metrics
-
+    program_step = _program_step(kind, data.info, augment)
     abstract_batch = {
       slot: (
         jax.ShapeDtypeStruct((program.batch_size,), jnp.int32, sharding=batch_spec),
@@ -393,7 +462,6 @@ def run_many(
   stacked = jax.device_put(stacked, models)
   shared = jax.device_put(shared, replicated)
   base_keys = jax.device_put(jnp.stack([jax.random.key(s) for s in seeds]), models)
-  total = len(program.schedule)
   samplers = [
     {
       source: BatchSampler(positions, program.batch_size, seed, source)
@@ -410,17 +478,9 @@ def run_many(
     kind = program.kinds[kind_name]
 
     def one_model(state, stacked, shared, images, labels, batch, base_key, kind=kind):
-      key = jax.random.fold_in(base_key, state.step)
-      batch = {
-        slot: gather_batch(
-          images, labels, data.info, positions, weight, jax.random.fold_in(key, i), augment=augment
-        )
-        for i, (slot, (positions, weight)) in enumerate(sorted(batch.items()))
-      }
-      new_state, metrics = kind.fn(
-        state, batch, jax.random.fold_in(key, len(batch)), _merge_constants(shared, stacked)
+      return _program_step(kind, data.info, augment)(
+        state, _merge_constants(shared, stacked), images, labels, batch, base_key
       )
-      return new_state.replace(step=state.step + 1), metrics
 
     # Each device group runs the models it holds (a vmap) under shard_map over the model axis:
     # left to the SPMD partitioner, a vmapped convolution whose kernels differ per model
@@ -464,46 +524,40 @@ def run_many(
       .compile()
     )
     compile_seconds += time.perf_counter() - t0
-  history, pending, kept = [], [], []
-  run_start = last_time = time.perf_counter()
-  last_step = 0
-  for step in range(total):
-    kind_name = program.schedule[step]
-    kind = program.kinds[kind_name]
+
+  def draw(kind: StepKind) -> dict:
     batch = {}
     for slot, source in kind.slots.items():
       drawn = [s[source].batch(draws[source]) for s in samplers]
       batch[slot] = (np.stack([p for p, _ in drawn]), np.stack([w for _, w in drawn]))
       draws[source] += 1
-    batch = jax.device_put(batch, batch_sharding)
-    state, metrics = compiled[kind_name](
-      state, stacked, shared, data.images, data.labels, batch, base_keys
-    )
-    pending.append((kind_name, metrics))
-    if keep_metrics:
-      kept.append(metrics)
-    done = step + 1
-    if done % log_every == 0 or done == total:
-      now = time.perf_counter()
-      record = _summarise(
-        pending,
-        done,
-        total,
-        now - last_time,
-        done - last_step,
-        program.batch_size * num_models,
-        now - run_start,
-        done,
-      )
-      print(f'[{name} x{num_models}] {_format(record)}', flush=True)
-      history.append(record)
-      pending, last_time, last_step = [], now, done
-  jax.block_until_ready(state)
+    return jax.device_put(batch, batch_sharding)
+
+  def execute(kind_name, state, batch):
+    return compiled[kind_name](state, stacked, shared, data.images, data.labels, batch, base_keys)
+
+  kept = []
+
+  def keep(done: int, metrics, line: bool) -> None:
+    del done, line
+    kept.append(metrics)
+
+  state, history, run_seconds, steps_run = _host_loop(
+    program,
+    state,
+    0,
+    draw,
+    execute,
+    examples_per_step=program.batch_size * num_models,
+    log_every=log_every,
+    name=f'[{name} x{num_models}]',
+    before_line=keep if keep_metrics else None,
+  )
   return RunResult(
     state,
     history,
     compile_seconds,
-    time.perf_counter() - run_start,
-    total,
+    run_seconds,
+    steps_run,
     jax.device_get(kept) if keep_metrics else None,
   )

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxunlearn
-from jaxunlearn import experiment
+from jaxunlearn import experiment, runs
 from jaxunlearn.checkpoint import CheckpointManager
 from jaxunlearn.config import ConfigError
 from jaxunlearn.loop import NonFiniteLoss, run
@@ -180,7 +180,7 @@ def test_full_disk_is_refused_before_training(tmp_path, data_dir, monkeypatch):
   import collections
 
   usage = collections.namedtuple('usage', 'total used free')
-  monkeypatch.setattr(experiment.shutil, 'disk_usage', lambda path: usage(10**9, 10**9, 10**6))
+  monkeypatch.setattr(runs.shutil, 'disk_usage', lambda path: usage(10**9, 10**9, 10**6))
   with pytest.raises(ConfigError, match=r'--config.workdir=.*only 1 MiB free on its disk'):
     jaxunlearn.Study(_study_config(tmp_path / 'wd', data_dir)).run()
   assert not (tmp_path / 'wd').exists()

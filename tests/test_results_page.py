@@ -1,4 +1,5 @@
-"""experiments/RESULTS.md is exactly what reproduce_results renders from the committed results."""
+"""experiments/RESULTS.md and docs/speed.md are exactly what reproduce_results renders from the
+committed results and benchmark files."""
 
 import json
 import os
@@ -22,6 +23,7 @@ def test_results_page_matches_the_committed_results(tmp_path):
       '--only_render',
       '--nowrite_readme',
       f'--out={out}',
+      f'--speed_out={tmp_path / "speed.md"}',
       f'--figures_dir={figures}',
     ],
     cwd=REPO,
@@ -31,6 +33,10 @@ def test_results_page_matches_the_committed_results(tmp_path):
   page = out.read_text()
   with open(os.path.join(EXPERIMENTS, 'RESULTS.md')) as f:
     assert page == f.read(), 'RESULTS.md is stale: rerun reproduce_results --only_render'
+  with open(os.path.join(REPO, 'docs', 'speed.md')) as f:
+    assert (tmp_path / 'speed.md').read_text() == f.read(), (
+      'docs/speed.md is stale: rerun reproduce_results --only_render'
+    )
   assert 'Not measured yet' not in page
   for table in (
     'All methods: forget random:0.1',

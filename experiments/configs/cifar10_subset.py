@@ -1,7 +1,7 @@
 r"""A CPU-sized CIFAR-10 protocol: the JPEG q75 copy, a stratified 10,000-image training subset, the
 small CNN, every method.
 
-  python -m experiments.prepare_cifar10          # once: extract ../shared/data's archive and build it
+  python -m experiments.prepare_cifar10 --archive=../shared/data/cifar10-jpeg.tar.gz   # once
   python -m experiments.tune --config=experiments/configs/cifar10_subset.py \
       --config.forget=random:0.1 --config.seeds=0,1,2
 

@@ -5,7 +5,7 @@ r"""The reference recipe for CIFAR-10 / ResNet-18 Original and Retrain models (G
 200 epochs, SGD lr 0.1 with a cosine schedule, momentum 0.9, weight decay 5e-4, batch 128: the
 original and retrained models of the SFR-on and SalUn reference code (NOTES.md section 2).
 Needs the TFDS `cifar10` data (TensorFlow installed, or array_record files prepared in data_dir),
-or the shared JPEG copy: `python -m experiments.prepare_cifar10`, then
+or the shared JPEG copy: `python -m experiments.prepare_cifar10 --archive=PATH`, then
 `--config.dataset=imagefolder:$JAXUNLEARN_DATA_DIR/downloads/cifar10-jpeg`.
 """
 

@@ -103,3 +103,40 @@ def padded_chunks(positions: np.ndarray, batch_size: int) -> tuple[np.ndarray, n
   )
   weight = (np.arange(len(padded)) < len(positions)).astype(np.float32)
   return padded.reshape(chunks, batch_size), weight.reshape(chunks, batch_size)
+
+
+CHUNK_LOOPS = ('auto', 'scan', 'host')
+
+
+def chunked_sum(fn, positions: np.ndarray, batch_size: int, *args, keys=None, loop: str = 'auto'):
+  """The sum over `positions`, cut into padded chunks of `batch_size`, of
+  ``fn(*args, chunk_positions, chunk_weights[, chunk_key])`` (a PyTree), in one pass on device.
+
+  The last chunk is padded with zero-weight rows, so `fn` weighting its rows counts each example
+  once. `keys`, if given, holds one PRNG key per chunk. `loop` 'scan' runs the pass as one jitted
+  `lax.scan`; 'host' dispatches one jitted accumulation per chunk from a Python loop (on-device
+  sums, no host sync until the end); 'auto' is 'host' on CPU, where XLA runs a rolled scan around
+  a convolution's gradient several times slower (`methods.base.gradient_statistic` gives the
+  timings), and 'scan' elsewhere, where it is one dispatch.
+  """
+  if loop not in CHUNK_LOOPS:
+    raise ValueError(f'loop={loop!r}: allowed values are {CHUNK_LOOPS}.')
+  chunks = padded_chunks(positions, batch_size)
+  if keys is not None:
+    chunks = (*chunks, keys)
+  zeros = jax.tree.map(
+    lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args, *(c[0] for c in chunks))
+  )
+  if loop == 'host' or (loop == 'auto' and jax.default_backend() == 'cpu'):
+    accumulate = jax.jit(lambda total, *xs: jax.tree.map(jnp.add, total, fn(*xs)))
+    total = zeros
+    for chunk in zip(*chunks):
+      total = accumulate(total, *args, *chunk)
+    return total
+
+  @jax.jit
+  def sweep(args, chunks):
+    body = lambda total, chunk: (jax.tree.map(jnp.add, total, fn(*args, *chunk)), None)
+    return jax.lax.scan(body, zeros, chunks)[0]
+
+  return sweep(args, chunks)

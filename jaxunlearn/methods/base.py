@@ -21,7 +21,7 @@ import optax
 
 from jaxunlearn import losses
 from jaxunlearn.data import preprocess
-from jaxunlearn.data.device import DeviceData, padded_chunks
+from jaxunlearn.data.device import DeviceData, chunked_sum
 from jaxunlearn.loop import Program, StepFn
 from jaxunlearn.state import ModelFns, TrainState
 from jaxunlearn.train import apply_gradients
@@ -145,7 +145,6 @@ def random_other_labels(key: jax.Array, labels: jax.Array, num_classes: int) -> 
 
 
 GRADIENT_STATISTICS = ('mean_gradient', 'batch_fisher', 'empirical_fisher')
-STATISTIC_LOOPS = ('auto', 'scan', 'host')
 
 
 def gradient_statistic(
@@ -180,10 +179,7 @@ def gradient_statistic(
   """
   if statistic not in GRADIENT_STATISTICS:
     raise ValueError(f'statistic={statistic!r}: allowed values are {GRADIENT_STATISTICS}.')
-  if loop not in STATISTIC_LOOPS:
-    raise ValueError(f'loop={loop!r}: allowed values are {STATISTIC_LOOPS}.')
-  positions_2d, weights_2d = padded_chunks(data.sources[source], batch_size)
-  num_batches, num_examples = positions_2d.shape[0], len(data.sources[source])
+  positions = data.sources[source]
 
   def batch_loss(params, images, labels, weight):
     logits, _ = model_fns.apply(
@@ -194,36 +190,20 @@ def gradient_statistic(
   def example_loss(params, image, label):
     return batch_loss(params, image[None], label[None], jnp.ones((1,)))
 
-  def accumulate(params, images_all, labels_all, total, pos, w):
+  def contribution(params, images_all, labels_all, pos, w):
     images = preprocess(jnp.take(images_all, pos, axis=0), data.info, train=False, key=None)
     labels = jnp.take(labels_all, pos, axis=0)
     if statistic == 'empirical_fisher':
       grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, images, labels)
-      contrib = jax.tree.map(lambda g: jnp.tensordot(w, jnp.square(g), axes=1), grads)
-    else:
-      grads = jax.grad(batch_loss)(params, images, labels, w)
-      contrib = jax.tree.map(jnp.square, grads) if statistic == 'batch_fisher' else grads
-    return jax.tree.map(jnp.add, total, contrib)
+      return jax.tree.map(lambda g: jnp.tensordot(w, jnp.square(g), axes=1), grads)
+    grads = jax.grad(batch_loss)(params, images, labels, w)
+    return jax.tree.map(jnp.square, grads) if statistic == 'batch_fisher' else grads
 
-  count = num_examples if statistic == 'empirical_fisher' else num_batches
-  params = variables['params']
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  if loop == 'host' or (loop == 'auto' and jax.default_backend() == 'cpu'):
-    step = jax.jit(accumulate)
-    total = zeros
-    for pos, w in zip(positions_2d, weights_2d):
-      total = step(params, data.images, data.labels, total, pos, w)
-    return jax.tree.map(lambda t: t / count, total)
-
-  @jax.jit
-  def sweep(params, images_all, labels_all, positions, weights):
-    def body(total, chunk):
-      return accumulate(params, images_all, labels_all, total, *chunk), None
-
-    total, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (positions, weights))
-    return jax.tree.map(lambda t: t / count, total)
-
-  return sweep(params, data.images, data.labels, positions_2d, weights_2d)
+  total = chunked_sum(
+    contribution, positions, batch_size, variables['params'], data.images, data.labels, loop=loop
+  )
+  count = len(positions) if statistic == 'empirical_fisher' else -(-len(positions) // batch_size)
+  return jax.tree.map(lambda t: t / count, total)
 
 
 def top_fraction_mask(scores, fraction: float):

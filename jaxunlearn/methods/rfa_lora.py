@@ -92,7 +92,7 @@ from jaxunlearn.config import (
   text,
 )
 from jaxunlearn.data import preprocess
-from jaxunlearn.data.device import padded_chunks
+from jaxunlearn.data.device import chunked_sum
 from jaxunlearn.loop import Program, StepKind
 from jaxunlearn.methods.base import Plan, UnlearnContext
 from jaxunlearn.methods.registry import register
@@ -360,13 +360,14 @@ def step(s: Settings, state: TrainState, batch: dict, key, constants: dict):
 
 
 def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
-  """One pass over D_r: the teacher's mean aligned features, logits and probabilities, and (for
-  the branch form) each adapted layer's mean output, under the steps' preprocessing (each batch
-  augmented with a key from the run's seed where the dataset augments). A jitted accumulation per
-  batch on CPU, one `lax.scan` elsewhere (as `base.gradient_statistic`)."""
+  """One pass over D_r (`chunked_sum`): the teacher's mean aligned features, logits and
+  probabilities, and (for the branch form) each adapted layer's mean output, under the steps'
+  preprocessing (each chunk augmented with a key from the run's seed where the dataset
+  augments)."""
   teacher = ctx.original
-  positions, weights = padded_chunks(ctx.data.sources['retain'], ctx.batch_size)
-  keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), MEANS_KEY), len(positions))
+  positions = ctx.data.sources['retain']
+  num_chunks = -(-len(positions) // ctx.batch_size)
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), MEANS_KEY), num_chunks)
 
   def sums(images_all, pos, w, key):
     images = preprocess(jnp.take(images_all, pos, axis=0), ctx.data.info, train=True, key=key)
@@ -380,20 +381,7 @@ def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
       out['base_outputs'] = apply_student(s, adapters, teacher, images)[3]
     return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), out)
 
-  zeros = jax.eval_shape(sums, ctx.data.images, positions[0], weights[0], keys[0])
-  total = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
-  if jax.default_backend() == 'cpu':
-    accumulate = jax.jit(lambda t, images, *xs: jax.tree.map(jnp.add, t, sums(images, *xs)))
-    for pos, w, key in zip(positions, weights, keys):
-      total = accumulate(total, ctx.data.images, pos, w, key)
-  else:
-
-    @jax.jit
-    def sweep(images, positions, weights, keys):
-      body = lambda t, xs: (jax.tree.map(jnp.add, t, sums(images, *xs)), None)
-      return jax.lax.scan(body, total, (positions, weights, keys))[0]
-
-    total = sweep(ctx.data.images, positions, weights, keys)
+  total = chunked_sum(sums, positions, ctx.batch_size, ctx.data.images, keys=keys)
   return jax.tree.map(lambda t: t / ctx.num_retain, total)
 
 
