@@ -27,17 +27,19 @@ descheduled, and its step time grows several-fold (the CNN's SGD step from 27 ms
 compare only runs on a quiet machine, or run both with ``OMP_WAIT_POLICY=PASSIVE`` (torch then
 loses less to a load but some speed on a quiet machine).
 
-The step kinds, each a self-contained `jax.jit` function of `jaxunlearn.models` and
-`jaxunlearn.optim.make_optimizer` (SGD, momentum 0.9, PyTorch-convention weight decay 5e-4):
+The step kinds are the library's own step functions (`JaxSteps`), jitted as its loop jits them,
+with SGD (momentum 0.9, PyTorch-convention weight decay 5e-4) from `jaxunlearn.optim`:
 
-* 'sgd': mean cross-entropy descent (the supervised training step);
-* 'salun': SalUn's step, cross-entropy on a batch whose D_f rows (a quarter) carry random other
-  labels, the final update multiplied by a fixed 0/1 mask (`jaxunlearn.optim.mask_updates`);
-* 'sfron': one SFR-on iteration as in `jaxunlearn.methods.sfron` with the paper's mask placement
-  and separate fast optimiser states: a forget ascent on ``-s mean_i eps_i l_i`` (eps the
-  per-batch normalised 1 / (l^0.5 + 1e-15), detached), gradient masked and clipped to norm 7 with
-  the torch formula, masked final update; one remain descent; then the slow step with alpha 0.5.
+* 'sgd': `jaxunlearn.train.supervised_step`, mean cross-entropy descent (the Original's and
+  Retrain's step);
+* 'salun': RL's step (`jaxunlearn.methods.random_label`) on a batch whose D_f rows (a quarter)
+  carry random other labels, the final update multiplied by a fixed 0/1 mask, as SalUn builds it;
+* 'sfron': one `jaxunlearn.methods.sfron.iteration` with separate fast optimisers and the mask on
+  the gradient and the final forget update: a forget ascent on ``-s mean_i eps_i l_i`` (eps the
+  per-batch normalised 1 / (l^0.5 + 1e-15), detached), the gradient clipped to norm 7 with the
+  torch formula; one remain descent; then the slow step with alpha 0.5.
 
+The torch side is the re-statement in `experiments/torch_reference.py`.
 Inputs are random normalised float32 images (no dataset is read). With `sfron_run`, a whole
 SFR-on schedule runs on ResNet-18 with random uint8 CIFAR-sized images kept on the device (batches
 gathered and normalised inside the step): forget every 5th iteration, cosine learning rate and
@@ -49,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
@@ -64,11 +65,15 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxunlearn import sharding
+from jaxunlearn import runs, sharding, train
 from jaxunlearn.config import OptimizerConfig
 from jaxunlearn.config import sgd as sgd_settings
+from jaxunlearn.methods import random_label, sfron
+from jaxunlearn.methods.base import gradient_step
 from jaxunlearn.models import create_model, set_compute_dtype
-from jaxunlearn.optim import make_optimizer, make_schedule, mask_updates
+from jaxunlearn.optim import make_optimizer, make_schedule
+from jaxunlearn.state import TrainState, functionalize
+from jaxunlearn.train import create_state
 
 NUM_CLASSES = 10
 INPUT_SHAPES = {'cnn': (28, 28, 1), 'resnet18': (32, 32, 3), 'vit_tiny': (32, 32, 3)}
@@ -154,23 +159,27 @@ def sgd_config(
   return sgd_settings(lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def mask_final_update(mask) -> optax.GradientTransformation:
-  """Chained last, multiplies the final update by `mask` (`jaxunlearn.optim.mask_updates`): the
-  restatement keeps the mask in the transformation, the library passes it as a run constant."""
-  return optax.GradientTransformation(
-    lambda params: optax.EmptyState(),
-    lambda updates, state, params=None: (mask_updates(updates, mask), state),
+def sfron_config(optimizer: OptimizerConfig, iterations: int, fade: str) -> sfron.SfronConfig:
+  """The SFR-on settings both sides run: separate fast optimisers, the mask on the gradient and
+  the final forget update, per-batch weights (`SFRON`'s lambda), forget scale `SFRON['scale']`
+  faded by `fade`, the gradient clipped to `SFRON['clip']`, one remain step, slow rate
+  `SFRON['slow_rate']`."""
+  return sfron.SfronConfig(
+    iterations=iterations,
+    optimizer=optimizer,
+    forget_optimizer=optimizer,
+    forget_scale=SFRON['scale'],
+    forget_fade=fade,
+    forget_clip=SFRON['clip'],
+    mask_on='update',
+    weight_lambda=SFRON['lam'],
+    weight_normalisation='batch',
+    slow_rate=SFRON['slow_rate'],
   )
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def _fill(template: nnx.State, values: dict) -> nnx.State:
-  state = jax.tree.map(lambda x: x, template)
-  nnx.replace_by_pure_dict(state, values)
-  return state
 
 
 def random_mask(params: dict, density: float, seed: int) -> dict:
@@ -179,8 +188,33 @@ def random_mask(params: dict, density: float, seed: int) -> dict:
   return jax.tree.map(lambda p: (rng.random(p.shape) < density).astype(np.float32), params)
 
 
+def _examples(batch: dict, offset: int = 0) -> dict:
+  """A benchmark batch as a slot of the library's steps: images, labels, weight 1, positions."""
+  n = len(batch['label'])
+  return {
+    'image': batch['image'],
+    'label': batch['label'],
+    'weight': np.ones(n, np.float32),
+    'position': np.arange(offset, offset + n, dtype=np.int32),
+  }
+
+
+def _losses_of(kind: str, metrics: dict):
+  """The losses a kind's step reports, in the order of the torch `Stepper`'s return value."""
+  if kind == 'sfron':
+    return metrics.get('forget_weighted_ce'), metrics['remain_ce']
+  return metrics['loss']
+
+
 class JaxSteps:
-  """The JAX side: one model's jitted steps, built from `jaxunlearn.models` and optax.
+  """The JAX side: the library's own step functions, compiled as its loop compiles them.
+
+  'sgd' is `jaxunlearn.train.supervised_step` (the Original's and Retrain's step), 'salun' RL's
+  step (`jaxunlearn.methods.random_label.relabel_loss` under `methods.base.gradient_step`) with a
+  saliency mask as SalUn builds it, 'sfron' one `jaxunlearn.methods.sfron.iteration` with a forget
+  update. Each is jitted with the state and the run constants as arguments and the step counter
+  advanced, as `jaxunlearn.loop` runs it; the loop's gather of a batch from dataset positions is
+  not timed (both sides receive ready batches).
 
   Args:
     name: model name for `jaxunlearn.models.create_model`.
@@ -217,139 +251,104 @@ class JaxSteps:
     )
     if compute == 'bfloat16':
       set_compute_dtype(model, 'bfloat16')
-    self.graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    self._templates = (params, stats)
-    self.variables = {'params': params.to_pure_dict(), 'batch_stats': stats.to_pure_dict()}
+    self.model_fns, self.variables = functionalize(model)
     self.mask = random_mask(self.variables['params'], MASK_DENSITY, seed)
-    mask = jax.tree.map(jnp.asarray, self.mask)
     self.lr = lr
-    sgd = lambda rate: make_optimizer(sgd_config(rate, momentum, weight_decay), 1)
-    self.txs = {
-      'sgd': sgd(lr),
-      'salun': optax.chain(sgd(lr), mask_final_update(mask)),
-      # SFR-on's fast optimisers step with learning rate 1; the step scales the update by the
-      # iteration's learning rate (as `jaxunlearn.methods.sfron`).
-      'forget': optax.chain(sgd(1.0), mask_final_update(mask)),
-      'remain': sgd(1.0),
-    }
+    self.optimizer = sgd_config(lr, momentum, weight_decay)
     mesh = Mesh(np.asarray(devices or jax.devices()[:1]), (DATA_AXIS,))
     self.replicated = NamedSharding(mesh, PartitionSpec())
     self.batch_sharded = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-    jit = lambda fn, **kw: jax.jit(fn, donate_argnums=0, out_shardings=self.replicated, **kw)
-    self.steps = {
-      'sgd': jit(self._sgd_step),
-      'salun': jit(self._salun_step),
-      'sfron': jit(self._sfron_step),
+    tx = make_optimizer(self.optimizer, 1)
+    self.sfron = sfron.settings(
+      sfron_config(self.optimizer, 1, 'constant'), self.model_fns, self.batch_sharded
+    )
+    self.txs = {'sgd': {'main': tx}, 'salun': {'main': tx}, 'sfron': self.sfron.txs}
+    step_fns = {
+      'sgd': train.supervised_step(self.model_fns, tx),
+      'salun': gradient_step(random_label.relabel_loss(self.model_fns), tx, mask='mask'),
+      'sfron': self._sfron_step(self.sfron, with_forget=True),
     }
-    self.run_iteration = jit(self._run_iteration, static_argnames='with_forget')
+    self.steps = {kind: self._compile(kind, fn) for kind, fn in step_fns.items()}
 
-  def put_batch(self, batch: dict) -> dict:
-    """Host arrays with a leading batch axis, sharded over the mesh."""
-    return jax.device_put(batch, self.batch_sharded)
+  def _compile(self, kind: str, fn):
+    key = jax.random.key(0)  # none of these steps draws a random number
 
-  def init_state(self, kind: str) -> dict:
-    """A fresh state for step `kind` at the initial weights."""
-    names = ('forget', 'remain') if kind == 'sfron' else (kind,)
-    params = jax.tree.map(jnp.array, self.variables['params'])
-    # Copies throughout: the steps donate the state, and `init` returns the mask it was built with.
-    state = {
-      'params': params,
-      'batch_stats': jax.tree.map(jnp.array, self.variables['batch_stats']),
-      'opt': {n: jax.tree.map(jnp.array, self.txs[n].init(params)) for n in names},
-    }
+    def step(state, batch, constants):
+      new_state, metrics = fn(state, batch, key, constants)
+      return new_state.replace(step=state.step + 1), _losses_of(kind, metrics)
+
+    return jax.jit(step, out_shardings=self.replicated)
+
+  @staticmethod
+  def _sfron_step(settings: sfron.Settings, *, with_forget: bool):
+    def step(state, batch, key, constants):
+      del key
+      return sfron.iteration(settings, state, batch, constants, with_forget=with_forget)
+
+    return step
+
+  def sfron_run_iteration(self, iterations: int):
+    """One iteration of a whole SFR-on run of `iterations` iterations (cosine learning rate and
+    forget-scale fade over the step counter): batches gathered from uint8 data on the device and
+    normalised, then `sfron.iteration`. Returns a jitted
+    ``(state, data, forget_idx, remain_idx, constants, *, with_forget) -> (state, losses)``."""
+    settings = sfron.settings(
+      sfron_config(self.optimizer.replace(schedule='cosine'), iterations, 'cosine'),
+      self.model_fns,
+      self.batch_sharded,
+    )
+
+    def run_iteration(state, data, forget_idx, remain_idx, constants, *, with_forget):
+      def batch(source, idx):
+        idx = jax.lax.with_sharding_constraint(idx, self.batch_sharded)
+        images = jnp.take(data[source]['image'], idx, axis=0).astype(jnp.float32) / 255.0
+        images = (images - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
+        return {
+          'image': images,
+          'label': jnp.take(data[source]['label'], idx),
+          'weight': jnp.ones(idx.shape, jnp.float32),
+          'position': idx,
+        }
+
+      slots = {'remain': batch('remain', remain_idx)}
+      if with_forget:
+        slots['forget'] = batch('forget', forget_idx)
+      new_state, metrics = sfron.iteration(
+        settings, state, slots, constants, with_forget=with_forget
+      )
+      return new_state.replace(step=state.step + 1), _losses_of('sfron', metrics)
+
+    return jax.jit(run_iteration, static_argnames='with_forget', out_shardings=self.replicated)
+
+  def prepare(self, kind: str, batches: list[dict]) -> tuple[list[dict], dict]:
+    """The benchmark's host batches of `kind` as the library step's device batches (sharded)
+    and its run constants (replicated): SalUn's D_f flags and random labels by position (batch i
+    at positions i * B ...), the mask."""
+    constants = {'mask': self.mask}
     if kind == 'sfron':
-      state['mask'] = jax.tree.map(jnp.array, self.mask)
-    return jax.device_put(state, self.replicated)
+      device = [
+        {'forget': _examples(b['forget']), 'remain': _examples(b['remain'])} for b in batches
+      ]
+    else:
+      n = len(batches[0]['label'])
+      device = [{'train': _examples(b, i * n)} for i, b in enumerate(batches)]
+    if kind == 'salun':
+      constants['is_forget'] = np.concatenate([b['is_forget'] for b in batches])
+      constants['random_labels'] = np.concatenate([b['random_label'] for b in batches])
+    elif kind == 'sgd':
+      constants = {}
+    return (
+      [jax.device_put(b, self.batch_sharded) for b in device],
+      jax.device_put(constants, self.replicated),
+    )
+
+  def init_state(self, kind: str) -> TrainState:
+    """A fresh state for step `kind` at the initial weights."""
+    return jax.device_put(create_state(self.variables, self.txs[kind]), self.replicated)
 
   def forward(self, params: dict, batch_stats: dict, images: jax.Array):
     """Train-mode logits (float32) and the updated BatchNorm statistics."""
-    model = nnx.merge(
-      self.graphdef, _fill(self._templates[0], params), _fill(self._templates[1], batch_stats)
-    )
-    logits = model(images, train=True)
-    return logits.astype(jnp.float32), nnx.state(model, nnx.BatchStat).to_pure_dict()
-
-  def _descend(self, state: dict, name: str, loss_fn) -> tuple[dict, jax.Array]:
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-    updates, opt = self.txs[name].update(grads, state['opt'][name], state['params'])
-    return {
-      **state,
-      'params': optax.apply_updates(state['params'], updates),
-      'batch_stats': stats,
-      'opt': {**state['opt'], name: opt},
-    }, loss
-
-  def _sgd_step(self, state: dict, batch: dict):
-
-    def loss_fn(params):
-      logits, stats = self.forward(params, state['batch_stats'], batch['image'])
-      return jnp.mean(cross_entropy(logits, batch['label'])), stats
-
-    return self._descend(state, 'sgd', loss_fn)
-
-  def _salun_step(self, state: dict, batch: dict):
-
-    def loss_fn(params):
-      labels = jnp.where(batch['is_forget'] > 0, batch['random_label'], batch['label'])
-      logits, stats = self.forward(params, state['batch_stats'], batch['image'])
-      return jnp.mean(cross_entropy(logits, labels)), stats
-
-    return self._descend(state, 'salun', loss_fn)
-
-  def _fast_update(self, state: dict, name: str, grads, lr):
-    updates, opt = self.txs[name].update(grads, state['opt'][name], state['params'])
-    params = jax.tree.map(lambda p, u: p + lr * u, state['params'], updates)
-    return {**state, 'params': params, 'opt': {**state['opt'], name: opt}}
-
-  def _sfron(self, state: dict, forget: dict | None, remain: dict, lr, scale):
-    slow = state['params']
-    weighted = jnp.float32(jnp.nan)
-    if forget is not None:
-
-      def forget_loss(params):
-        logits, stats = self.forward(params, state['batch_stats'], forget['image'])
-        ce = cross_entropy(logits, forget['label'])
-        c = 1.0 / (jnp.maximum(jax.lax.stop_gradient(ce), 0.0) ** SFRON['lam'] + 1e-15)
-        weighted = jnp.mean(c * ce.shape[0] / jnp.sum(c) * ce)
-        return -scale * weighted, (stats, weighted)
-
-      grads, (stats, weighted) = jax.grad(forget_loss, has_aux=True)(state['params'])
-      grads = jax.tree.map(jnp.multiply, grads, state['mask'])
-      norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
-      coef = jnp.minimum(SFRON['clip'] / (norm + 1e-6), 1.0)
-      grads = jax.tree.map(lambda g: g * coef, grads)
-      state = self._fast_update({**state, 'batch_stats': stats}, 'forget', grads, lr)
-
-    def remain_loss(params):
-      logits, stats = self.forward(params, state['batch_stats'], remain['image'])
-      ce = jnp.mean(cross_entropy(logits, remain['label']))
-      return ce, (stats, ce)
-
-    grads, (stats, remain_ce) = jax.grad(remain_loss, has_aux=True)(state['params'])
-    state = self._fast_update({**state, 'batch_stats': stats}, 'remain', grads, lr)
-    keep = jnp.float32(1.0 - SFRON['slow_rate'])
-    # theta_r + (1 - alpha)(theta_t - theta_r), the form of jaxunlearn.methods.sfron.
-    params = jax.tree.map(lambda s, f: f + keep * (s - f), slow, state['params'])
-    return {**state, 'params': params}, (weighted, remain_ce)
-
-  def _sfron_step(self, state: dict, batch: dict):
-    return self._sfron(
-      state, batch['forget'], batch['remain'], jnp.float32(self.lr), jnp.float32(SFRON['scale'])
-    )
-
-  def _run_iteration(
-    self, state: dict, data: dict, forget_idx, remain_idx, lr, scale, *, with_forget: bool
-  ):
-    """One iteration of a whole SFR-on run: batches gathered from uint8 data on the device."""
-
-    def batch(source, idx):
-      idx = jax.lax.with_sharding_constraint(idx, self.batch_sharded)
-      images = jnp.take(data[source]['image'], idx, axis=0).astype(jnp.float32) / 255.0
-      images = (images - jnp.asarray(CIFAR_MEAN)) / jnp.asarray(CIFAR_STD)
-      return {'image': images, 'label': jnp.take(data[source]['label'], idx)}
-
-    forget = batch('forget', forget_idx) if with_forget else None
-    return self._sfron(state, forget, batch('remain', remain_idx), lr, scale)
+    return self.model_fns.apply({'params': params, 'batch_stats': batch_stats}, images, train=True)
 
 
 def make_batch(rng: np.random.Generator, batch: int, input_shape: tuple[int, int, int]) -> dict:
@@ -541,6 +540,7 @@ def compare_case(
       ),
     }[kind]
     states = {name: side.init_state(kind) for name, side in sides.items()}
+    inputs = {name: side.prepare(kind, batches) for name, side in sides.items()}
     with Precision(case.compute):
       torch_losses = [_losses(torch_step(to_torch(b, device))) for b in batches]
       torch_params = torch_reference.jax_tree(
@@ -549,9 +549,10 @@ def compare_case(
       result = {'torch_losses': torch_losses}
       for name, side in sides.items():
         losses = []
+        device_batches, constants = inputs[name]
         t0 = time.perf_counter()
-        for i, batch in enumerate(batches):
-          states[name], loss = side.steps[kind](states[name], side.put_batch(batch))
+        for i, batch in enumerate(device_batches):
+          states[name], loss = side.steps[kind](states[name], batch, constants)
           losses.append(_losses(jax.device_get(loss)))
           if i == 0:
             compile_s = time.perf_counter() - t0
@@ -559,18 +560,18 @@ def compare_case(
           f'{case.name} {kind} ({name})',
           losses,
           torch_losses,
-          jax.device_get(states[name]['params']),
+          jax.device_get(states[name].params),
           torch_params,
           case.compute,
         )
         result[name]['compile_s'] = compile_s
 
-      def jax_runner(name, kind=kind, states=states, batches=batches):
-        side, batch = sides[name], sides[name].put_batch(batches[0])
+      def jax_runner(name, kind=kind, states=states, inputs=inputs):
+        step, (device_batches, constants) = sides[name].steps[kind], inputs[name]
 
         def run_steps(steps):
           for _ in range(steps):
-            states[name], loss = side.steps[kind](states[name], batch)
+            states[name], loss = step(states[name], device_batches[0], constants)
           jax.block_until_ready((states[name], loss))
 
         return run_steps
@@ -657,7 +658,9 @@ def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
   jax_steps = JaxSteps(
     'resnet18', input_shape=input_shape, seed=seed, model_kwargs=kwargs, devices=jax_devices
   )
+  run_iteration = jax_steps.sfron_run_iteration(run.iterations)
   jax_data = jax.device_put(data, jax_steps.replicated)
+  constants = jax.device_put({'mask': jax_steps.mask}, jax_steps.replicated)
   torch_data = {
     s: {
       'image': torch.from_numpy(d['image']).permute(0, 3, 1, 2).contiguous().to(device),
@@ -670,16 +673,8 @@ def sfron_run(run: RunCase, device, jax_devices=None, seed: int = 0) -> dict:
 
   def run_jax():
     state, losses = jax_steps.init_state('sfron'), []
-    for t, (with_forget, f_idx, r_idx) in enumerate(schedule):
-      state, loss = jax_steps.run_iteration(
-        state,
-        jax_data,
-        f_idx,
-        r_idx,
-        np.float32(lrs[t]),
-        np.float32(scales[t]),
-        with_forget=with_forget,
-      )
+    for with_forget, f_idx, r_idx in schedule:
+      state, loss = run_iteration(state, jax_data, f_idx, r_idx, constants, with_forget=with_forget)
       losses.append(loss)
     jax.block_until_ready(state)
     return [_losses(jax.device_get(loss)) for loss in losses]
@@ -916,6 +911,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
       'sfron': SFRON,
       'agreement_steps': AGREEMENT_STEPS,
     },
+    'jax_side': "the library's step functions",
     'results': results,
     **environment(device, jax_devices),
   }
@@ -924,8 +920,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
     payload['complete'] = complete
     payload['total_s'] = time.perf_counter() - started
     payload['load_average'] = {'before': load_before, 'after': os.getloadavg()}
-    with open(out, 'w') as f:
-      json.dump(payload, f, indent=1)
+    runs.write_json(out, payload)
 
   # Written after every case, so that a run cut short by a time limit keeps what it measured.
   for case in cases:

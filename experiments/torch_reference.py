@@ -15,8 +15,9 @@ variables in, converting the layouts:
 * ViT: Flax's `nnx.gelu` is the tanh approximation (torch: approximate='tanh'); LayerNorm
   epsilon 1e-6; attention through `scaled_dot_product_attention` (the same softmax(qk/sqrt(d))v).
 
-The steps (`sgd_step`, `salun_step`, `sfron_iteration`) restate those of
-`experiments/reference_benchmark.py` with the same optimiser math: PyTorch-convention weight
+The steps (`sgd_step`, `salun_step`, `sfron_iteration`) restate the library's steps that
+`experiments/reference_benchmark.py` times (`jaxunlearn.train.supervised_step`, RL's step with
+SalUn's mask, `jaxunlearn.methods.sfron.iteration`) with the same optimiser math: PyTorch-convention weight
 decay (``g + wd * p`` before momentum), a 0/1 mask multiplying the final update, and SFR-on's
 forget update with the torch clip formula. torch is imported here only.
 """

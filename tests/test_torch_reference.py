@@ -132,14 +132,15 @@ def test_salun_step_same_updates_and_masked_weights_unmoved(name='cnn'):
   batch = _batch(1)
   # Two steps: the second moves the momentum buffers, which the mask must still hold back.
   state = steps.init_state('salun')
+  (device_batch,), constants = steps.prepare('salun', [batch])
   for _ in range(2):
-    state, loss = steps.steps['salun'](state, steps.put_batch(batch))
+    state, loss = steps.steps['salun'](state, device_batch, constants)
     torch_loss = stepper.salun_step(rb.to_torch(batch, 'cpu'))
     np.testing.assert_allclose(float(loss), float(torch_loss), rtol=1e-5)
-  torch_params = _assert_same_updates(steps, stepper, state['params'])
+  torch_params = _assert_same_updates(steps, stepper, state.params)
   moved = False
   for new, old, mask, torch_new in zip(
-    jax.tree.leaves(state['params']),
+    jax.tree.leaves(state.params),
     jax.tree.leaves(steps.variables['params']),
     jax.tree.leaves(steps.mask),
     jax.tree.leaves(torch_params),
@@ -154,8 +155,9 @@ def test_salun_step_same_updates_and_masked_weights_unmoved(name='cnn'):
 def test_sfron_iteration_same_updates(name='cnn'):
   steps, stepper = _stepper_pair(name)
   inputs = rb.kind_inputs('sfron', np.random.default_rng(2), BATCH, INPUT_SHAPE)
+  (device_batch,), constants = steps.prepare('sfron', [inputs])
   state, (weighted, remain) = steps.steps['sfron'](
-    steps.init_state('sfron'), steps.put_batch(inputs)
+    steps.init_state('sfron'), device_batch, constants
   )
   torch_inputs = rb.to_torch(inputs, 'cpu')
   torch_weighted, torch_remain = stepper.sfron_iteration(
@@ -164,4 +166,4 @@ def test_sfron_iteration_same_updates(name='cnn'):
   np.testing.assert_allclose(
     [float(weighted), float(remain)], [float(torch_weighted), float(torch_remain)], rtol=1e-5
   )
-  _assert_same_updates(steps, stepper, state['params'])
+  _assert_same_updates(steps, stepper, state.params)

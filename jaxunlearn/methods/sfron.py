@@ -508,6 +508,39 @@ def iteration(
 
 def make_settings(ctx: UnlearnContext, cfg: SfronConfig) -> Settings:
   """The `Settings` of a run of `cfg` in `ctx`: optimisers (unit rate), schedules, loop form."""
+  return settings(
+    cfg,
+    ctx.model_fns,
+    NamedSharding(ctx.mesh, PartitionSpec(DATA_AXIS)),
+    info=ctx.data.info,
+    num_forget=ctx.num_forget,
+    num_all=len(ctx.data.sources['all']),
+  )
+
+
+def settings(
+  cfg: SfronConfig,
+  model_fns: ModelFns,
+  batch_sharding,
+  *,
+  info=None,
+  num_forget: int = 0,
+  num_all: int = 0,
+) -> Settings:
+  """The `Settings` of `cfg` for a model, without a dataset (what `make_settings` derives from a
+  context; `info`, `num_forget` and `num_all` matter only to the 'forget_set' normalisation).
+
+  Args:
+    cfg: the run's settings.
+    model_fns: the model.
+    batch_sharding: the sharding of a batch (data parallel over the mesh).
+    info: the dataset's DatasetInfo (preprocessing of the D_f pass).
+    num_forget: |D_f|.
+    num_all: the number of training positions.
+
+  Returns:
+    Settings with unit-rate optimisers and the iteration-indexed learning-rate schedules.
+  """
   remain_lr = make_schedule(cfg.optimizer, cfg.iterations)
   if cfg.shared_optimizer:
     txs, forget_opt, remain_opt = {'main': unit_lr(cfg.optimizer)}, 'main', 'main'
@@ -518,17 +551,17 @@ def make_settings(ctx: UnlearnContext, cfg: SfronConfig) -> Settings:
     forget_lr = make_schedule(cfg.forget_optimizer, cfg.iterations)
   return Settings(
     cfg=cfg,
-    model_fns=ctx.model_fns,
-    info=ctx.data.info,
-    num_forget=ctx.num_forget,
-    num_all=len(ctx.data.sources['all']),
+    model_fns=model_fns,
+    info=info,
+    num_forget=num_forget,
+    num_all=num_all,
     unrolled=use_unrolled_loops(cfg.inner_loop),
     txs=txs,
     forget_opt=forget_opt,
     remain_opt=remain_opt,
     forget_lr=forget_lr,
     remain_lr=remain_lr,
-    batch_sharding=NamedSharding(ctx.mesh, PartitionSpec(DATA_AXIS)),
+    batch_sharding=batch_sharding,
     masked=bool(cfg.saliency),
   )
 
