@@ -14,11 +14,17 @@ combination the config refuses (SCRUB's msteps above its epochs) is reported and
 combination with the smallest Avg. Gap to Retrain is kept (ties: the one nearest the defaults),
 and the study of the config (its own split seed, never the tuning one, and its seeds) runs with
 it. Writes tuning.json beside the study's results files (results name 'tuned').
+
+To retune some methods of a committed table (after one of them changed), run those with
+--config.methods and --keep_from=DIR (the directory of its tuned.json and tuning.json): the other
+rows and choices are kept, once this run's Original and Retrain rows are checked equal to the
+earlier run's score by score, and the merged tuned.json records which rows came from which run.
 """
 
 import copy
 import dataclasses
 import itertools
+import json
 import math
 import os
 import typing
@@ -26,12 +32,21 @@ import typing
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli, report
+from jaxunlearn import cli, metrics, report
+from jaxunlearn.study import REFERENCE_ROWS
+from jaxunlearn.unlearn import summarise
 
 _CONFIG = cli.define_config(
   os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'), 'Study config file.'
 )
 _TUNE_SPLIT_SEED = flags.DEFINE_integer('tune_split_seed', 1, 'The split the tuning runs on.')
+_KEEP_FROM = flags.DEFINE_string(
+  'keep_from',
+  '',
+  'A directory holding an earlier tuned.json and tuning.json of the same protocol: the methods '
+  "not tuned now keep their choices and reported rows from it (after checking that this run's "
+  'Original and Retrain rows equal its own), and the merged files are written there.',
+)
 _MULTIPLIERS = flags.DEFINE_list(
   'multipliers', ['0.3', '1', '3'], 'Scales of each tuned knob of each method (the budget).'
 )
@@ -153,6 +168,87 @@ def tune(config, split_seed: int, multipliers: list[float]) -> dict:
   return out
 
 
+# Scores that time a run; they differ between runs of the same computation.
+TIMING_SCORES = ('RTE_s',)
+
+
+def check_same_references(earlier: dict, payload: dict) -> None:
+  """Raises ConfigError unless the two results have the same split, seeds and, score by score,
+  the same Original and Retrain rows (timings aside): only then do rows of one belong beside rows
+  of the other."""
+  if earlier['split'] != payload['split'] or earlier['seeds'] != payload['seeds']:
+    raise jaxunlearn.ConfigError(
+      f'--keep_from: the earlier results have split {earlier["split"]} and seeds '
+      f'{earlier["seeds"]}; this run {payload["split"]} and {payload["seeds"]}.'
+    )
+  for row in REFERENCE_ROWS:
+    for seed, (old, new) in zip(
+      payload['seeds'], zip(earlier['per_seed'][row], payload['per_seed'][row])
+    ):
+      differ = sorted(k for k in set(old) & set(new) if k not in TIMING_SCORES and old[k] != new[k])
+      if differ:
+        raise jaxunlearn.ConfigError(
+          f'--keep_from: {row} seed {seed} differs from the earlier run in {differ}: the kept '
+          'rows would not be comparable; rerun every method instead.'
+        )
+
+
+def merge_results(earlier: dict, payload: dict, tuned: list[str]) -> dict:
+  """`earlier`'s results with the rows of the `tuned` methods (and the config sections of those
+  methods) taken from `payload`; a kept row lacking ToW gets it from its own scores and
+  Retrain's. The payload records which rows came from which run."""
+  check_same_references(earlier, payload)
+  per_seed = {row: [dict(s) for s in scores] for row, scores in earlier['per_seed'].items()}
+  for row, scores in payload['per_seed'].items():
+    if row not in REFERENCE_ROWS:
+      per_seed[row] = scores
+  for scores in per_seed.values():
+    for score, retrain in zip(scores, per_seed['Retrain']):
+      score.setdefault('ToW', metrics.tow(score, retrain))
+  config = copy.deepcopy(earlier['config'])
+  for name in tuned:
+    config['method'][name] = payload['config']['method'][name]
+  kept = [row for row in earlier['per_seed'] if row not in REFERENCE_ROWS and row not in tuned]
+  return {
+    **payload,
+    'config': config,
+    'methods': earlier['methods'],
+    'per_seed': per_seed,
+    'summary': {row: summarise(scores) for row, scores in per_seed.items()},
+    'merged': {
+      'rows_of_this_run': list(REFERENCE_ROWS) + tuned,
+      'rows_kept': kept,
+      'kept_rows_made_with': {k: earlier.get(k) for k in ('versions', 'device', 'wall_seconds')},
+      'this_run_config': payload['config'],
+    },
+  }
+
+
+def keep_from(directory: str, study, payload: dict, choices: dict) -> None:
+  """Merges this run into the earlier tuned.json/tuning.json of `directory` (`merge_results`)
+  and rewrites them there with the table and figure."""
+  with open(os.path.join(directory, 'tuned.json')) as f:
+    earlier = json.load(f)
+  with open(os.path.join(directory, 'tuning.json')) as f:
+    earlier_tuning = json.load(f)
+  merged = merge_results(earlier, payload, list(choices))
+  title = study.title()
+  report.write_results(
+    directory,
+    'tuned',
+    merged,
+    title=title,
+    table=report.markdown_table(merged['summary'], class_wise=study.experiment.class_wise),
+    note=report.TABLE_NOTE,
+    figure=report.trade_off_figure(merged['summary'], title),
+  )
+  jaxunlearn.write_json(
+    os.path.join(directory, 'tuning.json'),
+    {**earlier_tuning, 'methods': {**earlier_tuning['methods'], **choices}},
+  )
+  print(f'merged {", ".join(choices)} into {directory}/tuned.json')
+
+
 def _format(values: dict) -> str:
   return ', '.join(f'{k}={v:g}' for k, v in values.items())
 
@@ -180,6 +276,8 @@ def main(argv):
     },
   )
   print(f'\n{study.title()}\n{study.table()}\n\n{report.TABLE_NOTE}\n')
+  if _KEEP_FROM.value:
+    keep_from(_KEEP_FROM.value, study, payload, choices)
 
 
 if __name__ == '__main__':
