@@ -14,7 +14,6 @@ and prints a table of the end-point losses. Bands in the figures span min to max
 import json
 import os
 import sys
-import tempfile
 import time
 
 import jax
@@ -24,7 +23,7 @@ import numpy as np
 import threadpoolctl
 from absl import app, flags
 
-from jaxunlearn import theory
+from jaxunlearn import runs, theory
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -458,21 +457,6 @@ def plot_alpha_sweep(results: dict):
   return fig
 
 
-def _write_atomically(path: str, mode: str, write) -> None:
-  """Writes via a temporary file in the same directory, then os.replace (never a torn file)."""
-  fd, tmp = tempfile.mkstemp(
-    dir=os.path.dirname(path), prefix='.tmp-', suffix=os.path.basename(path)
-  )
-  try:
-    with os.fdopen(fd, mode) as f:
-      write(f)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-  except BaseException:
-    os.remove(tmp)
-    raise
-
-
 def write_outputs(results: dict, workdir: str) -> list[str]:
   """Writes the three PNGs and results.json into workdir; returns their paths."""
   os.makedirs(workdir, exist_ok=True)
@@ -484,11 +468,13 @@ def write_outputs(results: dict, workdir: str) -> list[str]:
   ):
     fig = plot(results)
     path = os.path.join(workdir, name)
-    _write_atomically(path, 'wb', lambda f, fig=fig: fig.savefig(f, format='png', dpi=110))
+    with runs.atomic_file(path, 'wb') as f:
+      fig.savefig(f, format='png', dpi=110)
     plt.close(fig)
     paths.append(path)
   path = os.path.join(workdir, 'results.json')
-  _write_atomically(path, 'w', lambda f: json.dump(results, f, indent=1))
+  with runs.atomic_file(path) as f:
+    json.dump(results, f, indent=1)
   paths.append(path)
   return paths
 
