@@ -13,7 +13,7 @@ into {experiment_dir}/many_K{K}/. Config: configs/many_models.py.
 import os
 
 import jaxunlearn
-from jaxunlearn import cli, many_models, sharding
+from jaxunlearn import cli, many_models
 from jaxunlearn.config import from_config_dict
 
 _CONFIG = cli.define_config(
@@ -27,7 +27,6 @@ def main(argv):
   config = _CONFIG.value
   cfg = from_config_dict(many_models.ManyModelsConfig, config.eval, '--config.eval')
   study = jaxunlearn.Study(config)
-  sharding.use_one_cpu_device_per_core()
   many_models.model_mesh(cfg)
   payload = study.many_models(cfg)
   print(many_models.markdown_table(payload['rows']))

@@ -20,7 +20,9 @@ jax / torch and the ratio of the fastest rounds.
 On the CPU the JAX side shards each batch over one CPU device per core (`cpu_devices`; see
 `jaxunlearn.sharding.use_one_cpu_device_per_core`) and torch runs as many threads; with
 `cpu_single_device_baseline`, the JAX step on one device ('jax_1device') is timed in the same
-rounds, so the gain of the data parallelism is measured under the same load. On a machine
+rounds, so the gain of the data parallelism is measured under the same load, and
+'default_layout' names the faster of the two: the layout the main job's probe picks
+(`jaxunlearn.experiment.probe_cpu_layout`, --config.num_devices=-1), with its ratio to torch. On a machine
 that other processes load, PyTorch's OpenMP threads spin at every op's barrier while a peer is
 descheduled, and its step time grows several-fold (the CNN's SGD step from 27 ms to 270-520 ms on
 2 busy cores) while XLA's barely moves: such a run flatters JAX. The JSON records the load average;
@@ -600,6 +602,14 @@ def compare_case(
       )
     result['torch_step_s'] = float(np.median(times['torch']))
     result['times_s'] = times
+    # The layout the main job runs by default (num_devices=-1): the faster of the two, as its
+    # probe (`jaxunlearn.experiment.probe_cpu_layout`) picks.
+    default = min(sides, key=lambda name: result[name]['step_s'])
+    result['default_layout'] = {
+      'side': default,
+      'devices': len(devices) if default == 'jax' else 1,
+      'time_ratio_jax_over_torch': result[default]['time_ratio_jax_over_torch'],
+    }
     results[kind] = result
     sides_text = '  '.join(
       f'{name} {result[name]["step_s"] * 1e3:.2f} ms '
@@ -608,6 +618,7 @@ def compare_case(
     )
     print(
       f'{case.name:26s} {kind:6s} {sides_text}  torch {result["torch_step_s"] * 1e3:.2f} ms  '
+      f'default layout {default} ({result["default_layout"]["time_ratio_jax_over_torch"]:.2f}) '
       f'(loss rel diff {result["jax"]["loss_relative_difference"]:.1e}, compile '
       f'{result["jax"]["compile_s"]:.1f}s)',
       flush=True,
@@ -818,7 +829,8 @@ def print_table(results: dict) -> None:
   print(
     'jax/torch: median over rounds of the time ratio (< 1: jaxunlearn faster); speedup: its '
     'inverse; min/min: the ratio of the fastest rounds (less sensitive to a loaded machine); '
-    'jax_1device: the JAX step on one device, for the gain of the data parallelism.'
+    'jax_1device: the JAX step on one device, for the gain of the data parallelism; the main '
+    "job's default layout is the faster of jax and jax_1device (its probe's rule)."
   )
 
 

@@ -98,11 +98,19 @@ TABLES = (
 )
 # Tables shown as a picture too (`report.plot`), by section title: the name of its PNG.
 FIGURES = {'All methods': 'all_methods'}
+# The committed tables ran on one device (one CPU device, or one H100); pinned so that they
+# reproduce to the last digit. The main job's default (-1) probes the CPU layout instead.
+ONE_DEVICE = 1
 
 
 def _config(forget, methods, name):
   return jaxunlearn.study_config(
-    workdir=_WORKDIR.value, forget=forget, methods=methods, seeds=_SEEDS.value, results_name=name
+    workdir=_WORKDIR.value,
+    forget=forget,
+    methods=methods,
+    seeds=_SEEDS.value,
+    results_name=name,
+    num_devices=ONE_DEVICE,
   )
 
 
@@ -439,7 +447,9 @@ anything is timed, and the two are timed alternately in one process. Each number
 jaxunlearn / PyTorch (below 1: jaxunlearn is faster). SGD = one cross-entropy step with momentum and
 weight decay; SalUn = the same with a saliency mask on the update; SFR-on = one full SFR-on
 iteration. On CPU the JAX side ran on one device per core (data-parallel) and, where the file has
-it, on one device; single-model runs of the library use one device (`sharding.py` says why).
+it, on one device. "default layout" (files since the layout probe): the faster of the two, which
+is what a single-model run with the default `--config.num_devices=-1` picks by its timed probe
+(`jaxunlearn.experiment.probe_cpu_layout`); before the probe, single-model runs used one device.
 PyTorch's OpenMP threads spin at every barrier by default: on cores that other processes load, its
 step then grows several-fold while XLA's barely moves, so only runs with the wait policy PASSIVE
 or on a quiet machine (a low load average) compare fairly.
@@ -486,8 +496,8 @@ def torch_table(name: str, payload: dict) -> list[str]:
     f'{_where(name, payload)}, OpenMP wait policy {policy}, load average {load:.1f} before, '
     f'JAX side {jax_side}:',
     '',
-    '| Case | Step | jaxunlearn / PyTorch | one JAX device |',
-    '|---|---|---|---|',
+    '| Case | Step | jaxunlearn / PyTorch | one JAX device | default layout |',
+    '|---|---|---|---|---|',
   ]
   for case, kinds in payload['results'].items():
     for kind, result in kinds.items():
@@ -495,6 +505,13 @@ def torch_table(name: str, payload: dict) -> list[str]:
         f'{result[side]["time_ratio_jax_over_torch"]:.2f}' if side in result else ''
         for side in sides
       ]
+      default = result.get('default_layout')  # files since the CPU layout probe
+      cells.append(
+        f'{default["time_ratio_jax_over_torch"]:.2f} ({default["devices"]} device'
+        f'{"s" if default["devices"] > 1 else ""})'
+        if default
+        else ''
+      )
       lines.append(f'| {case} | {kind} | ' + ' | '.join(cells) + ' |')
   return lines + ['']
 

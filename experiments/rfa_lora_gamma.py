@@ -107,6 +107,7 @@ def main(argv):
       seeds=_SEEDS.value,
       plot=False,
       results_name='rfa_lora_gamma',
+      num_devices=1,  # as the committed figure ran: one CPU device, no probe
     )
     results[forget] = sweep(config, [float(g) for g in _GAMMAS.value])
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)

@@ -4,6 +4,8 @@
 validation that runs before any data is built, prints ``error: --config.X=...: what is allowed``
 and exits with 2, with no traceback. Any other exception (a diverged run, a corrupt file) prints
 its traceback under ``--verbosity=1`` or higher (absl's default is -1), and always ends with one ``error:`` line (exit 1).
+Before `main`, it makes JAX's CPU backend expose one device per core
+(`sharding.use_one_cpu_device_per_core`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxunlearn import sharding
 from jaxunlearn.config import ConfigError
 
 USAGE_EXIT = 2
@@ -62,6 +65,7 @@ def run(main) -> None:
   def guarded(argv):
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)  # progress lines only, unless asked
+    sharding.use_one_cpu_device_per_core()  # each run then takes one CPU device or all
     try:
       return main(argv)
     except ConfigError as error:

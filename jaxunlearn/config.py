@@ -320,7 +320,12 @@ class TrainingConfig(Config):
 
   workdir: str = text('workdir', doc='models and results go under it')
   model: str = text('cnn')
-  num_devices: int = integer(0, ge=0, doc='data-parallel devices; 0 = every device JAX sees')
+  num_devices: int = integer(
+    -1,
+    ge=-1,
+    doc='data-parallel devices; 0 = every device JAX sees; -1 = every device, except on CPU: '
+    'one device or one per core, whichever a timed probe of the training step finds faster',
+  )
   batch_size: int = integer(128, ge=1)
   epochs: int = integer(15, ge=1)
   optimizer: OptimizerConfig = nested(OptimizerConfig)

@@ -29,7 +29,7 @@ from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.checkpoint import CheckpointManager, check_compatible, model_signature
 from jaxunlearn.config import ConfigError, DataConfig, EvalConfig, TrainingConfig, section_from_flat
 from jaxunlearn.data.device import DeviceData
-from jaxunlearn.loop import Program, run
+from jaxunlearn.loop import Program, run, step_runner
 from jaxunlearn.methods import UnlearnContext
 from jaxunlearn.models import create_model, set_compute_dtype
 from jaxunlearn.state import ModelFns, functionalize
@@ -261,6 +261,7 @@ class Experiment:
       'training': dataclasses.asdict(self.training),
       'evaluation': dataclasses.asdict(self.evaluation),
       'model_kwargs': self.model_kwargs,
+      'devices': [f'{d.platform}:{d.id}' for d in self.mesh.devices.flat],
     }
 
   # --- evaluation ----------------------------------------------------------------------------
@@ -356,7 +357,11 @@ def prepare(config) -> Experiment:
   the split file; raises `ConfigError` (one line) on a bad value before any of it."""
   data_config, training, evaluation_config = sections(config)
   runs.check_workdir(training.workdir)
-  mesh = sharding_lib.make_mesh(sharding_lib.select_devices(training.num_devices))
+  devices = sharding_lib.select_devices(training.num_devices)
+  probe = training.num_devices == -1 and _may_split_over_cpu_devices(devices, training.batch_size)
+  if training.num_devices == -1 and jax.default_backend() == 'cpu' and not probe:
+    devices = devices[:1]
+  mesh = sharding_lib.make_mesh(devices)
   sharding_lib.check_batch_size(training.batch_size, mesh)
   dataset = data_lib.load_dataset(
     data_config.dataset,
@@ -415,6 +420,60 @@ def prepare(config) -> Experiment:
     experiment_dir=experiment_dir,
     model_dir=model_dir,
   )
+  if probe:
+    experiment = probe_cpu_layout(experiment)
   if jax.process_index() == 0:
     data_lib.save_forget_split(split, experiment_dir)
+  return experiment
+
+
+def _may_split_over_cpu_devices(devices: list, batch_size: int) -> bool:
+  return (
+    jax.default_backend() == 'cpu'
+    and jax.process_count() == 1
+    and len(devices) > 1
+    and batch_size % len(devices) == 0
+  )
+
+
+def probe_cpu_layout(experiment: Experiment) -> Experiment:
+  """The experiment on one CPU device or data parallel over all of its CPU devices (one per
+  core under the binaries), whichever runs the Original's training step faster.
+
+  The two are timed on the actual step (model, batch size, augmentation) in interleaved rounds
+  (`sharding.fastest`, about 3 s on 2 cores); the choice is cached per machine and step
+  (`sharding.layout_cache_path`; delete the file to probe again) and printed. Scores do not
+  depend on the choice beyond float summation order (tests/test_loop.py).
+  """
+  devices = list(experiment.mesh.devices.flat)
+  training = experiment.training
+  key = {
+    **sharding_lib.machine_key(),
+    'dataset': experiment.data_config.dataset,
+    'image_shape': list(experiment.info.image_shape),
+    'augment': experiment.data_config.augment,
+    'model': training.model,
+    'model_kwargs': experiment.model_kwargs,
+    'batch_size': training.batch_size,
+    'compute_dtype': training.compute_dtype,
+  }
+  layouts = {'1 device': devices[:1], f'{len(devices)} devices': devices}
+  record = sharding_lib.cached_layout(key)
+  if record is None or record.get('choice') not in layouts:
+    placed = {name: experiment.on_mesh(sharding_lib.make_mesh(d)) for name, d in layouts.items()}
+    runners = {}
+    for name, candidate in placed.items():
+      model_fns, variables = candidate.model(0)
+      program, optimizers = candidate.training_program(model_fns, 'all')
+      runners[name] = step_runner(
+        program, create_state(variables, optimizers), candidate.train, mesh=candidate.mesh, seed=0
+      )
+    choice, seconds = sharding_lib.fastest(runners)
+    record = {'choice': choice, 'seconds_per_step': seconds}
+    sharding_lib.store_layout(key, record)
+    timings = ', '.join(f'{name} {s * 1e3:.1f} ms' for name, s in seconds.items())
+    print(f'CPU layout: {choice} (training step: {timings}; cached)', flush=True)
+    return placed[choice]
+  if record['choice'] == '1 device':
+    return experiment.on_mesh(sharding_lib.make_mesh(devices[:1]))
   return experiment

@@ -7,11 +7,20 @@ on 8 GPUs or on a TPU pod; `jax.jit` inserts the cross-device reductions.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import platform
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from jaxunlearn import runs
 
 DATA_AXIS = 'data'
 
@@ -36,18 +45,19 @@ def maybe_initialize_distributed(
 def use_one_cpu_device_per_core() -> int:
   """Makes JAX's CPU backend expose one device per schedulable core; returns that count.
 
-  The CPU layout rule, from measurements on 2 cores (jax 0.10.2, small CNN, batch 128):
+  The binaries call it (`jaxunlearn.cli.run`), so each run can take one device or all of them:
 
   * Runs of many models (`loop.run_many`) spread the models over these devices: each device
     trains its own models, with no collective between devices, so the results are those of the
-    single runs whichever layout, and both cores work (`experiments/many_models.py` calls this).
-  * Single-model runs stay on one CPU device, each op using every core. One device per core
-    would split each batch over the cores and all-reduce the gradients: its step took 34 ms
-    against 57 ms on one device where it ran (the torch benchmark of an earlier session), but
-    here XLA:CPU's in-process all-reduce deadlocked (its 40 s rendezvous timed out and aborted
-    the process) in 7 of 8 tries, on a quiet and on a loaded machine, and with the
-    concurrency-optimised scheduler, multi-threaded Eigen or the thunk runtime turned off. Two single-model runs at once, one per device (no collective),
-    took 105 ms per step each against 70 ms for one run alone: 1.3x the throughput.
+    single runs whichever layout, and both cores work.
+  * A single model runs on one of them, each op using every core, or data parallel over all of
+    them, whichever the timed probe of its training step finds faster (`fastest`, run by
+    `jaxunlearn.experiment.prepare` when --config.num_devices=-1, cached per machine). On 2 cores
+    the small CNN's step (batch 128) took 32-36 ms per core against 60-66 ms on one device
+    (PyTorch: 35-45 ms); one device stays faster for ResNet-18 at batch 16. XLA:CPU's kernels use
+    the second core poorly (the step on one core alone: 84 ms), so the split is what makes
+    both cores work. The all-reduce between the devices needs the loop's bound on steps in
+    flight (`loop.MAX_STEPS_IN_FLIGHT`); without it the process aborted.
 
   Call it before JAX initialises its backends (before any JAX computation): `jax.config` raises a
   RuntimeError otherwise. A device count already forced by XLA_FLAGS
@@ -56,21 +66,100 @@ def use_one_cpu_device_per_core() -> int:
   Returns:
     The number of CPU devices.
   """
-  if 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', ''):
-    return jax.device_count('cpu')
+  forced = re.search(r'xla_force_host_platform_device_count=(\d+)', os.environ.get('XLA_FLAGS', ''))
+  if forced:  # read from the flag: asking JAX would initialise its backends here
+    return int(forced.group(1))
   count = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   jax.config.update('jax_num_cpu_devices', count)
   return count
 
 
+def fastest(
+  candidates: Mapping[str, Callable[[int], Any]], *, steps: int = 4, rounds: int = 3
+) -> tuple[str, dict[str, float]]:
+  """The candidate with the shortest median time per step, timed in interleaved rounds.
+
+  Each round runs every candidate for `steps` steps, in alternating order (A B, B A, ...), so a
+  load that comes and goes weighs on all of them alike; one warm-up call each comes first.
+
+  Args:
+    candidates: name -> ``run(n)``, which runs n steps and returns when they are done.
+    steps: steps per candidate and round.
+    rounds: timed rounds.
+
+  Returns:
+    The fastest name and every candidate's median seconds per step.
+  """
+  names = list(candidates)
+  for name in names:
+    candidates[name](1)
+  times = {name: [] for name in names}
+  for r in range(rounds):
+    for name in names if r % 2 == 0 else names[::-1]:
+      start = time.perf_counter()
+      candidates[name](steps)
+      times[name].append((time.perf_counter() - start) / steps)
+  medians = {name: float(np.median(t)) for name, t in times.items()}
+  return min(names, key=medians.get), medians
+
+
+def layout_cache_path() -> str:
+  """Where probed layouts are kept: $JAXUNLEARN_CACHE_DIR or ~/.cache/jaxunlearn."""
+  root = os.environ.get('JAXUNLEARN_CACHE_DIR') or os.path.join(
+    os.path.expanduser('~'), '.cache', 'jaxunlearn'
+  )
+  return os.path.join(root, 'cpu_layouts.json')
+
+
+def machine_key() -> dict:
+  """What a layout's speed depends on besides the step: CPU model, cores, jax and jaxlib."""
+  model = platform.processor()
+  with contextlib.suppress(OSError):
+    with open('/proc/cpuinfo') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    model = names[0] if names else model
+  return {
+    'cpu': model,
+    'cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+    'cpu_devices': jax.device_count('cpu'),
+    'jax': jax.__version__,
+    'xla_flags': os.environ.get('XLA_FLAGS', ''),
+  }
+
+
+def cached_layout(key: dict) -> dict | None:
+  """The probe record stored for `key` ({'choice', 'seconds_per_step', ...}), if any."""
+  try:
+    with open(layout_cache_path()) as f:
+      return json.load(f).get(json.dumps(key, sort_keys=True))
+  except (OSError, ValueError):
+    return None
+
+
+def store_layout(key: dict, record: dict) -> None:
+  """Adds `record` for `key` to the cache file (written whole, atomically)."""
+  path = layout_cache_path()
+  try:
+    with open(path) as f:
+      records = json.load(f)
+  except (OSError, ValueError):
+    records = {}
+  records[json.dumps(key, sort_keys=True)] = record
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  runs.write_json(path, records)
+
+
 def select_devices(num_devices: int, flag: str = '--config.num_devices') -> list:
-  """The first `num_devices` global devices (0: all of them)."""
+  """The first `num_devices` global devices (0, or -1 before the CPU probe: all of them)."""
   available = jax.device_count()
-  if num_devices < 0 or num_devices > available:
-    raise ValueError(f'{flag}={num_devices}: allowed values are 0 (all devices) to {available}.')
-  if num_devices and jax.process_count() > 1:
+  if num_devices < -1 or num_devices > available:
+    raise ValueError(
+      f'{flag}={num_devices}: allowed values are -1 (probed on CPU), 0 (all devices) to '
+      f'{available}.'
+    )
+  if num_devices > 0 and jax.process_count() > 1:
     raise ValueError(f'{flag}={num_devices}: a multi-host run uses all devices; leave it at 0.')
-  return jax.devices()[:num_devices] if num_devices else jax.devices()
+  return jax.devices()[:num_devices] if num_devices > 0 else jax.devices()
 
 
 def make_mesh(devices=None) -> Mesh:

@@ -1,12 +1,16 @@
 """Shared fixtures: one offline data dir per test session, tiny configs and a prepared setup."""
 
 import os
+import tempfile
 
 import jax
 import pytest
 
 from experiments.configs import train as train_config
 from experiments.configs import unlearn as unlearn_config
+
+# Probed CPU layouts (`jaxunlearn.experiment.probe_cpu_layout`) go to a per-run folder, not ~/.cache.
+os.environ.setdefault('JAXUNLEARN_CACHE_DIR', tempfile.mkdtemp(prefix='jaxunlearn-cache-'))
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -30,7 +30,7 @@ BAD_VALUES = [
   ({'checkpoint_every_steps': -5}, '--config.checkpoint_every_steps=-5: must be an integer >= 0.'),
   ({'keep_checkpoints': 0}, '--config.keep_checkpoints=0: must be an integer >= 1.'),
   ({'log_every': 0}, '--config.log_every=0: must be an integer >= 1.'),
-  ({'num_devices': -1}, '--config.num_devices=-1: must be an integer >= 0.'),
+  ({'num_devices': -2}, '--config.num_devices=-2: must be an integer >= -1.'),
   ({'best_metric': 'loss'}, "--config.best_metric='loss': must be one of , test_accuracy."),
   ({'workdir': ''}, "--config.workdir='': must name a directory."),
   # data

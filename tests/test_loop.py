@@ -1,13 +1,20 @@
-"""The shared loop: sampling, sharded == unsharded, compile-once, resumption."""
+"""The shared loop: sampling, sharded == unsharded, compile-once, resumption, steps in flight,
+the CPU layout probe."""
+
+import json
+import os
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from jaxunlearn import experiment, sharding
+from jaxunlearn import experiment, loop, sharding
 from jaxunlearn.checkpoint import CheckpointManager
 from jaxunlearn.data.device import BatchSampler, DeviceData
-from jaxunlearn.loop import run
+from jaxunlearn.loop import Program, StepKind, run
 from jaxunlearn.train import create_state, supervised_program
 from tests.conftest import tiny_config
 
@@ -109,3 +116,105 @@ def test_resume_after_stop_gives_same_final_params(setup, tmp_path):
     jax.device_get(resumed.state.params),
   )
   manager.close()
+
+
+class _Loss(float):
+  """A step's loss that records when the host waits for it."""
+
+  def __new__(cls, step, waited):
+    loss = super().__new__(cls, 0.0)
+    loss.step, loss.waited = step, waited
+    return loss
+
+  def block_until_ready(self):
+    self.waited.append(self.step)
+    return self
+
+
+def test_host_loop_bounds_the_steps_in_flight():
+  waited, ahead = [], []
+  program = Program({'k': StepKind(fn=None, slots={})}, ['k'] * 40, batch_size=1)
+
+  def execute(kind_name, state, batch):
+    ahead.append(state - (max(waited) + 1 if waited else 0))
+    return state + 1, {'loss': _Loss(state, waited)}
+
+  state, *_ = loop._host_loop(
+    program, 0, 0, lambda kind: {}, execute, examples_per_step=1, log_every=1000, name='t'
+  )
+  assert state == 40
+  assert waited == list(range(40 - loop.MAX_STEPS_IN_FLIGHT))  # each in turn, once
+  assert max(ahead) == loop.MAX_STEPS_IN_FLIGHT
+
+
+_MANY_STEPS = """
+import sys
+import jax
+import numpy as np
+from jaxunlearn import experiment, loop, sharding
+from jaxunlearn.train import create_state, supervised_program
+from tests.conftest import tiny_config
+
+loop.MAX_STEPS_IN_FLIGHT = int(sys.argv[3])
+config = tiny_config(sys.argv[1], sys.argv[2], num_devices=2, dataset='mnist5k', batch_size=128)
+config.model_kwargs.update(channels=(32, 64), dense_width=128)  # the main job's CNN
+setup = experiment.prepare(config)
+fns, variables = setup.model(0)
+program, txs = supervised_program(
+  fns, setup.training.optimizer, num_examples=len(setup.train.sources['all']), batch_size=128,
+  epochs=12, source='all')
+result = loop.run(program, create_state(variables, txs), setup.train, mesh=setup.mesh, seed=0,
+                  log_every=10000)
+print('steps', result.steps_run)
+"""
+
+
+def test_data_parallel_cpu_run_does_not_abort_in_its_all_reduce(tmp_path, data_dir):
+  """The main job's CNN for 384 steps, data parallel over 2 CPU devices, dispatched back to back.
+  Unbounded, PjRt's CPU client blocked the dispatching thread at 32 computations in flight and
+  the all-reduce's rendezvous aborted the process after 40 s."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  args = [sys.executable, '-c', _MANY_STEPS, str(tmp_path), data_dir]
+  done = subprocess.run(
+    args + [str(loop.MAX_STEPS_IN_FLIGHT)], env=env, capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 0 and 'steps 384' in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def test_fastest_picks_the_quicker_of_two_stub_steps():
+  calls = []
+
+  def stub(seconds_per_step, name):
+    def run(n):
+      calls.append(name)
+      time.sleep(seconds_per_step * n)
+
+    return run
+
+  choice, seconds = sharding.fastest(
+    {'slow': stub(0.004, 'slow'), 'quick': stub(0.001, 'quick')}, steps=2, rounds=3
+  )
+  assert choice == 'quick' and seconds['quick'] < seconds['slow']
+  assert calls == ['slow', 'quick', 'slow', 'quick', 'quick', 'slow', 'slow', 'quick']
+
+
+def test_probe_cpu_layout_places_the_experiment_and_caches_the_choice(setup, tmp_path, monkeypatch):
+  monkeypatch.setenv('JAXUNLEARN_CACHE_DIR', str(tmp_path))
+  on_all = setup.on_mesh(sharding.make_mesh())
+  picks = []
+
+  def pick(candidates, **kwargs):
+    assert sorted(candidates) == ['1 device', '8 devices']
+    for run_steps in candidates.values():
+      run_steps(1)  # the actual training step runs on both layouts
+    picks.append('1 device')
+    return '1 device', {'1 device': 0.01, '8 devices': 0.02}
+
+  monkeypatch.setattr(sharding, 'fastest', pick)
+  probed = experiment.probe_cpu_layout(on_all)
+  assert probed.mesh.devices.size == 1 and probed.train.images.sharding.mesh.devices.size == 1
+  again = experiment.probe_cpu_layout(on_all)  # from the cache: no second probe
+  assert again.mesh.devices.size == 1 and picks == ['1 device']
+  with open(sharding.layout_cache_path()) as f:
+    [record] = json.load(f).values()
+  assert record == {'choice': '1 device', 'seconds_per_step': {'1 device': 0.01, '8 devices': 0.02}}

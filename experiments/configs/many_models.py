@@ -29,6 +29,7 @@ def get_config():
     epochs=20,
     methods='ft,ga,neggrad_plus,rl,salun,scrub,sfron,rfa_lora,ssd',
     workdir='workdir/many_models',
+    num_devices=0,  # every CPU device holds models; no single-model layout to probe
   )
   c.model_kwargs.update(hidden_sizes=(128, 128))
   c.eval = to_config_dict(ManyModelsConfig())

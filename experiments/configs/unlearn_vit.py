@@ -14,7 +14,10 @@ from jaxunlearn.config import to_config_dict
 
 
 def get_config():
-  c = jaxunlearn.study_config(model='vit', forget='class:3', methods='ft,salun,rfa_lora')
+  # One CPU device, as the committed table ran (no layout probe).
+  c = jaxunlearn.study_config(
+    model='vit', forget='class:3', methods='ft,salun,rfa_lora', num_devices=1
+  )
   c.model_kwargs.update(patch_size=4, width=64, depth=4, num_heads=4, mlp_dim=128)
   c.optimizer.update(name='adamw', lr=1e-3, weight_decay=0.05)
   c.method.rfa_lora = to_config_dict(jaxunlearn.methods.get('rfa_lora').preset('vit'))
