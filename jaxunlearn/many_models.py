@@ -511,7 +511,7 @@ def evaluate(study, cfg: ManyModelsConfig, results_name: str = 'many_models') ->
     'epsilons': {name: v.tolist() for name, v in per_example.items()},
     'originals': cfg.originals,
     'original_forget_accuracy': original_fa.tolist(),
-    **report.provenance(),
+    **report.provenance(exp.mesh),
     'wall_seconds': time.perf_counter() - start,
   }
   if jax.process_index() == 0:

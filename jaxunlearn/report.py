@@ -502,15 +502,19 @@ PACKAGES = (
 )
 
 
-def provenance() -> dict:
-  """What results files record of where they were made: package versions and the devices."""
-  device = jax.devices()[0]
+def provenance(mesh=None) -> dict:
+  """What results files record of where they were made: package versions and the devices.
+
+  Args:
+    mesh: the mesh the runs used; its devices are counted (default: every device JAX sees).
+  """
+  devices = list(mesh.devices.flat) if mesh is not None else jax.devices()
   return {
     'versions': {p: metadata.version(p) for p in PACKAGES},
     'device': {
-      'platform': device.platform,
-      'kind': device.device_kind,
-      'count': jax.device_count(),
+      'platform': devices[0].platform,
+      'kind': devices[0].device_kind,
+      'count': len(devices),
       'host': platform.machine(),
     },
   }

@@ -276,7 +276,7 @@ class Study:
       'split': self.experiment.split.summary(),
       'per_seed': self.per_seed(),
       'summary': self.summary(),
-      **report.provenance(),
+      **report.provenance(self.experiment.mesh),
       'mia_convention': 'MIA-Efficacy: % of D_f predicted non-member',
       'wall_seconds': self.wall_seconds,
     }
