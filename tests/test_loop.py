@@ -218,3 +218,18 @@ def test_probe_cpu_layout_places_the_experiment_and_caches_the_choice(setup, tmp
   with open(sharding.layout_cache_path()) as f:
     [record] = json.load(f).values()
   assert record == {'choice': '1 device', 'seconds_per_step': {'1 device': 0.01, '8 devices': 0.02}}
+
+
+def test_prepare_probes_the_cpu_layout_only_when_the_batch_splits(tmp_path, data_dir, monkeypatch):
+  monkeypatch.setenv('JAXUNLEARN_CACHE_DIR', str(tmp_path / 'cache'))
+  probed = []
+
+  def pick_all(candidates, **kwargs):
+    probed.append(sorted(candidates))
+    return '8 devices', {name: 0.0 for name in candidates}
+
+  monkeypatch.setattr(sharding, 'fastest', pick_all)
+  split = experiment.prepare(tiny_config(tmp_path / 'a', data_dir, num_devices=-1, batch_size=64))
+  assert split.mesh.devices.size == 8 and probed == [['1 device', '8 devices']]
+  odd = experiment.prepare(tiny_config(tmp_path / 'b', data_dir, num_devices=-1, batch_size=60))
+  assert odd.mesh.devices.size == 1 and len(probed) == 1  # 60 does not split over 8: no probe
