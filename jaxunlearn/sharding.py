@@ -53,9 +53,10 @@ def use_one_cpu_device_per_core() -> int:
   * A single model runs on one of them, each op using every core, or data parallel over all of
     them, whichever the timed probe of its training step finds faster (`fastest`, run by
     `jaxunlearn.experiment.prepare` when --config.num_devices=-1, cached per machine). On 2 cores
-    the small CNN's step (batch 128) took 32-36 ms per core against 60-66 ms on one device
-    (PyTorch: 35-45 ms); one device stays faster for ResNet-18 at batch 16. XLA:CPU's kernels use
-    the second core poorly (the step on one core alone: 84 ms), so the split is what makes
+    the small CNN's SGD step (batch 128) took 28-32 ms split over both against 58-68 ms on one
+    device, PyTorch 27-44 ms (experiments/benchmarks/torch_reference_cpu_20261205-071138.json);
+    an earlier session found one device faster for ResNet-18 at batch 16. XLA:CPU's kernels use
+    the second core poorly (the CNN step on one core alone: 84 ms), so the split is what makes
     both cores work. The all-reduce between the devices needs the loop's bound on steps in
     flight (`loop.MAX_STEPS_IN_FLIGHT`); without it the process aborted.
 
