@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jaxlib
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -124,6 +125,7 @@ def machine_key() -> dict:
     'cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
     'cpu_devices': jax.device_count('cpu'),
     'jax': jax.__version__,
+    'jaxlib': jaxlib.__version__,
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
   }
 
