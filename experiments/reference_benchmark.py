@@ -58,7 +58,6 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -442,21 +441,6 @@ def parameter_difference(jax_params: dict, torch_params: dict) -> float:
   return float(np.sqrt(diff / norm))
 
 
-def interleaved(
-  runners: dict[str, Callable[[int], None]], steps: int, repeats: int
-) -> dict[str, list[float]]:
-  """Seconds per step of each runner, `repeats` rounds of `steps` steps, in the order A, B, B, A,
-  A, B, ... so that a drift of the machine's load does not favour one side."""
-  times = {name: [] for name in runners}
-  names = list(runners)
-  for r in range(repeats):
-    for name in names if r % 2 == 0 else names[::-1]:
-      t0 = time.perf_counter()
-      runners[name](steps)
-      times[name].append((time.perf_counter() - t0) / steps)
-  return times
-
-
 def _check_agreement(
   label: str, jax_losses, torch_losses, jax_params, torch_params, compute: str
 ) -> dict:
@@ -589,7 +573,7 @@ def compare_case(
       runners['torch'] = run_torch
       for runner in runners.values():
         runner(1)
-      times = interleaved(runners, case.timed_steps, case.repeats)
+      times = sharding.interleaved(runners, case.timed_steps, case.repeats)
     for name in sides:
       ratios = [j / t for j, t in zip(times[name], times['torch'])]
       result[name].update(
@@ -797,7 +781,7 @@ def environment(device, jax_devices) -> dict:
         torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model
       ),
       'host': platform.machine(),
-      'cpus': len(os.sched_getaffinity(0)),
+      'cpus': sharding.schedulable_cores(),
     },
     'threads': {
       'torch_num_threads': torch.get_num_threads(),
@@ -876,7 +860,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
     torch.backends.cudnn.benchmark = True
   else:
     # XLA:CPU runs one intra-op thread per schedulable core, however many devices it exposes.
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(sharding.schedulable_cores())
   # The torch side runs on one device; so does the JAX side on a GPU.
   jax_devices = jax.devices() if not on_gpu else jax.devices()[:1]
   preset = PRESETS[preset_name]
@@ -946,7 +930,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
   print_table(results)
   print(
     f'1-minute load average {load_before[0]:.1f} before, {payload["load_average"]["after"][0]:.1f}'
-    f' after, on {len(os.sched_getaffinity(0))} cores; JAX on {len(jax_devices)} '
+    f' after, on {sharding.schedulable_cores()} cores; JAX on {len(jax_devices)} '
     f'{jax_devices[0].platform} device(s).'
   )
   print(f'wrote {out}')

@@ -451,12 +451,16 @@ def probe_cpu_layout(experiment: Experiment) -> Experiment:
     'batch_size': training.batch_size,
     'compute_dtype': training.compute_dtype,
   }
-  layouts = {'1 device': devices[:1], f'{len(devices)} devices': devices}
+  one, every = '1 device', f'{len(devices)} devices'
+
+  def placed(choice: str) -> Experiment:  # the experiment is already on every device
+    return experiment.on_mesh(sharding_lib.make_mesh(devices[:1])) if choice == one else experiment
+
   record = sharding_lib.cached_layout(key)
-  if record is None or record.get('choice') not in layouts:
-    placed = {name: experiment.on_mesh(sharding_lib.make_mesh(d)) for name, d in layouts.items()}
+  if record is None or record.get('choice') not in (one, every):
+    candidates = {name: placed(name) for name in (one, every)}
     runners = {}
-    for name, candidate in placed.items():
+    for name, candidate in candidates.items():
       model_fns, variables = candidate.model(0)
       program, optimizers = candidate.training_program(model_fns, 'all')
       runners[name] = step_runner(
@@ -467,7 +471,5 @@ def probe_cpu_layout(experiment: Experiment) -> Experiment:
     sharding_lib.store_layout(key, record)
     timings = ', '.join(f'{name} {s * 1e3:.1f} ms' for name, s in seconds.items())
     print(f'CPU layout: {choice} (training step: {timings}; cached)', flush=True)
-    return placed[choice]
-  if record['choice'] == '1 device':
-    return experiment.on_mesh(sharding_lib.make_mesh(devices[:1]))
-  return experiment
+    return candidates[choice]
+  return placed(record['choice'])

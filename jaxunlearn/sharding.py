@@ -71,18 +71,40 @@ def use_one_cpu_device_per_core() -> int:
   forced = re.search(r'xla_force_host_platform_device_count=(\d+)', os.environ.get('XLA_FLAGS', ''))
   if forced:  # read from the flag: asking JAX would initialise its backends here
     return int(forced.group(1))
-  count = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  count = schedulable_cores()
   jax.config.update('jax_num_cpu_devices', count)
   return count
+
+
+def interleaved(
+  runners: Mapping[str, Callable[[int], Any]], steps: int, rounds: int
+) -> dict[str, list[float]]:
+  """Seconds per step of each runner, `rounds` rounds of `steps` steps, in the order A, B, B, A,
+  A, B, ... so that a drift of the machine's load does not favour one side.
+
+  Args:
+    runners: name -> ``run(n)``, which runs n steps and returns when they are done.
+    steps: steps per runner and round.
+    rounds: timed rounds.
+
+  Returns:
+    Every runner's seconds per step, one entry per round.
+  """
+  times = {name: [] for name in runners}
+  names = list(runners)
+  for r in range(rounds):
+    for name in names if r % 2 == 0 else names[::-1]:
+      start = time.perf_counter()
+      runners[name](steps)
+      times[name].append((time.perf_counter() - start) / steps)
+  return times
 
 
 def fastest(
   candidates: Mapping[str, Callable[[int], Any]], *, steps: int = 4, rounds: int = 3
 ) -> tuple[str, dict[str, float]]:
-  """The candidate with the shortest median time per step, timed in interleaved rounds.
-
-  Each round runs every candidate for `steps` steps, in alternating order (A B, B A, ...), so a
-  load that comes and goes weighs on all of them alike; one warm-up call each comes first.
+  """The candidate with the shortest median time per step: one warm-up call each, then
+  `interleaved` rounds.
 
   Args:
     candidates: name -> ``run(n)``, which runs n steps and returns when they are done.
@@ -92,17 +114,16 @@ def fastest(
   Returns:
     The fastest name and every candidate's median seconds per step.
   """
-  names = list(candidates)
-  for name in names:
-    candidates[name](1)
-  times = {name: [] for name in names}
-  for r in range(rounds):
-    for name in names if r % 2 == 0 else names[::-1]:
-      start = time.perf_counter()
-      candidates[name](steps)
-      times[name].append((time.perf_counter() - start) / steps)
+  for run in candidates.values():
+    run(1)
+  times = interleaved(candidates, steps, rounds)
   medians = {name: float(np.median(t)) for name, t in times.items()}
-  return min(names, key=medians.get), medians
+  return min(medians, key=medians.get), medians
+
+
+def schedulable_cores() -> int:
+  """The cores this process may run on."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
 def layout_cache_path() -> str:
@@ -122,7 +143,7 @@ def machine_key() -> dict:
     model = names[0] if names else model
   return {
     'cpu': model,
-    'cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+    'cores': schedulable_cores(),
     'cpu_devices': jax.device_count('cpu'),
     'jax': jax.__version__,
     'jaxlib': jaxlib.__version__,
@@ -130,24 +151,24 @@ def machine_key() -> dict:
   }
 
 
-def cached_layout(key: dict) -> dict | None:
-  """The probe record stored for `key` ({'choice', 'seconds_per_step', ...}), if any."""
+def _layout_records() -> dict:
   try:
     with open(layout_cache_path()) as f:
-      return json.load(f).get(json.dumps(key, sort_keys=True))
+      return json.load(f)
   except (OSError, ValueError):
-    return None
+    return {}
+
+
+def cached_layout(key: dict) -> dict | None:
+  """The probe record stored for `key` ({'choice', 'seconds_per_step', ...}), if any."""
+  return _layout_records().get(json.dumps(key, sort_keys=True))
 
 
 def store_layout(key: dict, record: dict) -> None:
   """Adds `record` for `key` to the cache file (written whole, atomically)."""
-  path = layout_cache_path()
-  try:
-    with open(path) as f:
-      records = json.load(f)
-  except (OSError, ValueError):
-    records = {}
+  records = _layout_records()
   records[json.dumps(key, sort_keys=True)] = record
+  path = layout_cache_path()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   runs.write_json(path, records)
 
