@@ -23,7 +23,7 @@ import os
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import benchmarking, cli, report, runs, sharding
+from jaxunlearn import benchmarking, cli, files, report, sharding
 
 _CONFIG = cli.define_config(
   os.path.join(os.path.dirname(__file__), 'configs', 'benchmark.py'),
@@ -77,7 +77,7 @@ def main(argv):
     payload['many_models'] = benchmarking.many_models_speed(
       exp, sharding.make_model_mesh(0), [int(k) for k in _MANY.value], _STEPS.value
     )
-  runs.write_json(_OUT.value, payload)
+  files.write_json(_OUT.value, payload)
   print(f'wrote {_OUT.value}')
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import threadpoolctl
 from absl import app, flags
 
-from jaxunlearn import runs, theory
+from jaxunlearn import files, theory
 
 matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -468,12 +468,12 @@ def write_outputs(results: dict, workdir: str) -> list[str]:
   ):
     fig = plot(results)
     path = os.path.join(workdir, name)
-    with runs.atomic_file(path, 'wb') as f:
+    with files.atomic_file(path, 'wb') as f:
       fig.savefig(f, format='png', dpi=110)
     plt.close(fig)
     paths.append(path)
   path = os.path.join(workdir, 'results.json')
-  with runs.atomic_file(path) as f:
+  with files.atomic_file(path) as f:
     json.dump(results, f, indent=1)
   paths.append(path)
   return paths

@@ -66,7 +66,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxunlearn import runs, sharding, train
+from jaxunlearn import files, sharding, train
 from jaxunlearn.config import OptimizerConfig
 from jaxunlearn.config import sgd as sgd_settings
 from jaxunlearn.methods import random_label, sfron
@@ -916,7 +916,7 @@ def run(config, *, steps: int | None = None, out: str | None = None) -> dict:
     payload['complete'] = complete
     payload['total_s'] = time.perf_counter() - started
     payload['load_average'] = {'before': load_before, 'after': os.getloadavg()}
-    runs.write_json(out, payload)
+    files.write_json(out, payload)
 
   # Written after every case, so that a run cut short by a time limit keeps what it measured.
   for case in cases:

@@ -25,7 +25,7 @@ import sys
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli, report, runs
+from jaxunlearn import cli, files, report
 
 _WORKDIR = flags.DEFINE_string('workdir', 'results_wd', 'Where models and results go.')
 _OUT = flags.DEFINE_string(
@@ -612,14 +612,14 @@ def main(argv):
         jaxunlearn.Study(_config(forget, methods, name)).run()
       publish(forget, name)
   write_figures()
-  runs.write_text(_OUT.value, render() + '\n')
+  files.write_text(_OUT.value, render() + '\n')
   print(f'wrote {_OUT.value}')
-  runs.write_text(_SPEED.value, speed_page())
+  files.write_text(_SPEED.value, speed_page())
   print(f'wrote {_SPEED.value}')
   if _WRITE_README.value:
     with open(README) as f:
       readme = f.read()
-    runs.write_text(README, with_methods_table(readme))
+    files.write_text(README, with_methods_table(readme))
     print(f'wrote the methods table of {README}')
 
 

@@ -7,9 +7,9 @@ unlearning methods), `ConfigError` (a bad config value, one line) and `write_jso
 
 __version__ = '0.1.0'
 
-from jaxunlearn.config import ConfigError, study_config, training_config
+from jaxunlearn.config import ConfigError, training_config
+from jaxunlearn.files import write_json
 from jaxunlearn.methods import registry as methods
-from jaxunlearn.runs import write_json
-from jaxunlearn.study import Study
+from jaxunlearn.study import Study, study_config
 
 __all__ = ['ConfigError', 'Study', 'methods', 'study_config', 'training_config', 'write_json']

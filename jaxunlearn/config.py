@@ -435,28 +435,3 @@ def parse_seeds(value, flag: str = '--config.seeds') -> list[int]:
       f'{flag}={value!r}: give distinct non-negative integers separated by commas, e.g. 0,1,2.'
     )
   return seeds
-
-
-def study_config(preset: str | None = None, **overrides) -> ml_collections.ConfigDict:
-  """The main job's config: an experiment plus the study's rows and every method's settings.
-
-  Args:
-    preset: a method preset (e.g. 'cifar10_resnet18') for the methods that have it.
-    **overrides: values to set; nested keys with '__' or '.' inside a dict key, e.g.
-      ``study_config(**{'method.ft.epochs': 2})`` or ``study_config(epochs=3)``.
-
-  Returns:
-    An unlocked ConfigDict.
-  """
-  c = training_config()
-  c.update(to_config_dict(StudyConfig()))
-  from jaxunlearn.methods import registry  # noqa: PLC0415 (the registry imports this module)
-
-  c.method = registry.config_dicts(preset)
-  for key, value in overrides.items():
-    *parents, leaf = key.replace('__', '.').split('.')
-    node = c
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return c

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn import data as data_lib
-from jaxunlearn import evaluation, metrics, runs
+from jaxunlearn import evaluation, files, metrics, runs
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.checkpoint import CheckpointManager, check_compatible, model_signature
 from jaxunlearn.config import ConfigError, DataConfig, EvalConfig, TrainingConfig, section_from_flat
@@ -212,10 +212,10 @@ class Experiment:
       steps=len(program.schedule),
     )
     if jax.process_index() == 0:
-      runs.write_json(os.path.join(directory, 'config.json'), self.record())
+      files.write_json(os.path.join(directory, 'config.json'), self.record())
       if kind != 'original':
         data_lib.save_forget_split(self.split, directory)
-      runs.write_json(metrics_path, scores)
+      files.write_json(metrics_path, scores)
     return model_fns, variables, scores
 
   def trained(self, kind: str, seed: int, *, no_train: bool = False) -> TrainedModel:

@@ -16,7 +16,7 @@ from matplotlib import colormaps, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxunlearn import runs
+from jaxunlearn import files
 
 COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'KL', 'FD_r', 'RTE_s')
 CLASS_COLUMNS = ('TA_retain', 'TA_forget')
@@ -470,7 +470,7 @@ def colormap(name: str):
 
 def save_figure(fig, path: str) -> None:
   """Writes `fig` to `path` as a PNG, atomically (a reader never sees half a file)."""
-  with runs.atomic_file(path, 'wb') as f:
+  with files.atomic_file(path, 'wb') as f:
     fig.savefig(f, format='png', dpi=fig.dpi)
 
 
@@ -484,8 +484,8 @@ def write_results(
 ) -> None:
   """The one writer of results files: {name}.json (`payload`), {name}.md (`title`, `table`,
   `note`) and, if `figure` is given, {name}.png, into `directory`."""
-  runs.write_json(os.path.join(directory, f'{name}.json'), payload)
-  runs.write_text(os.path.join(directory, f'{name}.md'), f'# {title}\n\n{table}\n\n{note}\n')
+  files.write_json(os.path.join(directory, f'{name}.json'), payload)
+  files.write_text(os.path.join(directory, f'{name}.md'), f'# {title}\n\n{table}\n\n{note}\n')
   if figure is not None:
     save_figure(figure, os.path.join(directory, f'{name}.png'))
 

@@ -1,7 +1,5 @@
-"""The run store: where a study's files go, how they are written, and how a run is recognised.
-
-Every file the library writes goes through `atomic_file` (a temporary file renamed onto its path
-once complete), so a reader, or a run killed mid-write, never sees half a file.
+"""The run store: where a study's runs go and how a run is recognised (files are written
+through `jaxunlearn.files`, the one atomic writer).
 
 A study's runs live under ``{experiment_dir}/runs/{method}_s{seed}_{fingerprint[:16]}/``: the
 fingerprint is a digest of everything that determines the run (`fingerprint`), so a run is reused
@@ -22,7 +20,6 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import jax
 import numpy as np
@@ -30,53 +27,10 @@ import orbax.checkpoint as ocp
 
 from jaxunlearn.checkpoint import CheckpointManager, read_meta
 from jaxunlearn.config import ConfigError
+from jaxunlearn.files import write_json
 
 MIN_FREE_BYTES = 100 * 2**20
 RUN_FILE = 'run.json'
-
-
-@contextlib.contextmanager
-def atomic_file(path: str, mode: str = 'w', **open_kwargs) -> Iterator[Any]:
-  """A file object for writing `path` whole: written to a temporary file beside it, synced, made
-  readable by all, then renamed onto `path`; on an error the temporary file is removed and
-  `path` is left as it was. `mode` is 'w' or 'wb'."""
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(
-    dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp'
-  )
-  try:
-    with os.fdopen(handle, mode, **open_kwargs) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(temporary, 0o644)  # mkstemp makes the file private
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically."""
-  with atomic_file(path) as f:
-    f.write(text)
-
-
-def write_json(path: str, payload: Any) -> None:
-  """Writes `payload` as indented JSON (numpy scalars and arrays as numbers and lists),
-  atomically."""
-  with atomic_file(path) as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
-
-
-def _json_default(obj):
-  if isinstance(obj, (np.floating, np.integer)):
-    return obj.item()
-  if isinstance(obj, np.ndarray):
-    return obj.tolist()
-  raise TypeError(f'not JSON serialisable: {type(obj)}')
 
 
 def weights_digest(variables: dict) -> str:

@@ -21,7 +21,7 @@ import jaxlib
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxunlearn import runs
+from jaxunlearn import files
 
 DATA_AXIS = 'data'
 
@@ -170,7 +170,7 @@ def store_layout(key: dict, record: dict) -> None:
   records[json.dumps(key, sort_keys=True)] = record
   path = layout_cache_path()
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  runs.write_json(path, records)
+  files.write_json(path, records)
 
 
 def select_devices(num_devices: int, flag: str = '--config.num_devices') -> list:

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 
 from jaxunlearn import experiment, many_models, report, runs
 from jaxunlearn import sharding as sharding_lib
@@ -34,12 +35,37 @@ from jaxunlearn.config import (
   from_config_dict,
   parse_seeds,
   section_from_flat,
+  to_config_dict,
+  training_config,
 )
 from jaxunlearn.methods import registry
 from jaxunlearn.unlearn import add_reference_scores, run_method, summarise
 
 RUN_FORMAT = 2  # bump when what a run's scores mean changes: every run is redone
 REFERENCE_ROWS = ('Original', 'Retrain')
+
+
+def study_config(preset: str | None = None, **overrides) -> ml_collections.ConfigDict:
+  """The main job's config: an experiment plus the study's rows and every method's settings.
+
+  Args:
+    preset: a method preset (e.g. 'cifar10_resnet18') for the methods that have it.
+    **overrides: values to set; nested keys with '__' or '.' inside a dict key, e.g.
+      ``study_config(**{'method.ft.epochs': 2})`` or ``study_config(epochs=3)``.
+
+  Returns:
+    An unlocked ConfigDict.
+  """
+  c = training_config()
+  c.update(to_config_dict(StudyConfig()))
+  c.method = registry.config_dicts(preset)
+  for key, value in overrides.items():
+    *parents, leaf = key.replace('__', '.').split('.')
+    node = c
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return c
 
 
 class Study:

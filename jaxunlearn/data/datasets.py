@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxunlearn import runs
+from jaxunlearn import files
 from jaxunlearn.config import ConfigError
 from jaxunlearn.data import builders, imagefolder
 
@@ -571,7 +571,7 @@ def _cached_statistics(
     pass  # No cache yet, or an unreadable one: measure again.
   mean, std = channel_statistics(train_images())
   try:
-    with runs.atomic_file(path, encoding='utf-8') as f:
+    with files.atomic_file(path, encoding='utf-8') as f:
       json.dump({'key': key, 'mean': mean, 'std': std}, f, indent=1)
   except OSError:
     pass  # A read-only data dir: measure on every load.

@@ -28,7 +28,7 @@ import re
 
 import numpy as np
 
-from jaxunlearn import runs
+from jaxunlearn import files
 from jaxunlearn.config import ConfigError
 from jaxunlearn.data.builders import stratified_split
 from jaxunlearn.data.datasets import ArraySplit, DatasetInfo
@@ -316,9 +316,9 @@ def save_forget_split(split: ForgetSplit, directory: str) -> None:
   if split.subset is not None:
     arrays['subset'] = split.subset
     meta['train_subset'] = int(split.subset.size)
-  with runs.atomic_file(os.path.join(directory, SPLIT_ARRAYS), 'wb') as f:
+  with files.atomic_file(os.path.join(directory, SPLIT_ARRAYS), 'wb') as f:
     np.savez(f, **arrays)
-  runs.write_text(os.path.join(directory, SPLIT_META), json.dumps(meta, indent=2) + '\n')
+  files.write_text(os.path.join(directory, SPLIT_META), json.dumps(meta, indent=2) + '\n')
 
 
 def load_forget_split(directory: str) -> ForgetSplit | None:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxunlearn import runs
+from jaxunlearn import files
 from jaxunlearn.methods.base import UnlearnContext, gradient_statistic, top_fraction_mask
 
 ESTIMATORS = ('batch_fisher', 'empirical_fisher')
@@ -55,7 +55,7 @@ def cache_path(cache_dir: str, source: str, estimator: str, batch_size: int, key
 def _save(path: str, tree, seconds: float) -> None:
   leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
   arrays = {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
-  with runs.atomic_file(path, 'wb') as f:
+  with files.atomic_file(path, 'wb') as f:
     np.savez(f, __seconds__=np.float64(seconds), **arrays)
 
 
