@@ -13,7 +13,7 @@ into {experiment_dir}/many_K{K}/. Config: configs/many_models.py.
 import os
 
 import jaxunlearn
-from jaxunlearn import cli, many_models
+from jaxunlearn import cli, many_models, report
 from jaxunlearn.config import from_config_dict
 
 _CONFIG = cli.define_config(
@@ -29,9 +29,9 @@ def main(argv):
   study = jaxunlearn.Study(config)
   many_models.model_mesh(cfg)
   payload = study.many_models(cfg)
-  print(many_models.markdown_table(payload['rows']))
+  print(report.many_model_table(payload['rows']))
   print(
-    f'\n{many_models.TABLE_NOTE}\n\nResults in {study.experiment_dir}/many_K{cfg.num_models} '
+    f'\n{report.MANY_MODEL_NOTE}\n\nResults in {study.experiment_dir}/many_K{cfg.num_models} '
     f'(wall time {payload["wall_seconds"]:.0f} s)'
   )
 

@@ -11,7 +11,7 @@ exists is not run again, and runs shared between comparisons are run once):
     6 and 9 with FT, CE-FT, KL-FT, ICE-FT and SalUn.
 and the linear-regression theory figures (experiments/linreg_theory.py, written into
 experiments/figures/theory/). `--only_render` rewrites RESULTS.md, and the trade-off picture of each
-"All methods" table (`report.plot`, all_methods.png next to the results files), from the results
+"All methods" table (`figures.plot`, all_methods.png next to the results files), from the results
 already there, and the methods table between the README's `<!-- methods -->` markers from the
 method registry.
 """
@@ -25,7 +25,7 @@ import sys
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli, files, report
+from jaxunlearn import cli, figures, files, report
 
 _WORKDIR = flags.DEFINE_string('workdir', 'results_wd', 'Where models and results go.')
 _OUT = flags.DEFINE_string(
@@ -96,7 +96,7 @@ TABLES = (
     (('baselines', {m: m for m in DISCRIMINATIVE.split(',')}), ('discriminative', None)),
   ),
 )
-# Tables shown as a picture too (`report.plot`), by section title: the name of its PNG.
+# Tables shown as a picture too (`figures.plot`), by section title: the name of its PNG.
 FIGURES = {'All methods': 'all_methods'}
 # The committed tables ran on one device (one CPU device, or one H100); pinned so that they
 # reproduce to the last digit. The main job's default (-1) probes the CPU layout instead.
@@ -208,7 +208,7 @@ def write_figures() -> None:
       if payloads:
         path = _figure_path(forget, FIGURES[title], _FIGURES_DIR.value)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        report.plot(rows, path, f'{title}: forget {forget} (seeds {_SEEDS.value}, mean ± std)')
+        figures.plot(rows, path, f'{title}: forget {forget} (seeds {_SEEDS.value}, mean ± std)')
 
 
 def render() -> str:
@@ -238,7 +238,7 @@ def render() -> str:
       lines += [
         f'## {title}: forget {forget}',
         '',
-        report.markdown_table(rows, class_wise=forget.startswith('class')),
+        report.study_table(rows, class_wise=forget.startswith('class')),
         '',
         gap_ranking(rows),
       ]

@@ -13,7 +13,7 @@ import numpy as np
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli, report
+from jaxunlearn import cli, figures
 
 _WORKDIR = flags.DEFINE_string('workdir', 'results_wd', 'Where models and runs go.')
 _OUT = flags.DEFINE_string(
@@ -93,7 +93,7 @@ def plot(results: dict[str, dict], path: str) -> None:
       if col == 0:
         ax.legend(fontsize=7)
   fig.tight_layout()
-  report.save_figure(fig, path)
+  figures.save_figure(fig, path)
   plt.close(fig)
 
 

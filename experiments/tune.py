@@ -32,7 +32,7 @@ import typing
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli, metrics, report
+from jaxunlearn import cli, figures, metrics, report
 from jaxunlearn.study import REFERENCE_ROWS
 from jaxunlearn.unlearn import summarise
 
@@ -238,9 +238,9 @@ def keep_from(directory: str, study, payload: dict, choices: dict) -> None:
     'tuned',
     merged,
     title=title,
-    table=report.markdown_table(merged['summary'], class_wise=study.experiment.class_wise),
+    table=report.study_table(merged['summary'], class_wise=study.experiment.class_wise),
     note=report.TABLE_NOTE,
-    figure=report.trade_off_figure(merged['summary'], title),
+    figure=figures.trade_off_figure(merged['summary'], title),
   )
   jaxunlearn.write_json(
     os.path.join(directory, 'tuning.json'),

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import evaluation, experiment, losses, metrics, report
+from jaxunlearn import evaluation, experiment, figures, losses, metrics, report
 from jaxunlearn import forgetting_quality as fq
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config, ConfigError, choice, integer, number
@@ -343,64 +343,11 @@ def scores_of(
   return scores, quality.epsilons
 
 
-COLUMNS = (
-  'UA',
-  'RA',
-  'TA',
-  'MIA',
-  'AvgGap',
-  'ToW',
-  'F',
-  'score',
-  'KLOM_forget_median',
-  'KLOM_forget_p95',
-  'KLOM_retain_median',
-  'KLOM_test_median',
-  'relearn_steps',
-  'wall_s',
-)
-THREE_DIGITS = ('ToW', 'score')
-
-
-def markdown_table(rows: dict[str, dict]) -> str:
-  """One row per set of K models (Retrain first, then the control and the Original)."""
-  lines = ['| Row | ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * (len(COLUMNS) + 1)]
-  for name, scores in rows.items():
-    cells = []
-    for column in COLUMNS:
-      value = scores.get(column)
-      if value is None:
-        cells.append('-')
-      elif column == 'F':
-        cells.append(f'{value:.3f} [{scores["F_low"]:.3f}, {scores["F_high"]:.3f}]')
-      elif column == 'relearn_steps':
-        cells.append(f'{value:.1f} ± {scores["relearn_steps_std"]:.1f}')
-      else:
-        cells.append(
-          f'{value:.3f}' if column in THREE_DIGITS or 'KLOM' in column else f'{value:.2f}'
-        )
-    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
-
-
-TABLE_NOTE = (
-  'K models per row (seeds 0..K-1), single-model scores averaged over them. Control = a second '
-  'set of K Retrain models (seeds K..2K-1): the best F attainable at this K; Original = K models '
-  'trained on all of D: no forgetting. F = the NeurIPS 2023 challenge forgetting quality with a '
-  '95% bootstrap interval over forget examples (higher is better, comparable at equal K only); '
-  "score = F x RA/RA_retrain x TA/TA_retrain; AvgGap and ToW per model against Retrain's mean "
-  'accuracies, then averaged; KLOM = KL between margin histograms over the K models and the K '
-  'Retrain models (lower is better); relearn_steps = SGD steps on D_f until the forget accuracy '
-  "is back at the Original's (mean ± std, capped); wall_s = wall time of the K runs together "
-  '(preparation and compilation included).'
-)
-
-
 def epsilon_figure(per_example: dict[str, np.ndarray], num_models: int, title: str):
   """Per row, the share of forget examples in each epsilon bucket, as a stacked bar: the
   buckets that score at this K (width 0.5, worth 1, 1/2, ...), the rest below the cap, and the cap
   (the attacks told the two sets of models apart perfectly)."""
-  figure = report.new_figure(figsize=(9, 0.55 * len(per_example) + 2.4))
+  figure = figures.new_figure(figsize=(9, 0.55 * len(per_example) + 2.4))
   ax = figure.subplots()
   names = list(per_example)
   limit = fq.num_score_buckets(num_models) * fq.BUCKET_WIDTH
@@ -413,7 +360,7 @@ def epsilon_figure(per_example: dict[str, np.ndarray], num_models: int, title: s
     f'{limit:g} to the cap (scores 0)',
     f'the cap, {fq.EPSILON_CAP:g} (perfectly told apart)',
   ]
-  scoring = report.colormap('viridis')(np.linspace(0.2, 0.95, len(edges) - 1))
+  scoring = figures.colormap('viridis')(np.linspace(0.2, 0.95, len(edges) - 1))
   colours = list(scoring) + ['0.6', 'tab:red']
   left = np.zeros(len(names))
   for b in range(len(labels)):
@@ -520,8 +467,8 @@ def evaluate(study, cfg: ManyModelsConfig, results_name: str = 'many_models') ->
       results_name,
       payload,
       title=title,
-      table=markdown_table(rows),
-      note=TABLE_NOTE,
+      table=report.many_model_table(rows),
+      note=report.MANY_MODEL_NOTE,
       figure=epsilon_figure(per_example, k, title),
     )
   return payload

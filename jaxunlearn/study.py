@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxunlearn import experiment, many_models, report, runs
+from jaxunlearn import experiment, figures, many_models, report, runs
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import (
   Config,
@@ -284,7 +284,7 @@ class Study:
 
   def table(self) -> str:
     """The markdown table of the completed runs (mean ± std over seeds)."""
-    return report.markdown_table(self.summary(), class_wise=self.experiment.class_wise)
+    return report.study_table(self.summary(), class_wise=self.experiment.class_wise)
 
   def title(self) -> str:
     c = self.data_config
@@ -318,7 +318,7 @@ class Study:
         title=self.title(),
         table=self.table(),
         note=report.TABLE_NOTE,
-        figure=report.trade_off_figure(payload['summary'], self.title())
+        figure=figures.trade_off_figure(payload['summary'], self.title())
         if self.options.plot
         else None,
       )

@@ -162,7 +162,7 @@ def test_a_diverged_run_is_reported_not_raised(setup, original):
   summary = summarise([result.scores, good])
   assert summary['UA'] == {'mean': 10.0, 'std': 0.0, 'n': 1}
   assert summary['diverged']['mean'] == 0.5
-  table = report.markdown_table(
+  table = report.study_table(
     {'ga': summary, 'all_bad': summarise([result.scores])}, class_wise=False
   )
   assert '| ga (diverged in 50% of seeds) | 10.00 |' in table

@@ -7,7 +7,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxunlearn import report
+from jaxunlearn import figures, report
 
 NAN = float('nan')
 
@@ -54,7 +54,7 @@ def rows():
 
 
 def test_gap_order_ranks_by_gap_and_puts_diverged_last(rows):
-  assert report.gap_order(rows) == [
+  assert figures.gap_order(rows) == [
     'rl',
     'salun',
     'kl_ft',
@@ -77,9 +77,9 @@ def test_pareto_front():
     'broken': (NAN, 0.1),
     'same_x_worse': (0.1, 7.0),
   }
-  assert report.pareto_front(points) == ['fast_rough', 'middle', 'slow_exact']
-  assert report.pareto_front({}) == []
-  assert report.pareto_front({'a': (1.0, 1.0), 'b': (1.0, 1.0)}) == ['a']
+  assert figures.pareto_front(points) == ['fast_rough', 'middle', 'slow_exact']
+  assert figures.pareto_front({}) == []
+  assert figures.pareto_front({'a': (1.0, 1.0), 'b': (1.0, 1.0)}) == ['a']
 
 
 def test_place_labels_overlap_nothing():
@@ -95,21 +95,21 @@ def test_place_labels_overlap_nothing():
   sizes = [(60.0, 12.0), (30.0, 12.0), (90.0, 12.0), (40.0, 12.0), (20.0, 12.0), (50.0, 12.0)]
   bounds = (0.0, 0.0, 400.0, 300.0)
   marker = 7.0
-  boxes = report.place_labels(anchors, sizes, bounds, marker)
+  boxes = figures.place_labels(anchors, sizes, bounds, marker)
   for box, (w, h) in zip(boxes, sizes):
     assert box[0] >= 0 and box[1] >= 0 and box[2] <= 400 and box[3] <= 300
     assert np.isclose(box[2] - box[0], w) and np.isclose(box[3] - box[1], h)
   for a, b in itertools.combinations(boxes, 2):
-    assert report._overlap(a, b) == 0
+    assert figures._overlap(a, b) == 0
   for box, (x, y) in itertools.product(boxes, anchors):
-    assert report._overlap(box, (x - marker, y - marker, x + marker, y + marker)) == 0
+    assert figures._overlap(box, (x - marker, y - marker, x + marker, y + marker)) == 0
   # The lone point's label sits right beside it: on its left, as the right leaves the bounds.
   x0, y0, x1, y1 = boxes[-1]
   assert 380.0 - 2 * marker < x1 < 380.0 and y0 < 40.0 < y1
 
 
 def test_picture_of_outlier_and_diverged_rows(rows, tmp_path):
-  fig = report.trade_off_figure(rows, 'synthetic')
+  fig = figures.trade_off_figure(rows, 'synthetic')
   left, right = fig.axes
   labels = [t.get_text() for t in left.get_yticklabels()]
   assert labels[0] == 'rl (0.08)'
@@ -125,14 +125,14 @@ def test_picture_of_outlier_and_diverged_rows(rows, tmp_path):
   assert sorted(texts[1:]) == sorted(set(rows) - {'neggrad_plus'})
 
   path = tmp_path / 'results.png'
-  report.plot(rows, str(path), 'synthetic')
+  figures.plot(rows, str(path), 'synthetic')
   image = matplotlib.image.imread(path)
   assert image.shape[0] > 500 and image.shape[1] > 1500
   assert os.listdir(tmp_path) == ['results.png']  # no temporary file left behind
 
 
 def test_write_results_writes_table_json_and_picture(rows, tmp_path):
-  table = report.markdown_table(rows, class_wise=False)
+  table = report.study_table(rows, class_wise=False)
   report.write_results(
     str(tmp_path),
     'results',
@@ -140,7 +140,7 @@ def test_write_results_writes_table_json_and_picture(rows, tmp_path):
     title='synthetic',
     table=table,
     note=report.TABLE_NOTE,
-    figure=report.trade_off_figure(rows, 'synthetic'),
+    figure=figures.trade_off_figure(rows, 'synthetic'),
   )
   assert sorted(os.listdir(tmp_path)) == ['results.json', 'results.md', 'results.png']
   assert '| neggrad_plus (diverged in 100% of seeds) |' in table
@@ -153,11 +153,11 @@ def test_write_results_writes_table_json_and_picture(rows, tmp_path):
   'names', [('Retrain',), ('Original', 'Retrain'), ('Retrain', 'neggrad_plus')]
 )
 def test_picture_of_few_rows(rows, names, tmp_path):
-  report.plot({n: rows[n] for n in names}, str(tmp_path / 'results.png'), 'few rows')
+  figures.plot({n: rows[n] for n in names}, str(tmp_path / 'results.png'), 'few rows')
   assert matplotlib.image.imread(tmp_path / 'results.png').shape[1] > 1500
 
 
 def test_picture_needs_retrain(rows):
   del rows['Retrain']
   with pytest.raises(ValueError, match='Retrain'):
-    report.trade_off_figure(rows, 'synthetic')
+    figures.trade_off_figure(rows, 'synthetic')
