@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from jaxunlearn import sharding as sharding_lib
-from jaxunlearn.data import preprocess
+from jaxunlearn.data import gather_images
 from jaxunlearn.data.device import DeviceData
 from jaxunlearn.state import ModelFns
 
@@ -19,7 +19,7 @@ from jaxunlearn.state import ModelFns
 def _predict_fn(model_fns: ModelFns, info, return_features: bool, mesh):
 
   def predict(variables, images, positions):
-    x = preprocess(jnp.take(images, positions, axis=0), info, train=False, key=None)
+    x = gather_images(images, info, positions)
     outputs, _ = model_fns.apply(variables, x, train=False, return_features=return_features)
     return outputs
 
@@ -84,7 +84,7 @@ def logits_on_sources(
 def _distance_fn(model_fns: ModelFns, reference_fns: ModelFns, info, mesh):
 
   def distances(variables, reference, images, positions):
-    x = preprocess(jnp.take(images, positions, axis=0), info, train=False, key=None)
+    x = gather_images(images, info, positions)
     (_, features), _ = model_fns.apply(variables, x, train=False, return_features=True)
     (_, ref_features), _ = reference_fns.apply(reference, x, train=False, return_features=True)
     per_layer = {
@@ -130,7 +130,7 @@ def feature_distances(
 def _predict_many_fn(model_fns: ModelFns, info, mesh):
 
   def predict(variables, images, positions):
-    x = preprocess(jnp.take(images, positions, axis=0), info, train=False, key=None)
+    x = gather_images(images, info, positions)
     return model_fns.apply(variables, x, train=False)[0]
 
   models = PartitionSpec(sharding_lib.MODEL_AXIS)

@@ -305,6 +305,45 @@ def _program_step(kind: StepKind, info, augment: bool):
   return program_step
 
 
+def compile_kinds(
+  kinds,
+  step_of: Callable[[StepKind], Callable],
+  args_of: Callable[[StepKind], tuple],
+  out_shardings,
+):
+  """Compiles the step of each kind in `kinds` once, ahead of time: the one compile path of both
+  drivers.
+
+  Args:
+    kinds: {kind name: StepKind} to compile.
+    step_of: ``step_of(kind)``, the function compiled for a kind.
+    args_of: ``args_of(kind)``, the (abstract or concrete) arguments it is lowered with.
+    out_shardings: the shardings of its outputs.
+
+  Returns:
+    The executables by kind name, and the total compile time in seconds.
+  """
+  compiled, seconds = {}, 0.0
+  for kind_name in sorted(kinds):
+    kind = kinds[kind_name]
+    t0 = time.perf_counter()
+    lowered = jax.jit(step_of(kind), out_shardings=out_shardings).lower(*args_of(kind))
+    compiled[kind_name] = lowered.compile()
+    seconds += time.perf_counter() - t0
+  return compiled, seconds
+
+
+def _abstract_batch(kind: StepKind, shape: tuple[int, ...], sharding) -> dict:
+  """The abstract (positions, weights) of each slot of a batch of `kind`."""
+  return {
+    slot: (
+      jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
+      jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding),
+    )
+    for slot in kind.slots
+  }
+
+
 def compile_program(
   program: Program,
   state,
@@ -315,35 +354,29 @@ def compile_program(
   constants: Any = None,
   kinds=None,
 ):
-  """Compiles each step kind in `kinds` (default: all) once, ahead of time.
+  """Compiles each step kind of `program` named in `kinds` (default: all) for one model.
 
   Returns executables ``(state, constants, images, labels, batch, base_key) -> (state, metrics)``
   by kind and the total compile time in seconds.
   """
-  kinds = program.kinds if kinds is None else kinds
+  names = program.kinds if kinds is None else kinds
   constants = {} if constants is None else constants
   base_key = jax.random.key(seed)
   replicated = sharding_lib.replicated(mesh)
   batch_spec = sharding_lib.batch_sharded(mesh)
-  compiled, seconds = {}, 0.0
-  for kind_name in sorted(kinds):
-    kind = program.kinds[kind_name]
-
-    program_step = _program_step(kind, data.info, augment)
-    abstract_batch = {
-      slot: (
-        jax.ShapeDtypeStruct((program.batch_size,), jnp.int32, sharding=batch_spec),
-        jax.ShapeDtypeStruct((program.batch_size,), jnp.float32, sharding=batch_spec),
-      )
-      for slot in kind.slots
-    }
-    t0 = time.perf_counter()
-    lowered = jax.jit(program_step, out_shardings=(replicated, replicated)).lower(
-      state, constants, data.images, data.labels, abstract_batch, base_key
-    )
-    compiled[kind_name] = lowered.compile()
-    seconds += time.perf_counter() - t0
-  return compiled, seconds
+  return compile_kinds(
+    {name: program.kinds[name] for name in names},
+    lambda kind: _program_step(kind, data.info, augment),
+    lambda kind: (
+      state,
+      constants,
+      data.images,
+      data.labels,
+      _abstract_batch(kind, (program.batch_size,), batch_spec),
+      base_key,
+    ),
+    (replicated, replicated),
+  )
 
 
 def step_runner(
@@ -529,11 +562,10 @@ def run_many(
   batch_sharding = NamedSharding(
     mesh, PartitionSpec(sharding_lib.MODEL_AXIS, sharding_lib.DATA_AXIS)
   )
-  compiled, compile_seconds = {}, 0.0
-  for kind_name in sorted(set(program.schedule)):
-    kind = program.kinds[kind_name]
+  use_vmap_form = use_vmap(form, states[0].params)
 
-    def one_model(state, stacked, shared, images, labels, batch, base_key, kind=kind):
+  def many_step(kind: StepKind):
+    def one_model(state, stacked, shared, images, labels, batch, base_key):
       return _program_step(kind, data.info, augment)(
         state, _merge_constants(shared, stacked), images, labels, batch, base_key
       )
@@ -543,12 +575,8 @@ def run_many(
     # (LoRA's batched 1x1 convs, say) came out wrong on XLA:CPU when split over model devices.
     model_spec, replicated_spec = PartitionSpec(sharding_lib.MODEL_AXIS), PartitionSpec()
     in_axes = (0, 0, None, None, None, 0, 0)
-    local = (
-      jax.vmap(one_model, in_axes=in_axes)
-      if use_vmap(form, states[0].params)
-      else _unrolled(one_model, in_axes)
-    )
-    many = jax.shard_map(
+    local = jax.vmap(one_model, in_axes=in_axes) if use_vmap_form else _unrolled(one_model, in_axes)
+    return jax.shard_map(
       local,
       mesh=mesh,
       in_specs=(
@@ -564,22 +592,21 @@ def run_many(
       axis_names={sharding_lib.MODEL_AXIS},
       check_vma=False,
     )
-    abstract_batch = {
-      slot: (
-        jax.ShapeDtypeStruct((num_models, program.batch_size), jnp.int32, sharding=batch_sharding),
-        jax.ShapeDtypeStruct(
-          (num_models, program.batch_size), jnp.float32, sharding=batch_sharding
-        ),
-      )
-      for slot in kind.slots
-    }
-    t0 = time.perf_counter()
-    compiled[kind_name] = (
-      jax.jit(many, out_shardings=(models, models))
-      .lower(state, stacked, shared, data.images, data.labels, abstract_batch, base_keys)
-      .compile()
-    )
-    compile_seconds += time.perf_counter() - t0
+
+  compiled, compile_seconds = compile_kinds(
+    {name: program.kinds[name] for name in set(program.schedule)},
+    many_step,
+    lambda kind: (
+      state,
+      stacked,
+      shared,
+      data.images,
+      data.labels,
+      _abstract_batch(kind, (num_models, program.batch_size), batch_sharding),
+      base_keys,
+    ),
+    (models, models),
+  )
 
   def draw(kind: StepKind) -> dict:
     batch = {}

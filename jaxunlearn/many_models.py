@@ -41,17 +41,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import evaluation, experiment, figures, losses, metrics, report
+from jaxunlearn import evaluation, experiment, figures, metrics, report
 from jaxunlearn import forgetting_quality as fq
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config, ConfigError, choice, integer, number
 from jaxunlearn.config import sgd as sgd_config
-from jaxunlearn.data import preprocess
+from jaxunlearn.data import gather_images
 from jaxunlearn.data.device import padded_chunks
 from jaxunlearn.loop import Program, StepKind, run_many
 from jaxunlearn.methods import registry
 from jaxunlearn.optim import make_optimizer
-from jaxunlearn.train import apply_gradients, create_state
+from jaxunlearn.train import create_state, supervised_step
 
 ORIGINALS = ('per_model', 'one')
 
@@ -177,7 +177,7 @@ def relearn_accuracies(
   def set_accuracy(params, batch_stats, constants, images, labels):
     def chunk(xs):
       pos, w = xs
-      x = preprocess(jnp.take(images, pos, axis=0), exp.info, train=False, key=None)
+      x = gather_images(images, exp.info, pos)
       logits, _ = model_fns.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
       return jnp.sum((jnp.argmax(logits, -1) == jnp.take(labels, pos)) * w)
 
@@ -186,22 +186,14 @@ def relearn_accuracies(
     )
     return 100.0 * jnp.sum(correct) / jnp.sum(constants['forget_set']['weights'])
 
+  train_step = supervised_step(model_fns, tx)
+
   def relearn_step(state, batch, key, constants):
-    del key
-    data = batch['train']
-
-    def loss_fn(params):
-      logits, batch_stats = model_fns.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, data['image'], train=True
-      )
-      return losses.weighted_cross_entropy(logits, data['label'], data['weight']), batch_stats
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, 'main')
+    state, metrics = train_step(state, batch, key, constants)
     accuracy = set_accuracy(
       state.params, state.batch_stats, constants, constants['images'], constants['labels']
     )
-    return state, {'loss': loss, 'forget_set_accuracy': accuracy}
+    return state, {'loss': metrics['loss'], 'forget_set_accuracy': accuracy}
 
   constants = {'forget_set': forget_set, 'images': exp.train.images, 'labels': exp.train.labels}
   program = Program(

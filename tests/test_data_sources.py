@@ -158,7 +158,7 @@ def test_statistics_are_cached_beside_the_data_and_follow_it(tmp_path):
   _build(TinyColours, root)
   info = data.dataset_info('tiny_colours', root)
   version_dir = os.path.join(root, 'tiny_colours', '1.0.0')
-  cache = os.path.join(version_dir, data.datasets.STATISTICS_FILE)
+  cache = os.path.join(version_dir, data.statistics.STATISTICS_FILE)
   with open(cache) as f:
     cached = json.load(f)
   assert tuple(cached['mean']) == info.mean

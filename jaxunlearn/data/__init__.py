@@ -1,19 +1,6 @@
 """Datasets (built-in, TFDS, image folders), on-device preprocessing and forget-set splits."""
 
-from jaxunlearn.data.datasets import (
-  DATA_DIR_ENV,
-  DEFAULT_DATASET,
-  ArraySplit,
-  Dataset,
-  DatasetInfo,
-  channel_statistics,
-  dataset_info,
-  default_data_dir,
-  load_dataset,
-  load_split,
-  parse_image_size,
-  preprocess,
-)
+from jaxunlearn.data.device import gather_images, preprocess
 from jaxunlearn.data.forget import (
   ForgetSpec,
   ForgetSplit,
@@ -25,6 +12,19 @@ from jaxunlearn.data.forget import (
   save_forget_split,
   select_train_subset,
 )
+from jaxunlearn.data.sources import (
+  DATA_DIR_ENV,
+  DEFAULT_DATASET,
+  ArraySplit,
+  Dataset,
+  DatasetInfo,
+  dataset_info,
+  default_data_dir,
+  load_dataset,
+  load_split,
+  parse_image_size,
+)
+from jaxunlearn.data.statistics import channel_statistics
 
 __all__ = [
   'DATA_DIR_ENV',
@@ -39,6 +39,7 @@ __all__ = [
   'dataset_info',
   'default_data_dir',
   'forget_split_digest',
+  'gather_images',
   'load_dataset',
   'load_forget_split',
   'load_split',

@@ -17,7 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn import sharding as sharding_lib
-from jaxunlearn.data.datasets import DatasetInfo, preprocess
+from jaxunlearn.data.sources import DatasetInfo
+
+# Zero pixels added on each side before the training crop.
+CROP_PADDING = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +83,27 @@ def epoch_steps(num_examples: int, batch_size: int) -> int:
   return math.ceil(num_examples / batch_size)
 
 
+def gather_images(images, info: DatasetInfo, positions, *, train: bool = False, key=None):
+  """The images at `positions` of a dataset on device, gathered and preprocessed there.
+
+  Args:
+    images: the dataset's uint8 images [N, H, W, C] (`DeviceData.images`).
+    info: its info (normalisation and augmentation).
+    positions: int positions [B] into `images`.
+    train: whether to augment (when the dataset does).
+    key: the PRNG key of the augmentation (needed when augmenting).
+
+  Returns:
+    float32 [B, H, W, C], normalised (and augmented), as `preprocess` makes them.
+  """
+  return preprocess(jnp.take(images, positions, axis=0), info, train=train, key=key)
+
+
 def gather_batch(
   data_images, data_labels, info: DatasetInfo, positions, weight, key, *, augment: bool
 ) -> dict:
   """Gathers and preprocesses one batch on device."""
-  images = preprocess(jnp.take(data_images, positions, axis=0), info, train=augment, key=key)
+  images = gather_images(data_images, info, positions, train=augment, key=key)
   return {
     'image': images,
     'label': jnp.take(data_labels, positions, axis=0),
@@ -140,3 +159,38 @@ def chunked_sum(fn, positions: np.ndarray, batch_size: int, *args, keys=None, lo
     return jax.lax.scan(body, zeros, chunks)[0]
 
   return sweep(args, chunks)
+
+
+def _random_crop_and_flip(image: jax.Array, key: jax.Array) -> jax.Array:
+  """One image [H,W,C]: zero-pad by CROP_PADDING, crop back to H x W at random, maybe flip."""
+  crop_key, flip_key = jax.random.split(key)
+  pad = CROP_PADDING
+  padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  top, left = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
+  cropped = jax.lax.dynamic_slice(padded, (top, left, 0), image.shape)
+  return jnp.where(jax.random.bernoulli(flip_key), cropped[:, ::-1, :], cropped)
+
+
+def preprocess(images, info: DatasetInfo, *, train: bool, key: jax.Array | None) -> jax.Array:
+  """uint8 images [B,H,W,C] -> float32, normalised per channel, augmented when training.
+
+  Pixels are scaled to [0, 1], then normalised by the dataset's mean and std. With `train` (a
+  Python bool) and `info.augment`, each image gets its own random crop after 4-pixel padding and
+  a random horizontal flip, drawn from `key`. The padding is black pixels (zero before
+  normalisation), as in the usual torchvision recipe. A pure jnp function, for use inside
+  jax.jit on sharded batches.
+  """
+  images = jnp.asarray(images)
+  if images.dtype != jnp.uint8:
+    raise ValueError(f'images: dtype {images.dtype}; allowed: uint8.')
+  if images.ndim != 4 or images.shape[1:] != info.image_shape:
+    raise ValueError(
+      f'images: shape {images.shape}; allowed for {info.name}: '
+      f'[B, {", ".join(map(str, info.image_shape))}].'
+    )
+  pixels = images.astype(jnp.float32) / 255.0
+  if train and info.augment:
+    if key is None:
+      raise ValueError(f'key: got None; augmenting {info.name} in training needs a PRNG key.')
+    pixels = jax.vmap(_random_crop_and_flip)(pixels, jax.random.split(key, images.shape[0]))
+  return (pixels - jnp.asarray(info.mean, jnp.float32)) / jnp.asarray(info.std, jnp.float32)

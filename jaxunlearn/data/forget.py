@@ -31,7 +31,7 @@ import numpy as np
 from jaxunlearn import files
 from jaxunlearn.config import ConfigError
 from jaxunlearn.data.builders import stratified_split
-from jaxunlearn.data.datasets import ArraySplit, DatasetInfo
+from jaxunlearn.data.sources import ArraySplit, DatasetInfo
 
 KINDS = ('random', 'class', 'indices')
 SPLIT_ARRAYS = 'split.npz'

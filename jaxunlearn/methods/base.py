@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from jaxunlearn import losses
-from jaxunlearn.data import preprocess
+from jaxunlearn.data import gather_images
 from jaxunlearn.data.device import DeviceData, chunked_sum
 from jaxunlearn.loop import Program, StepFn
 from jaxunlearn.state import ModelFns, TrainState
@@ -191,7 +191,7 @@ def gradient_statistic(
     return batch_loss(params, image[None], label[None], jnp.ones((1,)))
 
   def contribution(params, images_all, labels_all, pos, w):
-    images = preprocess(jnp.take(images_all, pos, axis=0), data.info, train=False, key=None)
+    images = gather_images(images_all, data.info, pos)
     labels = jnp.take(labels_all, pos, axis=0)
     if statistic == 'empirical_fisher':
       grads = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, images, labels)

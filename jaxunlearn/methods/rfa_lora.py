@@ -93,7 +93,7 @@ from jaxunlearn.config import (
   number,
   text,
 )
-from jaxunlearn.data import preprocess
+from jaxunlearn.data import gather_images
 from jaxunlearn.data.device import chunked_sum
 from jaxunlearn.loop import Program, StepKind
 from jaxunlearn.methods.base import Plan, UnlearnContext
@@ -372,7 +372,7 @@ def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
   keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), MEANS_KEY), num_chunks)
 
   def sums(images_all, pos, w, key):
-    images = preprocess(jnp.take(images_all, pos, axis=0), ctx.data.info, train=True, key=key)
+    images = gather_images(images_all, ctx.data.info, pos, train=True, key=key)
     logits, features = s.teacher_fns.apply(teacher, images, train=False, return_features=True)[0]
     out = {
       'logits': logits,

@@ -1,5 +1,4 @@
-"""Datasets: their info read from the data, loading into in-memory numpy arrays, and on-device
-preprocessing.
+"""Dataset sources: a dataset's info read from the data, and its splits loaded into numpy arrays.
 
 `--config.dataset` names one of
   * a built-in dataset (`mnist5k`, `digits`), built offline into array_record files on first use;
@@ -9,42 +8,27 @@ preprocessing.
   * an image folder, `imagefolder:PATH` (see `imagefolder.py`).
 
 A dataset's image shape, classes and class names come from its TFDS info (for a prepared dataset,
-the info files beside its data). Its per-channel mean and std are measured exactly on its train
-split and cached in `jaxunlearn_statistics.json` beside the prepared files, keyed by their names,
-sizes and modification times and by the resize, so they are measured again when the data change.
-Only mnist5k's and digits' statistics are fixed numbers, kept as they always were so that results
-reproduce to the last digit.
+the info files beside its data); its per-channel mean and std from `jaxunlearn.data.statistics`.
+The images go to the devices as uint8 and are preprocessed there (`jaxunlearn.data.device`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxunlearn import files
 from jaxunlearn.config import ConfigError
-from jaxunlearn.data import builders, imagefolder
+from jaxunlearn.data import builders, imagefolder, statistics
 
 DATA_DIR_ENV = 'JAXUNLEARN_DATA_DIR'
 DEFAULT_DATASET = 'mnist5k'
-CROP_PADDING = 4
 AUGMENT_CHOICES = ('auto', 'true', 'false')
-STATISTICS_FILE = 'jaxunlearn_statistics.json'
 # Examples per `__getitems__` call: a few large reads rather than one per example.
 _READ_CHUNK = 8192
-# Images per pass of the pixel histograms (bounds their int64 temporaries).
-_STATISTICS_CHUNK = 4096
-# Train-split statistics of the built-in datasets, measured once and rounded to 4 digits: the
-# values every published result used.
-BUILTIN_STATISTICS = {'mnist5k': ((0.1311,), (0.3083,)), 'digits': ((0.3056,), (0.3760,))}
 # Never augmented by default: a flipped digit is another digit, or none.
 NO_AUGMENT = frozenset({'svhn_cropped'})
 # Augmentation (crop and flip) is on by default for colour images at least this large.
@@ -248,9 +232,11 @@ def load_split(
 
 def _info(source: _Source, train: Callable[[], ArraySplit], augment: str) -> DatasetInfo:
   if source.builtin:
-    mean, std = BUILTIN_STATISTICS[source.name]
+    mean, std = statistics.BUILTIN_STATISTICS[source.name]
   else:
-    mean, std = _cached_statistics(source, lambda: train().images)
+    mean, std = statistics.cached_statistics(
+      source.directory, source.image_shape, lambda: train().images
+    )
   return DatasetInfo(
     name=source.name,
     image_shape=source.image_shape,
@@ -513,101 +499,3 @@ def _load_with_tensorflow(
   if image_size is not None:
     images = np.stack([_resize(image, image_size) for image in images])
   return ArraySplit(images=images, labels=labels, index=np.arange(labels.shape[0], dtype=np.int64))
-
-
-def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Per-channel mean and (population) std of uint8 images [N,H,W,C], in [0, 1] pixel units.
-
-  Computed exactly from per-channel pixel histograms with integer sums, so every machine gets the
-  same floats. A constant channel gets std 1 (no scaling) instead of 0.
-
-  Args:
-    images: uint8 [N, H, W, C].
-
-  Returns:
-    (mean, std), one float per channel.
-  """
-  channels = images.shape[-1]
-  counts = np.zeros((channels, 256), np.int64)
-  for start in range(0, images.shape[0], _STATISTICS_CHUNK):
-    chunk = images[start : start + _STATISTICS_CHUNK]
-    for c in range(channels):
-      counts[c] += np.bincount(chunk[..., c].ravel(), minlength=256)
-  levels = np.arange(256, dtype=np.int64)
-  mean, std = [], []
-  for c in range(channels):
-    n = int(counts[c].sum())
-    total, squares = int(counts[c] @ levels), int(counts[c] @ levels**2)
-    # Python integers: n * squares - total**2 overflows int64 on large datasets.
-    deviation = math.sqrt((n * squares - total * total) / (n * n)) / 255.0
-    mean.append(total / n / 255.0)
-    std.append(deviation if deviation > 0 else 1.0)
-  return tuple(mean), tuple(std)
-
-
-def _cached_statistics(
-  source: _Source, train_images: Callable[[], np.ndarray]
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """The train split's channel statistics, from `STATISTICS_FILE` in the prepared directory
-  when its key matches the files there, else measured (and written there when possible)."""
-  directory = source.directory
-  if directory is None or not os.path.isdir(directory):
-    return channel_statistics(train_images())
-  path = os.path.join(directory, STATISTICS_FILE)
-  key = {
-    'files': sorted(
-      [entry.name, entry.stat().st_size, entry.stat().st_mtime_ns]
-      for entry in os.scandir(directory)
-      if entry.is_file() and not entry.name.startswith(STATISTICS_FILE)
-    ),
-    'image_shape': list(source.image_shape),
-  }
-  try:
-    with open(path, encoding='utf-8') as f:
-      cached = json.load(f)
-    if cached['key'] == key:
-      return tuple(cached['mean']), tuple(cached['std'])
-  except (OSError, ValueError, KeyError, TypeError):
-    pass  # No cache yet, or an unreadable one: measure again.
-  mean, std = channel_statistics(train_images())
-  try:
-    with files.atomic_file(path, encoding='utf-8') as f:
-      json.dump({'key': key, 'mean': mean, 'std': std}, f, indent=1)
-  except OSError:
-    pass  # A read-only data dir: measure on every load.
-  return mean, std
-
-
-def _random_crop_and_flip(image: jax.Array, key: jax.Array) -> jax.Array:
-  """One image [H,W,C]: zero-pad by CROP_PADDING, crop back to H x W at random, maybe flip."""
-  crop_key, flip_key = jax.random.split(key)
-  pad = CROP_PADDING
-  padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-  top, left = jax.random.randint(crop_key, (2,), 0, 2 * pad + 1)
-  cropped = jax.lax.dynamic_slice(padded, (top, left, 0), image.shape)
-  return jnp.where(jax.random.bernoulli(flip_key), cropped[:, ::-1, :], cropped)
-
-
-def preprocess(images, info: DatasetInfo, *, train: bool, key: jax.Array | None) -> jax.Array:
-  """uint8 images [B,H,W,C] -> float32, normalised per channel, augmented when training.
-
-  Pixels are scaled to [0, 1], then normalised by the dataset's mean and std. With `train` (a
-  Python bool) and `info.augment`, each image gets its own random crop after 4-pixel padding and
-  a random horizontal flip, drawn from `key`. The padding is black pixels (zero before
-  normalisation), as in the usual torchvision recipe. A pure jnp function, for use inside
-  jax.jit on sharded batches.
-  """
-  images = jnp.asarray(images)
-  if images.dtype != jnp.uint8:
-    raise ValueError(f'images: dtype {images.dtype}; allowed: uint8.')
-  if images.ndim != 4 or images.shape[1:] != info.image_shape:
-    raise ValueError(
-      f'images: shape {images.shape}; allowed for {info.name}: '
-      f'[B, {", ".join(map(str, info.image_shape))}].'
-    )
-  pixels = images.astype(jnp.float32) / 255.0
-  if train and info.augment:
-    if key is None:
-      raise ValueError(f'key: got None; augmenting {info.name} in training needs a PRNG key.')
-    pixels = jax.vmap(_random_crop_and_flip)(pixels, jax.random.split(key, images.shape[0]))
-  return (pixels - jnp.asarray(info.mean, jnp.float32)) / jnp.asarray(info.std, jnp.float32)
