@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import threadpoolctl
 
-from experiments.configs import linreg_theory as theory_config
 from jaxunlearn import theory
-from jaxunlearn.config import ConfigError, from_config_dict
+from jaxunlearn.config import ConfigError, from_config_dict, to_config_dict
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -319,8 +318,8 @@ def test_binary_writes_figures_json_and_table(tmp_path):
   assert [row.split()[0] for row in rows.splitlines()[1:4]] == ['0.00', '0.50', '1.00']
 
 
-def test_binary_config_is_the_library_defaults_without_workdir():
-  config = theory_config.get_config()
+def test_defaults_but_workdir_are_a_run():
+  config = to_config_dict(theory.TheoryConfig())  # the binary's config file
   assert from_config_dict(
     theory.TheoryConfig, {**config, 'workdir': 'w'}, '--config'
   ) == theory.TheoryConfig(workdir='w')
