@@ -159,14 +159,14 @@ def _load(forget, sources):
 THEORY_DIR = os.path.join(os.path.dirname(__file__), 'figures', 'theory')
 THEORY_TEXT = """## Why fine-tuning fails to forget: the linear-regression theory
 
-`python -m experiments.linreg_theory --workdir=experiments/figures/theory` (d = 400, n_r = 100,
-n_f = 40, 5 seeds; every plotted number is in `figures/theory/results.json`). Fine-tuning from the
-pretrained model reaches zero remaining loss and keeps zero unlearning loss: it forgets nothing,
-while the golden model (retrained on D_r) has unlearning loss > 0. With distinct features both
-remedies (reset the forget-only features, or keep only the remaining-only features, then
-fine-tune) recover the golden model exactly. Under partial overlap both close part of the gap;
-the remaining-data ("retain") option is closer than the forget-data option, and neither reaches
-zero; the forget option is void at full overlap.
+`python -m experiments.linreg_theory --config.workdir=experiments/figures/theory` (d = 400,
+n_r = 100, n_f = 40, 5 seeds; every plotted number is in `figures/theory/results.json`).
+Fine-tuning from the pretrained model reaches zero remaining loss and keeps zero unlearning loss:
+it forgets nothing, while the golden model (retrained on D_r) has unlearning loss > 0. With
+distinct features both remedies (reset the forget-only features, or keep only the remaining-only
+features, then fine-tune) recover the golden model exactly. Under partial overlap both close part
+of the gap; the remaining-data ("retain") option is closer than the forget-data option, and
+neither reaches zero; the forget option is void at full overlap.
 
 ![loss curves](figures/theory/loss_curves.png)
 ![overlap sweep](figures/theory/overlap_sweep.png)
@@ -603,7 +603,8 @@ def main(argv):
   if not _ONLY_RENDER.value:
     if not os.path.exists(os.path.join(THEORY_DIR, 'overlap_sweep.png')):
       subprocess.run(
-        [sys.executable, '-m', 'experiments.linreg_theory', f'--workdir={THEORY_DIR}'], check=True
+        [sys.executable, '-m', 'experiments.linreg_theory', f'--config.workdir={THEORY_DIR}'],
+        check=True,
       )
     for forget, methods, name in comparisons():
       if _COMPARISONS.value and name not in _COMPARISONS.value:

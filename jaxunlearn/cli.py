@@ -31,14 +31,20 @@ def _usage_error(error: Exception, argv) -> None:
   """Prints a flag error as one line and exits with USAGE_EXIT."""
   message = _one_line(error)
   if isinstance(error, (AttributeError, KeyError)):
-    # ml_collections names only the key of a config field that does not exist.
-    key = str(error).strip('"\'')
+    # ml_collections names only the key of a config field that does not exist (in a KeyError,
+    # which an AttributeError may wrap), then on a second line perhaps the field it resembles.
+    inner = error.args[0] if error.args and isinstance(error.args[0], KeyError) else error
+    key, *hint = str(inner.args[0] if inner.args else inner).splitlines()
+    key = key.strip('"\'')
     named = [
       a.split('=')[0]
       for a in argv[1:]
       if a.startswith('--config.') and a.split('=')[0].split('.')[-1] == key
     ]
     message = f'{named[0] if named else key}: no such setting in the config'
+    if hint:
+      hint = _one_line(' '.join(hint))
+      message += f'; {hint[:1].lower()}{hint[1:]}'
   sys.stderr.write(f'error: {message}\n')
   sys.exit(USAGE_EXIT)
 

@@ -36,7 +36,7 @@ class ConfigError(ValueError):
 class Rule:
   """What a field allows: a type, an optional numeric range and an optional set of choices."""
 
-  kind: str  # 'int', 'float', 'bool', 'str', 'ints' (tuple of int), 'any'
+  kind: str  # 'int', 'float', 'bool', 'str', 'ints' (tuple of int), 'floats' (of numbers), 'any'
   low: float | None = None
   high: float | None = None
   low_open: bool = False
@@ -52,6 +52,7 @@ class Rule:
       'bool': 'true or false',
       'str': 'a string',
       'ints': 'a tuple of integers',
+      'floats': 'a tuple of numbers',
       'any': 'a value',
     }[self.kind]
     if self.low is not None and self.high is not None:
@@ -66,6 +67,8 @@ class Rule:
   def allows(self, value) -> bool:
     if self.kind == 'ints':
       return isinstance(value, tuple) and all(self._number_ok(v, integral=True) for v in value)
+    if self.kind == 'floats':
+      return isinstance(value, tuple) and all(self._number_ok(v, integral=False) for v in value)
     if self.kind == 'bool':
       return isinstance(value, bool)
     if self.kind == 'str':
@@ -133,6 +136,13 @@ def integers(default: tuple = (), *, ge=None, doc: str = '') -> Any:
   return _field(tuple(default), Rule('ints', low=ge), doc)
 
 
+def numbers(default: tuple = (), *, ge=None, gt=None, le=None, lt=None, doc: str = '') -> Any:
+  """A tuple-of-floats field, each element bounded by `ge`/`gt`/`le`/`lt`."""
+  low, low_open = (gt, True) if gt is not None else (ge, False)
+  high, high_open = (lt, True) if lt is not None else (le, False)
+  return _field(tuple(default), Rule('floats', low, high, low_open, high_open), doc)
+
+
 def nested(factory, *, doc: str = '') -> Any:
   """A sub-config (a `Config` dataclass) built by `factory`."""
   return dataclasses.field(default_factory=factory, metadata={'doc': doc})
@@ -178,12 +188,19 @@ def from_config_dict(cls: type, values, path: str) -> Any:
       kwargs[f.name] = from_config_dict(sub, value, f'{path}.{f.name}')
       continue
     rule: Rule = f.metadata['rule']
-    if rule.kind == 'float' and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    if rule.kind == 'ints' and isinstance(value, list):
+    if rule.kind == 'float':
+      value = _as_float(value)
+    if rule.kind in ('ints', 'floats') and isinstance(value, list):
       value = tuple(value)
+    if rule.kind == 'floats' and isinstance(value, tuple):
+      value = tuple(_as_float(v) for v in value)
     kwargs[f.name] = value
   return validate(cls(**kwargs), path)
+
+
+def _as_float(value):
+  """An int as a float (a flag's `1` where numbers are expected); anything else unchanged."""
+  return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def validate(config: Config, path: str) -> Config:

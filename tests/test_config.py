@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import jaxunlearn
+from jaxunlearn import theory
 from jaxunlearn.config import ConfigError, OptimizerConfig, from_config_dict, to_config_dict
 from jaxunlearn.methods import registry
 
@@ -169,7 +170,7 @@ def test_every_numeric_field_has_a_range():
         check(hints[field.name], f'{path}.{field.name}')
         continue
       rule = field.metadata['rule']
-      if rule.kind in ('int', 'float', 'ints'):
+      if rule.kind in ('int', 'float', 'ints', 'floats'):
         assert rule.low is not None or rule.high is not None, f'{path}.{field.name} has no range'
 
   for name, method in registry.methods().items():
@@ -180,6 +181,7 @@ def test_every_numeric_field_has_a_range():
     jaxunlearn.config.EvalConfig,
     jaxunlearn.study.StudyConfig,
     jaxunlearn.study.DistributedConfig,
+    theory.TheoryConfig,
   ):
     check(section, section.__name__)
 
@@ -205,6 +207,10 @@ def test_round_trip_and_unknown_keys():
     (['--config.epochs=-1'], 'error: --config.epochs=-1: must be an integer >= 1.'),
     (['--config.methods=ft,forgetful'], "error: --config.methods='ft,forgetful': unknown method"),
     (['--config.method.ga.beta=0.5'], 'error: '),
+    (
+      ['--config.epoch=3'],
+      'error: --config.epoch: no such setting in the config; did you mean "epochs"',
+    ),
     (['--config.epochs=abc'], 'error: '),
   ],
 )

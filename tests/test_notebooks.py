@@ -199,7 +199,7 @@ def test_linreg_theory_runs_and_shows_the_claims_and_figures(tmp_path, monkeypat
   assert len(overlap_rows) == params['overlap_points']
 
   # The three figures, inline, one per figure cell; then the saved files.
-  figure_cells = [c for c in _code_cells(nb) if 'linreg_theory.plot_' in c.source]
+  figure_cells = [c for c in _code_cells(nb) if 'theory.plot_' in c.source]
   assert len(figure_cells) == 3
   for cell in figure_cells:
     assert [o for o in cell.outputs if 'image/png' in o.get('data', {})], cell.source

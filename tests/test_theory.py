@@ -1,7 +1,10 @@
 """Tests of jaxunlearn.theory (linear-regression theory of fine-tuning for unlearning)."""
 
+import dataclasses
 import json
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -9,10 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import threadpoolctl
-from absl import flags
 
-from experiments import linreg_theory
 from jaxunlearn import theory
+from jaxunlearn.config import ConfigError, from_config_dict, to_config_dict
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -246,61 +248,123 @@ def test_invalid_arguments_raise_named_errors():
     theory.gradient_descent(task, jnp.zeros(_D), 0.1, steps=0)
 
 
-_TINY = [
-  'linreg_theory',
-  '--d=60',
-  '--n_r=12',
-  '--n_f=6',
-  '--seeds=2',
-  '--overlap_points=3',
-  '--curve_steps=40',
-  '--alphas=0.5,1',
-  '--alpha_budgets=5,10',
-]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TINY = {
+  'd': 60,
+  'n_r': 12,
+  'n_f': 6,
+  'seeds': 2,
+  'overlap_points': 3,
+  'curve_steps': 40,
+  'alphas': (0.5, 1.0),
+  'alpha_budgets': (5, 10),
+}
+OUTPUTS = ['loss_curves.png', 'overlap_sweep.png', 'alpha_sweep.png', 'results.json']
 
 
-def test_experiment_main_writes_figures_and_json(tmp_path):
-  linreg_theory.main(_TINY + [f'--workdir={tmp_path}'])
-  for name in ('loss_curves.png', 'overlap_sweep.png', 'alpha_sweep.png'):
+def _binary(*flags):
+  return subprocess.run(
+    [sys.executable, '-m', 'experiments.linreg_theory', *flags],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def _flag(name, value):
+  return f'--config.{name}={",".join(map(str, value)) if isinstance(value, tuple) else value}'
+
+
+def test_binary_writes_figures_json_and_table(tmp_path):
+  result = _binary(_flag('workdir', tmp_path), *(_flag(k, v) for k, v in _TINY.items()))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.splitlines()[-1].startswith(
+    f'Wrote {", ".join(str(tmp_path / name) for name in OUTPUTS)} in '
+  )
+  assert sorted(os.listdir(tmp_path)) == sorted(OUTPUTS)  # no temporary file left
+  for name in OUTPUTS[:3]:
     with open(tmp_path / name, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   with open(tmp_path / 'results.json') as f:
     results = json.load(f)
-  assert not [p for p in os.listdir(tmp_path) if p.startswith('.tmp-')]
+  assert results['config'] == {
+    **json.loads(json.dumps(dataclasses.asdict(theory.TheoryConfig()))),
+    **json.loads(json.dumps(_TINY)),
+    'workdir': str(tmp_path),
+  }
   for scenario in ('distinct', 'overlapping'):
     unlearning = results['endpoints'][scenario]['unlearning_loss']
     assert unlearning['ft']['max'][0] < 1e-6
     assert unlearning['golden']['min'][0] > 0.1
     curves = results['loss_curves'][scenario]['unlearning_loss']
     assert len(curves['ft']['mean']) == 41 and max(curves['ft']['max']) < 1e-6
+    sweep = results['alpha_sweep'][scenario]
+    assert sweep['alpha'] == [0.5, 1.0]
+    assert list(sweep['unlearning_loss']) == ['after_5_steps', 'after_10_steps', 'limit']
+  assert results['loss_curves']['overlapping']['d_lap'] == 30
   sweep = results['overlap_sweep']
-  assert sweep['overlap_ratio'] == [0.0, 0.5, 1.0]
+  assert sweep['overlap_ratio'] == [0.0, 0.5, 1.0] and sweep['d_lap'] == [0, 30, 60]
   assert max(sweep['unlearning_loss']['ft']['max']) < 1e-6
   assert min(sweep['unlearning_loss']['golden']['min']) > 0.1
-  assert results['alpha_sweep']['overlapping']['alpha'] == [0.5, 1.0]
+  # Full overlap: no forget-only feature to reset, so the 'forget' remedy is plain FT.
+  assert sweep['gap_to_golden']['remedy_forget']['mean'][-1] == pytest.approx(
+    sweep['gap_to_golden']['ft']['mean'][-1]
+  )
+  # The printed table is format_table of what was written.
+  assert theory.format_table(results) in result.stdout
+  assert 'distinct features (d_lap/d = 0.00), mean over 2 seeds' in result.stdout
+  rows = result.stdout.split('gap to golden against overlap (mean over seeds)\n')[1]
+  assert [row.split()[0] for row in rows.splitlines()[1:4]] == ['0.00', '0.50', '1.00']
 
 
-@pytest.mark.parametrize(
-  'extra,flag',
-  [
-    (['--n_r=40'], '--n_r'),
-    (['--alphas=0,1'], '--alphas'),
-    (['--overlap_ratio=1.5'], '--overlap_ratio'),
-  ],
-)
-def test_experiment_flag_validation_names_the_flag(tmp_path, extra, flag):
-  with pytest.raises(ValueError, match=flag):
-    linreg_theory.main(_TINY + [f'--workdir={tmp_path}'] + extra)
+def test_defaults_but_workdir_are_a_run():
+  config = to_config_dict(theory.TheoryConfig())  # the binary's config file
+  assert from_config_dict(
+    theory.TheoryConfig, {**config, 'workdir': 'w'}, '--config'
+  ) == theory.TheoryConfig(workdir='w')
+  # The binary prints this line and exits with 2 (jaxunlearn.cli).
+  with pytest.raises(ConfigError, match=r"^--config.workdir='': must name a directory.$"):
+    from_config_dict(theory.TheoryConfig, config, '--config')
 
 
-def test_experiment_requires_workdir():
-  with pytest.raises(flags.IllegalFlagValueError, match='workdir'):
-    linreg_theory.main(_TINY)
+BAD_VALUES = [
+  ({'n_r': 30}, "--config.n_r=30: must be < round(r_only_fraction * d) = 30 (D_r's features"),
+  ({'n_f': 31}, "--config.n_f=31: must be < d - round(r_only_fraction * d) = 30 (D_f's"),
+  ({'d': 2}, '--config.d=2: must be an integer >= 3.'),
+  ({'seeds': 0}, '--config.seeds=0: must be an integer >= 1.'),
+  ({'r_only_fraction': 1.0}, '--config.r_only_fraction=1.0: must be a number in (0, 1).'),
+  ({'overlap_ratio': 1.5}, '--config.overlap_ratio=1.5: must be a number in [0, 1].'),
+  ({'overlap_points': 1}, '--config.overlap_points=1: must be an integer >= 2.'),
+  ({'noise_std': -0.1}, '--config.noise_std=-0.1: must be a number >= 0.'),
+  ({'alphas': (0.0, 1.0)}, '--config.alphas=(0.0, 1.0): must be a tuple of numbers in (0, 1].'),
+  ({'alphas': ('a',)}, "--config.alphas=('a',): must be a tuple of numbers in (0, 1]."),
+  ({'alphas': (1.0, 0.5)}, '--config.alphas=(1.0, 0.5): must be one or more values in increasing'),
+  ({'alphas': ()}, '--config.alphas=(): must be one or more values in increasing order.'),
+  ({'alpha_budgets': (0, 5)}, '--config.alpha_budgets=(0, 5): must be a tuple of integers >= 1.'),
+  ({'alpha_budgets': (5, 5)}, '--config.alpha_budgets=(5, 5): must be one or more values in'),
+  ({'workdir': ' '}, "--config.workdir=' ': must name a directory."),
+]
 
 
-def test_make_config_is_the_binary_flags(tmp_path):
-  config = linreg_theory.make_config(workdir=str(tmp_path), d=300, alphas=[1, 0.5], x64=True)
-  assert config['d'] == 300 and config['alphas'] == [0.5, 1.0] and config['x64'] is True
-  assert config['n_f'] == 40 and config['seeds'] == 5  # the others at their defaults
-  with pytest.raises(ValueError, match='--n_r'):
-    linreg_theory.make_config(workdir=str(tmp_path), d=60)  # n_r = 100 > d_r = 30
+@pytest.mark.parametrize('overrides, message', BAD_VALUES, ids=[str(o) for o, _ in BAD_VALUES])
+def test_bad_value_is_one_config_error_line(tmp_path, overrides, message):
+  values = {'workdir': str(tmp_path), **_TINY, **overrides}
+  for build in (
+    lambda: theory.compute(theory.TheoryConfig(**values)),
+    lambda: from_config_dict(theory.TheoryConfig, values, '--config'),
+  ):
+    with pytest.raises(ConfigError) as error:
+      build()
+    assert str(error.value).startswith(message), str(error.value)
+    assert '\n' not in str(error.value)
+  assert os.listdir(tmp_path) == []
+
+
+def test_config_from_flag_values():
+  config = from_config_dict(
+    theory.TheoryConfig, {'workdir': 'w', 'd': 300, 'alphas': [0.5, 1], 'x64': True}, '--config'
+  )
+  assert config.alphas == (0.5, 1.0) and isinstance(config.alphas[1], float)
+  assert config.d == 300 and config.x64 is True
+  assert config.n_f == 40 and config.seeds == 5  # the others at their defaults

@@ -131,11 +131,6 @@ def remedy_start(task: LinRegTask, w_o: jax.Array, option: str) -> jax.Array:
   return jnp.where(remedy_keep_mask(task, option), w_o, 0.0)
 
 
-def remedy_finetune(task: LinRegTask, w_o: jax.Array, option: str) -> jax.Array:
-  """Fine-tuning on D_r from the remedied start: (I - P_r) (m * w_o) + X_r^+ y_r."""
-  return finetune(task, remedy_start(task, w_o, option))
-
-
 def _check_alpha(alpha) -> None:
   if isinstance(alpha, jax.core.Tracer):
     return
