@@ -336,7 +336,19 @@ class TrainingConfig(Config):
   """The recipe of the Original and Retrain models, and how runs are placed and saved."""
 
   workdir: str = text('workdir', doc='models and results go under it')
-  model: str = text('cnn')
+  model: str = text(
+    'cnn', doc="a zoo name (cnn, mlp, resnet18, vit, ...) or an import path 'package.module:Name'"
+  )
+  features: str = text(
+    '',
+    doc="the model's feature points: '' (its feature_layers(), else every Conv/Linear/Einsum "
+    "output and the head's input), 'type:CLASS' or paths 'a.b,c:input,name=d'",
+  )
+  original: str = text(
+    '',
+    doc='a trained Original to start from instead of training one: an Orbax checkpoint '
+    'directory, .msgpack, .npz or .safetensors of nnx.state(model)',
+  )
   num_devices: int = integer(
     -1,
     ge=-1,

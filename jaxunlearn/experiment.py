@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,14 +25,22 @@ import numpy as np
 from flax import nnx
 
 from jaxunlearn import data as data_lib
-from jaxunlearn import evaluation, files, metrics, runs
+from jaxunlearn import evaluation, files, metrics, runs, weight_files
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.checkpoint import CheckpointManager, check_compatible, model_signature
 from jaxunlearn.config import ConfigError, DataConfig, EvalConfig, TrainingConfig, section_from_flat
 from jaxunlearn.data.device import DeviceData
+from jaxunlearn.features import feature_points
 from jaxunlearn.loop import Program, run, step_runner
 from jaxunlearn.methods import UnlearnContext
-from jaxunlearn.models import create_model, set_compute_dtype
+from jaxunlearn.models import (
+  check_model,
+  create_model,
+  model_name,
+  model_tag,
+  resolve,
+  set_compute_dtype,
+)
 from jaxunlearn.state import ModelFns, functionalize
 from jaxunlearn.train import create_state, supervised_program
 
@@ -78,20 +87,27 @@ class Experiment:
   test: DeviceData  # sources: 'test' (+ 'test_forget', 'test_retain' for class forgetting)
   experiment_dir: str
   model_dir: str
+  constructor: Callable[..., nnx.Module]  # builds the model (`jaxunlearn.models.resolve`)
+  feature_points: tuple  # the model's features (`jaxunlearn.features.feature_points`)
+  original_file: dict | None = None  # {'path', 'sha256'} when the Original is read from a file
   _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
   # --- models and recipes ------------------------------------------------------------------
 
-  def model(self, seed: int) -> tuple[ModelFns, dict]:
-    """The experiment's model, freshly initialised from `seed`: its functions and variables."""
+  def module(self, seed: int) -> nnx.Module:
+    """The experiment's model as a module, freshly initialised from `seed`."""
     model = create_model(
-      self.training.model,
+      self.constructor,
       num_classes=self.info.num_classes,
       input_shape=self.info.image_shape,
       rngs=nnx.Rngs(seed),
       **self.model_kwargs,
     )
-    return functionalize(set_compute_dtype(model, self.training.compute_dtype))
+    return set_compute_dtype(model, self.training.compute_dtype)
+
+  def model(self, seed: int) -> tuple[ModelFns, dict]:
+    """The experiment's model, freshly initialised from `seed`: its functions and variables."""
+    return functionalize(self.module(seed), self.feature_points)
 
   def training_program(self, model_fns: ModelFns, source: str) -> tuple[Program, dict]:
     """The training recipe on `source` ('all': the Original, 'retain': Retrain): the program and
@@ -137,12 +153,34 @@ class Experiment:
 
   def model_run_dir(self, kind: str, seed: int) -> str:
     """The directory of the Original ('original') or Retrain ('retrain') model of `seed`."""
+    if kind == 'original' and self.original_file is not None:
+      return os.path.join(self.model_dir, f'original_file-{self.original_file["sha256"][:16]}')
     if kind == 'original':
       return os.path.join(self.model_dir, f'original_s{seed}')
     return os.path.join(self.experiment_dir, f'{kind}_s{seed}')
 
   def is_trained(self, kind: str, seed: int) -> bool:
+    if kind == 'original' and self.original_file is not None:
+      return True
     return os.path.exists(os.path.join(self.model_run_dir(kind, seed), 'metrics.json'))
+
+  def load_original(self) -> tuple[ModelFns, dict, dict]:
+    """The Original read from `training.original` (no training): fns, variables and its scores
+    (test accuracy, the file and its sha256; no training time)."""
+    module = weight_files.load_into(self.module(0), self.training.original)
+    model_fns, variables = functionalize(module, self.feature_points)
+    directory = self.model_run_dir('original', 0)
+    metrics_path = os.path.join(directory, 'metrics.json')
+    if os.path.exists(metrics_path):
+      with open(metrics_path) as f:
+        return model_fns, variables, json.load(f)
+    scores, _ = self.evaluate(model_fns, variables)
+    scores.update(run_seconds=0.0, compile_seconds=0.0, wall_seconds=0.0, steps=0)
+    scores.update(original_file=self.original_file)
+    if jax.process_index() == 0:
+      files.write_json(os.path.join(directory, 'config.json'), self.record())
+      files.write_json(metrics_path, scores)
+    return model_fns, variables, scores
 
   def train_model(self, kind: str, seed: int) -> tuple[ModelFns, dict, dict]:
     """Trains (or resumes, or loads when finished) the Original (`kind='original'`, all training
@@ -228,7 +266,10 @@ class Experiment:
           f'--config.no_train is set but the {kind} model (seed {seed}) is missing: {path} '
           'does not exist. Train it with experiments.train, or drop no_train.'
         )
-      self._cache[kind, seed] = TrainedModel(*self.train_model(kind, seed))
+      if kind == 'original' and self.original_file is not None:
+        self._cache[kind, seed] = TrainedModel(*self.load_original())
+      else:
+        self._cache[kind, seed] = TrainedModel(*self.train_model(kind, seed))
     return self._cache[kind, seed]
 
   def retrain_reference(self, seed: int) -> tuple[dict, dict]:
@@ -261,6 +302,8 @@ class Experiment:
       'training': dataclasses.asdict(self.training),
       'evaluation': dataclasses.asdict(self.evaluation),
       'model_kwargs': self.model_kwargs,
+      'features': [dataclasses.asdict(p) for p in self.feature_points],
+      'original_file': self.original_file,
       'devices': [f'{d.platform}:{d.id}' for d in self.mesh.devices.flat],
     }
 
@@ -352,11 +395,23 @@ class Experiment:
     return scores
 
 
-def prepare(config) -> Experiment:
+def prepare(config, model: Callable[..., nnx.Module] | None = None) -> Experiment:
   """Validates the config's sections, loads the data, makes the split and the mesh, and writes
   the split file; raises `ConfigError` (one line) on a bad value before any of it. On CPU with
-  `num_devices=-1` the mesh is one device or all of them, as `probe_cpu_layout` finds faster."""
+  `num_devices=-1` the mesh is one device or all of them, as `probe_cpu_layout` finds faster.
+
+  Args:
+    config: a flat experiment config (`training_config` or `study_config`).
+    model: a model class or factory, in place of `config.model` (which names it otherwise).
+
+  Returns:
+    The experiment. Before anything is written, the model is built and checked against the
+    contract (`models.check_model`), its feature points resolved (`--config.features`) and a
+    given Original's file checked leaf by leaf against it.
+  """
   data_config, training, evaluation_config = sections(config)
+  constructor = resolve(model if model is not None else training.model)
+  training = training.replace(model=model_name(model if model is not None else training.model))
   runs.check_workdir(training.workdir)
   devices = sharding_lib.select_devices(training.num_devices)
   probe = False
@@ -375,14 +430,23 @@ def prepare(config) -> Experiment:
   )
   info, test = dataset.info, dataset.test
   model_kwargs = dict(config.get('model_kwargs', {}) or {})
-  # Fails fast on an unknown model or model kwargs, before the split is written.
-  create_model(
-    training.model,
+  # Fails fast on a bad model, feature spec or Original file, before the split is written.
+  probe_model = create_model(
+    constructor,
     num_classes=info.num_classes,
     input_shape=info.image_shape,
     rngs=nnx.Rngs(0),
     **model_kwargs,
   )
+  check_model(probe_model, info.num_classes, info.image_shape, training.model)
+  points = feature_points(probe_model, info.image_shape, training.features)
+  original_file = None
+  if training.original:
+    weight_files.load_into(probe_model, training.original)
+    original_file = {
+      'path': os.path.abspath(training.original),
+      'sha256': weight_files.file_digest(training.original),
+    }
   train, subset = data_lib.select_train_subset(
     dataset.train, data_config.train_subset, info.num_classes
   )
@@ -391,7 +455,7 @@ def prepare(config) -> Experiment:
   )
   model_dir = os.path.join(
     training.workdir,
-    f'{data_lib.data_name(info.name, data_config.train_subset)}-{training.model}',
+    f'{data_lib.data_name(info.name, data_config.train_subset)}-{model_tag(training.model)}',
   )
   experiment_dir = os.path.join(
     model_dir, f'{forget_tag(data_config.forget)}-split{data_config.split_seed}'
@@ -422,6 +486,9 @@ def prepare(config) -> Experiment:
     test=DeviceData.create(test.images, test.labels, info, test_sources, mesh),
     experiment_dir=experiment_dir,
     model_dir=model_dir,
+    constructor=constructor,
+    feature_points=points,
+    original_file=original_file,
   )
   if probe:
     experiment = probe_cpu_layout(experiment)

@@ -17,10 +17,12 @@ partial study can be tabulated at any time. The data, split, recipes and evaluat
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,6 +41,7 @@ from jaxunlearn.config import (
   training_config,
 )
 from jaxunlearn.methods import registry
+from jaxunlearn.models import model_name
 from jaxunlearn.unlearn import add_reference_scores, run_method, summarise
 
 RUN_FORMAT = 2  # bump when what a run's scores mean changes: every run is redone
@@ -76,10 +79,27 @@ class Study:
       (no methods) serves to train the Original and Retrain models alone.
     rows: (row name, method, its config) of every row, in place of those `config.methods` names
       (e.g. one row per trial of a tuning grid); each config is validated.
+    model: a model class or factory (any `nnx.Module` called as ``model(images, train=...) ->
+      logits``; see `jaxunlearn.models`), in place of the one `config.model` names.
+    original: a trained Original's weights file, in place of `config.original` (see
+      `jaxunlearn.weight_files`): the Original is read from it instead of trained.
   """
 
-  def __init__(self, config, rows: list[tuple[str, str, Any]] | None = None):
+  def __init__(
+    self,
+    config,
+    rows: list[tuple[str, str, Any]] | None = None,
+    *,
+    model: Callable | None = None,
+    original: str | None = None,
+  ):
+    if original is not None:
+      config = copy.deepcopy(config)
+      config.original = os.fspath(original)
+    self.model_constructor = model
     self.data_config, self.training, self.evaluation = experiment.sections(config)
+    if model is not None:
+      self.training = self.training.replace(model=model_name(model))
     self.options = section_from_flat(StudyConfig, config)
     self.distributed = from_config_dict(
       DistributedConfig, config.get('distributed', {}), '--config.distributed'
@@ -105,7 +125,7 @@ class Study:
     sharding_lib.maybe_initialize_distributed(
       dist.coordinator_address or None, dist.num_processes or None, dist.process_id
     )
-    return experiment.prepare(self.config)
+    return experiment.prepare(self.config, self.model_constructor)
 
   @property
   def experiment_dir(self) -> str:
@@ -184,6 +204,8 @@ class Study:
     """The checks of every row's config that need the model (e.g. RFA-LoRA's layer names), on a
     freshly initialised model, before any training."""
     fns, variables = self.experiment.model(0)
+    if self.experiment.original_file is not None:
+      variables = self.original().variables
     for _, method, cfg in self.rows:
       check = registry.get(method).check
       if check is not None:
@@ -293,10 +315,21 @@ class Study:
       f'{c.split_seed}), seeds {",".join(map(str, self.seeds))}'
     )
 
+  def table_note(self) -> str:
+    """The note under the table: the metrics, and where the Original came from."""
+    source = self.experiment.original_file
+    if source is None:
+      return report.TABLE_NOTE
+    return (
+      f'{report.TABLE_NOTE} The Original is read from {source["path"]} (sha256 '
+      f'{source["sha256"][:16]}), not trained; Retrain is trained from scratch on D_r by the '
+      'training recipe.'
+    )
+
   def results(self) -> dict:
     """The results payload of the completed runs."""
     return {
-      'config': self.config.to_dict(),
+      'config': {**self.config.to_dict(), 'model': self.training.model},
       'methods': [row for row, _, _ in self.rows],
       'seeds': self.seeds,
       'split': self.experiment.split.summary(),
@@ -317,7 +350,7 @@ class Study:
         payload,
         title=self.title(),
         table=self.table(),
-        note=report.TABLE_NOTE,
+        note=self.table_note(),
         figure=figures.trade_off_figure(payload['summary'], self.title())
         if self.options.plot
         else None,

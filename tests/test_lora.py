@@ -10,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxunlearn.features import features_of
 from jaxunlearn.metrics import trainable_fraction, tree_bytes
 from jaxunlearn.models import create_model
 from jaxunlearn.models.lora import (
@@ -59,7 +60,11 @@ def _images(seed=0, shape=(3,) + CIFAR):
 
 @nnx.jit(static_argnames='train')
 def _forward(model, x, train=False):
-  return model(x, train=train, return_features=True)
+  return features_of(model, x, train=train)[:2]
+
+
+def _with_intermediates(model, x):
+  return features_of(model, x)
 
 
 def _paths(model, types):
@@ -202,9 +207,7 @@ def test_linear_branch_and_residual_match_hand_computation():
   )
   assert _paths(lora_model, LORA_LAYERS) == {'head'}
   x = _images()
-  (logits, features), intermediates = nnx.capture(lora_model, nnx.Intermediate)(
-    x, return_features=True
-  )
+  logits, features, intermediates = _with_intermediates(lora_model, x)
   h = np.asarray(features['penultimate'], np.float64)
   head = lora_model.head
   a, b = np.asarray(head.lora_a.kernel[...]), np.asarray(head.lora_b.kernel[...])
@@ -243,7 +246,7 @@ def test_one_sgd_step_moves_only_lora_params_and_matches_hand_gradient():
   lora_model = add_lora(_model('mlp'), rank=RANK, alpha=ALPHA, rngs=nnx.Rngs(1))
   x, labels = _images(), jnp.array([0, 3, 4])
   before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(lora_model)))
-  logits, features = lora_model(x, return_features=True)
+  logits, features = features_of(lora_model, x)[:2]
   optimizer = nnx.Optimizer(lora_model, optax.sgd(learning_rate), wrt=nnx.LoRAParam)
 
   @nnx.jit
@@ -301,7 +304,7 @@ def test_functional_gradient_over_lora_pure_dict_under_jit():
   assert set(grads) == {'hidden', 'head'}
   assert set(grads['head']) == {'lora_a', 'lora_b'}
   # The head's B gradient by hand: scale * (h A)^T (softmax - onehot) / batch.
-  logits, features = lora_model(x, return_features=True)
+  logits, features = features_of(lora_model, x)[:2]
   h = np.asarray(features['penultimate'], np.float64)
   dlogits = (
     np.asarray(jax.nn.softmax(logits), np.float64) - np.eye(NUM_CLASSES)[np.asarray(labels)]
@@ -318,9 +321,7 @@ def test_residuals_collected_with_capture_under_jit_leave_no_state():
   @jax.jit
   def apply(lora, frozen):
     model = nnx.merge(graphdef, lora, frozen)
-    (logits, features), intermediates = nnx.capture(model, nnx.Intermediate)(
-      x, return_features=True
-    )
+    logits, features, intermediates = _with_intermediates(model, x)
     return features, lora_residuals(intermediates)
 
   features, residuals = apply(lora, frozen)
@@ -343,10 +344,11 @@ def test_residual_is_the_latest_call_and_plain_calls_leave_no_state():
 
   def two_calls(model):
     model(other_x)
-    return model(x, return_features=True)
+    return model(x)
 
-  (_, features), intermediates = nnx.capture(two_calls, nnx.Intermediate)(lora_model)
+  _, intermediates = nnx.capture(two_calls, nnx.Intermediate)(lora_model)
   residuals = lora_residuals(intermediates)
+  features = features_of(lora_model, x)[1]
   assert set(residuals) == {'hidden.0', 'hidden.1', 'head'}
   head = lora_model.head
   np.testing.assert_allclose(
@@ -519,7 +521,7 @@ def test_default_settings_rank_and_alpha():
     settings = default_lora_settings(key)
     assert settings.rank == (8 if key == 'cnn' else 16)
     assert settings.alpha == settings.rank and isinstance(settings.alpha, float)
-  with pytest.raises(ValueError, match="No LoRA defaults for model 'lenet'"):
+  with pytest.raises(ValueError, match="'lenet' is not a zoo model"):
     default_lora_settings('lenet')
 
 

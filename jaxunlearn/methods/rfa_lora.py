@@ -177,7 +177,12 @@ def vit() -> RfaLoraConfig:
 
 
 def student(
-  ctx_fns: ModelFns, original: dict, cfg: RfaLoraConfig, model_name: str, seed: int
+  ctx_fns: ModelFns,
+  original: dict,
+  cfg: RfaLoraConfig,
+  model_name: str,
+  seed: int,
+  image_shape: tuple,
 ) -> tuple[ModelFns, dict]:
   """The LoRA student of the original model: its ModelFns and initial variables (B = 0).
 
@@ -185,9 +190,10 @@ def student(
     ConfigError: `targets` selects no layer of the model.
   """
   module = ctx_fns.module(original)
-  spec = (
-    lora.default_lora_settings(model_name).targets if cfg.targets == 'default' else (cfg.targets)
-  )
+  if cfg.targets == 'default':
+    spec = lora.default_lora_settings(model_name, module, image_shape).targets
+  else:
+    spec = cfg.targets
   try:
     targets = lora.lora_targets(
       spec, module, model_name=model_name, config_key='method.rfa_lora.targets'
@@ -260,10 +266,7 @@ def apply_student(s: Settings, adapters: dict, teacher: dict, images):
     'params': student_params(s, adapters, teacher['params']),
     'batch_stats': teacher['batch_stats'],
   }
-  model = s.student_fns.module(variables)
-  (logits, features), captured = nnx.capture(model, nnx.Intermediate)(
-    images, train=False, return_features=True
-  )
+  logits, features, captured = s.student_fns.capture(variables, images, train=False)
   return (
     logits,
     features,
@@ -470,15 +473,9 @@ def report_ranks(ranks: dict[str, dict[int, int]], num_classes: int, output_targ
   return {f'target_rank/{t}/class{c}': float(r) for t, per in ranks.items() for c, r in per.items()}
 
 
-def feature_names(model_fns: ModelFns, variables: dict, image_shape: tuple) -> list[str]:
-  """The names of the features the model returns, shallow to deep."""
-  probe = jax.eval_shape(
-    lambda v: model_fns.apply(
-      v, jnp.zeros((1,) + tuple(image_shape)), train=False, return_features=True
-    )[0][1],
-    variables,
-  )
-  return list(probe)
+def feature_names(model_fns: ModelFns) -> list[str]:
+  """The names of the model's features, shallow to deep (`jaxunlearn.features`)."""
+  return [point.name for point in model_fns.feature_points]
 
 
 def check(
@@ -486,8 +483,8 @@ def check(
 ) -> None:
   """The checks that need the model, run before any training: `targets` selects a layer, every
   aligned layer exists, one weight per aligned layer (each a one-line `ConfigError`)."""
-  student(model_fns, variables, cfg, model_name, 0)
-  aligned_layers(feature_names(model_fns, variables, image_shape), cfg)
+  student(model_fns, variables, cfg, model_name, 0, image_shape)
+  aligned_layers(feature_names(model_fns), cfg)
 
 
 @register(
@@ -502,7 +499,9 @@ def check(
 )
 def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
   model_name = ctx.model_name
-  student_fns, student_vars = student(ctx.model_fns, ctx.original, cfg, model_name, ctx.seed)
+  student_fns, student_vars = student(
+    ctx.model_fns, ctx.original, cfg, model_name, ctx.seed, ctx.data.info.image_shape
+  )
   types = traverse_util.flatten_dict(student_fns.param_types)
   flat = traverse_util.flatten_dict(student_vars['params'])
   adapters = traverse_util.unflatten_dict(
@@ -515,9 +514,7 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
       base = tuple(part for part in path if part != 'base')
       assert teacher_flat[base].shape == flat[path].shape, path
       base_paths[path] = base
-  names, weights = aligned_layers(
-    feature_names(ctx.model_fns, ctx.original, ctx.data.info.image_shape), cfg
-  )
+  names, weights = aligned_layers(feature_names(ctx.model_fns), cfg)
   steps = cfg.epochs * ctx.steps_per_epoch('retain')
   tx = make_optimizer(cfg.optimizer, steps)
   s = Settings(

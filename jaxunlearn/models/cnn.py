@@ -1,14 +1,12 @@
 """Small convolutional network, fast on CPU (MNIST-sized inputs)."""
 
-import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
-from jaxunlearn.models.features import record
 
 
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -25,7 +23,7 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
 class CNN(nnx.Module):
   """[Conv 3x3 -> ReLU -> MaxPool 2x2] per entry of `channels` -> Dense -> ReLU -> head.
 
-  Features: 'conv1', 'conv2', ... (each conv block's pooled output), 'dense1'
+  Features (`feature_layers`): 'conv1', 'conv2', ... (each conv block's pooled output), 'dense1'
   (the hidden dense layer's ReLU output), then 'penultimate' (equal to 'dense1').
   `train` is accepted for a uniform model interface and has no effect.
   """
@@ -68,22 +66,17 @@ class CNN(nnx.Module):
       dense_width, num_classes, kernel_init=initializers.lecun_normal, rngs=rngs
     )
 
-  def __call__(
-    self,
-    x: jax.Array,
-    *,
-    train: bool = False,
-    return_features: bool = False,
-    replace_features: Mapping[str, jax.Array] | None = None,
-  ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
+  def feature_layers(self) -> dict[str, str]:
+    """Each conv block's pooled output (the next layer's input), the hidden dense layer's ReLU
+    output and the head's input (`jaxunlearn.features`)."""
+    after = [f'convs.{i}' for i in range(1, len(self.convs))] + ['dense']
+    points = {f'conv{i + 1}': f'{path}:input' for i, path in enumerate(after)}
+    return {**points, 'dense1': 'head:input', 'penultimate': 'head:input'}
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train
-    features = collections.OrderedDict()
     h = x
-    for i, conv in enumerate(self.convs):
-      h = record(features, f'conv{i + 1}', _max_pool_2x2(nnx.relu(conv(h))), replace_features)
-    h = record(
-      features, 'dense1', nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1)))), replace_features
-    )
-    h = record(features, 'penultimate', h, replace_features)
-    logits = self.head(h)
-    return (logits, features) if return_features else logits
+    for conv in self.convs:
+      h = _max_pool_2x2(nnx.relu(conv(h)))
+    h = nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1))))
+    return self.head(h)

@@ -1,18 +1,21 @@
-"""LoRA branches on nnx.Linear and nnx.Conv layers, their residuals, and merging them back.
+"""LoRA branches on nnx.Linear, nnx.Conv and nnx.Einsum layers of any NNX model, their residuals,
+and merging them back.
 
 A wrapped layer computes ``y = base(x) + (alpha / rank) * B(A(x))`` with B initialised to zero,
 so a freshly wrapped model equals the original exactly. A and B are `nnx.LoRAParam` variables,
 so ``nnx.split(model, nnx.LoRAParam, nnx.Param, nnx.BatchStat)`` separates them from the
 frozen weights. For a conv, A is a conv with the base's kernel size, strides, padding and
-dilations into `rank` channels and B a 1x1 conv back to the output channels (PEFT-style).
+dilations into `rank` channels and B a 1x1 conv back to the output channels (PEFT-style); for
+an einsum, A maps the kernel's contracted axes to `rank` and B `rank` to its output axes.
 
 Inside ``nnx.capture(model, nnx.Intermediate)`` each wrapper sows its branch output
 ``(alpha / rank) * B(A(x))`` (the residual the LoRA branch adds to the layer output) as
 ``nnx.Intermediate`` 'lora_residual', the latest call's value:
 
-    (logits, features), intermediates = nnx.capture(model, nnx.Intermediate)(
-        x, return_features=True)
+    logits, intermediates = nnx.capture(model, nnx.Intermediate)(x, train=False)
     residuals = lora_residuals(intermediates)  # {'layer1.0.conv1': array, ...}
+
+(`state.ModelFns.capture` returns the same State beside the model's features.)
 
 This works on a model merged inside `jax.jit`. Plain calls (eager or under `nnx.jit`) sow
 nothing: Flax 0.12 deprecates sow outside capture, where it would store the value on the
@@ -31,9 +34,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jaxunlearn import state
+from jaxunlearn import features, state
 from jaxunlearn.models import initializers
 
 PathParts = tuple[str | int, ...]
@@ -160,7 +164,68 @@ class LoRAConv(nnx.Module):
     )
 
 
-LORA_LAYERS = (LoRALinear, LoRAConv)
+def _einsum_parts(einsum_str: str) -> tuple[str, str, str, str, str]:
+  """(input, kernel, output, contracted, kept) letters of 'input,kernel->output': the kernel's
+  letters summed over (shared with the input only) and those kept in the output, in the kernel's
+  order."""
+  operands, output = einsum_str.split('->')
+  lhs, kernel = operands.split(',')
+  if '.' in einsum_str:
+    raise ValueError(f'LoRA on nnx.Einsum needs an equation without ellipsis, got {einsum_str!r}.')
+  contracted = ''.join(c for c in kernel if c in lhs and c not in output)
+  kept = ''.join(c for c in kernel if c in output and c not in lhs)
+  batch = ''.join(c for c in lhs if c not in contracted)
+  if len(contracted) + len(kept) != len(kernel) or sorted(batch + kept) != sorted(output):
+    raise ValueError(
+      f'LoRA on nnx.Einsum needs each kernel axis either contracted with the input or kept in '
+      f'the output, and the output made of the other input axes and the kept ones; got '
+      f'{einsum_str!r}.'
+    )
+  return lhs, kernel, output, contracted, kept
+
+
+class LoRAEinsum(nnx.Module):
+  """An nnx.Einsum plus a low-rank branch: the kernel's contracted axes map to `rank` (A) and
+  `rank` to its kept axes (B), so ``base(x) + scale * einsum(einsum(x, A), B)``."""
+
+  def __init__(self, base: nnx.Einsum, *, rank: int, alpha: float, rngs: nnx.Rngs):
+    lhs, kernel, output, contracted, kept = _einsum_parts(base.einsum_str)
+    sizes = dict(zip(kernel, base.kernel_shape))
+    rank_letter = next(c for c in 'zyxwvutsrqponmlkjihgfedcba' if c not in base.einsum_str)
+    self.base = base
+    self.scale = alpha / rank
+    batch = ''.join(c for c in lhs if c not in contracted)
+    self.a_str = f'{lhs},{contracted}{rank_letter}->{batch}{rank_letter}'
+    self.b_str = f'{batch}{rank_letter},{rank_letter}{kept}->{output}'
+    self.fold_str = f'{contracted}{rank_letter},{rank_letter}{kept}->{kernel}'
+    a_shape = tuple(sizes[c] for c in contracted) + (rank,)
+    fan_in = int(np.prod(a_shape[:-1]))
+    self.lora_a = nnx.LoRAParam(
+      initializers.kaiming_uniform_sqrt5(rngs.params(), (fan_in, rank), base.param_dtype).reshape(
+        a_shape
+      )
+    )
+    self.lora_b = nnx.LoRAParam(
+      jnp.zeros((rank,) + tuple(sizes[c] for c in kept), base.param_dtype)
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = self.base.dtype or x.dtype
+    a, b = self.lora_a[...].astype(dtype), self.lora_b[...].astype(dtype)
+    residual = self.scale * jnp.einsum(self.b_str, jnp.einsum(self.a_str, x.astype(dtype), a), b)
+    base_output = self.base(x)
+    _sow_residual(self, residual, base_output)
+    return base_output + residual
+
+  def merged_kernel(self) -> jax.Array:
+    """The base kernel with the branch folded in: K + scale * A B over the rank axis."""
+    return self.base.kernel[...] + self.scale * jnp.einsum(
+      self.fold_str, self.lora_a[...], self.lora_b[...], precision=_FOLD_PRECISION
+    )
+
+
+LORA_LAYERS = (LoRALinear, LoRAConv, LoRAEinsum)
+BASE_LAYERS = (nnx.Linear, nnx.Conv, nnx.Einsum)
 
 
 def _wrappers(model: nnx.Module) -> list[PathParts]:
@@ -190,14 +255,14 @@ def add_lora(
     raise ValueError(f'model already has LoRA branches at {existing}; merge_lora it first.')
 
   def wrap(path: PathParts, node):
-    if isinstance(node, (nnx.Linear, nnx.Conv)) and (targets is None or targets(path, node)):
-      layer_type = LoRALinear if isinstance(node, nnx.Linear) else LoRAConv
-      return layer_type(node, rank=rank, alpha=alpha, rngs=rngs)
+    if isinstance(node, BASE_LAYERS) and (targets is None or targets(path, node)):
+      layer_type = {nnx.Linear: LoRALinear, nnx.Conv: LoRAConv, nnx.Einsum: LoRAEinsum}
+      return layer_type[type(node)](node, rank=rank, alpha=alpha, rngs=rngs)
     return node
 
   wrapped = nnx.recursive_map(wrap, nnx.clone(model))
   if not _wrappers(wrapped):
-    raise ValueError('targets selected no nnx.Linear or nnx.Conv layer of the model.')
+    raise ValueError('targets selected no nnx.Linear, nnx.Conv or nnx.Einsum layer of the model.')
   return wrapped
 
 
@@ -210,7 +275,7 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
   return _unwrap(nnx.clone(model), _fold)
 
 
-def _fold(layer: LoRALinear | LoRAConv) -> nnx.Linear | nnx.Conv:
+def _fold(layer: LoRALinear | LoRAConv | LoRAEinsum) -> nnx.Module:
   base = layer.base
   base.kernel = nnx.Param(layer.merged_kernel())
   return base
@@ -261,7 +326,8 @@ def add_lora_variables(
     the batch statistics are `variables`' own.
   """
   return state.functionalize(
-    add_lora(fns.module(variables), rank=rank, alpha=alpha, targets=targets, rngs=rngs)
+    add_lora(fns.module(variables), rank=rank, alpha=alpha, targets=targets, rngs=rngs),
+    fns.feature_points,
   )
 
 
@@ -336,25 +402,34 @@ _DEFAULTS = {
 }
 
 
-def default_lora_settings(model_name: str) -> LoRASettings:
-  """The default rank, alpha and targets of the model named `model_name` in `models.MODELS`.
+def default_lora_settings(
+  model_name: str, model: nnx.Module | None = None, input_shape=None
+) -> LoRASettings:
+  """The default rank, alpha and targets of a model.
+
+  A zoo model (`model_name` in `models.MODELS`) has its own (`_DEFAULTS`). Any other model gets
+  rank 16 on every nnx.Linear, nnx.Conv and nnx.Einsum except the first one it calls (its input
+  layer, kept frozen for the reason the zoo's defaults give), found by tracing one call of
+  `model` on inputs of `input_shape`.
 
   alpha = rank: a scale alpha / rank = 1 keeps the branch's size at a given B independent of
   the rank, as PEFT's common default, so a learning rate tuned at one rank carries over.
   """
-  if model_name not in _DEFAULTS:
-    raise ValueError(f'No LoRA defaults for model {model_name!r}; known: {sorted(_DEFAULTS)}.')
-  rank, targets = _DEFAULTS[model_name]
+  if model_name in _DEFAULTS:
+    rank, targets = _DEFAULTS[model_name]
+  else:
+    if model is None or input_shape is None:
+      raise ValueError(f'{model_name!r} is not a zoo model: give the model and its input shape.')
+    calls, _ = features.layer_calls(model, input_shape)
+    paths = list(dict.fromkeys(_dotted(path) for path, _ in calls))
+    rank, targets = 16, '|'.join(re.escape(p) for p in paths[1:] or paths)
   return LoRASettings(rank=rank, alpha=float(rank), targets=targets)
 
 
 def lora_layer_paths(model: nnx.Module) -> list[str]:
-  """Dotted paths (e.g. 'layer1.0.conv1') of every nnx.Linear and nnx.Conv of `model`."""
-  return [
-    _dotted(path)
-    for path, node in nnx.iter_graph(model)
-    if isinstance(node, (nnx.Linear, nnx.Conv))
-  ]
+  """Dotted paths (e.g. 'layer1.0.conv1') of every nnx.Linear, nnx.Conv and nnx.Einsum of
+  `model`."""
+  return [_dotted(path) for path, node in nnx.iter_graph(model) if isinstance(node, BASE_LAYERS)]
 
 
 def lora_targets(spec: str, model: nnx.Module, *, model_name: str, config_key: str) -> Targets:

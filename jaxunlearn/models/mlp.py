@@ -1,20 +1,18 @@
 """Multi-layer perceptron on flattened images."""
 
-import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
-from jaxunlearn.models.features import record
 
 
 class MLP(nnx.Module):
   """Flatten -> [Linear -> ReLU] * len(hidden_sizes) -> Linear head.
 
-  Features: 'dense0', 'dense1', ... (each hidden layer's ReLU output), then
+  Features (`feature_layers`): 'dense0', 'dense1', ... (each hidden layer's ReLU output), then
   'penultimate' (the last hidden layer's output, the head's input).
   `train` is accepted for a uniform model interface and has no effect.
   """
@@ -44,19 +42,16 @@ class MLP(nnx.Module):
       widths[-1], num_classes, kernel_init=initializers.lecun_normal, rngs=rngs
     )
 
-  def __call__(
-    self,
-    x: jax.Array,
-    *,
-    train: bool = False,
-    return_features: bool = False,
-    replace_features: Mapping[str, jax.Array] | None = None,
-  ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
+  def feature_layers(self) -> dict[str, str]:
+    """Each hidden layer's ReLU output (the next layer's input) and the head's input
+    (`jaxunlearn.features`)."""
+    after = [f'hidden.{i}' for i in range(1, len(self.hidden))] + ['head']
+    points = {f'dense{i}': f'{path}:input' for i, path in enumerate(after)}
+    return {**points, 'penultimate': 'head:input'}
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train
-    features = collections.OrderedDict()
     h = jnp.reshape(x, (x.shape[0], -1))
-    for i, layer in enumerate(self.hidden):
-      h = record(features, f'dense{i}', nnx.relu(layer(h)), replace_features)
-    h = record(features, 'penultimate', h, replace_features)
-    logits = self.head(h)
-    return (logits, features) if return_features else logits
+    for layer in self.hidden:
+      h = nnx.relu(layer(h))
+    return self.head(h)

@@ -1,14 +1,12 @@
 """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
 
-import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
-from jaxunlearn.models.features import record
 
 # PyTorch's BatchNorm momentum 0.1 is Flax's 0.9 (weight of the old running average),
 # the setting of the reference unlearning code.
@@ -72,7 +70,7 @@ class BasicBlock(nnx.Module):
 class ResNet(nnx.Module):
   """CIFAR-style ResNet of BasicBlocks; stage widths are `width` * (1, 2, 4, 8).
 
-  Features: 'stem', then 'layer{s}.{b}' for stage s (1-based) and block b (0-based), then
+  Features (`feature_layers`): 'stem', then 'layer{s}.{b}' for stage s (1-based) and block b (0-based), then
   'penultimate' (global average pool of the last block, the head's input).
   `train=True` normalises with batch statistics and updates the running averages;
   `train=False` uses the running averages and leaves them unchanged.
@@ -107,25 +105,23 @@ class ResNet(nnx.Module):
       in_channels, num_classes, kernel_init=initializers.lecun_normal, rngs=rngs
     )
 
-  def __call__(
-    self,
-    x: jax.Array,
-    *,
-    train: bool = False,
-    return_features: bool = False,
-    replace_features: Mapping[str, jax.Array] | None = None,
-  ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
-    features = collections.OrderedDict()
+  def feature_layers(self) -> dict[str, str]:
+    """The stem's output (the first block's input), every block's output and the head's input
+    (`jaxunlearn.features`)."""
+    points = {'stem': 'layer1.0:input'}
+    for stage, layer in enumerate(self.stages()):
+      points.update({f'layer{stage + 1}.{b}': f'layer{stage + 1}.{b}' for b in range(len(layer))})
+    return {**points, 'penultimate': 'head:input'}
+
+  def stages(self) -> tuple[nnx.List, ...]:
+    return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     h = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
-    h = record(features, 'stem', h, replace_features)
-    for stage, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4)):
-      for block_index, block in enumerate(layer):
-        h = record(
-          features, f'layer{stage + 1}.{block_index}', block(h, train=train), replace_features
-        )
-    h = record(features, 'penultimate', jnp.mean(h, axis=(1, 2)), replace_features)
-    logits = self.head(h)
-    return (logits, features) if return_features else logits
+    for layer in self.stages():
+      for block in layer:
+        h = block(h, train=train)
+    return self.head(jnp.mean(h, axis=(1, 2)))
 
 
 def resnet18(

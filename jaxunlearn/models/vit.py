@@ -1,14 +1,10 @@
 """Vision Transformer (pre-LayerNorm blocks, learned position embeddings, no dropout)."""
 
-import collections
-from collections.abc import Mapping
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxunlearn.models import initializers
-from jaxunlearn.models.features import record
 
 _POOLINGS = ('cls', 'mean')
 _KERNEL_INIT = initializers.xavier_uniform
@@ -65,7 +61,7 @@ class ViT(nnx.Module):
 
   pooling='cls' prepends a learned class token and classifies from its final representation;
   pooling='mean' has no class token and averages the final patch tokens.
-  Features: 'embed' (tokens plus position embeddings, [B, T, width]), 'block0', ...,
+  Features (`feature_layers`): 'embed' (tokens plus position embeddings, [B, T, width]), 'block0', ...,
   'block{depth-1}' (each encoder block's output, [B, T, width]), then 'penultimate' (the pooled,
   final-LayerNorm representation, [B, width], the head's input).
   `train` is accepted for a uniform model interface and has no effect (no dropout).
@@ -130,33 +126,25 @@ class ViT(nnx.Module):
     self.final_norm = nnx.LayerNorm(width, epsilon=_LN_EPSILON, rngs=rngs)
     self.head = _linear(width, num_classes, rngs)
 
-  def __call__(
-    self,
-    x: jax.Array,
-    *,
-    train: bool = False,
-    return_features: bool = False,
-    replace_features: Mapping[str, jax.Array] | None = None,
-  ) -> jax.Array | tuple[jax.Array, collections.OrderedDict[str, jax.Array]]:
+  def feature_layers(self) -> dict[str, str]:
+    """The embedded tokens (the first block's input), every block's output and the head's input
+    (`jaxunlearn.features`)."""
+    points = {'embed': 'blocks.0:input'}
+    points.update({f'block{i}': f'blocks.{i}' for i in range(len(self.blocks))})
+    return {**points, 'penultimate': 'head:input'}
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train
-    features = collections.OrderedDict()
     patches = self.patch_embed(x)
     h = jnp.reshape(patches, (patches.shape[0], -1, patches.shape[-1]))
     if self.cls_token is not None:
       cls = jnp.broadcast_to(self.cls_token[...], (h.shape[0], 1, h.shape[-1]))
       h = jnp.concatenate([cls, h], axis=1)
-    h = record(features, 'embed', h + self.position_embedding[...], replace_features)
-    for i, block in enumerate(self.blocks):
-      h = record(features, f'block{i}', block(h), replace_features)
+    h = h + self.position_embedding[...]
+    for block in self.blocks:
+      h = block(h)
     h = self.final_norm(h)
-    h = record(
-      features,
-      'penultimate',
-      h[:, 0] if self.pooling == 'cls' else jnp.mean(h, axis=1),
-      replace_features,
-    )
-    logits = self.head(h)
-    return (logits, features) if return_features else logits
+    return self.head(h[:, 0] if self.pooling == 'cls' else jnp.mean(h, axis=1))
 
 
 def vit_tiny(
