@@ -22,7 +22,8 @@ from jaxunlearn.unlearn import run_method
 from tests.conftest import tiny_config
 
 CLASSES = ('red', 'green', 'blue')
-SHARED_ARCHIVE = os.path.join(prepare_cifar10.REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_ARCHIVE = os.path.join(REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
 
 
 def _unlearn_scores(setup, model_fns, variables) -> dict:
