@@ -398,6 +398,11 @@ def test_prepare_with_a_train_subset(tmp_path, data_dir):
   assert setup.experiment_dir == os.path.join(
     str(tmp_path), 'digits-subset100-cnn', 'random-0.1-split0'
   )
+  data_config, training, _ = experiment.sections(config)
+  assert experiment.directories(data_config, training, 'digits') == (
+    setup.model_dir,
+    setup.experiment_dir,
+  )
   saved = data.load_forget_split(setup.experiment_dir)
   assert saved.digest == setup.split.digest
   assert np.array_equal(saved.subset, setup.split.subset)
