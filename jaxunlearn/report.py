@@ -291,9 +291,10 @@ def step_ratio_table(results: dict) -> str:
 
 
 def _where(name: str, payload: dict) -> str:
+  """A benchmark file's name, platform and device (the torch device for a PyTorch reference)."""
   device = payload['device']
-  # PyTorch-reference files name the JAX platform and the torch device; the others, as
-  # `report.provenance` records them, the platform and the device kind.
+  # Besides `provenance`'s keys, a PyTorch-reference file names the torch device; some name the
+  # JAX platform 'jax_platform'.
   kind = device.get('torch_device_name') or device['kind']
   return f'`{name}` ({device.get("jax_platform") or device["platform"]}, {kind})'
 
