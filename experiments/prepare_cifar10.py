@@ -27,7 +27,6 @@ from absl import app, flags
 from jaxunlearn import data
 from jaxunlearn.data import imagefolder
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE_SHA256 = 'b379c20532d0d7113e4257fb4fe37c05481e5a503319cd10c2de3889728c9e18'
 FOLDER = 'cifar10-jpeg'
 SPLIT_SIZES = {'train': 50_000, 'test': 10_000}

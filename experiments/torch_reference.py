@@ -1,4 +1,4 @@
-"""PyTorch re-statement of the project's models and of three steps, for a side-by-side benchmark.
+"""PyTorch re-statement of the project's models, for a side-by-side benchmark.
 
 The modules mirror `jaxunlearn.models` ('cnn', 'resnet18', 'vit_tiny' and their smaller variants)
 with the same attribute names, so a JAX parameter path maps mechanically onto a torch state-dict
@@ -15,11 +15,7 @@ variables in, converting the layouts:
 * ViT: Flax's `nnx.gelu` is the tanh approximation (torch: approximate='tanh'); LayerNorm
   epsilon 1e-6; attention through `scaled_dot_product_attention` (the same softmax(qk/sqrt(d))v).
 
-The steps (`sgd_step`, `salun_step`, `sfron_iteration`) restate the library's steps that
-`experiments/reference_benchmark.py` times (`jaxunlearn.train.supervised_step`, RL's step with
-SalUn's mask, `jaxunlearn.methods.sfron.iteration`) with the same optimiser math: PyTorch-convention weight
-decay (``g + wd * p`` before momentum), a 0/1 mask multiplying the final update, and SFR-on's
-forget update with the torch clip formula. torch is imported here only.
+The steps that run on these models are in `experiments/torch_steps.py`.
 """
 
 from __future__ import annotations
@@ -315,128 +311,3 @@ def tensors_like(model: nn.Module, tree: dict, device=None) -> list[torch.Tensor
     torch.from_numpy(np.array(to_torch_layout(model, path, value))).to(device)
     for path, value in _flatten(tree).items()
   ]
-
-
-def cross_entropy_per_example(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-  # float32 loss under autocast, as optax's cross-entropy of the JAX side.
-  return F.cross_entropy(logits.float(), labels, reduction='none')
-
-
-def sgd_direction(params, grads, buffers, *, momentum: float, weight_decay: float):
-  """PyTorch SGD's momentum buffer update, ``b = momentum b + (g + wd p)``, in place; optax's
-  ``add_decayed_weights`` then ``trace`` (the buffers start at zero, as optax's trace)."""
-  torch._foreach_mul_(buffers, momentum)
-  torch._foreach_add_(buffers, grads)
-  torch._foreach_add_(buffers, params, alpha=weight_decay)
-
-
-class Stepper:
-  """One model's three steps in PyTorch, with the optimiser state they keep between calls.
-
-  Args:
-    model: the torch module (weights already loaded), on its device.
-    params_tree: the Flax parameter pure dict, fixing the order of `params`.
-    mask: the 0/1 mask pure dict (Flax layouts) of SalUn and SFR-on.
-    lr: learning rate of the SGD and SalUn steps.
-    momentum: SGD momentum.
-    weight_decay: PyTorch-convention weight decay.
-    autocast_dtype: None for float32, else the autocast compute dtype (torch.bfloat16).
-  """
-
-  def __init__(
-    self,
-    model: nn.Module,
-    params_tree: dict,
-    mask: dict,
-    *,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    autocast_dtype=None,
-  ):
-    self.model = model.train()
-    self.params = parameters_like(model, params_tree)
-    device = self.params[0].device
-    self.mask = tensors_like(model, mask, device)
-    self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-    self.autocast_dtype = autocast_dtype
-    self.device_type = device.type
-    self.sgd = torch.optim.SGD(self.params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    zeros = lambda: [torch.zeros_like(p) for p in self.params]
-    self.buffers = {'salun': zeros(), 'forget': zeros(), 'remain': zeros()}
-
-  def _logits(self, images: torch.Tensor) -> torch.Tensor:
-    if self.autocast_dtype is None:
-      return self.model(images)
-    with torch.autocast(self.device_type, dtype=self.autocast_dtype):
-      return self.model(images)
-
-  def _grads(self, loss: torch.Tensor) -> list[torch.Tensor]:
-    return list(torch.autograd.grad(loss, self.params))
-
-  def sgd_step(self, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy descent with torch.optim.SGD (the idiomatic training step)."""
-    self.sgd.zero_grad(set_to_none=True)
-    loss = cross_entropy_per_example(self._logits(batch['image']), batch['label']).mean()
-    loss.backward()
-    self.sgd.step()
-    return loss.detach()
-
-  def _masked_sgd(self, grads, name: str, lr) -> None:
-    buffers = self.buffers[name]
-    with torch.no_grad():
-      sgd_direction(
-        self.params, grads, buffers, momentum=self.momentum, weight_decay=self.weight_decay
-      )
-      torch._foreach_add_(self.params, torch._foreach_mul(buffers, self.mask), alpha=-lr)
-
-  def salun_step(self, batch: dict) -> torch.Tensor:
-    """Cross-entropy on D_f examples relabelled at random and D_r examples; the masked final
-    update moves only the weights where the mask is 1."""
-    labels = torch.where(batch['is_forget'] > 0, batch['random_label'], batch['label'])
-    loss = cross_entropy_per_example(self._logits(batch['image']), labels).mean()
-    self._masked_sgd(self._grads(loss), 'salun', self.lr)
-    return loss.detach()
-
-  def sfron_iteration(
-    self,
-    forget: dict | None,
-    remain: dict,
-    *,
-    lr: float,
-    scale: float,
-    lam: float,
-    clip: float,
-    slow_rate: float,
-  ):
-    """One SFR-on iteration: masked, weighted forget ascent (clipped; skipped when `forget` is
-    None), one remain descent, then the slow step ``theta_t - alpha (theta_t - theta_r)``.
-
-    Returns:
-      (the weighted forget CE or None, the remain CE).
-    """
-    slow = [p.detach().clone() for p in self.params]
-    weighted = None
-    if forget is not None:
-      ce = cross_entropy_per_example(self._logits(forget['image']), forget['label'])
-      with torch.no_grad():
-        c = 1.0 / (ce.clamp_min(0.0) ** lam + 1e-15)
-        weights = c * ce.shape[0] / c.sum()
-      weighted = (weights * ce).mean()
-      grads = torch._foreach_mul(self._grads(-scale * weighted), self.mask)
-      with torch.no_grad():
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        torch._foreach_mul_(grads, torch.clamp(clip / (norm + 1e-6), max=1.0))
-      self._masked_sgd(grads, 'forget', lr)
-      weighted = weighted.detach()
-    remain_ce = cross_entropy_per_example(self._logits(remain['image']), remain['label']).mean()
-    grads = self._grads(remain_ce)
-    with torch.no_grad():
-      buffers = self.buffers['remain']
-      sgd_direction(
-        self.params, grads, buffers, momentum=self.momentum, weight_decay=self.weight_decay
-      )
-      torch._foreach_add_(self.params, buffers, alpha=-lr)
-      # fast + (1 - alpha)(slow - fast), the form of the JAX side.
-      torch._foreach_add_(self.params, torch._foreach_sub(slow, self.params), alpha=1.0 - slow_rate)
-    return weighted, remain_ce.detach()

@@ -1,12 +1,15 @@
 """Step timings of every method on a fixed model and batch: compile time, steps/s and examples/s
 per step kind, and each method's time per step as a ratio to Retrain's supervised step (ratios
-compare across machines; absolute times do not)."""
+compare across machines; absolute times do not). Also how two implementations of the same steps
+compare: how far their losses and weights differ, and their times per step as ratios."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 import jax
+import numpy as np
 
 from jaxunlearn import experiment
 from jaxunlearn import sharding as sharding_lib
@@ -176,3 +179,39 @@ def many_models_speed(
       )
     out[f'K={k}'] = entry
   return out
+
+
+def relative_difference(a: Sequence[float], b: Sequence[float]) -> float:
+  """max_i |a_i - b_i| / max(|b_i|, 1e-6) over the pairs not both NaN (NaN marks no value)."""
+  diffs = [
+    abs(x - y) / max(abs(y), 1e-6) for x, y in zip(a, b) if not (np.isnan(x) and np.isnan(y))
+  ]
+  return max(diffs) if diffs else 0.0
+
+
+def parameter_difference(params: dict, reference: dict) -> float:
+  """||params - reference|| / ||reference|| over all leaves of two trees of the same structure."""
+  diff = sum(
+    float(np.sum((np.asarray(a, np.float64) - b) ** 2))
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference))
+  )
+  norm = sum(float(np.sum(np.asarray(b, np.float64) ** 2)) for b in jax.tree.leaves(reference))
+  return float(np.sqrt(diff / norm))
+
+
+def time_ratios(times: Mapping[str, Sequence[float]], name: str, reference: str) -> dict:
+  """Runner `name`'s time per step against `reference`'s, from the rounds of
+  `sharding.interleaved`.
+
+  Returns:
+    {'step_s': the median seconds per step of `name`, 'ratio': the median over rounds of the
+    round's time ratio name / reference, 'ratio_of_minima': the ratio of the fastest rounds (less
+    sensitive to a loaded machine), 'speedup': the median over rounds of reference / name}.
+  """
+  ratios = [a / b for a, b in zip(times[name], times[reference])]
+  return {
+    'step_s': float(np.median(times[name])),
+    'ratio': float(np.median(ratios)),
+    'ratio_of_minima': min(times[name]) / min(times[reference]),
+    'speedup': float(np.median([1.0 / r for r in ratios])),
+  }

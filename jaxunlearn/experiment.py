@@ -52,6 +52,25 @@ def forget_tag(spec: str) -> str:
   return re.sub(r'[^A-Za-z0-9.]+', '-', spec).strip('-')
 
 
+def directories(data: DataConfig, training: TrainingConfig, dataset_name: str) -> tuple[str, str]:
+  """The model directory and the experiment directory of an experiment (the layout above).
+
+  Args:
+    data: the data section (its training subset, forget spec and split seed).
+    training: the training section (its workdir and model).
+    dataset_name: the loaded dataset's name, `DatasetInfo.name` (a built-in dataset's is its
+      --config.dataset value).
+
+  Returns:
+    ``{workdir}/{dataset}-{model}`` and, inside it, ``{forget}-split{k}``.
+  """
+  model_dir = os.path.join(
+    training.workdir,
+    f'{data_lib.data_name(dataset_name, data.train_subset)}-{model_tag(training.model)}',
+  )
+  return model_dir, os.path.join(model_dir, f'{forget_tag(data.forget)}-split{data.split_seed}')
+
+
 def sections(config) -> tuple[DataConfig, TrainingConfig, EvalConfig]:
   """The validated data, training and evaluation sections of a flat experiment config; raises
   `jaxunlearn.config.ConfigError` naming the first bad value."""
@@ -453,13 +472,7 @@ def prepare(config, model: Callable[..., nnx.Module] | None = None) -> Experimen
   split = data_lib.make_forget_split(
     data_config.forget, data_config.split_seed, train, test, info, subset=subset
   )
-  model_dir = os.path.join(
-    training.workdir,
-    f'{data_lib.data_name(info.name, data_config.train_subset)}-{model_tag(training.model)}',
-  )
-  experiment_dir = os.path.join(
-    model_dir, f'{forget_tag(data_config.forget)}-split{data_config.split_seed}'
-  )
+  model_dir, experiment_dir = directories(data_config, training, info.name)
   existing = data_lib.load_forget_split(experiment_dir)
   if existing is not None and existing.digest != split.digest:
     raise ValueError(

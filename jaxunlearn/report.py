@@ -1,4 +1,6 @@
-"""Results files of the main job: results.json, results.md (a table) and results.png.
+"""Results files of the main job (results.json, results.md with its table, results.png) and the
+tables and sentences of the results pages built from such files (experiments/RESULTS.md,
+docs/speed.md, the README's methods table).
 
 Every table goes through `markdown_table`; the pictures are in `jaxunlearn.figures`.
 """
@@ -7,8 +9,9 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
+from typing import Any
 
 import jax
 
@@ -33,6 +36,7 @@ MANY_MODEL_COLUMNS = (
   'wall_s',
 )
 _THREE_DIGITS = ('KL', 'ToW', 'score')
+REFERENCE_ROWS = ('Original', 'Retrain')
 
 
 def markdown_table(
@@ -94,6 +98,247 @@ def many_model_cell(scores: dict, key: str) -> str:
 def many_model_table(rows: dict[str, dict]) -> str:
   """One row per set of K models (Retrain first, then the control and the Original)."""
   return markdown_table(rows, MANY_MODEL_COLUMNS, many_model_cell, first='Row')
+
+
+def merge_rows(
+  summaries: Sequence[tuple[dict, Mapping[str, str] | None]],
+) -> tuple[dict[str, dict], list[int]]:
+  """One table's rows from the summaries of several results files, Original and Retrain first.
+
+  Args:
+    summaries: (a results file's summary, the rows to take from it as {row: name in the table},
+      or None for all of them), in order; a row the table already has is not taken again.
+
+  Returns:
+    The rows, and the positions in `summaries` of the files the rows come from (a file whose
+    rows are all taken counts even when it adds none).
+  """
+  rows, used = {}, []
+  for i, (summary, take) in enumerate(summaries):
+    before = len(rows)
+    if take is None:
+      rows.update(summary)
+    else:
+      rows.update({k: summary[k] for k in REFERENCE_ROWS if k not in rows})
+      rows.update(
+        {new: summary[old] for old, new in take.items() if old in summary and new not in rows}
+      )
+    if len(rows) > before or take is None:
+      used.append(i)
+  ordered = {k: rows[k] for k in REFERENCE_ROWS if k in rows}
+  ordered.update({k: v for k, v in rows.items() if k not in ordered})
+  return ordered, used
+
+
+def gap_ranking(rows: dict) -> str:
+  """A sentence ranking a study's unlearning methods by mean Avg. Gap to Retrain ('' if none)."""
+  methods = sorted(
+    (r['AvgGap']['mean'], name)
+    for name, r in rows.items()
+    if name not in REFERENCE_ROWS and r.get('AvgGap', {}).get('n')
+  )
+  if not methods:
+    return ''
+  ranked = ', '.join(f'{name} {rows[name]["AvgGap"]["mean"]:.2f}' for _, name in methods)
+  return f'By Avg. Gap to Retrain (lower is better): {ranked}.\n'
+
+
+def many_model_rankings(payload: dict) -> str:
+  """Sentences ranking a many-model results file's rows by F and by Avg. Gap, and counting the
+  pairs of methods (the control and the Original left out) whose intervals of F do not overlap."""
+  rows = {name: r for name, r in payload['rows'].items() if 'F' in r}
+  by_f = sorted(rows, key=lambda n: -rows[n]['F'])
+  by_gap = sorted(rows, key=lambda n: rows[n]['AvgGap'])
+  methods = [n for n in by_f if n not in ('Control', 'Original')]
+  separated = [
+    (a, b)
+    for i, a in enumerate(methods)
+    for b in methods[i + 1 :]
+    if rows[a]['F_low'] > rows[b]['F_high']
+  ]
+  return (
+    f'By F (K = {payload["num_models"]}, higher is better): '
+    + ', '.join(f'{n} {rows[n]["F"]:.3f}' for n in by_f)
+    + '. By Avg. Gap (lower is better): '
+    + ', '.join(f'{n} {rows[n]["AvgGap"]:.2f}' for n in by_gap)
+    + f'. {len(separated)} pairs of methods have intervals of F that do not overlap.'
+  )
+
+
+def results_notes(payload: dict) -> list[str]:
+  """Markdown lines under a results file's table: its ranking (a study's by Avg. Gap, a
+  many-model file's by F and Avg. Gap) and, for a study merged from two runs, which rows each
+  gave."""
+  lines = [gap_ranking(payload['summary'])] if 'summary' in payload else []
+  if 'merged' in payload:
+    merged = payload['merged']
+    lines += [
+      '',
+      'Rows of this run: ' + ', '.join(merged['rows_of_this_run']) + '. Rows kept from an '
+      'earlier run of the same protocol (`experiments/tune.py --keep_from`; its Original and '
+      'Retrain rows equal these score by score): ' + ', '.join(merged['rows_kept']) + '.',
+    ]
+  elif 'num_models' in payload:
+    lines += [many_model_rankings(payload), '']
+  return lines
+
+
+def study_provenance(payloads: Sequence[dict], paths: Sequence[str]) -> str:
+  """A sentence on the studies behind a table: the split, the devices, the wall time and the
+  results files (`paths`) that hold every number per seed."""
+  split = payloads[0]['split']
+  devices = sorted({f'{p["device"]["count"]} x {p["device"]["kind"]}' for p in payloads})
+  wall = sum(p['wall_seconds'] for p in payloads)
+  listed = ', '.join(f'`{path}`' for path in paths)
+  return (
+    f'Split digest `{split["digest"][:16]}`, {split["num_forget"]} forget / '
+    f'{split["num_retain"]} retain examples; {" and ".join(devices)}; wall time '
+    f'{wall / 60:.1f} min; every number per seed: {listed}.'
+  )
+
+
+def _tuning_cell(choice: dict, key: str) -> str:
+  if key == 'Knobs':
+    return ', '.join(f'`{k}`' for k in choice['knobs'])
+  if key == 'Runs':
+    return str(len(choice['trials']))
+  fields = [knob.removeprefix('1-') for knob in choice['knobs']]
+  cells = []
+  for trial in choice['trials']:
+    text = ', '.join(f'{trial["values"][f]:g}' for f in fields) + f': {trial["AvgGap"]:.2f}'
+    cells.append(f'**{text}**' if trial['values'] == choice['chosen'] else text)
+  return '; '.join(cells)
+
+
+def tuning_table(tuning: dict) -> str:
+  """The choices of an equal-budget tuning (the tuning.json of `experiments/tune.py`): a line on
+  the rule, then per method its knobs and every combination tried with its Avg. Gap, the chosen
+  one in bold."""
+  multipliers = ', '.join(tuning['multipliers'])
+  return (
+    f'Tuning on split seed {tuning["tune_split_seed"]}, one run per combination of each knob at '
+    f'{multipliers} x its default (Avg. Gap to Retrain; the chosen one in bold):\n\n'
+    + markdown_table(tuning['methods'], ('Knobs', 'Runs', 'Trials'), _tuning_cell)
+  )
+
+
+def methods_table(methods: Mapping[str, Any]) -> str:
+  """One row per registered method (`jaxunlearn.methods.methods()`): its title, summary, presets
+  and groups."""
+
+  def cell(method, key: str) -> str:
+    if key == 'Method':
+      return method.title
+    notes = [method.summary] if method.summary else []
+    if method.presets:
+      notes.append('presets: ' + ', '.join(f'`{p}`' for p in method.presets))
+    if method.groups:
+      notes.append('groups: ' + ', '.join(f'`{g}`' for g in method.groups))
+    return '; '.join(notes)
+
+  rows = {f'`{name}`': method for name, method in methods.items()}
+  return markdown_table(rows, ('Method', 'Notes'), cell, first='Name (`--config.methods`)')
+
+
+def _reference_cell(result: dict, key: str) -> str:
+  side = {'jaxunlearn / PyTorch': 'jax', 'one JAX device': 'jax_1device'}.get(key)
+  if side is not None:
+    return f'{result[side]["time_ratio_jax_over_torch"]:.2f}' if side in result else ''
+  default = result.get('default_layout')
+  if default is None:  # a file from a benchmark without the CPU layout probe
+    return ''
+  devices = default['devices']
+  return (
+    f'{default["time_ratio_jax_over_torch"]:.2f} ({devices} device{"s" if devices > 1 else ""})'
+  )
+
+
+def torch_reference_table(results: dict) -> str:
+  """Time per step jaxunlearn / PyTorch of every case and step kind of a PyTorch-reference
+  benchmark (`experiments/reference_benchmark.py`): data parallel over the JAX devices, on one
+  JAX device, and in the layout the main job's probe picks."""
+  rows = {
+    f'{case} ({kind})': result for case, kinds in results.items() for kind, result in kinds.items()
+  }
+  columns = ('jaxunlearn / PyTorch', 'one JAX device', 'default layout')
+  return markdown_table(rows, columns, _reference_cell, first='Case (step)')
+
+
+def many_models_speed_table(many_models: dict) -> str:
+  """The speed-up of K models in one program over K single steps (`benchmarking.many_models_speed`),
+  one row per form, one column per K."""
+  entries = {k: v for k, v in many_models.items() if k.startswith('K=')}
+  order = sorted(entries, key=lambda k: int(k[2:]))
+  forms = sorted({f for v in entries.values() for f in v if isinstance(v[f], dict)})
+  rows = {form: {k: entries[k][form] for k in order if form in entries[k]} for form in forms}
+  cell = lambda row, k: f'{row[k]["speedup"]:.2f}x' if k in row else ''
+  return markdown_table(rows, order, cell, first='Form')
+
+
+def step_ratio_table(results: dict) -> str:
+  """Each method's time per step of each step kind over the Retrain step's
+  (`benchmarking.benchmark`), also at the equal-examples batch where it was timed."""
+  rows = {}
+  for row, timing in results.items():
+    for kind, values in timing['kinds'].items():
+      if 'step_time_vs_retrain_step' in values:  # not the Retrain step itself
+        rows[f'{row} ({kind})'] = values
+    equal = timing.get('equal_examples', {'kinds': {}})
+    for kind, values in equal['kinds'].items():
+      rows[f'{row} at {equal["batch_size_per_slot"]} per slot ({kind})'] = values
+  cell = lambda values, _: f'{values["step_time_vs_retrain_step"]:.2f}'
+  return markdown_table(rows, ('Time / Retrain step',), cell, first='Method (step kind)')
+
+
+def _where(name: str, payload: dict) -> str:
+  """A benchmark file's name, platform and device (the torch device for a PyTorch reference)."""
+  device = payload['device']
+  # Besides `provenance`'s keys, a PyTorch-reference file names the torch device; some name the
+  # JAX platform 'jax_platform'.
+  kind = device.get('torch_device_name') or device['kind']
+  return f'`{name}` ({device.get("jax_platform") or device["platform"]}, {kind})'
+
+
+def _speed_heading(kind: str, name: str, payload: dict) -> str | None:
+  """The line above a benchmark file's table of `kind`; None when the file has no such table."""
+  if kind == 'torch_reference' and 'cases' in payload:
+    policy = payload['env']['OMP_WAIT_POLICY'] or 'unset: spinning'
+    # A file without 'jax_side' timed a JAX copy of the library's steps.
+    jax_side = payload.get('jax_side', 'a JAX copy of the steps')
+    return (
+      f'{_where(name, payload)}, OpenMP wait policy {policy}, load average '
+      f'{payload["load_average"]["before"][0]:.1f} before, JAX side {jax_side}:'
+    )
+  if kind == 'many_models' and 'many_models' in payload:
+    return f'{_where(name, payload)}:'
+  if kind == 'method_steps' and 'results' in payload and 'cases' not in payload:
+    return f'{_where(name, payload)}, {payload["model"]} at batch {payload["batch_size"]}:'
+  return None
+
+
+SPEED_TABLES = {
+  'torch_reference': lambda payload: torch_reference_table(payload['results']),
+  'many_models': lambda payload: many_models_speed_table(payload['many_models']),
+  'method_steps': lambda payload: step_ratio_table(payload['results']),
+}
+
+
+def speed_page(text: str, benchmarks: Mapping[str, dict]) -> str:
+  """The speed page: `text` with each ``<!-- tables: KIND -->`` marker (a key of SPEED_TABLES)
+  replaced by the tables of that kind of every benchmark file.
+
+  Args:
+    text: the page's text, with the markers.
+    benchmarks: {file name: payload} of the benchmark files, in the order they are shown.
+  """
+  for kind, table in SPEED_TABLES.items():
+    sections = []
+    for name, payload in benchmarks.items():
+      heading = _speed_heading(kind, name, payload)
+      if heading is not None:
+        sections.append(f'{heading}\n\n{table(payload)}\n')
+    text = text.replace(f'<!-- tables: {kind} -->', '\n'.join(sections))
+  return text
 
 
 TABLE_NOTE = (

@@ -53,13 +53,11 @@ def use_one_cpu_device_per_core() -> int:
     single runs whichever layout, and both cores work.
   * A single model runs on one of them, each op using every core, or data parallel over all of
     them, whichever the timed probe of its training step finds faster (`fastest`, run by
-    `jaxunlearn.experiment.prepare` when --config.num_devices=-1, cached per machine). On 2 cores
-    the small CNN's SGD step (batch 128) took 28-32 ms split over both against 58-68 ms on one
-    device, PyTorch 27-44 ms (experiments/benchmarks/torch_reference_cpu_20261205-071138.json);
-    an earlier session found one device faster for ResNet-18 at batch 16. XLA:CPU's kernels use
-    the second core poorly (the CNN step on one core alone: 84 ms), so the split is what makes
-    both cores work. The all-reduce between the devices needs the loop's bound on steps in
-    flight (`loop.MAX_STEPS_IN_FLIGHT`); without it the process aborted.
+    `jaxunlearn.experiment.prepare` when --config.num_devices=-1, cached per machine): XLA:CPU's
+    kernels use a second core poorly, so splitting the batch is what makes several cores work
+    for some models, while others run faster on one device (timings: docs/speed.md). The
+    all-reduce between the devices relies on the loop's bound on steps in flight
+    (`loop.MAX_STEPS_IN_FLIGHT`).
 
   Call it before JAX initialises its backends (before any JAX computation): `jax.config` raises a
   RuntimeError otherwise. A device count already forced by XLA_FLAGS
@@ -134,15 +132,20 @@ def layout_cache_path() -> str:
   return os.path.join(root, 'cpu_layouts.json')
 
 
-def machine_key() -> dict:
-  """What a layout's speed depends on besides the step: CPU model, cores, jax and jaxlib."""
-  model = platform.processor()
+def cpu_model() -> str:
+  """The CPU's model name, from /proc/cpuinfo where there is one."""
   with contextlib.suppress(OSError):
     with open('/proc/cpuinfo') as f:
       names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    model = names[0] if names else model
+    if names:
+      return names[0]
+  return platform.processor()
+
+
+def machine_key() -> dict:
+  """What a layout's speed depends on besides the step: CPU model, cores, jax and jaxlib."""
   return {
-    'cpu': model,
+    'cpu': cpu_model(),
     'cores': schedulable_cores(),
     'cpu_devices': jax.device_count('cpu'),
     'jax': jax.__version__,

@@ -22,7 +22,8 @@ from jaxunlearn.unlearn import run_method
 from tests.conftest import tiny_config
 
 CLASSES = ('red', 'green', 'blue')
-SHARED_ARCHIVE = os.path.join(prepare_cifar10.REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_ARCHIVE = os.path.join(REPO, '..', 'shared', 'data', 'cifar10-jpeg.tar.gz')
 
 
 def _unlearn_scores(setup, model_fns, variables) -> dict:
@@ -396,6 +397,11 @@ def test_prepare_with_a_train_subset(tmp_path, data_dir):
   assert len(setup.train.labels) == 100
   assert setup.experiment_dir == os.path.join(
     str(tmp_path), 'digits-subset100-cnn', 'random-0.1-split0'
+  )
+  data_config, training, _ = experiment.sections(config)
+  assert experiment.directories(data_config, training, 'digits') == (
+    setup.model_dir,
+    setup.experiment_dir,
   )
   saved = data.load_forget_split(setup.experiment_dir)
   assert saved.digest == setup.split.digest
