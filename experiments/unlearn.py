@@ -13,7 +13,7 @@ again, it resumes: completed runs are reused, an interrupted one continues from 
 import os
 
 import jaxunlearn
-from jaxunlearn import cli, report
+from jaxunlearn import cli
 
 _CONFIG = cli.define_config(
   os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'), 'Unlearning config file.'
@@ -24,7 +24,7 @@ def main(argv):
   del argv
   study = jaxunlearn.Study(_CONFIG.value)
   study.run()
-  print(f'\n{study.title()}\n{study.table()}\n\n{report.TABLE_NOTE}\n')
+  print(f'\n{study.title()}\n{study.table()}\n\n{study.table_note()}\n')
   print(f'Results in {study.experiment_dir} (wall time {study.wall_seconds:.0f} s)')
 
 

@@ -41,7 +41,7 @@ from jaxunlearn.config import (
   training_config,
 )
 from jaxunlearn.methods import registry
-from jaxunlearn.models import model_name
+from jaxunlearn.models import model_name, resolve
 from jaxunlearn.unlearn import add_reference_scores, run_method, summarise
 
 RUN_FORMAT = 2  # bump when what a run's scores mean changes: every run is redone
@@ -96,8 +96,8 @@ class Study:
     if original is not None:
       config = copy.deepcopy(config)
       config.original = os.fspath(original)
-    self.model_constructor = model
     self.data_config, self.training, self.evaluation = experiment.sections(config)
+    self.model_constructor = resolve(model if model is not None else self.training.model)
     if model is not None:
       self.training = self.training.replace(model=model_name(model))
     self.options = section_from_flat(StudyConfig, config)
