@@ -263,8 +263,8 @@ def test_bfloat16_compute_keeps_float32_weights_and_outputs(key):
 
 
 def test_unknown_model_name_names_flag_and_allowed():
-  with pytest.raises(ValueError, match=r"'resnet50'.*--config.model.*'cnn'.*'vit_tiny'"):
-    create_model('resnet50', num_classes=10, input_shape=CIFAR, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"'resnet101'.*--config.model.*'cnn'.*'vit_tiny'"):
+    create_model('resnet101', num_classes=10, input_shape=CIFAR, rngs=nnx.Rngs(0))
 
 
 def test_unknown_kwargs_are_named():
@@ -293,6 +293,7 @@ def test_unknown_kwargs_are_named():
     ('vit', dict(num_classes=10, input_shape=CIFAR, pooling='max'), "pooling.*'max'"),
     ('mlp', dict(num_classes=10, input_shape=MNIST, hidden_sizes=()), 'hidden_sizes'),
     ('resnet18', dict(num_classes=10, input_shape=CIFAR, width=0), 'width'),
+    ('resnet18', dict(num_classes=10, input_shape=CIFAR, stem='tiny'), "stem.*'tiny'"),
   ],
 )
 def test_bad_arguments_raise(name, kwargs, message):
@@ -301,4 +302,13 @@ def test_bad_arguments_raise(name, kwargs, message):
 
 
 def test_registry_names():
-  assert set(MODELS) == {'mlp', 'cnn', 'resnet18', 'vit', 'vit_tiny', 'vit_small'}
+  assert set(MODELS) == {
+    'mlp',
+    'cnn',
+    'resnet18',
+    'resnet34',
+    'resnet50',
+    'vit',
+    'vit_tiny',
+    'vit_small',
+  }

@@ -5,6 +5,8 @@ on float32 images [B, H, W, C] and returns logits [B, num_classes], or ``(logits
 `features` maps each block's name to its output, shallow to deep, ending with 'penultimate' (the
 head's input). `replace_features` runs the rest of the network from given feature values
 (`jaxunlearn.models.features`).
+`load_pretrained` builds a zoo model holding a torchvision ResNet's or a timm ViT's weights
+(`jaxunlearn.models.pretrained`).
 `features` is a `collections.OrderedDict`: JAX keeps its order through `jax.jit` and other
 transformations, whereas it returns a plain dict's keys sorted ('stem' would follow 'penultimate').
 Models hold only `nnx.Param` and `nnx.BatchStat` variables (no RNG state, no dropout), so
@@ -20,13 +22,16 @@ from flax import nnx
 
 from jaxunlearn.models.cnn import CNN
 from jaxunlearn.models.mlp import MLP
-from jaxunlearn.models.resnet import BasicBlock, ResNet, resnet18
+from jaxunlearn.models.pretrained import PRETRAINED, load_pretrained
+from jaxunlearn.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from jaxunlearn.models.vit import ViT, vit_small, vit_tiny
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
   'mlp': MLP,
   'cnn': CNN,
   'resnet18': resnet18,
+  'resnet34': resnet34,
+  'resnet50': resnet50,
   'vit': ViT,
   'vit_tiny': vit_tiny,
   'vit_small': vit_small,
@@ -95,11 +100,16 @@ __all__ = [
   'MODELS',
   'create_model',
   'model_kwargs',
+  'PRETRAINED',
+  'load_pretrained',
   'MLP',
   'CNN',
   'ResNet',
   'BasicBlock',
+  'Bottleneck',
   'resnet18',
+  'resnet34',
+  'resnet50',
   'ViT',
   'vit_tiny',
   'vit_small',
