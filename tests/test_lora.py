@@ -516,6 +516,22 @@ def test_default_targets_are_the_intermediate_layers_and_the_head(key, intermedi
   assert _selected(default_lora_settings(key).targets, key) == intermediate | {'head'}
 
 
+@pytest.mark.parametrize('key,convs', [('resnet34', 2), ('resnet50', 3)])
+def test_deeper_resnets_default_targets_are_every_block_conv_and_the_head(key, convs):
+  model = nnx.eval_shape(
+    lambda: create_model(key, num_classes=NUM_CLASSES, input_shape=CIFAR, rngs=nnx.Rngs(0), width=2)
+  )
+  targets = lora_targets(
+    default_lora_settings(key).targets, model, model_name=key, config_key='method.rfa_lora.targets'
+  )
+  selected = {path for path in lora_layer_paths(model) if targets(tuple(path.split('.')), None)}
+  # Blocks [3, 4, 6, 3]; BasicBlocks have conv1-2, Bottlenecks conv1-3; shortcuts stay frozen.
+  blocks = [f'layer{s + 1}.{b}' for s, n in enumerate((3, 4, 6, 3)) for b in range(n)]
+  assert selected == {f'{block}.conv{c}' for block in blocks for c in range(1, convs + 1)} | {
+    'head'
+  }
+
+
 def test_default_settings_rank_and_alpha():
   for key in ('mlp', 'cnn', 'resnet18', 'vit', 'vit_tiny', 'vit_small'):
     settings = default_lora_settings(key)

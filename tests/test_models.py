@@ -294,6 +294,7 @@ def test_unknown_kwargs_are_named():
     ('vit', dict(num_classes=10, input_shape=CIFAR, pooling='max'), "pooling.*'max'"),
     ('mlp', dict(num_classes=10, input_shape=MNIST, hidden_sizes=()), 'hidden_sizes'),
     ('resnet18', dict(num_classes=10, input_shape=CIFAR, width=0), 'width'),
+    ('resnet18', dict(num_classes=10, input_shape=CIFAR, stem='tiny'), "stem.*'tiny'"),
   ],
 )
 def test_bad_arguments_raise(name, kwargs, message):
@@ -302,4 +303,13 @@ def test_bad_arguments_raise(name, kwargs, message):
 
 
 def test_registry_names():
-  assert set(MODELS) == {'mlp', 'cnn', 'resnet18', 'vit', 'vit_tiny', 'vit_small'}
+  assert set(MODELS) == {
+    'mlp',
+    'cnn',
+    'resnet18',
+    'resnet34',
+    'resnet50',
+    'vit',
+    'vit_tiny',
+    'vit_small',
+  }

@@ -8,6 +8,8 @@ A model is any `nnx.Module` called as ``model(images, train=...) -> logits`` on 
 from any model without its help (`jaxunlearn.features`); the zoo's models name theirs with
 ``feature_layers()``. Models hold only `nnx.Param` and `nnx.BatchStat` variables (no RNG state,
 no dropout), so ``nnx.split(model, nnx.Param, nnx.BatchStat)`` is exhaustive.
+`load_pretrained` builds a zoo model holding a torchvision ResNet's or a timm ViT's weights
+(`jaxunlearn.models.pretrained`).
 """
 
 import importlib
@@ -23,13 +25,16 @@ from flax import nnx
 from jaxunlearn.config import ConfigError
 from jaxunlearn.models.cnn import CNN
 from jaxunlearn.models.mlp import MLP
-from jaxunlearn.models.resnet import BasicBlock, ResNet, resnet18
+from jaxunlearn.models.pretrained import PRETRAINED, load_pretrained
+from jaxunlearn.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from jaxunlearn.models.vit import ViT, vit_small, vit_tiny
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
   'mlp': MLP,
   'cnn': CNN,
   'resnet18': resnet18,
+  'resnet34': resnet34,
+  'resnet50': resnet50,
   'vit': ViT,
   'vit_tiny': vit_tiny,
   'vit_small': vit_small,
@@ -191,11 +196,16 @@ __all__ = [
   'model_name',
   'model_tag',
   'resolve',
+  'PRETRAINED',
+  'load_pretrained',
   'MLP',
   'CNN',
   'ResNet',
   'BasicBlock',
+  'Bottleneck',
   'resnet18',
+  'resnet34',
+  'resnet50',
   'ViT',
   'vit_tiny',
   'vit_small',

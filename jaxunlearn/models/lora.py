@@ -396,6 +396,8 @@ _DEFAULTS = {
   # MNIST), so rank 16 would be half the first conv's width.
   'cnn': (8, r'convs\.\d+|dense' + _HEAD),
   'resnet18': (16, r'layer\d\.\d+\.conv[12]' + _HEAD),
+  'resnet34': (16, r'layer\d\.\d+\.conv[12]' + _HEAD),
+  'resnet50': (16, r'layer\d\.\d+\.conv[123]' + _HEAD),
   'vit': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
   'vit_tiny': (16, TARGET_PRESETS['attention_qv'] + _HEAD),
   'vit_small': (16, TARGET_PRESETS['attention_qv'] + _HEAD),

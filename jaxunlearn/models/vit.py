@@ -1,4 +1,9 @@
-"""Vision Transformer (pre-LayerNorm blocks, learned position embeddings, no dropout)."""
+"""Vision Transformer (pre-LayerNorm blocks, learned position embeddings, no dropout).
+
+With `gelu_approximate=False` and pooling 'cls' it is timm's VisionTransformer (class token,
+LayerNorm epsilon 1e-6, exact erf GELU, final norm, head on the class token), whose weights
+`jaxunlearn.models.pretrained` loads.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +47,19 @@ class SelfAttention(nnx.Module):
 
 
 class EncoderBlock(nnx.Module):
-  """x + Attention(LN(x)), then + MLP(LN(.)) with a GELU hidden layer of `mlp_dim` units."""
+  """x + Attention(LN(x)), then + MLP(LN(.)) with a GELU hidden layer of `mlp_dim` units; the
+  GELU is the tanh approximation if `gelu_approximate`, else the exact (erf) one."""
 
-  def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    width: int,
+    num_heads: int,
+    mlp_dim: int,
+    *,
+    rngs: nnx.Rngs,
+    gelu_approximate: bool = True,
+  ):
+    self.gelu_approximate = gelu_approximate
     self.attention_norm = nnx.LayerNorm(width, epsilon=_LN_EPSILON, rngs=rngs)
     self.attention = SelfAttention(width, num_heads, rngs=rngs)
     self.mlp_norm = nnx.LayerNorm(width, epsilon=_LN_EPSILON, rngs=rngs)
@@ -53,7 +68,8 @@ class EncoderBlock(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x + self.attention(self.attention_norm(x))
-    return x + self.mlp_out(nnx.gelu(self.mlp_in(self.mlp_norm(x))))
+    hidden = nnx.gelu(self.mlp_in(self.mlp_norm(x)), approximate=self.gelu_approximate)
+    return x + self.mlp_out(hidden)
 
 
 class ViT(nnx.Module):
@@ -61,7 +77,9 @@ class ViT(nnx.Module):
 
   pooling='cls' prepends a learned class token and classifies from its final representation;
   pooling='mean' has no class token and averages the final patch tokens.
-  Features (`feature_layers`): 'embed' (tokens plus position embeddings, [B, T, width]), 'block0', ...,
+  gelu_approximate: the MLPs' GELU is the tanh approximation (the default) or the exact one.
+  Features (`feature_layers`): 'embed' (tokens plus position embeddings, [B, T, width]),
+  'block0', ...,
   'block{depth-1}' (each encoder block's output, [B, T, width]), then 'penultimate' (the pooled,
   final-LayerNorm representation, [B, width], the head's input).
   `train` is accepted for a uniform model interface and has no effect (no dropout).
@@ -79,6 +97,7 @@ class ViT(nnx.Module):
     num_heads: int = 3,
     mlp_dim: int | None = None,
     pooling: str = 'cls',
+    gelu_approximate: bool = True,
   ):
     height, img_width, channels = input_shape
     for name, value in (
@@ -121,10 +140,18 @@ class ViT(nnx.Module):
       initializers.normal(0.02)(rngs.params(), (1, num_tokens, width))
     )
     self.blocks = nnx.List(
-      [EncoderBlock(width, num_heads, mlp_dim, rngs=rngs) for _ in range(depth)]
+      [
+        EncoderBlock(width, num_heads, mlp_dim, rngs=rngs, gelu_approximate=gelu_approximate)
+        for _ in range(depth)
+      ]
     )
     self.final_norm = nnx.LayerNorm(width, epsilon=_LN_EPSILON, rngs=rngs)
-    self.head = _linear(width, num_classes, rngs)
+    self.head = self.head_layer(width, num_classes, rngs=rngs)
+
+  @staticmethod
+  def head_layer(in_features: int, num_classes: int, *, rngs: nnx.Rngs) -> nnx.Linear:
+    """A freshly initialised classifier head, as the constructor makes it."""
+    return _linear(in_features, num_classes, rngs)
 
   def feature_layers(self) -> dict[str, str]:
     """The embedded tokens (the first block's input), every block's output and the head's input
