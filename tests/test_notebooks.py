@@ -159,9 +159,15 @@ def test_quickstart_runs_and_shows_table_and_plot(data_dir, tmp_path, monkeypatc
   assert cells[-1].outputs[0].text.strip() == sys.executable
 
   tables = [out.data['text/markdown'] for out in outputs if 'text/markdown' in out.get('data', {})]
-  assert len(tables) == 1
+  assert len(tables) == 2
   rows = _table_rows(tables[0])
   assert list(rows) == ['Original', 'Retrain', 'ft', 'salun']
+  # The user's own model and checkpoint: read, not trained, and every row has FD_r.
+  yours = _table_rows(tables[1].split('\n\n')[0])
+  assert list(yours) == ['Original', 'Retrain', 'ft', 'rfa_lora']
+  assert yours['Original']['RTE_s'] == '0.00'
+  assert all(row['FD_r'] not in ('-', 'diverged') for row in yours.values())
+  assert 'The Original is read from' in tables[1]
   # Retrain never saw a 3: it gets no training or test 3 right, and is its own reference.
   assert rows['Retrain']['UA'] == '100.00'
   assert rows['Retrain']['TA_forget'] == '0.00'
