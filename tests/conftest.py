@@ -1,4 +1,6 @@
-"""Shared fixtures: one offline data dir per test session, tiny configs and a prepared setup."""
+"""Shared fixtures: one offline data dir per test session, tiny configs, and the tiny experiment
+(a small CNN forgetting class 3 of `digits`) with its Original, prepared and trained once per test
+process."""
 
 import os
 import tempfile
@@ -6,8 +8,12 @@ import tempfile
 import jax
 import pytest
 
+import jaxunlearn
 from experiments.configs import train as train_config
 from experiments.configs import unlearn as unlearn_config
+from jaxunlearn import experiment
+
+BATCH = 64  # the tiny experiment's batch size, and that of the methods run on it
 
 # Probed CPU layouts (`jaxunlearn.experiment.probe_cpu_layout`) go to a per-run folder, not ~/.cache.
 os.environ.setdefault('JAXUNLEARN_CACHE_DIR', tempfile.mkdtemp(prefix='jaxunlearn-cache-'))
@@ -51,6 +57,19 @@ def tiny_config(workdir, data_dir, **overrides):
   return c
 
 
+def tiny_study_config(workdir, data_dir, **overrides):
+  """A study config on the tiny experiment: every method at batch size 64, one epoch."""
+  c = jaxunlearn.study_config()
+  c.update({k: v for k, v in tiny_config(workdir, data_dir).items() if k in c})
+  for name in c.method:
+    if 'epochs' in c.method[name]:
+      c.method[name].epochs = 1
+    c.method[name].batch_size = BATCH
+  for key, value in overrides.items():
+    c[key] = value
+  return c
+
+
 def honesty_config(workdir, data_dir, forget):
   """The main job's config (mnist5k, small CNN, default method settings) for real-data checks."""
   c = unlearn_config.get_config()
@@ -60,3 +79,34 @@ def honesty_config(workdir, data_dir, forget):
   c.num_devices = 1  # long real-data runs; the sharded paths are tested elsewhere
   c.log_every = 10_000
   return c
+
+
+@pytest.fixture(scope='session')
+def tiny_experiment(tmp_path_factory, data_dir):
+  """The tiny experiment forgetting class 3, prepared once per test process (its workdir is its
+  own: tests that write other models use their own)."""
+  config = tiny_config(tmp_path_factory.mktemp('tiny'), data_dir, forget='class:3')
+  return experiment.prepare(config)
+
+
+@pytest.fixture(scope='session')
+def tiny_original(tiny_experiment):
+  """The tiny experiment's Original (seed 0), trained once per test process: (model_fns,
+  variables). Its arrays are read-only, so a test that changed them in place fails instead of
+  changing the Original of every later test."""
+  model_fns, variables, _ = tiny_experiment.train_model('original', 0)
+  for leaf in jax.tree.leaves(variables):
+    leaf.setflags(write=False)
+  return model_fns, variables
+
+
+@pytest.fixture(scope='session')
+def tiny_context(tiny_experiment, tiny_original):
+  """``make(seed=0, batch_size=64, mesh=None, cache_dir='')``: the `UnlearnContext` of a method
+  run on the tiny Original, with the data placed on `mesh` when one is given."""
+
+  def make(*, seed=0, batch_size=BATCH, mesh=None, cache_dir=''):
+    placed = tiny_experiment if mesh is None else tiny_experiment.on_mesh(mesh)
+    return placed.context(*tiny_original, seed=seed, batch_size=batch_size, cache_dir=cache_dir)
+
+  return make

@@ -7,18 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxunlearn import experiment
 from jaxunlearn.checkpoint import CheckpointManager
 from jaxunlearn.loop import run
 from jaxunlearn.methods import registry
-from tests.conftest import tiny_config
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, data_dir):
-  setup = experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir))
-  fns, variables, _ = setup.train_model('original', 0)
-  return setup, fns, variables
+from tests.conftest import BATCH
 
 
 def _dir_bytes(path):
@@ -28,17 +20,17 @@ def _dir_bytes(path):
 
 
 @pytest.mark.parametrize('name', ['scrub', 'bad_teacher', 'salun', 'rl', 'sfron'])
-def test_checkpoints_hold_no_constant_and_resume_exactly(trained, tmp_path, name):
-  setup, fns, variables = trained
-  cfg = registry.get(name).config().replace(batch_size=64)
+def test_checkpoints_hold_no_constant_and_resume_exactly(tiny_context, tmp_path, name):
+  ctx = tiny_context()
+  cfg = registry.get(name).config().replace(batch_size=BATCH)
   cfg = cfg.replace(epochs=1) if hasattr(cfg, 'epochs') else cfg.replace(iterations=12)
-  plan = registry.get(name).build(setup.context(fns, variables, seed=0, batch_size=64), cfg)
+  plan = registry.get(name).build(ctx, cfg)
   assert plan.constants, f'{name} has no run constants'
   full = run(
     plan.program,
     plan.state,
-    setup.train,
-    mesh=setup.mesh,
+    ctx.data,
+    mesh=ctx.mesh,
     seed=0,
     constants=plan.constants,
     log_every=1000,
@@ -47,8 +39,8 @@ def test_checkpoints_hold_no_constant_and_resume_exactly(trained, tmp_path, name
   run(
     plan.program,
     plan.state,
-    setup.train,
-    mesh=setup.mesh,
+    ctx.data,
+    mesh=ctx.mesh,
     seed=0,
     constants=plan.constants,
     checkpointer=manager,
@@ -64,12 +56,12 @@ def test_checkpoints_hold_no_constant_and_resume_exactly(trained, tmp_path, name
   written = _dir_bytes(os.path.join(str(tmp_path / 'ckpt'), str(step)))
   assert written < state_bytes + constant_bytes / 2 + 64_000, (written, state_bytes, constant_bytes)
   # Resumed with the constants rebuilt by `build`: the same final weights, bit for bit.
-  plan_again = registry.get(name).build(setup.context(fns, variables, seed=0, batch_size=64), cfg)
+  plan_again = registry.get(name).build(tiny_context(), cfg)
   resumed = run(
     plan_again.program,
     plan_again.state,
-    setup.train,
-    mesh=setup.mesh,
+    ctx.data,
+    mesh=ctx.mesh,
     seed=0,
     constants=plan_again.constants,
     checkpointer=manager,

@@ -4,44 +4,29 @@ import jax
 import numpy as np
 import pytest
 
-from jaxunlearn import experiment, report
+from jaxunlearn import report
 from jaxunlearn.loop import run
 from jaxunlearn.methods import registry, salun
 from jaxunlearn.methods.base import gradient_statistic, top_fraction_mask
 from jaxunlearn.unlearn import run_method, summarise
-from tests.conftest import tiny_config
-
-
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory, data_dir):
-  config = tiny_config(tmp_path_factory.mktemp('wd'), data_dir, forget='class:3')
-  return experiment.prepare(config)
-
-
-@pytest.fixture(scope='module')
-def original(setup):
-  return setup.train_model('original', 0)
-
-
-def _ctx(setup, original, seed=0):
-  fns, variables, _ = original
-  return setup.context(fns, variables, seed=seed, batch_size=64)
+from tests.conftest import BATCH
 
 
 def _method_cfg(name, **options):
-  cfg = registry.get(name).config().replace(batch_size=64, **options)
+  cfg = registry.get(name).config().replace(batch_size=BATCH, **options)
   if hasattr(cfg, 'epochs'):
     cfg = cfg.replace(epochs=1)
   return cfg
 
 
-def _unlearn(setup, original, name, seed=0, **options):
-  plan = registry.get(name).build(_ctx(setup, original, seed), _method_cfg(name, **options))
+def _unlearn(tiny_context, name, seed=0, **options):
+  ctx = tiny_context(seed=seed)
+  plan = registry.get(name).build(ctx, _method_cfg(name, **options))
   return run(
     plan.program,
     plan.state,
-    setup.train,
-    mesh=setup.mesh,
+    ctx.data,
+    mesh=ctx.mesh,
     seed=seed,
     constants=plan.constants,
     log_every=1000,
@@ -55,14 +40,13 @@ def test_top_fraction_mask_breaks_ties_by_position():
   np.testing.assert_array_equal(mask['a'], [1, 1, 0, 0])  # ties: first positions win
 
 
-def test_salun_masked_weights_stay_bit_identical(setup, original):
-  fns, variables, _ = original
-  ctx = _ctx(setup, original)
-  mask = salun.saliency_mask(ctx, 0.5)
+def test_salun_masked_weights_stay_bit_identical(tiny_context, tiny_original):
+  _, variables = tiny_original
+  mask = salun.saliency_mask(tiny_context(), 0.5)
   fraction = np.mean(np.concatenate([np.ravel(m) for m in jax.tree.leaves(mask)]))
   assert fraction == pytest.approx(0.5, abs=1e-3)
   # Momentum and weight decay on: without masking the final update they would move every weight.
-  state = _unlearn(setup, original, 'salun', optimizer=_method_cfg('salun').optimizer)
+  state = _unlearn(tiny_context, 'salun', optimizer=_method_cfg('salun').optimizer)
   assert (
     _method_cfg('salun').optimizer.momentum > 0 and _method_cfg('salun').optimizer.weight_decay > 0
   )
@@ -78,16 +62,17 @@ def test_salun_masked_weights_stay_bit_identical(setup, original):
   assert moved > 0.9 * sum(np.sum(np.asarray(m)) for m in jax.tree.leaves(mask))
 
 
-def test_mean_gradient_statistic_matches_direct_computation(setup, original):
-  fns, variables, _ = original
-  stat = gradient_statistic(fns, variables, setup.train, 'forget', 64, 'mean_gradient')
+def test_mean_gradient_statistic_matches_direct_computation(tiny_experiment, tiny_original):
+  fns, variables = tiny_original
+  data = tiny_experiment.train
+  stat = gradient_statistic(fns, variables, data, 'forget', BATCH, 'mean_gradient')
   from jaxunlearn import losses
   from jaxunlearn.data import preprocess
 
-  positions = setup.train.sources['forget']
-  images = preprocess(np.asarray(setup.train.images)[positions], setup.info, train=False, key=None)
-  labels = np.asarray(setup.train.labels)[positions]
-  batches = [slice(i, i + 64) for i in range(0, len(positions), 64)]
+  positions = data.sources['forget']
+  images = preprocess(np.asarray(data.images)[positions], data.info, train=False, key=None)
+  labels = np.asarray(data.labels)[positions]
+  batches = [slice(i, i + BATCH) for i in range(0, len(positions), BATCH)]
 
   def loss(params, bounds):
     sl = slice(*bounds)
@@ -104,14 +89,15 @@ def test_mean_gradient_statistic_matches_direct_computation(setup, original):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), stat, expected)
 
 
-def test_scrub_moves_the_student_not_the_teacher(setup, original):
-  _, variables, _ = original
-  plan = registry.get('scrub').build(_ctx(setup, original), _method_cfg('scrub'))
+def test_scrub_moves_the_student_not_the_teacher(tiny_context, tiny_original):
+  _, variables = tiny_original
+  ctx = tiny_context()
+  plan = registry.get('scrub').build(ctx, _method_cfg('scrub'))
   state = run(
     plan.program,
     plan.state,
-    setup.train,
-    mesh=setup.mesh,
+    ctx.data,
+    mesh=ctx.mesh,
     seed=0,
     constants=plan.constants,
     log_every=1000,
@@ -127,11 +113,13 @@ def test_scrub_moves_the_student_not_the_teacher(setup, original):
 
 
 @pytest.mark.parametrize('name', registry.names())
-def test_every_method_is_deterministic_and_leaves_the_original_alone(setup, original, name):
-  _, variables, _ = original
+def test_every_method_is_deterministic_and_leaves_the_original_alone(
+  tiny_context, tiny_original, name
+):
+  _, variables = tiny_original
   before = jax.tree.map(np.array, variables)
-  first = jax.device_get(_unlearn(setup, original, name, seed=1).params)
-  second = jax.device_get(_unlearn(setup, original, name, seed=1).params)
+  first = jax.device_get(_unlearn(tiny_context, name, seed=1).params)
+  second = jax.device_get(_unlearn(tiny_context, name, seed=1).params)
   jax.tree.map(np.testing.assert_array_equal, first, second)
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, variables))
   changed = any(
@@ -151,11 +139,10 @@ def test_random_labels_never_draw_the_true_label():
   assert counts[0] == 0 and counts[1:].min() > 0.8 * counts[1:].mean()
 
 
-def test_a_diverged_run_is_reported_not_raised(setup, original):
-  fns, variables, _ = original
+def test_a_diverged_run_is_reported_not_raised(tiny_experiment, tiny_original):
   cfg = _method_cfg('ga')
   cfg = cfg.replace(optimizer=cfg.optimizer.replace(lr=1e30, grad_clip=0.0))
-  result = run_method(setup, 'ga', cfg, fns, variables, seed=0)
+  result = run_method(tiny_experiment, 'ga', cfg, *tiny_original, seed=0)
   assert result.scores['diverged'] == 1.0 and result.logits is None
   assert np.isnan(result.scores['UA']) and result.scores['RTE_s'] > 0
   good = {'UA': 10.0, 'diverged': 0.0}

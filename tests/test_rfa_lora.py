@@ -2,8 +2,6 @@
 the LoRA model, each loss term against a hand computation, the D_r means, compile-once, sharding,
 and bad input."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,46 +9,16 @@ import pytest
 from flax import traverse_util
 
 import jaxunlearn
-from jaxunlearn import experiment, sharding
+from jaxunlearn import sharding
 from jaxunlearn.config import ConfigError
 from jaxunlearn.data import preprocess
-from jaxunlearn.data.device import DeviceData
 from jaxunlearn.loop import run
 from jaxunlearn.methods import rfa_lora
-from tests.conftest import tiny_config
-
-BATCH = 64
-
-
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory, data_dir):
-  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir, forget='class:3'))
-
-
-@pytest.fixture(scope='module')
-def original(setup):
-  fns, variables, _ = setup.train_model('original', 0)
-  return fns, variables
+from tests.conftest import BATCH, tiny_config
 
 
 def _cfg(**overrides):
   return rfa_lora.RfaLoraConfig(batch_size=BATCH, epochs=1, **overrides)
-
-
-def _ctx(setup, original, mesh=None):
-  if mesh is not None:
-    setup = dataclasses.replace(
-      setup,
-      mesh=mesh,
-      train=DeviceData.create(
-        np.asarray(setup.train.images),
-        np.asarray(setup.train.labels),
-        setup.info,
-        setup.train.sources,
-        mesh,
-      ),
-    )
-  return setup.context(*original, seed=0, batch_size=BATCH)
 
 
 def _settings(ctx, plan):
@@ -69,8 +37,8 @@ def _batch(ctx, source, size=BATCH):
 
 
 @pytest.mark.parametrize('form', ['feature', 'branch'])
-def test_student_equals_teacher_at_initialisation(setup, original, form):
-  ctx = _ctx(setup, original)
+def test_student_equals_teacher_at_initialisation(tiny_context, form):
+  ctx = tiny_context()
   plan = rfa_lora.build(ctx, _cfg(form=form))
   s = _settings(ctx, plan)
   x = _batch(ctx, 'forget')['image']
@@ -89,8 +57,8 @@ def test_student_equals_teacher_at_initialisation(setup, original, form):
   assert 0 < plan.info['trainable_fraction'] < 0.5
 
 
-def test_run_keeps_the_base_and_merges_exactly(setup, original):
-  ctx = _ctx(setup, original)
+def test_run_keeps_the_base_and_merges_exactly(tiny_context):
+  ctx = tiny_context()
   plan = rfa_lora.build(ctx, _cfg(gamma=3.0))
   result = run(
     plan.program,
@@ -123,8 +91,8 @@ def test_run_keeps_the_base_and_merges_exactly(setup, original):
   jax.tree.map(np.testing.assert_array_equal, merged['batch_stats'], ctx.original['batch_stats'])
 
 
-def test_means_are_direct_means(setup, original):
-  ctx = _ctx(setup, original)
+def test_means_are_direct_means(tiny_context):
+  ctx = tiny_context()
   plan = rfa_lora.build(ctx, _cfg(form='branch'))
   means = plan.constants['means']
   positions = np.asarray(ctx.data.sources['retain'])
@@ -143,8 +111,8 @@ def test_means_are_direct_means(setup, original):
 @pytest.mark.parametrize(
   'distance, output_target', [('mse', 'logits'), ('cosine', 'probabilities')]
 )
-def test_loss_terms_equal_a_hand_computation(setup, original, distance, output_target):
-  ctx = _ctx(setup, original)
+def test_loss_terms_equal_a_hand_computation(tiny_context, distance, output_target):
+  ctx = tiny_context()
   gamma = 0.7
   plan = rfa_lora.build(
     ctx, _cfg(distance=distance, output_target=output_target, gamma=gamma, layer_weights='1,0.5')
@@ -213,8 +181,8 @@ def test_loss_terms_equal_a_hand_computation(setup, original, distance, output_t
   )
 
 
-def test_gamma_zero_removes_the_forget_terms_from_the_gradient(setup, original):
-  ctx = _ctx(setup, original)
+def test_gamma_zero_removes_the_forget_terms_from_the_gradient(tiny_context):
+  ctx = tiny_context()
   plan = rfa_lora.build(ctx, _cfg(gamma=0.0))
   s = _settings(ctx, plan)
   keys = iter(jax.random.split(jax.random.key(2), 64))
@@ -233,7 +201,7 @@ def test_gamma_zero_removes_the_forget_terms_from_the_gradient(setup, original):
   jax.tree.map(np.testing.assert_array_equal, *grads)  # the D_f batch does not matter
 
 
-def test_compiles_once_and_sharded_equals_one_device(setup, original):
+def test_compiles_once_and_sharded_equals_one_device(tiny_context):
   assert jax.device_count() == 8, 'run the tests with 8 forced host devices'
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
@@ -246,7 +214,7 @@ def test_compiles_once_and_sharded_equals_one_device(setup, original):
     ('one', sharding.make_mesh(jax.devices()[:1])),
     ('eight', sharding.make_mesh()),
   ):
-    ctx = _ctx(setup, original, mesh)
+    ctx = tiny_context(mesh=mesh)
     plan = rfa_lora.build(ctx, _cfg())
     compiles.clear()
     results[label] = run(
@@ -295,9 +263,9 @@ def test_bad_input_is_one_line_before_work(tmp_path, data_dir, overrides, messag
   assert not list((tmp_path / 'wd').glob('*/original_s0'))
 
 
-def test_default_output_target_is_the_mean_d_r_probability_vector(setup, original):
+def test_default_output_target_is_the_mean_d_r_probability_vector(tiny_context):
   assert rfa_lora.RfaLoraConfig().output_target == 'probabilities'
-  ctx = _ctx(setup, original)
+  ctx = tiny_context()
   plan = rfa_lora.build(ctx, _cfg())
   s = _settings(ctx, plan)
   means = jax.device_get(plan.constants['means'])
@@ -319,8 +287,8 @@ def test_default_output_target_is_the_mean_d_r_probability_vector(setup, origina
   np.testing.assert_allclose(parts['forget_out'], expected, rtol=1e-4)
 
 
-def test_the_cnn_preset_adapts_the_head(setup, original):
-  plan = rfa_lora.build(_ctx(setup, original), _cfg())
+def test_the_cnn_preset_adapts_the_head(tiny_context):
+  plan = rfa_lora.build(tiny_context(), _cfg())
   assert set(plan.state.params['head']) == {'lora_a', 'lora_b'}
   assert set(plan.state.params) == {'convs', 'dense', 'head'}
 
@@ -377,8 +345,8 @@ def test_target_ranks_equal_a_hand_computation_and_warn(output_target, capsys):
   assert 'warning' not in capsys.readouterr().out
 
 
-def test_the_diagnostic_goes_into_the_run_scores(setup, original):
-  plan = rfa_lora.build(_ctx(setup, original), _cfg())
+def test_the_diagnostic_goes_into_the_run_scores(tiny_context):
+  plan = rfa_lora.build(tiny_context(), _cfg())
   ranks = {k: v for k, v in plan.info.items() if k.startswith('target_rank/')}
   assert set(ranks) == {f'target_rank/{t}/class3' for t in ('output', 'conv1', 'dense1')}
   assert all(1 <= r <= 10 for r in ranks.values())

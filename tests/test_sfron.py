@@ -11,49 +11,19 @@ import numpy as np
 import optax
 import pytest
 
-from jaxunlearn import experiment, sharding
+from jaxunlearn import sharding
 from jaxunlearn.config import ConfigError, validate
 from jaxunlearn.data import preprocess
-from jaxunlearn.data.device import BatchSampler, DeviceData
+from jaxunlearn.data.device import BatchSampler
 from jaxunlearn.loop import run
 from jaxunlearn.methods import fisher, sfron
 from jaxunlearn.state import TrainState
-from tests.conftest import tiny_config
-
-BATCH = 64
-
-
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory, data_dir):
-  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir))
-
-
-@pytest.fixture(scope='module')
-def original(setup):
-  fns, variables, _ = setup.train_model('original', 0)
-  return fns, variables
+from tests.conftest import BATCH
 
 
 @pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp('fisher_cache'))
-
-
-def _ctx(setup, original, mesh=None, cache_dir=''):
-  fns, variables = original
-  if mesh is not None:
-    setup = dataclasses.replace(
-      setup,
-      mesh=mesh,
-      train=DeviceData.create(
-        np.asarray(setup.train.images),
-        np.asarray(setup.train.labels),
-        setup.info,
-        setup.train.sources,
-        mesh,
-      ),
-    )
-  return setup.context(fns, variables, seed=0, batch_size=BATCH, cache_dir=cache_dir)
 
 
 def _cfg(preset='paper', **overrides):
@@ -112,8 +82,8 @@ def _hand_fisher(ctx, source, estimator):
 
 
 @pytest.mark.parametrize('estimator', ['batch_fisher', 'empirical_fisher'])
-def test_mask_equals_direct_computation(setup, original, cache_dir, estimator):
-  ctx = _ctx(setup, original)
+def test_mask_equals_direct_computation(tiny_context, cache_dir, estimator):
+  ctx = tiny_context()
   mine = {
     s: fisher.fisher_diagonal(ctx, s, estimator, BATCH, cache_dir=cache_dir)
     for s in ('forget', 'retain')
@@ -148,8 +118,8 @@ def test_saliency_of_weights_without_gradient_is_one():
 # --- Fisher cache --------------------------------------------------------------------------------
 
 
-def test_fisher_cache_key_tracks_checkpoint_split_estimator(original):
-  _, variables = original
+def test_fisher_cache_key_tracks_checkpoint_split_estimator(tiny_original):
+  _, variables = tiny_original
   positions = np.arange(10, 40)
   key = fisher.fisher_cache_key(variables, positions, 'batch_fisher', 64, 'digits')
   assert key == fisher.fisher_cache_key(
@@ -165,8 +135,8 @@ def test_fisher_cache_key_tracks_checkpoint_split_estimator(original):
   assert fisher.fisher_cache_key(variables, positions, 'batch_fisher', 32, 'digits') != key
 
 
-def test_fisher_cache_is_reused(setup, original, cache_dir, monkeypatch):
-  ctx = _ctx(setup, original)
+def test_fisher_cache_is_reused(tiny_context, cache_dir, monkeypatch):
+  ctx = tiny_context()
   first = fisher.fisher_diagonal(ctx, 'forget', 'batch_fisher', BATCH, cache_dir=cache_dir)
 
   def no_recompute(*args, **kwargs):
@@ -229,8 +199,8 @@ def test_torch_clip_formula():
 # --- R-on: masked fast update, slow step ---------------------------------------------------------
 
 
-def test_paper_forget_update_moves_no_masked_weight(setup, original, cache_dir):
-  ctx = _ctx(setup, original, cache_dir=cache_dir)
+def test_paper_forget_update_moves_no_masked_weight(tiny_context, cache_dir):
+  ctx = tiny_context(cache_dir=cache_dir)
   cfg = _cfg('paper', remain_steps=0, forget_every=1, iterations=4, forget_scale=50.0)
   assert cfg.forget_optimizer.momentum > 0 and cfg.forget_optimizer.weight_decay > 0
   result, plan = _run(ctx, cfg)
@@ -256,8 +226,8 @@ def test_paper_forget_update_moves_no_masked_weight(setup, original, cache_dir):
   )
 
 
-def test_slow_step(setup, original):
-  ctx = _ctx(setup, original)
+def test_slow_step(tiny_context):
+  ctx = tiny_context()
   base = dict(saliency=False, iterations=1, forget_every=1)
   fast, _ = _run(ctx, _cfg('paper', r_on=False, **base))
   identity, _ = _run(ctx, _cfg('paper', r_on=True, slow_rate=1.0, **base))
@@ -325,11 +295,11 @@ def _assert_close(got_tree, want_tree, start_tree=None):
     )
 
 
-def test_official_preset_matches_hand_written_schedule(setup, original):
+def test_official_preset_matches_hand_written_schedule(tiny_context):
   """The official code re-stated: every 2nd iteration (here) a masked, clipped, batch-weighted
   ascent step, every iteration a remain step; one SGD (momentum, coupled weight decay) for both;
   learning rate and forget scale cosine over the iterations; no slow step."""
-  ctx = _ctx(setup, original)
+  ctx = tiny_context()
   # A clip norm of 1 (the code's is 7) so that this model's forget gradients get clipped.
   iterations, every, lr0, scale0, clip = 6, 2, 0.01, 25.0, 1.0
   result, plan = _run(
@@ -369,11 +339,11 @@ def test_official_preset_matches_hand_written_schedule(setup, original):
   _assert_close(optax.tree_utils.tree_get(result.state.opt_state['main'], 'trace'), buf)
 
 
-def test_paper_preset_matches_hand_written_schedule(setup, original, cache_dir):
+def test_paper_preset_matches_hand_written_schedule(tiny_context, cache_dir):
   """The paper's iteration re-stated: weights eps_i = (1 - t/T) N_f c_i / sum_{D_f} c_j from the
   losses of all of D_f at theta_t, a masked forget step with its own SGD state (masked final
   update), a remain step with another, then theta_t - alpha (theta_t - theta_r)."""
-  ctx = _ctx(setup, original, cache_dir=cache_dir)
+  ctx = tiny_context(cache_dir=cache_dir)
   iterations, lr0, scale0, clip, alpha = 4, 0.01, 5.0, 1.0, 0.5
   result, plan = _run(
     ctx,
@@ -440,10 +410,10 @@ def test_schedule_and_ablation_grid():
     validate(_cfg('paper', remain_steps=0, forget_every=5), '--config.method.sfron')
 
 
-def test_compiles_once(setup, original, cache_dir):
+def test_compiles_once(tiny_context, cache_dir):
   """One executable per step kind: 3 iterations ('forget_remain', 'remain', 'forget_remain')
   compile 2 programs, not 3."""
-  ctx = _ctx(setup, original, cache_dir=cache_dir)
+  ctx = tiny_context(cache_dir=cache_dir)
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
     lambda name, secs, fun_name=None, **kw: (
@@ -465,16 +435,18 @@ def test_compiles_once(setup, original, cache_dir):
   assert compiles.count('jit(program_step)') == 2
 
 
-def test_sharded_equals_single_device_and_rolled_equals_unrolled(setup, original, cache_dir):
+def test_sharded_equals_single_device_and_rolled_equals_unrolled(tiny_context, cache_dir):
   assert jax.device_count() == 8, 'run the tests with 8 forced host devices'
   cfg = _cfg('paper', iterations=4, forget_every=2, remain_steps=2)
   one_mesh = sharding.make_mesh(jax.devices()[:1])
-  one, _ = _run(_ctx(setup, original, one_mesh, cache_dir), cfg, one_mesh)
+  one, _ = _run(tiny_context(mesh=one_mesh, cache_dir=cache_dir), cfg, one_mesh)
   assert one.history[-1]['forget_ce'] > 0
   eight_mesh = sharding.make_mesh()
   for inner_loop in ('unrolled', 'rolled'):
     eight, _ = _run(
-      _ctx(setup, original, eight_mesh, cache_dir), cfg.replace(inner_loop=inner_loop), eight_mesh
+      tiny_context(mesh=eight_mesh, cache_dir=cache_dir),
+      cfg.replace(inner_loop=inner_loop),
+      eight_mesh,
     )
     jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
@@ -491,9 +463,9 @@ def test_sharded_equals_single_device_and_rolled_equals_unrolled(setup, original
 # --- the pieces, called alone --------------------------------------------------------------------
 
 
-def _pieces(setup, original, cache_dir, **overrides):
+def _pieces(tiny_context, cache_dir, **overrides):
   """Settings, constants, a start state and one forget and one remain batch of a paper run."""
-  ctx = _ctx(setup, original, cache_dir=cache_dir)
+  ctx = tiny_context(cache_dir=cache_dir)
   cfg = _cfg('paper', iterations=10, **overrides)
   plan = sfron.build(ctx, cfg)
   s = sfron.make_settings(ctx, cfg)
@@ -521,8 +493,8 @@ def test_slow_step_piece():
   )
 
 
-def test_remain_update_piece_is_one_sgd_step(setup, original, cache_dir):
-  ctx, s, plan, batch = _pieces(setup, original, cache_dir)
+def test_remain_update_piece_is_one_sgd_step(tiny_context, cache_dir):
+  ctx, s, plan, batch = _pieces(tiny_context, cache_dir)
   state = plan.state
   (params, _, opt), metrics = sfron.remain_update(
     s, (state.params, state.batch_stats, state.opt_state), batch['remain'], 3
@@ -548,8 +520,8 @@ def losses_ce(ctx, params, data):
   return jnp.sum(ce * data['weight']) / jnp.sum(data['weight'])
 
 
-def test_forget_update_piece_masks_weights_and_follows_the_formula(setup, original, cache_dir):
-  ctx, s, plan, batch = _pieces(setup, original, cache_dir, forget_scale=3.0, forget_clip=0.0)
+def test_forget_update_piece_masks_weights_and_follows_the_formula(tiny_context, cache_dir):
+  ctx, s, plan, batch = _pieces(tiny_context, cache_dir, forget_scale=3.0, forget_clip=0.0)
   state, mask, t = plan.state, plan.constants['mask'], 2
   params, _, opt, metrics = sfron.forget_update(
     s, state.params, state.batch_stats, state.opt_state, plan.constants, batch['forget'], t
@@ -583,8 +555,8 @@ def test_forget_update_piece_masks_weights_and_follows_the_formula(setup, origin
   jax.tree.map(np.testing.assert_array_equal, opt['remain'], state.opt_state['remain'])
 
 
-def test_forget_set_losses_piece_equals_a_direct_pass(setup, original, cache_dir):
-  ctx, s, plan, _ = _pieces(setup, original, cache_dir)
+def test_forget_set_losses_piece_equals_a_direct_pass(tiny_context, cache_dir):
+  ctx, s, plan, _ = _pieces(tiny_context, cache_dir)
   scattered, total = sfron.forget_set_inverse_losses(
     s, plan.state.params, plan.state.batch_stats, plan.constants['forget_set']
   )
@@ -603,8 +575,8 @@ def test_forget_set_losses_piece_equals_a_direct_pass(setup, original, cache_dir
   assert float(total) == pytest.approx(c.sum(), rel=1e-3)
 
 
-def test_remain_updates_rolled_equals_unrolled_piece(setup, original, cache_dir):
-  ctx, s, plan, batch = _pieces(setup, original, cache_dir, remain_steps=2)
+def test_remain_updates_rolled_equals_unrolled_piece(tiny_context, cache_dir):
+  ctx, s, plan, batch = _pieces(tiny_context, cache_dir, remain_steps=2)
   two = {'remain0': batch['remain'], 'remain1': batch['forget']}
   carry = (plan.state.params, plan.state.batch_stats, plan.state.opt_state)
   out = {}
@@ -617,8 +589,8 @@ def test_remain_updates_rolled_equals_unrolled_piece(setup, original, cache_dir)
   )
 
 
-def test_iteration_piece_composes_the_pieces(setup, original, cache_dir):
-  ctx, s, plan, batch = _pieces(setup, original, cache_dir)
+def test_iteration_piece_composes_the_pieces(tiny_context, cache_dir):
+  ctx, s, plan, batch = _pieces(tiny_context, cache_dir)
   state = plan.state.replace(step=jnp.asarray(4, jnp.int32))
   new, _ = sfron.iteration(s, state, batch, plan.constants, with_forget=True)
   p, bs, opt, _ = sfron.forget_update(

@@ -4,14 +4,13 @@ importance passes against direct sums, and a run through the main job's path."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from jaxunlearn import experiment, losses
+from jaxunlearn import losses
 from jaxunlearn.data import preprocess
 from jaxunlearn.loop import run
 from jaxunlearn.methods import registry, ssd
 from jaxunlearn.unlearn import run_method
-from tests.conftest import tiny_config
+from tests.conftest import BATCH
 
 
 def test_dampening_equals_a_hand_computation():
@@ -28,33 +27,23 @@ def test_dampening_equals_a_hand_computation():
   np.testing.assert_allclose(big['w'], [1.0, -2.0, 3.0 * 0.05, 4.0, 5.0], rtol=1e-6)
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory, data_dir):
-  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir, forget='class:3'))
-
-
-@pytest.fixture(scope='module')
-def original(setup):
-  return setup.train_model('original', 0)
-
-
-def test_importances_are_squared_batch_gradients(setup, original):
-  fns, variables, _ = original
-  cfg = ssd.SsdConfig(batch_size=64)
-  imps = ssd.importances(setup.context(fns, variables, seed=0, batch_size=64), cfg)
-  positions = setup.train.sources['forget']
-  images = preprocess(np.asarray(setup.train.images)[positions], setup.info, train=False, key=None)
-  labels = np.asarray(setup.train.labels)[positions]
+def test_importances_are_squared_batch_gradients(tiny_context):
+  ctx = tiny_context()
+  fns, variables, data = ctx.model_fns, ctx.original, ctx.data
+  imps = ssd.importances(ctx, ssd.SsdConfig(batch_size=BATCH))
+  positions = data.sources['forget']
+  images = preprocess(np.asarray(data.images)[positions], data.info, train=False, key=None)
+  labels = np.asarray(data.labels)[positions]
 
   def loss(params, start):
     logits, _ = fns.apply(
       {'params': params, 'batch_stats': variables['batch_stats']},
-      images[start : start + 64],
+      images[start : start + BATCH],
       train=False,
     )
-    return losses.cross_entropy(logits, labels[start : start + 64]).mean()
+    return losses.cross_entropy(logits, labels[start : start + BATCH]).mean()
 
-  starts = range(0, len(positions), 64)
+  starts = range(0, len(positions), BATCH)
   grads = [jax.grad(loss)(variables['params'], s) for s in starts]
   expected = jax.tree.map(lambda *g: sum(x**2 for x in g) / len(starts), *grads)
   jax.tree.map(
@@ -62,16 +51,16 @@ def test_importances_are_squared_batch_gradients(setup, original):
   )
 
 
-def test_run_dampens_only_selected_weights(setup, original):
-  fns, variables, _ = original
-  cfg = ssd.SsdConfig(batch_size=64, selection_weighting=2.0, dampening_constant=1.0)
-  ctx = setup.context(fns, variables, seed=0, batch_size=64)
+def test_run_dampens_only_selected_weights(tiny_context):
+  cfg = ssd.SsdConfig(batch_size=BATCH, selection_weighting=2.0, dampening_constant=1.0)
+  ctx = tiny_context()
+  variables = ctx.original
   plan = registry.get('ssd').build(ctx, cfg)
   state = run(
     plan.program,
     plan.state,
-    setup.train,
-    mesh=setup.mesh,
+    ctx.data,
+    mesh=ctx.mesh,
     seed=0,
     constants=plan.constants,
     log_every=1000,
@@ -99,10 +88,8 @@ def test_run_dampens_only_selected_weights(setup, original):
   )
 
 
-def test_ssd_runs_like_every_method(setup, original):
-  fns, variables, _ = original
-  result = run_method(
-    setup, 'ssd', registry.get('ssd').config().replace(batch_size=64), fns, variables, seed=0
-  )
+def test_ssd_runs_like_every_method(tiny_experiment, tiny_original):
+  cfg = registry.get('ssd').config().replace(batch_size=BATCH)
+  result = run_method(tiny_experiment, 'ssd', cfg, *tiny_original, seed=0)
   assert result.scores['steps'] == 1 and result.scores['RTE_s'] > 0
   assert 0 <= result.scores['UA'] <= 100
