@@ -31,7 +31,8 @@ def model_signature(params) -> dict:
 
 
 class CheckpointManager:
-  """Thin wrapper over `ocp.CheckpointManager` implementing the loop's `Checkpointer`."""
+  """Thin wrapper over `ocp.CheckpointManager` implementing the loop's `Checkpointer`: it keeps
+  the last `keep` checkpoints and, with `best_metric`, the one where that metric is highest."""
 
   def __init__(
     self,
@@ -40,7 +41,6 @@ class CheckpointManager:
     every_steps: int,
     keep: int = 2,
     best_metric: str | None = None,
-    best_mode: str = 'max',
     meta: dict | None = None,
   ):
     policies = [checkpoint_managers.LatestN(n=keep)]
@@ -48,7 +48,6 @@ class CheckpointManager:
       policies.append(
         checkpoint_managers.BestN(
           get_metric_fn=lambda metrics: metrics[best_metric],
-          reverse=best_mode == 'min',
           n=1,
           keep_checkpoints_without_metrics=False,
         )
@@ -61,7 +60,6 @@ class CheckpointManager:
       options=ocp.CheckpointManagerOptions(
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
         best_fn=(lambda m: m[best_metric]) if best_metric else None,
-        best_mode=best_mode,
         create=True,
       ),
     )

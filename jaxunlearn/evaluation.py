@@ -16,12 +16,11 @@ from jaxunlearn.state import ModelFns
 
 
 @functools.lru_cache(maxsize=32)
-def _predict_fn(model_fns: ModelFns, info, return_features: bool, mesh):
+def _predict_fn(model_fns: ModelFns, info, mesh):
 
   def predict(variables, images, positions):
     x = gather_images(images, info, positions)
-    outputs, _ = model_fns.apply(variables, x, train=False, return_features=return_features)
-    return outputs
+    return model_fns.apply(variables, x, train=False)[0]
 
   return jax.jit(predict, out_shardings=sharding_lib.replicated(mesh))
 
@@ -35,13 +34,12 @@ def predict(
   *,
   mesh,
   batch_size: int = 512,
-  return_features: bool = False,
-):
-  """Eval-mode outputs for `positions` of `images`, as numpy, in the order of `positions`.
+) -> np.ndarray:
+  """Eval-mode logits for `positions` of `images`, as numpy, in the order of `positions`.
 
   Batches are padded to one fixed, device-divisible size so the function compiles once.
   """
-  fn = _predict_fn(model_fns, info, return_features, mesh)
+  fn = _predict_fn(model_fns, info, mesh)
   return _over_batches(lambda pos: fn(variables, images, pos), positions, mesh, batch_size)
 
 

@@ -271,9 +271,3 @@ def make_model_mesh(model_devices: int = 0, devices=None) -> Mesh:
 def model_sharded(mesh: Mesh) -> NamedSharding:
   """Leading axis over the mesh's model axis (a stacked state of many models)."""
   return NamedSharding(mesh, PartitionSpec(MODEL_AXIS))
-
-
-def shard_models(tree, mesh: Mesh):
-  """Places a host PyTree whose leaves have a leading model axis, sharded over the model axis
-  (single host)."""
-  return jax.device_put(tree, model_sharded(mesh))

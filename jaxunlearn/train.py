@@ -40,18 +40,13 @@ def apply_gradients(
   )
 
 
-def supervised_step(
-  model_fns: ModelFns,
-  tx: optax.GradientTransformation,
-  *,
-  slot: str = 'train',
-  opt_name: str = 'main',
-) -> StepFn:
-  """Cross-entropy descent on the batch in `slot` (train-mode BatchNorm)."""
+def supervised_step(model_fns: ModelFns, tx: optax.GradientTransformation) -> StepFn:
+  """Cross-entropy descent on the batch in slot 'train' (train-mode BatchNorm) with the optimiser
+  'main'."""
 
   def step(state: TrainState, batch: dict, key: jax.Array, constants):
     del key, constants
-    data = batch[slot]
+    data = batch['train']
 
     def loss_fn(params):
       logits, batch_stats = model_fns.apply(
@@ -61,7 +56,7 @@ def supervised_step(
       return loss, (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, opt_name)
+    state = apply_gradients(state.replace(batch_stats=batch_stats), grads, tx, 'main')
     return state, {
       'loss': loss,
       'accuracy': losses.weighted_accuracy(logits, data['label'], data['weight']),

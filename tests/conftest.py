@@ -12,6 +12,8 @@ import jaxunlearn
 from experiments.configs import train as train_config
 from experiments.configs import unlearn as unlearn_config
 from jaxunlearn import experiment
+from jaxunlearn.loop import run
+from jaxunlearn.train import create_state, supervised_program
 
 BATCH = 64  # the tiny experiment's batch size, and that of the methods run on it
 
@@ -55,6 +57,37 @@ def tiny_config(workdir, data_dir, **overrides):
   for key, value in overrides.items():
     c[key] = value
   return c
+
+
+def train_epoch(exp, *, mesh=None, steps=None, checkpointer=None, stop_after=None, lr=None):
+  """One epoch of `exp`'s training recipe (at `lr`, if given) on all its training data, from the
+  model of seed 0, at batch size 64 on `mesh` (default: the experiment's); only the first `steps`
+  steps if given. Stops on a non-finite loss."""
+  if mesh is not None:
+    exp = exp.on_mesh(mesh)
+  fns, variables = exp.model(0)
+  optimizer = exp.training.optimizer if lr is None else exp.training.optimizer.replace(lr=lr)
+  program, txs = supervised_program(
+    fns,
+    optimizer,
+    num_examples=len(exp.train.sources['all']),
+    batch_size=BATCH,
+    epochs=1,
+    source='all',
+  )
+  if steps is not None:
+    program = program.__class__(program.kinds, program.schedule[:steps], program.batch_size)
+  return run(
+    program,
+    create_state(variables, txs),
+    exp.train,
+    mesh=exp.mesh,
+    seed=0,
+    checkpointer=checkpointer,
+    log_every=1000,
+    stop_after=stop_after,
+    stop_on_nonfinite=True,
+  )
 
 
 def tiny_study_config(workdir, data_dir, **overrides):

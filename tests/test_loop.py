@@ -1,22 +1,17 @@
-"""The shared loop: sampling, sharded == unsharded, compile-once, resumption, steps in flight,
-the CPU layout probe."""
+"""The shared loop: sampling, sharded == unsharded, compile-once, resumption, steps in flight."""
 
-import json
 import os
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
-import pytest
 
-from jaxunlearn import experiment, loop, sharding
+from jaxunlearn import loop, sharding
 from jaxunlearn.checkpoint import CheckpointManager
-from jaxunlearn.data.device import BatchSampler, DeviceData
-from jaxunlearn.loop import Program, StepKind, run
-from jaxunlearn.train import create_state, supervised_program
-from tests.conftest import tiny_config
+from jaxunlearn.data.device import BatchSampler
+from jaxunlearn.loop import Program, StepKind
+from tests.conftest import train_epoch
 
 
 def test_sampler_covers_each_example_once_per_epoch():
@@ -35,46 +30,10 @@ def test_sampler_covers_each_example_once_per_epoch():
   assert not np.array_equal(sampler.batch(5)[0], sampler.batch(0)[0])  # reshuffled epochs
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory, data_dir):
-  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir))
-
-
-def _train(setup, mesh, steps=None, checkpointer=None, stop_after=None):
-  fns, variables = setup.model(0)
-  program, txs = supervised_program(
-    fns,
-    setup.training.optimizer,
-    num_examples=len(setup.train.sources['all']),
-    batch_size=64,
-    epochs=1,
-    source='all',
-  )
-  if steps is not None:
-    program = program.__class__(program.kinds, program.schedule[:steps], program.batch_size)
-  data = DeviceData.create(
-    np.asarray(setup.train.images),
-    np.asarray(setup.train.labels),
-    setup.info,
-    setup.train.sources,
-    mesh,
-  )
-  return run(
-    program,
-    create_state(variables, txs),
-    data,
-    mesh=mesh,
-    seed=0,
-    checkpointer=checkpointer,
-    log_every=1000,
-    stop_after=stop_after,
-  )
-
-
-def test_sharded_equals_unsharded(setup):
+def test_sharded_equals_unsharded(tiny_experiment):
   assert jax.device_count() == 8, 'run the tests with 8 forced host devices'
-  one = _train(setup, sharding.make_mesh(jax.devices()[:1]), steps=6)
-  eight = _train(setup, sharding.make_mesh(), steps=6)
+  one = train_epoch(tiny_experiment, mesh=sharding.make_mesh(jax.devices()[:1]), steps=6)
+  eight = train_epoch(tiny_experiment, mesh=sharding.make_mesh(), steps=6)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
     jax.device_get(one.state.params),
@@ -87,7 +46,7 @@ def test_sharded_equals_unsharded(setup):
   )
 
 
-def test_compiles_once_per_step_kind(setup):
+def test_compiles_once_per_step_kind(tiny_experiment):
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
     lambda name, secs, **kw: (
@@ -95,23 +54,25 @@ def test_compiles_once_per_step_kind(setup):
     )
   )
   mesh = sharding.make_mesh()
-  _train(setup, mesh, steps=1)  # a first run in the process also compiles one-time helpers
+  train_epoch(
+    tiny_experiment, mesh=mesh, steps=1
+  )  # a first run in the process also compiles one-time helpers
   compiles.clear()
-  _train(setup, mesh, steps=2)
+  train_epoch(tiny_experiment, mesh=mesh, steps=2)
   short = len(compiles)
   compiles.clear()
-  _train(setup, mesh, steps=12)
+  train_epoch(tiny_experiment, mesh=mesh, steps=12)
   assert len(compiles) == short  # 10 more steps, not one more compilation
 
 
-def test_resume_after_stop_gives_same_final_params(setup, tmp_path):
+def test_resume_after_stop_gives_same_final_params(tiny_experiment, tmp_path):
   mesh = sharding.make_mesh()
-  full = _train(setup, mesh)
+  full = train_epoch(tiny_experiment, mesh=mesh)
   manager = CheckpointManager(str(tmp_path / 'ckpt'), every_steps=5, keep=2)
-  partial = _train(setup, mesh, checkpointer=manager, stop_after=8)
+  partial = train_epoch(tiny_experiment, mesh=mesh, checkpointer=manager, stop_after=8)
   assert partial.steps_run == 8 and manager.latest_step() == 5
-  resumed = _train(setup, mesh, checkpointer=manager)
-  assert resumed.steps_run == len(setup.train.sources['all']) // 64 + 1 - 5
+  resumed = train_epoch(tiny_experiment, mesh=mesh, checkpointer=manager)
+  assert resumed.steps_run == len(tiny_experiment.train.sources['all']) // 64 + 1 - 5
   jax.tree.map(
     np.testing.assert_array_equal,
     jax.device_get(full.state.params),
@@ -181,57 +142,3 @@ def test_data_parallel_cpu_run_does_not_abort_in_its_all_reduce(tmp_path, data_d
     args + [str(loop.MAX_STEPS_IN_FLIGHT)], env=env, capture_output=True, text=True, timeout=300
   )
   assert done.returncode == 0 and 'steps 384' in done.stdout, done.stdout + done.stderr[-3000:]
-
-
-def test_fastest_picks_the_quicker_of_two_stub_steps():
-  calls = []
-
-  def stub(seconds_per_step, name):
-    def run(n):
-      calls.append(name)
-      time.sleep(seconds_per_step * n)
-
-    return run
-
-  choice, seconds = sharding.fastest(
-    {'slow': stub(0.004, 'slow'), 'quick': stub(0.001, 'quick')}, steps=2, rounds=3
-  )
-  assert choice == 'quick' and seconds['quick'] < seconds['slow']
-  assert calls == ['slow', 'quick', 'slow', 'quick', 'quick', 'slow', 'slow', 'quick']
-
-
-def test_probe_cpu_layout_places_the_experiment_and_caches_the_choice(setup, tmp_path, monkeypatch):
-  monkeypatch.setenv('JAXUNLEARN_CACHE_DIR', str(tmp_path))
-  on_all = setup.on_mesh(sharding.make_mesh())
-  picks = []
-
-  def pick(candidates, **kwargs):
-    assert sorted(candidates) == ['1 device', '8 devices']
-    for run_steps in candidates.values():
-      run_steps(1)  # the actual training step runs on both layouts
-    picks.append('1 device')
-    return '1 device', {'1 device': 0.01, '8 devices': 0.02}
-
-  monkeypatch.setattr(sharding, 'fastest', pick)
-  probed = experiment.probe_cpu_layout(on_all)
-  assert probed.mesh.devices.size == 1 and probed.train.images.sharding.mesh.devices.size == 1
-  again = experiment.probe_cpu_layout(on_all)  # from the cache: no second probe
-  assert again.mesh.devices.size == 1 and picks == ['1 device']
-  with open(sharding.layout_cache_path()) as f:
-    [record] = json.load(f).values()
-  assert record == {'choice': '1 device', 'seconds_per_step': {'1 device': 0.01, '8 devices': 0.02}}
-
-
-def test_prepare_probes_the_cpu_layout_only_when_the_batch_splits(tmp_path, data_dir, monkeypatch):
-  monkeypatch.setenv('JAXUNLEARN_CACHE_DIR', str(tmp_path / 'cache'))
-  probed = []
-
-  def pick_all(candidates, **kwargs):
-    probed.append(sorted(candidates))
-    return '8 devices', {name: 0.0 for name in candidates}
-
-  monkeypatch.setattr(sharding, 'fastest', pick_all)
-  split = experiment.prepare(tiny_config(tmp_path / 'a', data_dir, num_devices=-1, batch_size=64))
-  assert split.mesh.devices.size == 8 and probed == [['1 device', '8 devices']]
-  odd = experiment.prepare(tiny_config(tmp_path / 'b', data_dir, num_devices=-1, batch_size=60))
-  assert odd.mesh.devices.size == 1 and len(probed) == 1  # 60 does not split over 8: no probe

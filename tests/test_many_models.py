@@ -1,6 +1,6 @@
 """Many models in one program: K-run equals K single runs (exactly, on 8 devices), compiles once,
-the model axis sharded equals one device, both forms agree, the CPU layout rules, and the
-many-model evaluation end to end with bad input."""
+the model axis sharded equals one device, both forms agree, the form rules, and the many-model
+evaluation end to end with bad input."""
 
 import os
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxunlearn
-from jaxunlearn import experiment, many_models, sharding
+from jaxunlearn import many_models, sharding
 from jaxunlearn.config import ConfigError, from_config_dict
 from jaxunlearn.loop import run, run_many, use_vmap
 from jaxunlearn.methods import registry
@@ -20,17 +20,6 @@ from tests.conftest import tiny_config
 ATOL = 2e-6
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory, data_dir):
-  return experiment.prepare(tiny_config(tmp_path_factory.mktemp('wd'), data_dir, forget='class:3'))
-
-
-@pytest.fixture(scope='module')
-def original(setup):
-  fns, variables, _ = setup.train_model('original', 0)
-  return fns, variables
-
-
 def _cfg(name):
   cfg = registry.get(name).config().replace(batch_size=64)
   return cfg.replace(epochs=1) if hasattr(cfg, 'epochs') else cfg.replace(iterations=8)
@@ -38,12 +27,12 @@ def _cfg(name):
 
 @pytest.mark.parametrize('name', ['ft', 'sfron', 'rfa_lora'])
 @pytest.mark.parametrize('form', ['vmap', 'unroll'])
-def test_k_run_equals_k_single_runs(setup, original, name, form):
+def test_k_run_equals_k_single_runs(tiny_experiment, tiny_original, name, form):
   seeds = [0, 3, 5, 6]
   mesh = sharding.make_model_mesh(2, jax.devices()[:4])
-  many_setup = setup.on_mesh(mesh)
+  many_setup = tiny_experiment.on_mesh(mesh)
   plans = [
-    registry.get(name).build(many_setup.context(*original, seed=s, batch_size=64), _cfg(name))
+    registry.get(name).build(many_setup.context(*tiny_original, seed=s, batch_size=64), _cfg(name))
     for s in seeds
   ]
   many = run_many(
@@ -57,12 +46,14 @@ def test_k_run_equals_k_single_runs(setup, original, name, form):
     form=form,
   )
   for k, seed in enumerate(seeds):
-    one = registry.get(name).build(setup.context(*original, seed=seed, batch_size=64), _cfg(name))
+    one = registry.get(name).build(
+      tiny_experiment.context(*tiny_original, seed=seed, batch_size=64), _cfg(name)
+    )
     single = run(
       one.program,
       one.state,
-      setup.train,
-      mesh=setup.mesh,
+      tiny_experiment.train,
+      mesh=tiny_experiment.mesh,
       seed=seed,
       constants=one.constants,
       log_every=1000,
@@ -74,7 +65,7 @@ def test_k_run_equals_k_single_runs(setup, original, name, form):
     )
 
 
-def test_compiles_once_per_step_kind_and_sharded_equals_one_device(setup, original):
+def test_compiles_once_per_step_kind_and_sharded_equals_one_device(tiny_experiment, tiny_original):
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
     lambda name, secs, fun_name=None, **kw: (
@@ -87,10 +78,10 @@ def test_compiles_once_per_step_kind_and_sharded_equals_one_device(setup, origin
     ('one', sharding.make_model_mesh(1, jax.devices()[:1])),
     ('eight', sharding.make_model_mesh(8)),
   ):
-    many_setup = setup.on_mesh(mesh)
+    many_setup = tiny_experiment.on_mesh(mesh)
     cfg = _cfg('sfron').replace(forget_every=2)  # two step kinds
     plans = [
-      registry.get('sfron').build(many_setup.context(*original, seed=s, batch_size=64), cfg)
+      registry.get('sfron').build(many_setup.context(*tiny_original, seed=s, batch_size=64), cfg)
       for s in seeds
     ]
     compiles.clear()
@@ -171,18 +162,13 @@ def test_auto_form_unrolls_convolutions_on_cpu_and_vmaps_dense_models():
     use_vmap('both', {})
 
 
-def test_the_per_core_layout_keeps_a_device_count_forced_by_xla_flags():
-  assert 'xla_force_host_platform_device_count=8' in os.environ.get('XLA_FLAGS', '')
-  assert sharding.use_one_cpu_device_per_core() == 8 == jax.device_count()
-
-
 @pytest.mark.parametrize('form', ['unroll', 'vmap'])
-def test_k_runs_on_eight_devices_equal_k_single_runs(setup, original, form):
+def test_k_runs_on_eight_devices_equal_k_single_runs(tiny_experiment, tiny_original, form):
   seeds = list(range(8))
   mesh = sharding.make_model_mesh(8)
-  many_setup = setup.on_mesh(mesh)
+  many_setup = tiny_experiment.on_mesh(mesh)
   plans = [
-    registry.get('ft').build(many_setup.context(*original, seed=s, batch_size=64), _cfg('ft'))
+    registry.get('ft').build(many_setup.context(*tiny_original, seed=s, batch_size=64), _cfg('ft'))
     for s in seeds
   ]
   many = run_many(
@@ -195,8 +181,17 @@ def test_k_runs_on_eight_devices_equal_k_single_runs(setup, original, form):
     form=form,
   )
   for k, seed in enumerate(seeds):
-    one = registry.get('ft').build(setup.context(*original, seed=seed, batch_size=64), _cfg('ft'))
-    single = run(one.program, one.state, setup.train, mesh=setup.mesh, seed=seed, log_every=1000)
+    one = registry.get('ft').build(
+      tiny_experiment.context(*tiny_original, seed=seed, batch_size=64), _cfg('ft')
+    )
+    single = run(
+      one.program,
+      one.state,
+      tiny_experiment.train,
+      mesh=tiny_experiment.mesh,
+      seed=seed,
+      log_every=1000,
+    )
     jax.tree.map(
       lambda a, b, k=k: np.testing.assert_array_equal(np.asarray(b)[k], a),
       jax.device_get(single.state.params),

@@ -10,9 +10,6 @@ import time
 import numpy as np
 import pytest
 
-from jaxunlearn import experiment
-from tests.conftest import tiny_config
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -140,42 +137,3 @@ def test_two_processes_on_loopback_match_one_process(uninterrupted, tmp_path, da
   got = _params(tmp_path / 'params.npz')
   for key in expected:
     np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
-
-
-@pytest.mark.parametrize(
-  'overrides, message',
-  [
-    (dict(dataset='imagenet'), '--config.dataset=imagenet'),
-    (dict(model='resnet50'), 'model'),
-    (dict(forget='random:1.5'), '--config.forget'),
-    (dict(forget='random:0'), '--config.forget'),
-    (dict(forget='random:99999'), '--config.forget'),
-    (dict(forget='class:12'), '--config.forget'),
-    (dict(forget='class:0,1,2,3,4,5,6,7,8,9'), '--config.forget'),
-    (dict(forget='bogus'), '--config.forget'),
-    (dict(forget='indices:/nonexistent.npy'), '--config.forget'),
-    (dict(batch_size=60, num_devices=0), '--config.batch_size'),
-    (dict(num_devices=9), '--config.num_devices'),
-  ],
-)
-def test_bad_input_is_refused_before_training(tmp_path, data_dir, overrides, message):
-  with pytest.raises(ValueError, match=message.replace('.', r'\.')):
-    experiment.prepare(tiny_config(tmp_path, data_dir, **overrides))
-  assert not (tmp_path / 'digits-cnn' / 'original_s0').exists()
-
-
-def test_empty_forget_set_is_refused(tmp_path, data_dir):
-  empty = tmp_path / 'empty.npy'
-  np.save(empty, np.array([], np.int64))
-  with pytest.raises(ValueError, match='--config.forget'):
-    experiment.prepare(tiny_config(tmp_path, data_dir, forget=f'indices:{empty}'))
-
-
-def test_checkpoint_of_another_architecture_is_refused(uninterrupted, tmp_path, data_dir):
-  config = tiny_config(tmp_path, data_dir, epochs=1)
-  experiment.prepare(config).train_model('original', 0)
-  wider = tiny_config(tmp_path, data_dir, epochs=1)
-  wider.model_kwargs.dense_width = 32
-  setup = experiment.prepare(wider)
-  with pytest.raises(ValueError, match='--config.workdir.*model_signature'):
-    setup.train_model('original', 0)

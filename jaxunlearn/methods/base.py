@@ -84,10 +84,9 @@ def gradient_step(
   loss_fn: LossFn,
   tx: optax.GradientTransformation,
   *,
-  opt_name: str = 'main',
   mask: str | None = None,
 ) -> StepFn:
-  """A step that descends `loss_fn` with optimiser `opt_name` (ascent = a negated loss); with
+  """A step that descends `loss_fn` with the optimiser 'main' (ascent = a negated loss); with
   `mask`, the run constant of that name multiplies the final update."""
 
   def step(state: TrainState, batch: dict, key: jax.Array, constants):
@@ -98,7 +97,7 @@ def gradient_step(
       state.replace(batch_stats=batch_stats),
       grads,
       tx,
-      opt_name,
+      'main',
       mask=constants[mask] if mask else None,
     )
     return state, {'loss': loss, **metrics}
@@ -106,22 +105,9 @@ def gradient_step(
   return step
 
 
-def forward(
-  ctx_fns: ModelFns,
-  params,
-  state: TrainState,
-  images,
-  *,
-  train: bool = True,
-  return_features: bool = False,
-):
-  """The student's outputs and new batch statistics."""
-  return ctx_fns.apply(
-    {'params': params, 'batch_stats': state.batch_stats},
-    images,
-    train=train,
-    return_features=return_features,
-  )
+def forward(ctx_fns: ModelFns, params, state: TrainState, images):
+  """The student's train-mode logits and new batch statistics."""
+  return ctx_fns.apply({'params': params, 'batch_stats': state.batch_stats}, images, train=True)
 
 
 def cross_entropy_loss(model_fns: ModelFns, slot: str, *, sign: float = 1.0) -> LossFn:
