@@ -31,13 +31,10 @@ Readings and switches (the paper leaves these open; defaults and why):
   at the output without saying over what. The reading that forgets is the mean of the
   probabilities: a class the model predicts confidently on its own examples and nowhere else gets
   a small share of the mean softmax, so its examples are pushed to put it last. The mean logits
-  need not do so: on CIFAR-10 (10k subset, small CNN) they rank cat second of ten, and a cat's
-  logits moving towards them first become more cat-like (cat accuracy 55% -> 85% three quarters of
-  the way, as measured for issue 19) and lose the class only at the exact target, so a run that
-  gets 70% of the way leaves 43% of cats recognised (Avg. Gap 16.1 against 7.3 with
-  probabilities, split seed 1, issue 19). On mnist5k the mean logits happen to put the digit
-  last, which is why both targets forget it there; on digits they rank it 7th of 10 and 45% of
-  its examples stay recognised (`report_ranks`).
+  need not do so: where they rank the forgotten class high, its examples moving towards them first
+  become more recognised and lose the class only at the exact target, so a run that stops short
+  of it leaves much of the class recognised (experiments/results/FINDINGS.md, "RFA-LoRA's output
+  target"; `report_ranks` prints the ranks for each run).
   `output_weight` c (default 1). `target_ranks` reports, before training, where each forgotten
   class ranks under every target (the one the run prints and writes into its scores).
 * gamma weights every D_f term against the D_r terms (the paper's trade-off; its Figure 5 sweeps
@@ -63,11 +60,10 @@ Readings and switches (the paper leaves these open; defaults and why):
 * Only the LoRA weights are state (and optimiser state exists only for them); the teacher, D_r
   means and the base weights are run constants, never checkpointed. The frozen base weights of
   the student are read from the teacher's inside the step (no second copy).
-* One D_r and one D_f batch per step (`epochs` passes over D_r, cycling D_f), as the issue's
-  default; other rhythms were not measured. Such a step sees twice the examples of an FT step at
-  the same `batch_size`; at equal examples it costs 1.17x an FT step on 2 CPU cores
-  (`experiments/benchmark.py --equal_examples`): the teacher's forward is extra, the base
-  kernels' gradients are never computed.
+* One D_r and one D_f batch per step (`epochs` passes over D_r, cycling D_f). Such a step sees
+  twice the examples of an FT step at the same `batch_size`; per example it costs about what an FT
+  step does (`experiments/benchmark.py --equal_examples`; docs/speed.md): the teacher's forward is
+  extra, the base kernels' gradients are never computed.
 """
 
 from __future__ import annotations
@@ -112,13 +108,9 @@ FORMS = ('feature', 'branch')
 class RfaLoraConfig(Config):
   """RFA-LoRA's settings (the module docstring gives every reading).
 
-  The mnist5k defaults (Adam lr 9e-3 with a cosine decay, 3 epochs, gamma 0.3, c 1) are the
-  smallest Avg. Gap to Retrain on class 3, the main job's setting, over lr in {9e-4, 3e-3, 9e-3}
-  x gamma in {0.3, 1, 3} and eight more settings (epochs, c), split seed 1, seed 0
-  (`experiments/results/mnist5k-cnn/rfa_lora_tuning_split1.json`): 0.08. Random 10% of mnist5k
-  was not used: there the Original is only 1.5 from Retrain, so it rewards doing little, and these
-  settings forget too much of it (8.38 against 1.68 at lr 3e-3). `experiments/tune.py` tunes lr
-  and gamma together on other data.
+  The mnist5k defaults (Adam lr 9e-3 with a cosine decay, 3 epochs, gamma 0.3, c 1) have the
+  smallest Avg. Gap to Retrain on class 3, the main job's setting, of a grid over lr, gamma,
+  epochs and c on split seed 1 (`experiments/results/mnist5k-cnn/rfa_lora_tuning_split1.json`).
   """
 
   epochs: int = integer(3, ge=1, doc='passes over D_r (each step also takes a D_f batch)')
@@ -443,9 +435,7 @@ def report_ranks(ranks: dict[str, dict[int, int]], num_classes: int, output_targ
   last under the output target; returns it as scores ('target_rank/{target}/class{c}').
 
   Only the output target warns: the prediction follows the logits, and the head's adapter can
-  meet that target whatever the layers' ranks (on digits, class 3 ranked 7 of 10 under the
-  mean conv1 and dense1 features and was forgotten entirely with the probabilities target; with
-  the logits target, which ranked it 7 too, 45% of its examples stayed recognised).
+  meet that target whatever the layers' ranks (FINDINGS.md, "RFA-LoRA's output target").
   """
   if not ranks['output']:
     return {}

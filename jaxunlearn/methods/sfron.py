@@ -193,13 +193,12 @@ def swin_tinyimagenet() -> SfronConfig:
 
 def mnist5k() -> SfronConfig:
   """The paper's elements sized for the small CNN on mnist5k (2 CPU cores): 300 iterations, a
-  forget batch every 5th (every iteration cost 1.5-3 points of remain accuracy), and forget scale
-  1e7. Why so large: the original model fits D_f to float32 precision (on class 3, 138 of 400
-  forget losses are exactly 0), and l^-lambda hands those examples almost all the weight (1 / 1e-15
-  each) while their gradients vanish, so the weighted forget gradient at theta_0 is about 1e-7 of
-  the uniform one. The clip (norm 7) then sets the forget step; the scale only has to lift the
-  gradient above it, and the fade still ends the forgetting. With the code's 25, nothing is
-  forgotten (forget accuracy stays 99.8% on class 3)."""
+  forget batch every 5th, and forget scale 1e7. Why so large: the original model fits D_f to
+  float32 precision, and l^-lambda hands the examples with (near) zero loss almost all the weight
+  while their gradients vanish, so the weighted forget gradient at theta_0 is tiny. The clip
+  (norm 7) then sets the forget step; the scale only has to lift the gradient above it, and the
+  fade still ends the forgetting (experiments/results/FINDINGS.md, "Why the defaults are what
+  they are")."""
   return paper().replace(iterations=300, forget_every=5, forget_scale=1e7)
 
 
@@ -307,16 +306,10 @@ def remain_slots(remain_steps: int) -> tuple[str, ...]:
 def use_unrolled_loops(setting: str) -> bool:
   """Whether the loops inside an iteration (the remain steps, the D_f loss pass) are unrolled.
 
-  'auto' unrolls on CPU only. Measured on XLA CPU (jax 0.10.2, 2 busy cores, mnist5k CNN, batch
-  128): 4 remain steps per iteration took about 170 ms per gradient step unrolled and 2.9 s rolled
-  in a `lax.scan` (17x); 8 unrolled, about 190 ms; one forget and one remain step, about 190 ms per
-  step. (`lax.scan(unroll=True)` of length 1 is still a rolled loop, unroll = length = 1, and was
-  as slow: a single remain step is called directly.) The forward-only D_f loss pass (4 chunks) is
-  about 15% slower rolled. Measured on one H100 (jax 0.11.2, same model and batch, 500 timed
-  iterations, `experiments/benchmarks/h100_sfron_inner_loop.json`): rolled and unrolled iterations
-  are within 15% of each other at 1, 4 and 8 remain steps (e.g. 8 steps: 2.1 ms rolled, 2.3 ms
-  unrolled), while the unrolled compile time grows with the step count (4.1, 5.2, 7.8 s) and the
-  rolled one stays at 3.3-3.4 s; so 'auto' keeps the rolled loop off CPU (TPU not measured).
+  'auto' unrolls on CPU only: XLA:CPU runs a convolution's gradient inside a rolled `lax.scan`
+  many times slower than the same steps unrolled, while on a GPU the two run alike and the rolled
+  loop compiles in a time that does not grow with the step count (docs/speed.md, "Loop forms").
+  A single remain step is called directly (a length-1 scan is still a rolled loop).
   """
   if setting not in INNER_LOOPS:
     raise ValueError(f'inner_loop={setting!r}: allowed values are {INNER_LOOPS}.')
