@@ -51,7 +51,7 @@ from jaxunlearn.unlearn import summarise
 
 COMPLEMENT = '1-'
 RULE = 'equal grids of p**K settings, successive halving over the tuning seeds, edges extended'
-DIGITS = 6  # significant digits of a tuned value (so that 0.01 x 3 is 0.03)
+DIGITS = 3  # significant digits of a scaled quantity: grids read 0.00405, not 0.0040536
 
 Setting = tuple  # one value per knob, in the method's knob order
 
@@ -85,11 +85,13 @@ class Knob:
     return 1.0 - value if self.complement else float(value)
 
   def value(self, scaled: float):
-    """The field's value of a scaled quantity (integers rounded, floats to DIGITS digits)."""
-    value = 1.0 - scaled if self.complement else scaled
+    """The field's value of a scaled quantity, rounded to DIGITS significant digits (integers:
+    to the nearest)."""
     if self.rule.kind == 'int':
-      return int(round(value))
-    return float(f'{value:.{DIGITS}g}')
+      return int(round(1.0 - scaled if self.complement else scaled))
+    scaled = float(f'{scaled:.{DIGITS}g}')
+    value = 1.0 - scaled if self.complement else scaled
+    return float(f'{value:.12g}')  # no float noise (1 - 0.012 is 0.988)
 
   def scaled_bounds(self) -> tuple[tuple[float | None, bool], tuple[float | None, bool]]:
     """((low, open), (high, open)) of the scaled quantity."""
