@@ -7,8 +7,8 @@ Every method of --config.methods tunes every knob it declares with the same numb
 on split seed --tune_split_seed and the seeds --tune_seeds (by default the two smallest seeds not
 among --config.seeds, so that no tuning run is a reported run), by successive halving, with
 grids whose best value sits on an edge extended (`jaxunlearn.tuning` states the rule). Every
-trial is a row of one tuning study (tuning.md; every trial, choice, edge and budget:
-tuning.json, beside the reported results). Then the config's study runs with each method's
+trial is a row of one tuning study (its tuning.md lies in the tuning split's directory); every
+trial, choice, edge and budget is in tuning.json, beside the reported results. Then the config's study runs with each method's
 choice on its own split seed and seeds (results name 'tuned'): tuned.md shows each method's
 tuning score beside its reported Avg. Gap, flagged where it did not transfer, and the groups of
 methods that its seeds cannot tell apart. Groups of variants (e.g. sfron_ablation) are not tuned.
@@ -18,11 +18,11 @@ To retune some methods of a committed table (after one of them changed), run tho
 rows and choices are kept, once this run's Original and Retrain rows are checked equal to the
 earlier run's score by score and its tuning rule and budget equal to the earlier one's.
 
-A smoke run on the built-in digits (an MLP, a few epochs; about ten minutes on 2 CPU cores):
+A smoke run on the built-in digits (an MLP, a few epochs, three methods):
 
   python -m experiments.tune --config.workdir=/tmp/tune_smoke --config.dataset=digits \
       --config.model=mlp --config.epochs=5 --config.forget=class:3 --config.seeds=0,1 \
-      --config.methods=ft,ga,salun --config.method.ft.epochs=1 --config.method.salun.epochs=1
+      --config.methods=ft,ga,salun --config.num_devices=1
 """
 
 import copy
@@ -67,7 +67,9 @@ _KEEP_FROM = flags.DEFINE_string(
 def tune_seeds(config) -> list[int]:
   """--tune_seeds, or the two smallest seeds not among the reported ones."""
   if _TUNE_SEEDS.value:
-    return parse_seeds(_TUNE_SEEDS.value, '--tune_seeds')
+    seeds = parse_seeds(_TUNE_SEEDS.value, '--tune_seeds')
+    tuning.check_seeds(seeds)
+    return seeds
   reported = set(parse_seeds(config.seeds))
   return [s for s in range(len(reported) + 2) if s not in reported][:2]
 
@@ -102,21 +104,18 @@ def run_tuning(config, searches: dict, seeds: list[int], limit) -> dict:
   return searches
 
 
-def tuned_files(directory: str, title: str, payload: dict, class_wise: bool) -> None:
-  """Rewrites tuned.json/.md of `directory` with the tuning column (the picture stays)."""
-  report.write_results(
-    directory,
-    'tuned',
-    payload,
-    title=title,
-    table=report.study_table(
-      payload['summary'],
-      class_wise=class_wise,
-      per_seed=payload['per_seed'],
-      tuning=payload['tuning_scores'],
-    ),
-    note=report.study_note(payload['per_seed'], tuning=True),
+def tuned_files(directory: str, title: str, payload: dict, class_wise: bool) -> str:
+  """Rewrites tuned.json/.md of `directory` with the tuning column (the picture stays); returns
+  the table."""
+  table = report.study_table(
+    payload['summary'],
+    class_wise=class_wise,
+    per_seed=payload['per_seed'],
+    tuning=payload['tuning_scores'],
   )
+  note = report.study_note(payload['per_seed'], tuning=True)
+  report.write_results(directory, 'tuned', payload, title=title, table=table, note=note)
+  return table
 
 
 def keep_from(directory: str, study, payload: dict, record: dict) -> None:
@@ -154,6 +153,22 @@ def main(argv):
     for row, method, cfg in rows
     if row == method  # a variant of a group is not tuned
   }
+  if not searches:
+    raise jaxunlearn.ConfigError(
+      f'--config.methods={config.methods}: names no method to tune (groups are not tuned).'
+    )
+  if _KEEP_FROM.value:  # before any work: the kept methods must have had the same budget
+    path = os.path.join(_KEEP_FROM.value, 'tuning.json')
+    if not os.path.exists(path):
+      raise jaxunlearn.ConfigError(f'--keep_from={_KEEP_FROM.value}: it holds no tuning.json.')
+    with open(path) as f:
+      earlier_rule = json.load(f)
+    tuning.check_same_rule(
+      earlier_rule,
+      tuning.rule_record(
+        searches, seeds, multipliers=_MULTIPLIERS.value, split_seed=_TUNE_SPLIT_SEED.value
+      ),
+    )
   tuning.check_budgets(searches)
   searches = run_tuning(config, searches, seeds, limit)
 
@@ -185,16 +200,10 @@ def main(argv):
   study = jaxunlearn.Study(final, rows=final_rows)
   payload = study.run()
   payload['tuning_scores'] = tuning.tuning_scores(record)
-  tuned_files(study.experiment_dir, study.title(), payload, study.experiment.class_wise)
+  table = tuned_files(study.experiment_dir, study.title(), payload, study.experiment.class_wise)
   jaxunlearn.write_json(
     os.path.join(study.experiment_dir, 'tuning.json'),
     {**record, 'reported_split_seed': config.split_seed, 'seeds': payload['seeds']},
-  )
-  table = report.study_table(
-    payload['summary'],
-    class_wise=study.experiment.class_wise,
-    per_seed=payload['per_seed'],
-    tuning=payload['tuning_scores'],
   )
   scores = comparison.seed_scores(payload['per_seed'], exclude=report.REFERENCE_ROWS)
   print(f'\n{study.title()}\n{table}\n\n{comparison.ranking_in_groups(scores)}\n')

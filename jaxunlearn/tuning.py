@@ -263,7 +263,10 @@ def make_knob(method: str, base: Config, name: str) -> Knob:
       return False
     return True
 
-  return Knob(name, get_field(base, field), field_rule(cls, field), allows)
+  rule = field_rule(cls, field)
+  if name.startswith(COMPLEMENT) and rule.kind != 'float':
+    raise ValueError(f'{method}: the knob {name!r} scales 1 - {field}, which needs a float field')
+  return Knob(name, get_field(base, field), rule, allows)
 
 
 def make_search(method: str, base: Config, multipliers: Sequence[float], max_knobs: int) -> Search:
@@ -451,6 +454,14 @@ def check_budgets(searches: Mapping[str, Search]) -> None:
     )
 
 
+def check_seeds(seeds: Sequence[int]) -> None:
+  """Raises ConfigError unless there are at least two distinct tuning seeds."""
+  if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+    raise ConfigError(
+      f'--tune_seeds={",".join(map(str, seeds))}: give at least two distinct seeds.'
+    )
+
+
 def run_searches(
   searches: Mapping[str, Search],
   seeds: Sequence[int],
@@ -469,8 +480,7 @@ def run_searches(
   Returns:
     {method: its finished search}.
   """
-  if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-    raise ConfigError(f'--tune_seeds={seeds}: give at least two distinct seeds.')
+  check_seeds(seeds)
   check_budgets(searches)
   searches = dict(searches)
   while True:
@@ -527,6 +537,24 @@ def search_record(
   }
 
 
+def rule_record(
+  searches: Mapping[str, Search],
+  seeds: Sequence[int],
+  *,
+  multipliers: Sequence[str],
+  split_seed: int,
+) -> dict:
+  """The `SAME_RULE` fields of a tuning about to run (`check_budgets` first)."""
+  check_budgets(searches)
+  return {
+    'rule': RULE,
+    'multipliers': list(multipliers),
+    'settings_per_method': max(len(settings(s, s.grid)) for s in searches.values()),
+    'tune_split_seed': split_seed,
+    'tune_seeds': list(seeds),
+  }
+
+
 def tuning_record(
   searches: Mapping[str, Search],
   seeds: Sequence[int],
@@ -537,14 +565,9 @@ def tuning_record(
 ) -> dict:
   """The tuning.json payload of finished searches: the rule and its budget (`SAME_RULE`), and
   each method's `search_record`."""
-  check_budgets(searches)
   return {
-    'rule': RULE,
-    'multipliers': list(multipliers),
-    'settings_per_method': max(len(settings(s, s.grid)) for s in searches.values()),
+    **rule_record(searches, seeds, multipliers=multipliers, split_seed=split_seed),
     'max_extension_settings': max_extension_settings,
-    'tune_split_seed': split_seed,
-    'tune_seeds': list(seeds),
     'methods': {
       name: search_record(search, seeds, max_extension_settings)
       for name, search in searches.items()
@@ -566,13 +589,9 @@ def tuning_scores(tuning: dict) -> dict[str, float]:
 SAME_RULE = ('rule', 'multipliers', 'settings_per_method', 'tune_split_seed', 'tune_seeds')
 
 
-def merge_tuning(earlier: dict, tuning: dict) -> dict:
-  """`earlier`'s tuning.json with the methods of `tuning` replaced.
-
-  Raises:
-    ConfigError: the two differ in rule, budget, split or seeds (`SAME_RULE`): the methods kept
-      would not have had the same budget.
-  """
+def check_same_rule(earlier: dict, tuning: dict) -> None:
+  """Raises ConfigError unless two tuning.json payloads (or the `SAME_RULE` fields of one about
+  to run) agree in rule, budget, split and seeds: only then had their methods the same budget."""
   differ = [k for k in SAME_RULE if earlier.get(k) != tuning.get(k)]
   if differ:
     raise ConfigError(
@@ -580,6 +599,11 @@ def merge_tuning(earlier: dict, tuning: dict) -> dict:
       f'{[earlier.get(k) for k in differ]}, now {[tuning.get(k) for k in differ]}): its '
       'methods were not tuned with the same budget; retune every method instead.'
     )
+
+
+def merge_tuning(earlier: dict, tuning: dict) -> dict:
+  """`earlier`'s tuning.json with the methods of `tuning` replaced (`check_same_rule` first)."""
+  check_same_rule(earlier, tuning)
   return {**earlier, **tuning, 'methods': {**earlier['methods'], **tuning['methods']}}
 
 
