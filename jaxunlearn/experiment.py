@@ -538,18 +538,22 @@ def probe_cpu_layout(experiment: Experiment) -> Experiment:
 
   record = sharding_lib.cached_layout(key)
   if record is None or record.get('choice') not in (one, every):
-    candidates = {name: placed(name) for name in (one, every)}
+    by_layout = {name: placed(name) for name in (one, every)}
     runners = {}
-    for name, candidate in candidates.items():
-      model_fns, variables = candidate.model(0)
-      program, optimizers = candidate.training_program(model_fns, 'all')
+    for name, placed_experiment in by_layout.items():
+      model_fns, variables = placed_experiment.model(0)
+      program, optimizers = placed_experiment.training_program(model_fns, 'all')
       runners[name] = step_runner(
-        program, create_state(variables, optimizers), candidate.train, mesh=candidate.mesh, seed=0
+        program,
+        create_state(variables, optimizers),
+        placed_experiment.train,
+        mesh=placed_experiment.mesh,
+        seed=0,
       )
     choice, seconds = sharding_lib.fastest(runners)
     record = {'choice': choice, 'seconds_per_step': seconds}
     sharding_lib.store_layout(key, record)
     timings = ', '.join(f'{name} {s * 1e3:.1f} ms' for name, s in seconds.items())
     print(f'CPU layout: {choice} (training step: {timings}; cached)', flush=True)
-    return candidates[choice]
+    return by_layout[choice]
   return placed(record['choice'])

@@ -496,7 +496,7 @@ def _pieces(setup, original, cache_dir, **overrides):
   ctx = _ctx(setup, original, cache_dir=cache_dir)
   cfg = _cfg('paper', iterations=10, **overrides)
   plan = sfron.build(ctx, cfg)
-  s = sfron.make_settings(ctx, cfg)
+  s = sfron.make_run(ctx, cfg)
   hand = _Hand(ctx)
   batch = {}
   for slot, source in (('forget', 'forget'), ('remain', 'retain')):

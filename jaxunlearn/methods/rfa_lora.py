@@ -230,7 +230,7 @@ def aligned_layers(feature_names: list[str], cfg: RfaLoraConfig) -> tuple[list[s
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Settings:
+class RfaLoraRun:
   """What one RFA-LoRA run fixes, derived by `build`."""
 
   cfg: RfaLoraConfig
@@ -242,7 +242,7 @@ class Settings:
   tx: Any
 
 
-def student_params(s: Settings, adapters: dict, teacher_params: dict) -> dict:
+def student_params(s: RfaLoraRun, adapters: dict, teacher_params: dict) -> dict:
   """The student's full parameter tree: the LoRA weights and, read from the teacher, the frozen
   base weights."""
   teacher_flat = traverse_util.flatten_dict(teacher_params)
@@ -251,7 +251,7 @@ def student_params(s: Settings, adapters: dict, teacher_params: dict) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def apply_student(s: Settings, adapters: dict, teacher: dict, images):
+def apply_student(s: RfaLoraRun, adapters: dict, teacher: dict, images):
   """The student's logits, features and (per adapted layer) branch and base outputs, in eval
   mode with the teacher's BatchNorm statistics."""
   variables = {
@@ -291,7 +291,7 @@ def output_distance(student_logits, target, weight, kind: str) -> jax.Array:
   return losses.weighted_mean(kl, weight)
 
 
-def alignment_loss(s: Settings, adapters: dict, batch: dict, constants: dict):
+def alignment_loss(s: RfaLoraRun, adapters: dict, batch: dict, constants: dict):
   """The loss of one D_r ('remain') and one D_f ('forget') batch, and its parts."""
   cfg, teacher = s.cfg, constants['teacher']
   remain, forget = batch['remain'], batch['forget']
@@ -344,7 +344,7 @@ def alignment_loss(s: Settings, adapters: dict, batch: dict, constants: dict):
   return loss, parts
 
 
-def step(s: Settings, state: TrainState, batch: dict, key, constants: dict):
+def step(s: RfaLoraRun, state: TrainState, batch: dict, key, constants: dict):
   """One descent of `alignment_loss` on the LoRA weights (the only state)."""
   del key
   (loss, parts), grads = jax.value_and_grad(
@@ -356,7 +356,7 @@ def step(s: Settings, state: TrainState, batch: dict, key, constants: dict):
   ), {'loss': loss, **parts}
 
 
-def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
+def teacher_means(s: RfaLoraRun, ctx: UnlearnContext, adapters: dict) -> dict:
   """One pass over D_r (`chunked_sum`): the teacher's mean aligned features, logits and
   probabilities, and (for the branch form) each adapted layer's mean output, under the steps'
   preprocessing (each chunk augmented with a key from the run's seed where the dataset
@@ -402,7 +402,7 @@ def forgotten_classes(ctx: UnlearnContext) -> list[int]:
 
 
 def target_ranks(
-  s: Settings, teacher: dict, means: dict, classes: list[int], image_shape: tuple
+  s: RfaLoraRun, teacher: dict, means: dict, classes: list[int], image_shape: tuple
 ) -> dict[str, dict[int, int]]:
   """Where each forgotten class ranks under each D_f target, before any training.
 
@@ -507,7 +507,7 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
   names, weights = aligned_layers(feature_names(ctx.model_fns), cfg)
   steps = cfg.epochs * ctx.steps_per_epoch('retain')
   tx = make_optimizer(cfg.optimizer, steps)
-  s = Settings(
+  s = RfaLoraRun(
     cfg=cfg,
     teacher_fns=ctx.model_fns,
     student_fns=student_fns,

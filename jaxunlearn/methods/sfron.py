@@ -326,7 +326,7 @@ def unit_lr(opt_cfg: OptimizerConfig) -> optax.GradientTransformation:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Settings:
+class SfronRun:
   """What one SFR-on run fixes, derived once by `build` and read by every piece of the step."""
 
   cfg: SfronConfig
@@ -352,12 +352,12 @@ class Settings:
     return remain_slots(self.cfg.remain_steps) if self.cfg.remain_steps else ()
 
 
-def _unit_updates(s: Settings, params, opt_states: dict, name: str, grads):
+def _unit_updates(s: SfronRun, params, opt_states: dict, name: str, grads):
   updates, new_opt = s.txs[name].update(grads, opt_states[name], params)
   return updates, {**opt_states, name: new_opt}
 
 
-def forget_set_inverse_losses(s: Settings, params, batch_stats, forget_set: dict):
+def forget_set_inverse_losses(s: SfronRun, params, batch_stats, forget_set: dict):
   """c_j for every position of D_f at `params`, scattered over all training positions, and their
   sum (the 'forget_set' normaliser). `forget_set` holds D_f in chunks (`forget_set_arrays`)."""
   lam = float(s.cfg.weight_lambda)
@@ -388,7 +388,7 @@ def forget_set_inverse_losses(s: Settings, params, batch_stats, forget_set: dict
 
 
 def forget_update(
-  s: Settings, params, batch_stats, opt_states: dict, constants: dict, data: dict, t
+  s: SfronRun, params, batch_stats, opt_states: dict, constants: dict, data: dict, t
 ):
   """(F, S) The fast forget update of iteration `t` on the D_f batch `data`: ascent on
   ``s(t) mean_i eps_i l_i``, the gradient masked (and clipped), the update masked too where
@@ -437,7 +437,7 @@ def forget_update(
   return params, new_stats, opt_states, metrics
 
 
-def remain_update(s: Settings, carry: tuple, data: dict, t):
+def remain_update(s: SfronRun, carry: tuple, data: dict, t):
   """(R) One fast remain update (plain CE descent on a D_r batch; every weight moves).
   `carry` is (params, batch_stats, opt_states); returns the new carry and metrics."""
   params, batch_stats, opt_states = carry
@@ -459,7 +459,7 @@ def remain_update(s: Settings, carry: tuple, data: dict, t):
   }
 
 
-def remain_updates(s: Settings, carry: tuple, batch: dict, t):
+def remain_updates(s: SfronRun, carry: tuple, batch: dict, t):
   """The `remain_steps` remain updates of one iteration, unrolled or in a `lax.scan`; returns the
   carry and the metrics averaged over the steps."""
   if s.unrolled or len(s.slots) == 1:
@@ -477,7 +477,7 @@ def remain_updates(s: Settings, carry: tuple, batch: dict, t):
 
 
 def iteration(
-  s: Settings, state: TrainState, batch: dict, constants: dict, *, with_forget: bool
+  s: SfronRun, state: TrainState, batch: dict, constants: dict, *, with_forget: bool
 ) -> tuple[TrainState, dict]:
   """One SFR-on iteration: the forget update (if `with_forget`), the remain updates from where it
   ended, then the slow step from the iteration's start (if R-on)."""
@@ -499,9 +499,9 @@ def iteration(
   return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_states), metrics
 
 
-def make_settings(ctx: UnlearnContext, cfg: SfronConfig) -> Settings:
-  """The `Settings` of a run of `cfg` in `ctx`: optimisers (unit rate), schedules, loop form."""
-  return settings(
+def make_run(ctx: UnlearnContext, cfg: SfronConfig) -> SfronRun:
+  """The `SfronRun` of a run of `cfg` in `ctx`: optimisers (unit rate), schedules, loop form."""
+  return run_without_data(
     cfg,
     ctx.model_fns,
     NamedSharding(ctx.mesh, PartitionSpec(DATA_AXIS)),
@@ -511,7 +511,7 @@ def make_settings(ctx: UnlearnContext, cfg: SfronConfig) -> Settings:
   )
 
 
-def settings(
+def run_without_data(
   cfg: SfronConfig,
   model_fns: ModelFns,
   batch_sharding,
@@ -519,8 +519,8 @@ def settings(
   info=None,
   num_forget: int = 0,
   num_all: int = 0,
-) -> Settings:
-  """The `Settings` of `cfg` for a model, without a dataset (what `make_settings` derives from a
+) -> SfronRun:
+  """The `SfronRun` of `cfg` for a model, without a dataset (what `make_run` derives from a
   context; `info`, `num_forget` and `num_all` matter only to the 'forget_set' normalisation).
 
   Args:
@@ -532,7 +532,7 @@ def settings(
     num_all: the number of training positions.
 
   Returns:
-    Settings with unit-rate optimisers and the iteration-indexed learning-rate schedules.
+    SfronRun with unit-rate optimisers and the iteration-indexed learning-rate schedules.
   """
   remain_lr = make_schedule(cfg.optimizer, cfg.iterations)
   if cfg.shared_optimizer:
@@ -542,7 +542,7 @@ def settings(
     txs = {'forget': unit_lr(cfg.forget_optimizer), 'remain': unit_lr(cfg.optimizer)}
     forget_opt, remain_opt = 'forget', 'remain'
     forget_lr = make_schedule(cfg.forget_optimizer, cfg.iterations)
-  return Settings(
+  return SfronRun(
     cfg=cfg,
     model_fns=model_fns,
     info=info,
@@ -626,7 +626,7 @@ def build(ctx: UnlearnContext, cfg: SfronConfig) -> Plan:
     )
   if cfg.adaptive_weights and cfg.weight_normalisation == 'forget_set':
     constants['forget_set'] = forget_set_arrays(ctx)
-  s = make_settings(ctx, cfg)
+  s = make_run(ctx, cfg)
 
   def make_step(with_forget: bool):
     def step(state, batch, key, constants):
