@@ -403,6 +403,16 @@ class TrainingConfig(Config):
     doc='a trained Original to start from instead of training one: an Orbax checkpoint '
     'directory, .msgpack, .npz or .safetensors of nnx.state(model)',
   )
+  init: str = text(
+    '',
+    doc='pre-trained weights the Original and Retrain start from (a fresh head each), then '
+    'fine-tuned by the recipe; a weights file of the model (as for original) or of init_layout',
+  )
+  init_layout: str = text(
+    '',
+    doc="'' (the model's own tree) or a public layout read by models.load_pretrained, e.g. "
+    'torchvision:resnet18, timm:vit_base_patch16_224',
+  )
   num_devices: int = integer(
     -1,
     ge=-1,
@@ -421,7 +431,15 @@ class TrainingConfig(Config):
   log_every: int = integer(50, ge=1)
 
   def constraints(self):
-    return (('workdir', bool(self.workdir.strip()), 'must name a directory'),)
+    return (
+      ('workdir', bool(self.workdir.strip()), 'must name a directory'),
+      (
+        'init',
+        not (self.init and self.original),
+        'cannot be given with --config.original (a given Original is not trained from it)',
+      ),
+      ('init_layout', not self.init_layout or bool(self.init), 'needs --config.init'),
+    )
 
 
 MIA_FEATURES = ('confidence', 'entropy')

@@ -334,13 +334,20 @@ class Study:
     """The note under the table: the metrics, the tie groups, and where the Original came
     from."""
     note = report.study_note(self.per_seed())
-    source = self.experiment.original_file
-    if source is None:
-      return note
-    return (
-      f'{note} The Original is read from {source["path"]} (sha256 {source["sha256"][:16]}), '
-      'not trained; Retrain is trained from scratch on D_r by the training recipe.'
-    )
+    init, source = self.experiment.init_file, self.experiment.original_file
+    if init is not None:
+      layout = f' ({init["layout"]} layout)' if init['layout'] else ''
+      note += (
+        f' The Original and Retrain start from the pre-trained weights {init["path"]}{layout} '
+        f'(sha256 {init["sha256"][:16]}) with a fresh head, and are fine-tuned by the training '
+        'recipe (Original on D, Retrain on D_r).'
+      )
+    if source is not None:
+      note += (
+        f' The Original is read from {source["path"]} (sha256 {source["sha256"][:16]}), not '
+        'trained; Retrain is trained from scratch on D_r by the training recipe.'
+      )
+    return note
 
   def results(self) -> dict:
     """The results payload of the completed runs."""
@@ -350,6 +357,8 @@ class Study:
       'presets': self.presets,
       'seeds': self.seeds,
       'split': self.experiment.split.summary(),
+      'init_file': self.experiment.init_file,
+      'original_file': self.experiment.original_file,
       'per_seed': self.per_seed(),
       'summary': self.summary(),
       **report.provenance(self.experiment.mesh),

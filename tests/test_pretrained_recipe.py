@@ -1,0 +1,121 @@
+"""The pre-trained recipe: Original and Retrain fine-tuned from one pre-trained start with a fresh
+head (`--config.init`), from the model's own weights file or a public layout."""
+
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxunlearn
+from jaxunlearn import experiment, weight_files
+from jaxunlearn.config import ConfigError, TrainingConfig
+from jaxunlearn.models import create_model, load_pretrained
+from tests.conftest import tiny_config
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+
+
+def _config(tmp_path, data_dir, **overrides):
+  config = jaxunlearn.study_config(methods='ft', plot=False)
+  config.update({k: v for k, v in tiny_config(tmp_path / 'wd', data_dir).items() if k in config})
+  config.model_kwargs = tiny_config(tmp_path, data_dir).model_kwargs
+  config.method.ft.update(epochs=1, batch_size=64)
+  config.update(overrides)
+  return config
+
+
+def _pretrained_file(tmp_path, data_dir, seed=5):
+  """A weights file of the tiny CNN (its own tree), drawn from `seed`."""
+  prepared = experiment.prepare(_config(tmp_path / 'source', data_dir))
+  module = prepared.module(seed)
+  flat = {
+    '.'.join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(module))
+  }
+  path = str(tmp_path / 'pretrained.npz')
+  np.savez(path, **flat)
+  return path, flat
+
+
+def test_original_and_retrain_start_from_the_same_body_and_a_fresh_head(tmp_path, data_dir):
+  path, flat = _pretrained_file(tmp_path, data_dir)
+  study = jaxunlearn.Study(_config(tmp_path, data_dir, init=path))
+  prepared = study.experiment
+  assert prepared.init_file['sha256'] == weight_files.file_digest(path)
+  assert f'-init{prepared.init_file["sha256"][:12]}' in prepared.model_dir
+  _, start = prepared.starting_model(0)
+  _, again = prepared.starting_model(0)
+  _, fresh = prepared.model(0)
+  for name in ('convs', 'dense'):
+    for leaf, value in (
+      start['params'][name].items() if name == 'dense' else start['params'][name][0].items()
+    ):
+      key = f'{name}.{leaf}' if name == 'dense' else f'{name}.0.{leaf}'
+      np.testing.assert_array_equal(value, flat[key])
+  # The head is the seed's fresh one, not the file's.
+  np.testing.assert_array_equal(
+    start['params']['head']['kernel'], fresh['params']['head']['kernel']
+  )
+  assert not np.array_equal(start['params']['head']['kernel'], flat['head.kernel'])
+  np.testing.assert_array_equal(
+    start['params']['head']['kernel'], again['params']['head']['kernel']
+  )
+  study.run()
+  assert 'start from the pre-trained weights' in study.table_note()
+  original, retrain = study.original(), study.retrain(0)
+  assert not np.array_equal(original.variables['params']['dense']['kernel'], flat['dense.kernel'])
+  assert study.results()['init_file']['path'] == os.path.abspath(path)
+  assert retrain.scores['steps'] > 0
+
+
+def test_a_public_layout_fills_the_zoo_model():
+  path = os.path.join(FIXTURES, 'pretrained_resnet18.safetensors')
+  shape, kwargs = (37, 29, 3), {'width': 2, 'stem': 'imagenet'}
+  training = TrainingConfig(model='resnet18', init=path, init_layout='torchvision:resnet18')
+  module = create_model('resnet18', num_classes=10, input_shape=shape, rngs=nnx.Rngs(3), **kwargs)
+  head = np.asarray(module.head.kernel[...])
+  experiment.load_init(module, training, shape, kwargs)
+  public = load_pretrained(path, 'torchvision:resnet18', input_shape=shape, width=2)
+  np.testing.assert_array_equal(module.stem_conv.kernel[...], public.stem_conv.kernel[...])
+  np.testing.assert_array_equal(module.layer4[1].bn2.mean[...], public.layer4[1].bn2.mean[...])
+  np.testing.assert_array_equal(module.head.kernel[...], head)  # fresh, not the file's 1000 classes
+
+
+def test_a_public_layout_that_does_not_fit_the_data_is_one_line(tmp_path, data_dir):
+  config = _config(
+    tmp_path,
+    data_dir,
+    model='resnet18',
+    init=os.path.join(FIXTURES, 'pretrained_resnet18.safetensors'),
+    init_layout='torchvision:resnet18',
+  )
+  config.model_kwargs = {'width': 2, 'stem': 'imagenet'}
+  with pytest.raises(ConfigError, match=r"key 'conv1.weight': expected shape \(2, 1, 7, 7\)"):
+    experiment.prepare(config)
+
+
+@pytest.mark.parametrize(
+  'overrides,message',
+  [
+    ({'init': 'x.npz', 'original': 'y.npz'}, 'cannot be given with --config.original'),
+    ({'init_layout': 'torchvision:resnet18'}, 'needs --config.init'),
+    ({'init': 'MISSING'}, 'no such file or directory'),
+  ],
+)
+def test_bad_init_is_one_line(tmp_path, data_dir, overrides, message):
+  overrides = dict(overrides)
+  if overrides.get('init') == 'MISSING':
+    overrides['init'] = str(tmp_path / 'missing.npz')
+  with pytest.raises(ConfigError, match=message):
+    jaxunlearn.Study(_config(tmp_path, data_dir, **overrides)).run()
+
+
+def test_a_body_that_does_not_fit_names_its_leaves(tmp_path, data_dir):
+  path, flat = _pretrained_file(tmp_path, data_dir)
+  flat['dense.kernel'] = flat['dense.kernel'][:3]
+  del flat['convs.0.bias']
+  np.savez(path, **flat)
+  with pytest.raises(ConfigError) as error:
+    experiment.prepare(_config(tmp_path, data_dir, init=path))
+  message = str(error.value)
+  assert 'convs.0.bias missing' in message and 'dense.kernel has shape (3, 16)' in message
