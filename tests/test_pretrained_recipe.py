@@ -1,11 +1,13 @@
 """The pre-trained recipe: Original and Retrain fine-tuned from one pre-trained start with a fresh
 head (`--config.init`), from the model's own weights file or a public layout."""
 
+import importlib
 import os
 
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 import jaxunlearn
 from jaxunlearn import experiment, weight_files
@@ -119,3 +121,46 @@ def test_a_body_that_does_not_fit_names_its_leaves(tmp_path, data_dir):
     experiment.prepare(_config(tmp_path, data_dir, init=path))
   message = str(error.value)
   assert 'convs.0.bias missing' in message and 'dense.kernel has shape (3, 16)' in message
+
+
+def _rgb_folder(root, size=(32, 32)):
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 6), ('test', 2)):
+    for name in ('cat', 'dog'):
+      os.makedirs(root / split / name)
+      for k in range(count):
+        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / split / name / f'{k}.png')
+  return f'imagefolder:{root}'
+
+
+@pytest.mark.parametrize(
+  'name,fixture,tiny',
+  [
+    ('cifar10_pretrained_resnet18', 'pretrained_resnet18', {'width': 2}),
+    (
+      'cifar10_pretrained_vit_b16',
+      'pretrained_vit',
+      {'patch_size': 8, 'width': 32, 'depth': 2, 'num_heads': 2, 'mlp_dim': 64},
+    ),
+  ],
+)
+def test_the_gpu_recipes_build_at_tiny_size_on_cpu(tmp_path, data_dir, name, fixture, tiny):
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
+  config.update(
+    workdir=str(tmp_path / 'wd'),
+    data_dir=data_dir,
+    dataset=_rgb_folder(tmp_path / 'images'),
+    image_size='32,32',
+    init=os.path.join(FIXTURES, f'{fixture}.safetensors'),
+    batch_size=4,
+    num_devices=1,
+    compute_dtype='float32',
+  )
+  config.model_kwargs.update(tiny)
+  study = jaxunlearn.Study(config)
+  prepared = study.experiment
+  assert prepared.init_file['layout'] == config.init_layout
+  _, start = prepared.starting_model(0)
+  assert start['params']['head']['kernel'].shape[-1] == 2
+  study.check_methods()
