@@ -18,7 +18,7 @@ import jax
 from jaxunlearn import comparison, figures, files
 
 REFERENCE_ROWS = ('Original', 'Retrain')
-COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'KL', 'FD_r', 'RTE_s')
+COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'KL', 'FD_r', 'RTE_s', 'trainable_fraction')
 CLASS_COLUMNS = ('TA_retain', 'TA_forget')
 MANY_MODEL_COLUMNS = (
   'UA',
@@ -394,7 +394,8 @@ TABLE_NOTE = (
   'feature distance to the Original on D_r (L2, averaged over examples and layers); '
   'RTE_s = wall time '
   'of the unlearning phase in seconds, compilation excluded (Original/Retrain: '
-  'training time).'
+  'training time); trainable_fraction = the share of the weights the method may change '
+  "(RFA-LoRA: its LoRA weights over the model's)."
 )
 
 

@@ -89,6 +89,8 @@ def run_method(
     logits = None
   scores.update(
     RTE_s=prior_seconds + prepare_seconds + result.run_seconds,
+    prepare_s=prepare_seconds,
+    steps_s=prior_seconds + result.run_seconds,
     compile_s=result.compile_seconds,
     steps=len(plan.program.schedule),
     trainable_fraction=1.0,

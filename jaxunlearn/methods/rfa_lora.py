@@ -100,6 +100,7 @@ from jaxunlearn.optim import make_optimizer
 from jaxunlearn.state import ModelFns, TrainState
 
 DISTANCES = ('mse', 'cosine')
+TARGET_SCOPES = ('all', 'class')
 OUTPUT_TARGETS = ('logits', 'probabilities')
 FORMS = ('feature', 'branch')
 
@@ -132,6 +133,12 @@ class RfaLoraConfig(Config):
   output_target: str = choice('probabilities', OUTPUT_TARGETS)
   output_weight: float = number(1.0, ge=0)
   form: str = choice('feature', FORMS)
+  target_scope: str = choice(
+    'all',
+    TARGET_SCOPES,
+    doc="the D_f targets: the teacher's means over all of D_r, or over the D_r examples of each "
+    "D_f example's own class (sample unlearning)",
+  )
 
   def constraints(self):
     return (
@@ -301,7 +308,7 @@ def alignment_loss(s: RfaLoraRun, adapters: dict, batch: dict, constants: dict):
   t_logits, t_features = jax.lax.stop_gradient((t_logits, t_features))
   r_logits, r_features, r_branch, _ = apply_student(s, adapters, teacher, remain['image'])
   f_logits, f_features, f_branch, f_base = apply_student(s, adapters, teacher, forget['image'])
-  means = constants['means']
+  means = forget_targets(s, constants['means'], forget['label'])
   parts = {}
   if cfg.form == 'feature':
     remain_term = sum(
@@ -318,7 +325,10 @@ def alignment_loss(s: RfaLoraRun, adapters: dict, batch: dict, constants: dict):
     )
     forget_term = sum(
       distance(
-        f_branch[k], means['base_outputs'][k][None] - f_base[k], forget['weight'], cfg.distance
+        f_branch[k],
+        jnp.broadcast_to(means['base_outputs'][k], f_base[k].shape) - f_base[k],
+        forget['weight'],
+        cfg.distance,
       )
       for k in f_branch
     )
@@ -365,8 +375,9 @@ def teacher_means(s: RfaLoraRun, ctx: UnlearnContext, adapters: dict) -> dict:
   positions = ctx.data.sources['retain']
   num_chunks = -(-len(positions) // ctx.batch_size)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), MEANS_KEY), num_chunks)
+  by_class = s.cfg.target_scope == 'class'
 
-  def sums(images_all, pos, w, key):
+  def sums(images_all, labels_all, pos, w, key):
     images = gather_images(images_all, ctx.data.info, pos, train=True, key=key)
     logits, features = s.teacher_fns.apply(teacher, images, train=False, return_features=True)[0]
     out = {
@@ -376,10 +387,30 @@ def teacher_means(s: RfaLoraRun, ctx: UnlearnContext, adapters: dict) -> dict:
     }
     if s.cfg.form == 'branch':
       out['base_outputs'] = apply_student(s, adapters, teacher, images)[3]
+    if by_class:  # [C, ...]: one sum per class
+      rows = jax.nn.one_hot(jnp.take(labels_all, pos), ctx.num_classes) * w[:, None]
+      return jax.tree.map(lambda x: jnp.tensordot(rows, x, axes=([0], [0])), out)
     return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), out)
 
-  total = chunked_sum(sums, positions, ctx.batch_size, ctx.data.images, keys=keys)
-  return jax.tree.map(lambda t: t / ctx.num_retain, total)
+  total = chunked_sum(sums, positions, ctx.batch_size, ctx.data.images, ctx.data.labels, keys=keys)
+  if not by_class:
+    return jax.tree.map(lambda t: t / ctx.num_retain, total)
+  counts = retain_class_counts(ctx)
+  return jax.tree.map(lambda t: t / counts.reshape((-1,) + (1,) * (t.ndim - 1)), total)
+
+
+def retain_class_counts(ctx: UnlearnContext) -> np.ndarray:
+  """The number of D_r examples of each class, [C] float32."""
+  labels = np.asarray(jax.device_get(ctx.data.labels))[ctx.data.sources['retain']]
+  return np.bincount(labels, minlength=ctx.num_classes).astype(np.float32)
+
+
+def forget_targets(s: RfaLoraRun, means: dict, labels) -> dict:
+  """The D_f targets of a batch: the D_r means, or with `target_scope` 'class' the means of each
+  example's own class ([B, ...])."""
+  if s.cfg.target_scope == 'all':
+    return means
+  return jax.tree.map(lambda m: jnp.take(m, labels, axis=0), means)
 
 
 # Folded into the run's key for the D_r means' augmentation (the steps use fold_in(key, step)).
@@ -516,13 +547,21 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
     weights=tuple(weights),
     tx=tx,
   )
+  forgotten = forgotten_classes(ctx)
+  if cfg.target_scope == 'class' and forgotten:
+    raise ConfigError(
+      f"--config.method.rfa_lora.target_scope='class': D_r has no example of class "
+      f"{', '.join(map(str, forgotten))} to take a mean over (class forgetting); use 'all'."
+    )
   means = teacher_means(s, ctx, adapters)
   constants = {'teacher': ctx.original, 'means': means}
-  diagnostic = report_ranks(
-    target_ranks(s, ctx.original, means, forgotten_classes(ctx), ctx.data.info.image_shape),
-    ctx.num_classes,
-    cfg.output_target,
-  )
+  diagnostic = {}
+  if cfg.target_scope == 'all':
+    diagnostic = report_ranks(
+      target_ranks(s, ctx.original, means, forgotten, ctx.data.info.image_shape),
+      ctx.num_classes,
+      cfg.output_target,
+    )
   state = TrainState(
     step=jnp.zeros((), jnp.int32),
     params=adapters,
