@@ -187,6 +187,15 @@ def gap_ranking(rows: dict) -> str:
   return f'By Avg. Gap to Retrain (lower is better): {ranked}.\n'
 
 
+def ranking_line(rows: dict, per_seed: dict[str, list[dict]] | None = None) -> str:
+  """The ranking sentence of a study: in groups of methods whose Avg. Gap cannot be told apart
+  (`comparison.ranking_in_groups`) when it ran 2 seeds or more, else by mean Avg. Gap."""
+  scores = comparison.seed_scores(per_seed or {}, exclude=REFERENCE_ROWS)
+  if scores:
+    return comparison.ranking_in_groups(scores) + '\n'
+  return gap_ranking(rows)
+
+
 def many_model_rankings(payload: dict) -> str:
   """Sentences ranking a many-model results file's rows by F and by Avg. Gap, and counting the
   pairs of methods (the control and the Original left out) whose intervals of F do not overlap."""
@@ -213,7 +222,19 @@ def results_notes(payload: dict) -> list[str]:
   """Markdown lines under a results file's table: its ranking (a study's by Avg. Gap, a
   many-model file's by F and Avg. Gap) and, for a study merged from two runs, which rows each
   gave."""
-  lines = [gap_ranking(payload['summary'])] if 'summary' in payload else []
+  lines = []
+  if 'summary' in payload:
+    lines.append(ranking_line(payload['summary'], payload.get('per_seed')))
+    tuning = payload.get('tuning_scores')
+    if tuning:
+      moved = comparison.transfer(tuning, payload['summary'])
+      flagged = [name for name, t in moved.items() if t['outside']]
+      if flagged:
+        lines += [
+          'Chosen settings that did not transfer from the tuning split (reported mean outside '
+          'the tuning score ± 2 reported stds): ' + ', '.join(flagged) + '.',
+          '',
+        ]
   if 'merged' in payload:
     merged = payload['merged']
     lines += [
