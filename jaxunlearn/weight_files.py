@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
+from jaxunlearn import files
 from jaxunlearn.config import ConfigError
 
 SUFFIXES = ('.msgpack', '.npz', '.safetensors')
@@ -223,3 +224,16 @@ def load_body_into(
     variable.set_value(np.asarray(found[key], dtype=variable.dtype))
   nnx.update(model, state)
   return model
+
+
+def save_weights(model: nnx.Module, path: str) -> None:
+  """Writes ``nnx.state(model)`` (parameters and batch statistics) to `path` as a `.safetensors`
+  file of the flattened tree, atomically: what `load_into` and ``--config.init`` read."""
+  import safetensors.numpy  # noqa: PLC0415
+
+  flat = {
+    '.'.join(map(str, p)): np.ascontiguousarray(np.asarray(v[...]))
+    for p, v in nnx.to_flat_state(nnx.state(model))
+  }
+  with files.atomic_file(path, 'wb') as f:
+    f.write(safetensors.numpy.save(flat))

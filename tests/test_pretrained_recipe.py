@@ -10,7 +10,7 @@ from flax import nnx
 from PIL import Image
 
 import jaxunlearn
-from jaxunlearn import experiment, weight_files
+from jaxunlearn import experiment, pretraining, weight_files
 from jaxunlearn.config import ConfigError, TrainingConfig
 from jaxunlearn.models import create_model, load_pretrained
 from tests.conftest import tiny_config
@@ -164,3 +164,23 @@ def test_the_gpu_recipes_build_at_tiny_size_on_cpu(tmp_path, data_dir, name, fix
   _, start = prepared.starting_model(0)
   assert start['params']['head']['kernel'].shape[-1] == 2
   study.check_methods()
+
+
+def test_pretraining_outside_the_subset_writes_weights_a_study_starts_from(tmp_path, data_dir):
+  config = tiny_config(tmp_path / 'wd', data_dir)
+  config.update(jaxunlearn.config.to_config_dict(pretraining.PretrainConfig(exclude_subset=500)))
+  record = pretraining.pretrain(config)
+  dataset = jaxunlearn.data.load_dataset('digits', data_dir)
+  assert record['num_examples'] == len(dataset.train) - 500
+  assert record['path'].endswith('-outside500-s0.safetensors') and os.path.exists(record['path'])
+  assert record['sha256'] == weight_files.file_digest(record['path'])
+  _, subset = jaxunlearn.data.select_train_subset(dataset.train, 500, 10)
+  outside = pretraining.complement(len(dataset.train), subset)
+  assert len(np.intersect1d(outside, subset)) == 0 and len(outside) + len(subset) == len(
+    dataset.train
+  )
+  assert pretraining.pretrain(config) == record  # reused, not trained again
+  study_config = _config(tmp_path, data_dir, init=record['path'], train_subset=500)
+  _, start = experiment.prepare(study_config).starting_model(0)
+  found = weight_files.read_weights(record['path'])
+  np.testing.assert_array_equal(start['params']['dense']['kernel'], found['dense.kernel'])
