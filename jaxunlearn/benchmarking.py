@@ -9,11 +9,12 @@ import time
 from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config
-from jaxunlearn.data.device import BatchSampler
+from jaxunlearn.data.device import BatchSampler, gather_images
 from jaxunlearn.experiment import Experiment
 from jaxunlearn.loop import Program, StepKind, compile_program, run_many
 from jaxunlearn.methods import Plan, registry
@@ -95,6 +96,7 @@ def benchmark(
     {},
   )
   results = {'retrain_step': time_plan(reference, experiment, seed, steps)}
+  results['retrain_step']['forward_s'] = forward_seconds(experiment, fns, variables, steps)
   ref_step = results['retrain_step']['kinds']['train']['step_s']
   print(f'retrain step: {ref_step * 1e3:.1f} ms', flush=True)
   for row, method, cfg in rows:
@@ -105,6 +107,11 @@ def benchmark(
     prepare_s = time.perf_counter() - t0
     timing = time_plan(plan, experiment, seed, steps)
     timing['prepare_s'] = prepare_s
+    counts = {kind: list(plan.program.schedule).count(kind) for kind in plan.program.kinds}
+    timing['steps'] = counts
+    timing['estimated_rte_s'] = prepare_s + sum(
+      counts[kind] * timing['kinds'][kind]['step_s'] for kind in counts
+    )
     for kind in timing['kinds'].values():
       kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
     slots = max(len(kind.slots) for kind in plan.program.kinds.values())
@@ -134,6 +141,23 @@ def benchmark(
         flush=True,
       )
   return results
+
+
+def forward_seconds(experiment: Experiment, fns, variables: dict, steps: int) -> float:
+  """Seconds of one eval-mode forward pass of the model on a training batch (what a frozen
+  teacher's pass costs inside a step), the median of `steps` timed calls after a warm-up."""
+  batch = experiment.train.images[: experiment.training.batch_size]
+  images = jax.jit(
+    lambda x: gather_images(x, experiment.info, jnp.arange(experiment.training.batch_size))
+  )(batch)
+  forward = jax.jit(lambda v, x: fns.apply(v, x, train=False)[0])
+  jax.block_until_ready(forward(variables, images))
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(forward(variables, images))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
 
 
 def many_models_speed(

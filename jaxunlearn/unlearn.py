@@ -76,6 +76,7 @@ def run_method(
   variables = jax.device_get(
     plan.finalize(result.state) if plan.finalize else result.state.variables
   )
+  t0 = time.perf_counter()
   if all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables)):
     scores, logits = experiment.evaluate(model_fns, variables, seed=seed)
     scores['diverged'] = 0.0
@@ -91,6 +92,7 @@ def run_method(
     RTE_s=prior_seconds + prepare_seconds + result.run_seconds,
     prepare_s=prepare_seconds,
     steps_s=prior_seconds + result.run_seconds,
+    eval_s=time.perf_counter() - t0,
     compile_s=result.compile_seconds,
     steps=len(plan.program.schedule),
     trainable_fraction=1.0,

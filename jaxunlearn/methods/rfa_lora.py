@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Any
 
 import jax
@@ -553,7 +554,9 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
       f"--config.method.rfa_lora.target_scope='class': D_r has no example of class "
       f"{', '.join(map(str, forgotten))} to take a mean over (class forgetting); use 'all'."
     )
-  means = teacher_means(s, ctx, adapters)
+  started = time.perf_counter()
+  means = jax.block_until_ready(teacher_means(s, ctx, adapters))
+  means_seconds = time.perf_counter() - started
   constants = {'teacher': ctx.original, 'means': means}
   diagnostic = {}
   if cfg.target_scope == 'all':
@@ -590,5 +593,5 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
     state,
     constants,
     finalize=finalize,
-    info={'trainable_fraction': fraction, **diagnostic},
+    info={'trainable_fraction': fraction, 'means_s': means_seconds, **diagnostic},
   )
