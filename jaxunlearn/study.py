@@ -98,7 +98,8 @@ class Study:
       config = copy.deepcopy(config)
       config.original = os.fspath(original)
     self.data_config, self.training, self.evaluation = experiment.sections(config)
-    self.model_constructor = resolve(model if model is not None else self.training.model)
+    resolve(model if model is not None else self.training.model)  # fails fast: one line
+    self.model_constructor = model
     if model is not None:
       self.training = self.training.replace(model=model_name(model))
     self.options = section_from_flat(StudyConfig, config)

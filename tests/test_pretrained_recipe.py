@@ -44,7 +44,9 @@ def test_original_and_retrain_start_from_the_same_body_and_a_fresh_head(tmp_path
   study = jaxunlearn.Study(_config(tmp_path, data_dir, init=path))
   prepared = study.experiment
   assert prepared.init_file['sha256'] == weight_files.file_digest(path)
-  assert f'-init{prepared.init_file["sha256"][:12]}' in prepared.model_dir
+  assert (
+    os.path.basename(prepared.model_dir) == f'digits-cnn-init{prepared.init_file["sha256"][:12]}'
+  )
   _, start = prepared.starting_model(0)
   _, again = prepared.starting_model(0)
   _, fresh = prepared.model(0)
