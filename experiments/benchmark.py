@@ -62,20 +62,20 @@ def main(argv):
     )
     return
   study = jaxunlearn.Study(config)
-  exp = study.experiment
+  experiment = study.experiment
   payload = {
     'results': benchmarking.benchmark(
-      exp, study.rows, _STEPS.value, equal_examples=_EQUAL_EXAMPLES.value
+      experiment, study.rows, _STEPS.value, equal_examples=_EQUAL_EXAMPLES.value
     ),
     'steps': _STEPS.value,
-    'dataset': exp.data_config.dataset,
-    'model': exp.training.model,
-    'batch_size': exp.training.batch_size,
+    'dataset': experiment.data_config.dataset,
+    'model': experiment.training.model,
+    'batch_size': experiment.training.batch_size,
     **report.provenance(),
   }
   if _MANY.value:
     payload['many_models'] = benchmarking.many_models_speed(
-      exp, sharding.make_model_mesh(0), [int(k) for k in _MANY.value], _STEPS.value
+      experiment, sharding.make_model_mesh(0), [int(k) for k in _MANY.value], _STEPS.value
     )
   files.write_json(_OUT.value, payload)
   print(f'wrote {_OUT.value}')

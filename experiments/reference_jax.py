@@ -240,7 +240,7 @@ class JaxSteps:
     self.replicated = sharding.replicated(self.mesh)
     self.batch_sharded = sharding.batch_sharded(self.mesh)
     tx = make_optimizer(self.optimizer, 1)
-    one_iteration = sfron.settings(
+    one_iteration = sfron.run_without_data(
       sfron_config(self.optimizer, 1, 'constant'), self.model_fns, self.batch_sharded
     )
     self.txs = {'sgd': {'main': tx}, 'salun': {'main': tx}, 'sfron': one_iteration.txs}
@@ -267,7 +267,7 @@ class JaxSteps:
     forget-scale fade over the step counter): batches gathered from uint8 data on the device and
     normalised, then `sfron.iteration`. Returns a jitted
     ``(state, data, forget_idx, remain_idx, constants, *, with_forget) -> (state, losses)``."""
-    settings = sfron.settings(
+    settings = sfron.run_without_data(
       sfron_config(self.optimizer.replace(schedule='cosine'), iterations, 'cosine'),
       self.model_fns,
       self.batch_sharded,

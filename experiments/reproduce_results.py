@@ -143,7 +143,7 @@ def _load(forget, sources):
     (name, take, _read_json(paths[name])) for name, take in sources if os.path.exists(paths[name])
   ]
   rows, used = report.merge_rows([(payload['summary'], take) for _, take, payload in found])
-  return rows, [found[i][2] for i in used], [found[i][0] for i in used]
+  return rows, [found[i][2] for i in used], [found[i][0] for i in used], found
 
 
 THEORY_DIR = os.path.join(HERE, 'figures', 'theory')
@@ -182,7 +182,7 @@ def write_figures() -> None:
   """Draws the picture of every table named in FIGURES from the results files (--figures_dir)."""
   for title, forgets, sources in TABLES:
     for forget in forgets if title in FIGURES else ():
-      rows, payloads, _ = _load(forget, sources)
+      rows, payloads, _, _ = _load(forget, sources)
       if payloads:
         path = _results_path(
           forget, FIGURES[title], _FIGURES_DIR.value or _RESULTS_DIR.value, '.png'
@@ -193,15 +193,16 @@ def write_figures() -> None:
 
 def _table_section(title: str, forget: str, sources) -> list[str]:
   """A table of RESULTS.md with its ranking, picture and provenance; [] without results."""
-  rows, payloads, used = _load(forget, sources)
+  rows, payloads, used, found = _load(forget, sources)
   if not payloads:
     return []
+  per_seed, _ = report.merge_rows([(payload['per_seed'], take) for _, take, payload in found])
   lines = [
     f'## {title}: forget {forget}',
     '',
-    report.study_table(rows, class_wise=forget.startswith('class')),
+    report.study_table(rows, class_wise=forget.startswith('class'), per_seed=per_seed),
     '',
-    report.gap_ranking(rows),
+    report.ranking_line(rows, per_seed),
   ]
   if title in FIGURES:
     figure = os.path.relpath(

@@ -1,283 +1,215 @@
-r"""Equal-budget tuning against Retrain on a held-out split, then the reported study.
+r"""Tuning against Retrain on a held-out split (the rule of `jaxunlearn.tuning`), then the study.
 
   python -m experiments.tune --config=experiments/configs/cifar10_subset.py \
-      --config.forget=random:0.1 --tune_split_seed=1 --multipliers=0.3,1,3
+      --config.forget=random:0.1 --config.seeds=0,1,2 --tune_split_seed=1
 
-The budget rule, the same for every method: each of its tuned knobs
-(`jaxunlearn.methods.get(NAME).tune`: the learning rate, and the weight that sets how hard it
-pushes on D_f against D_r where it has one) takes its default times each of --multipliers, and
-every combination runs once on split seed --tune_split_seed (seed 0), each a row of one study: 3
-runs for a method with one knob, 9 for one with two. A knob written '1-NAME' scales 1 - NAME (NegGrad+'s forget weight
-1 - beta); a value outside the field's allowed range is clipped to its closed bound (SalUn's
-mask_fraction and the regularisers' alpha stop at 1) or dropped, integers are rounded, and a
-combination the config refuses (SCRUB's msteps above its epochs) is reported and skipped. The
-combination with the smallest Avg. Gap to Retrain is kept (ties: the one nearest the defaults),
-and the study of the config (its own split seed, never the tuning one, and its seeds) runs with
-it. Writes tuning.json beside the study's results files (results name 'tuned').
+Every method of --config.methods tunes every knob it declares with the same number of settings,
+on split seed --tune_split_seed and the seeds --tune_seeds (by default the two smallest seeds not
+among --config.seeds, so that no tuning run is a reported run), by successive halving, with
+grids whose best value sits on an edge extended (`jaxunlearn.tuning` states the rule). Every
+trial is a row of one tuning study (its tuning.md lies in the tuning split's directory); every
+trial, choice, edge and budget is in tuning.json, beside the reported results. Then the config's study runs with each method's
+choice on its own split seed and seeds (results name 'tuned'): tuned.md shows each method's
+tuning score beside its reported Avg. Gap, flagged where it did not transfer, and the groups of
+methods that its seeds cannot tell apart. Groups of variants (e.g. sfron_ablation) are not tuned.
 
 To retune some methods of a committed table (after one of them changed), run those with
 --config.methods and --keep_from=DIR (the directory of its tuned.json and tuning.json): the other
 rows and choices are kept, once this run's Original and Retrain rows are checked equal to the
-earlier run's score by score, and the merged tuned.json records which rows came from which run.
+earlier run's score by score and its tuning rule and budget equal to the earlier one's.
+
+A smoke run on the built-in digits (an MLP, a few epochs, three methods):
+
+  python -m experiments.tune --config.workdir=/tmp/tune_smoke --config.dataset=digits \
+      --config.model=mlp --config.epochs=5 --config.forget=class:3 --config.seeds=0,1 \
+      --config.methods=ft,ga,salun --config.num_devices=1
 """
 
 import copy
-import dataclasses
-import itertools
 import json
-import math
 import os
-import typing
+import time
 
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli, figures, metrics, report
-from jaxunlearn.study import REFERENCE_ROWS
-from jaxunlearn.unlearn import summarise
+from jaxunlearn import cli, comparison, report, tuning
+from jaxunlearn.config import parse_seeds, set_leaf
 
 _CONFIG = cli.define_config(
   os.path.join(os.path.dirname(__file__), 'configs', 'unlearn.py'), 'Study config file.'
 )
 _TUNE_SPLIT_SEED = flags.DEFINE_integer('tune_split_seed', 1, 'The split the tuning runs on.')
+_TUNE_SEEDS = flags.DEFINE_string(
+  'tune_seeds',
+  '',
+  "Seeds of the tuning runs, at least 2; the first scores every setting. '' = the two smallest "
+  'seeds not among --config.seeds.',
+)
+_MULTIPLIERS = flags.DEFINE_list(
+  'multipliers', ['0.3', '1', '3'], "Scales of each knob's default that make the grids."
+)
+_MAX_EXTENSION = flags.DEFINE_integer(
+  'max_extension_settings',
+  -1,
+  'The most settings an edge extension may add to a method (-1: as many as its grid has).',
+)
 _KEEP_FROM = flags.DEFINE_string(
   'keep_from',
   '',
   'A directory holding an earlier tuned.json and tuning.json of the same protocol: the methods '
   "not tuned now keep their choices and reported rows from it (after checking that this run's "
-  'Original and Retrain rows equal its own), and the merged files are written there.',
-)
-_MULTIPLIERS = flags.DEFINE_list(
-  'multipliers', ['0.3', '1', '3'], 'Scales of each tuned knob of each method (the budget).'
+  'Original and Retrain rows and tuning rule equal its own), and the merged files are written '
+  'there.',
 )
 
-COMPLEMENT = '1-'
+
+def tune_seeds(config) -> list[int]:
+  """--tune_seeds, or the two smallest seeds not among the reported ones."""
+  if _TUNE_SEEDS.value:
+    seeds = parse_seeds(_TUNE_SEEDS.value, '--tune_seeds')
+    tuning.check_seeds(seeds)
+    return seeds
+  reported = set(parse_seeds(config.seeds))
+  return [s for s in range(len(reported) + 2) if s not in reported][:2]
 
 
-def field_name(knob: str) -> str:
-  """The dotted config field of a tuned knob ('1-beta' -> 'beta')."""
-  return knob[len(COMPLEMENT) :] if knob.startswith(COMPLEMENT) else knob
-
-
-def get_field(cfg, dotted: str):
-  for part in dotted.split('.'):
-    cfg = cfg[part]
-  return cfg
-
-
-def set_field(cfg, dotted: str, value) -> None:
-  *parents, leaf = dotted.split('.')
-  for part in parents:
-    cfg = cfg[part]
-  cfg[leaf] = value
-
-
-def field_rule(cls: type, dotted: str):
-  """The `jaxunlearn.config.Rule` of a dotted field of config class `cls`."""
-  *parents, leaf = dotted.split('.')
-  for part in parents:
-    cls = typing.get_type_hints(cls)[part]
-  return {f.name: f for f in dataclasses.fields(cls)}[leaf].metadata['rule']
-
-
-def knob_values(knob: str, default, rule, multipliers: list[float]) -> list:
-  """The values a knob takes: its default scaled by each multiplier (its complement for '1-'
-  knobs), clipped to closed bounds, those beyond open bounds dropped, rounded for integers,
-  duplicates dropped, in multiplier order."""
-  values = []
-  for m in multipliers:
-    value = 1.0 - (1.0 - default) * m if knob.startswith(COMPLEMENT) else default * m
-    if rule.low is not None and (value < rule.low or (rule.low_open and value == rule.low)):
-      if rule.low_open:
-        continue
-      value = rule.low
-    if rule.high is not None and (value > rule.high or (rule.high_open and value == rule.high)):
-      if rule.high_open:
-        continue
-      value = rule.high
-    value = int(round(value)) if rule.kind == 'int' else float(value)
-    if value not in values:
-      values.append(value)
-  return values
-
-
-def distance_to_default(values: dict, defaults: dict) -> float:
-  """How far a combination lies from the defaults (sum of |log ratio|), for ties."""
-  return sum(abs(math.log(max(values[k], 1e-12) / max(defaults[k], 1e-12))) for k in values)
-
-
-def tune(config, split_seed: int, multipliers: list[float]) -> dict:
-  """Runs every method's grid on `split_seed`, as the rows of one study (one data load, one
-  Original and Retrain; its table is the split's tuning.json/.md).
-
-  Returns:
-    {method: {'knobs', 'defaults': {field: value}, 'trials': [{'values': {field: value},
-    'AvgGap': gap}], 'skipped': [{'values', 'reason'}], 'chosen': {field: value}}}.
-  """
-  if split_seed == config.split_seed:
-    raise jaxunlearn.ConfigError(
-      f'--tune_split_seed={split_seed}: must differ from the reported '
-      f'--config.split_seed ({config.split_seed}).'
-    )
+def run_tuning(config, searches: dict, seeds: list[int], limit) -> dict:
+  """Runs every search to its choice, each run a row of one study on the tuning split, and
+  writes that study's table (results name 'tuning')."""
   trial_config = copy.deepcopy(config)
-  trial_config.split_seed, trial_config.seeds = split_seed, '0'
+  trial_config.split_seed, trial_config.seeds = _TUNE_SPLIT_SEED.value, ','.join(map(str, seeds))
   trial_config.results_name, trial_config.plot = 'tuning', False
-  out, rows = {}, []
-  for name in jaxunlearn.methods.parse_methods(config.methods):
-    if name not in jaxunlearn.methods.names():
-      continue  # a group of variants is not tuned
-    method = jaxunlearn.methods.get(name)
-    fields = [field_name(k) for k in method.tune]
-    defaults = {f: get_field(config.method[name], f) for f in fields}
-    grids = [
-      knob_values(k, defaults[f], field_rule(method.config, f), multipliers)
-      for k, f in zip(method.tune, fields)
-    ]
-    out[name] = {'knobs': list(method.tune), 'defaults': defaults, 'trials': [], 'skipped': []}
-    for combination in itertools.product(*grids):
-      values = dict(zip(fields, combination))
-      cfg = copy.deepcopy(config.method[name])
-      for field, value in values.items():
-        set_field(cfg, field, value)
-      row = f'{name} {_format(values)}'
-      try:
-        jaxunlearn.methods.parse_config(name, cfg)
-      except jaxunlearn.ConfigError as error:
-        out[name]['skipped'].append({'values': values, 'reason': str(error)})
-        print(f'[tune {name}] skipped {_format(values)}: {error}', flush=True)
-        continue
-      rows.append((row, name, cfg))
-      out[name]['trials'].append({'row': row, 'values': values})
-  study = jaxunlearn.Study(trial_config, rows=rows)
-  study.run()
-  summary = study.summary()
-  for name, entry in out.items():
-    for trial in entry['trials']:
-      trial['AvgGap'] = summary[trial.pop('row')]['AvgGap']['mean']
-    best = min(
-      entry['trials'],
-      key=lambda t: (t['AvgGap'], distance_to_default(t['values'], entry['defaults'])),
-    )
-    entry['chosen'] = best['values']
-    print(
-      f'[tune {name}] '
-      + '; '.join(f'{_format(t["values"])} -> {t["AvgGap"]:.2f}' for t in entry['trials'])
-      + f'; chosen {_format(best["values"])}',
-      flush=True,
-    )
-  return out
+  grid_rows = [
+    (tuning.row_name(search, s), name, tuning.config_of(search, s))
+    for name, search in searches.items()
+    for s in tuning.settings(search)
+  ]
+  study = jaxunlearn.Study(trial_config, rows=grid_rows)
+  study.check_methods()
+  trials = {}
+
+  def run(method, row, seed, method_config) -> float:
+    trials[row] = (row, method, method_config)
+    return study.run_row(row, method, method_config, seed)['AvgGap']
+
+  start = time.perf_counter()
+  with study.store.lock():
+    for seed in seeds:
+      study.reference_rows(seed)
+    searches = tuning.run_searches(searches, seeds, run, limit)
+    study.rows = list(trials.values())  # the tuning table: every trial, on the seeds it ran
+    study.wall_seconds += time.perf_counter() - start
+    study.write_results()
+  return searches
 
 
-# Scores that time a run; they differ between runs of the same computation.
-TIMING_SCORES = ('RTE_s',)
+def tuned_files(directory: str, title: str, payload: dict, class_wise: bool) -> str:
+  """Rewrites tuned.json/.md of `directory` with the tuning column (the picture stays); returns
+  the table."""
+  table = report.study_table(
+    payload['summary'],
+    class_wise=class_wise,
+    per_seed=payload['per_seed'],
+    tuning=payload['tuning_scores'],
+  )
+  note = report.study_note(payload['per_seed'], tuning=True)
+  report.write_results(directory, 'tuned', payload, title=title, table=table, note=note)
+  return table
 
 
-def check_same_references(earlier: dict, payload: dict) -> None:
-  """Raises ConfigError unless the two results have the same split, seeds and, score by score,
-  the same Original and Retrain rows (timings aside): only then do rows of one belong beside rows
-  of the other."""
-  if earlier['split'] != payload['split'] or earlier['seeds'] != payload['seeds']:
-    raise jaxunlearn.ConfigError(
-      f'--keep_from: the earlier results have split {earlier["split"]} and seeds '
-      f'{earlier["seeds"]}; this run {payload["split"]} and {payload["seeds"]}.'
-    )
-  for row in REFERENCE_ROWS:
-    for seed, (old, new) in zip(
-      payload['seeds'], zip(earlier['per_seed'][row], payload['per_seed'][row])
-    ):
-      differ = sorted(k for k in set(old) & set(new) if k not in TIMING_SCORES and old[k] != new[k])
-      if differ:
-        raise jaxunlearn.ConfigError(
-          f'--keep_from: {row} seed {seed} differs from the earlier run in {differ}: the kept '
-          'rows would not be comparable; rerun every method instead.'
-        )
-
-
-def merge_results(earlier: dict, payload: dict, tuned: list[str]) -> dict:
-  """`earlier`'s results with the rows of the `tuned` methods (and the config sections of those
-  methods) taken from `payload`; a kept row lacking ToW gets it from its own scores and
-  Retrain's. The payload records which rows came from which run."""
-  check_same_references(earlier, payload)
-  per_seed = {row: [dict(s) for s in scores] for row, scores in earlier['per_seed'].items()}
-  for row, scores in payload['per_seed'].items():
-    if row not in REFERENCE_ROWS:
-      per_seed[row] = scores
-  for scores in per_seed.values():
-    for score, retrain in zip(scores, per_seed['Retrain']):
-      score.setdefault('ToW', metrics.tow(score, retrain))
-  config = copy.deepcopy(earlier['config'])
-  for name in tuned:
-    config['method'][name] = payload['config']['method'][name]
-  kept = [row for row in earlier['per_seed'] if row not in REFERENCE_ROWS and row not in tuned]
-  return {
-    **payload,
-    'config': config,
-    'methods': earlier['methods'],
-    'per_seed': per_seed,
-    'summary': {row: summarise(scores) for row, scores in per_seed.items()},
-    'merged': {
-      'rows_of_this_run': list(REFERENCE_ROWS) + tuned,
-      'rows_kept': kept,
-      'kept_rows_made_with': {k: earlier.get(k) for k in ('versions', 'device', 'wall_seconds')},
-      'this_run_config': payload['config'],
-    },
-  }
-
-
-def keep_from(directory: str, study, payload: dict, choices: dict) -> None:
-  """Merges this run into the earlier tuned.json/tuning.json of `directory` (`merge_results`)
-  and rewrites them there with the table and figure."""
+def keep_from(directory: str, study, payload: dict, record: dict) -> None:
+  """Merges this run into the earlier tuned.json/tuning.json of `directory` and rewrites them
+  there."""
   with open(os.path.join(directory, 'tuned.json')) as f:
     earlier = json.load(f)
   with open(os.path.join(directory, 'tuning.json')) as f:
     earlier_tuning = json.load(f)
-  merged = merge_results(earlier, payload, list(choices))
-  title = study.title()
-  report.write_results(
-    directory,
-    'tuned',
-    merged,
-    title=title,
-    table=report.study_table(merged['summary'], class_wise=study.experiment.class_wise),
-    note=report.TABLE_NOTE,
-    figure=figures.trade_off_figure(merged['summary'], title),
-  )
-  jaxunlearn.write_json(
-    os.path.join(directory, 'tuning.json'),
-    {**earlier_tuning, 'methods': {**earlier_tuning['methods'], **choices}},
-  )
-  print(f'merged {", ".join(choices)} into {directory}/tuned.json')
-
-
-def _format(values: dict) -> str:
-  return ', '.join(f'{k}={v:g}' for k, v in values.items())
+  merged_tuning = tuning.merge_tuning(earlier_tuning, record)
+  merged = tuning.merge_results(earlier, payload, list(record['methods']))
+  tuned_files(directory, study.title(), merged, study.experiment.class_wise)
+  jaxunlearn.write_json(os.path.join(directory, 'tuning.json'), merged_tuning)
+  print(f'merged {", ".join(record["methods"])} into {directory}/tuned.json')
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
   jaxunlearn.Study(config)  # validates everything before any work
-  choices = tune(config, _TUNE_SPLIT_SEED.value, [float(m) for m in _MULTIPLIERS.value])
+  if _TUNE_SPLIT_SEED.value == config.split_seed:
+    raise jaxunlearn.ConfigError(
+      f'--tune_split_seed={_TUNE_SPLIT_SEED.value}: must differ from the reported '
+      f'--config.split_seed ({config.split_seed}).'
+    )
+  seeds = tune_seeds(config)
+  multipliers = tuning.parse_multipliers(_MULTIPLIERS.value)
+  limit = None if _MAX_EXTENSION.value < 0 else _MAX_EXTENSION.value
+  rows, presets = jaxunlearn.methods.method_rows(
+    config.method, config.methods, forget=config.forget, dataset=config.dataset
+  )
+  print(jaxunlearn.methods.describe_presets(presets, config.forget, config.dataset))
+  searches = {
+    row: tuning.make_search(row, cfg, multipliers, tuning.max_knobs())
+    for row, method, cfg in rows
+    if row == method  # a variant of a group is not tuned
+  }
+  if not searches:
+    raise jaxunlearn.ConfigError(
+      f'--config.methods={config.methods}: names no method to tune (groups are not tuned).'
+    )
+  if _KEEP_FROM.value:  # before any work: the kept methods must have had the same budget
+    path = os.path.join(_KEEP_FROM.value, 'tuning.json')
+    if not os.path.exists(path):
+      raise jaxunlearn.ConfigError(f'--keep_from={_KEEP_FROM.value}: it holds no tuning.json.')
+    with open(path) as f:
+      earlier_rule = json.load(f)
+    tuning.check_same_rule(
+      earlier_rule,
+      tuning.rule_record(
+        searches, seeds, multipliers=_MULTIPLIERS.value, split_seed=_TUNE_SPLIT_SEED.value
+      ),
+    )
+  tuning.check_budgets(searches)
+  searches = run_tuning(config, searches, seeds, limit)
+
+  chosen = {name: tuning.choice(search, seeds) for name, search in searches.items()}
+  record = tuning.tuning_record(
+    searches,
+    seeds,
+    multipliers=_MULTIPLIERS.value,
+    split_seed=_TUNE_SPLIT_SEED.value,
+    max_extension_settings=limit,
+  )
+  for name, entry in record['methods'].items():
+    print(
+      f'[tune {name}] chosen {tuning.describe(searches[name], chosen[name])}: tuning Avg. Gap '
+      f'{entry["tuning_score"]:.2f} over seeds {",".join(map(str, seeds))}; budget '
+      f'{entry["budget"]}; edges {entry["edges"]}',
+      flush=True,
+    )
+
   final = copy.deepcopy(config)
   final.results_name = 'tuned'
-  for name, choice in choices.items():
-    for field, value in choice['chosen'].items():
-      set_field(final.method[name], field, value)
-  study = jaxunlearn.Study(final)
+  final_rows = []
+  for row, method, cfg in rows:
+    if row in searches:
+      cfg = tuning.config_of(searches[row], chosen[row])
+      for field, value in tuning.values(searches[row], chosen[row]).items():
+        set_leaf(final.method[row], field, value)  # what results files record of the choice
+    final_rows.append((row, method, cfg))
+  study = jaxunlearn.Study(final, rows=final_rows)
   payload = study.run()
+  payload['tuning_scores'] = tuning.tuning_scores(record)
+  table = tuned_files(study.experiment_dir, study.title(), payload, study.experiment.class_wise)
   jaxunlearn.write_json(
     os.path.join(study.experiment_dir, 'tuning.json'),
-    {
-      'tune_split_seed': _TUNE_SPLIT_SEED.value,
-      'multipliers': _MULTIPLIERS.value,
-      'methods': choices,
-      'reported_split_seed': config.split_seed,
-      'seeds': payload['seeds'],
-    },
+    {**record, 'reported_split_seed': config.split_seed, 'seeds': payload['seeds']},
   )
-  print(f'\n{study.title()}\n{study.table()}\n\n{report.TABLE_NOTE}\n')
+  scores = comparison.seed_scores(payload['per_seed'], exclude=report.REFERENCE_ROWS)
+  print(f'\n{study.title()}\n{table}\n\n{comparison.ranking_in_groups(scores)}\n')
+  print(f'{report.study_note(payload["per_seed"], tuning=True)}\n')
   if _KEEP_FROM.value:
-    keep_from(_KEEP_FROM.value, study, payload, choices)
+    keep_from(_KEEP_FROM.value, study, payload, record)
 
 
 if __name__ == '__main__':

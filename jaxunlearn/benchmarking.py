@@ -9,45 +9,48 @@ import time
 from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import experiment
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config
-from jaxunlearn.data.device import BatchSampler
+from jaxunlearn.data.device import BatchSampler, gather_images
+from jaxunlearn.experiment import Experiment
 from jaxunlearn.loop import Program, StepKind, compile_program, run_many
 from jaxunlearn.methods import Plan, registry
 from jaxunlearn.optim import make_optimizer
 from jaxunlearn.train import create_state, supervised_step
 
 
-def time_plan(plan: Plan, exp: experiment.Experiment, seed: int, steps: int) -> dict:
+def time_plan(plan: Plan, experiment: Experiment, seed: int, steps: int) -> dict:
   """Compile time and throughput of each step kind of `plan`, on fixed batches.
 
   Args:
     plan: what a method's build returned.
-    setup: the experiment (data on device, mesh).
+    experiment: the experiment (data on device, mesh).
     seed: the seed of the batches and keys.
     steps: timed steps per step kind, after one warm-up step.
 
   Returns:
     {'compile_s': seconds, 'kinds': {kind: {'step_s', 'steps_per_s', 'examples_per_s'}}}.
   """
-  program, state = plan.program, sharding_lib.replicate(plan.state, exp.mesh)
-  constants = sharding_lib.replicate(plan.constants, exp.mesh)
+  program, state = plan.program, sharding_lib.replicate(plan.state, experiment.mesh)
+  constants = sharding_lib.replicate(plan.constants, experiment.mesh)
   t0 = time.perf_counter()
   compiled, _ = compile_program(
-    program, state, exp.train, exp.mesh, seed, augment=True, constants=constants
+    program, state, experiment.train, experiment.mesh, seed, augment=True, constants=constants
   )
   out = {'compile_s': time.perf_counter() - t0, 'kinds': {}}
   base_key = jax.random.key(seed)
   for name, kind in program.kinds.items():
     batch = {
-      slot: BatchSampler(exp.train.sources[source], program.batch_size, seed, source).batch(0)
+      slot: BatchSampler(experiment.train.sources[source], program.batch_size, seed, source).batch(
+        0
+      )
       for slot, source in kind.slots.items()
     }
-    batch = sharding_lib.shard_global_batch(batch, exp.mesh)
-    args = (constants, exp.train.images, exp.train.labels, batch, base_key)
+    batch = sharding_lib.shard_global_batch(batch, experiment.mesh)
+    args = (constants, experiment.train.images, experiment.train.labels, batch, base_key)
     run_state, _ = compiled[name](state, *args)
     jax.block_until_ready(run_state)
     t0 = time.perf_counter()
@@ -64,7 +67,7 @@ def time_plan(plan: Plan, exp: experiment.Experiment, seed: int, steps: int) -> 
 
 
 def benchmark(
-  exp: experiment.Experiment,
+  experiment: Experiment,
   rows: list[tuple[str, str, Config]],
   steps: int,
   seed: int = 0,
@@ -81,34 +84,40 @@ def benchmark(
   Returns:
     {'retrain_step': timing, row: timing}, each as `time_plan` gives it.
   """
-  fns, variables = exp.model(seed)
-  tx = make_optimizer(exp.training.optimizer, 1000)
+  fns, variables = experiment.model(seed)
+  tx = make_optimizer(experiment.training.optimizer, 1000)
   reference = Plan(
     Program(
       {'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
       ['train'],
-      exp.training.batch_size,
+      experiment.training.batch_size,
     ),
     create_state(variables, {'main': tx}),
     {},
   )
-  results = {'retrain_step': time_plan(reference, exp, seed, steps)}
+  results = {'retrain_step': time_plan(reference, experiment, seed, steps)}
+  results['retrain_step']['forward_s'] = forward_seconds(experiment, fns, variables, steps)
   ref_step = results['retrain_step']['kinds']['train']['step_s']
   print(f'retrain step: {ref_step * 1e3:.1f} ms', flush=True)
   for row, method, cfg in rows:
-    ctx = exp.context(fns, variables, seed=seed, batch_size=cfg.batch_size)
+    ctx = experiment.context(fns, variables, seed=seed, batch_size=cfg.batch_size)
     t0 = time.perf_counter()
     plan = registry.get(method).build(ctx, cfg)
     jax.block_until_ready((plan.state, plan.constants))
     prepare_s = time.perf_counter() - t0
-    timing = time_plan(plan, exp, seed, steps)
+    timing = time_plan(plan, experiment, seed, steps)
     timing['prepare_s'] = prepare_s
+    counts = {kind: list(plan.program.schedule).count(kind) for kind in plan.program.kinds}
+    timing['steps'] = counts
+    timing['estimated_rte_s'] = prepare_s + sum(
+      counts[kind] * timing['kinds'][kind]['step_s'] for kind in counts
+    )
     for kind in timing['kinds'].values():
       kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
     slots = max(len(kind.slots) for kind in plan.program.kinds.values())
     if equal_examples and slots > 1:
-      ctx = exp.context(fns, variables, seed=seed, batch_size=cfg.batch_size // slots)
-      equal = time_plan(registry.get(method).build(ctx, cfg), exp, seed, steps)
+      ctx = experiment.context(fns, variables, seed=seed, batch_size=cfg.batch_size // slots)
+      equal = time_plan(registry.get(method).build(ctx, cfg), experiment, seed, steps)
       for kind in equal['kinds'].values():
         kind['step_time_vs_retrain_step'] = kind['step_s'] / ref_step
       timing['equal_examples'] = {'batch_size_per_slot': cfg.batch_size // slots, **equal}
@@ -134,8 +143,25 @@ def benchmark(
   return results
 
 
+def forward_seconds(experiment: Experiment, fns, variables: dict, steps: int) -> float:
+  """Seconds of one eval-mode forward pass of the model on a training batch (what a frozen
+  teacher's pass costs inside a step), the median of `steps` timed calls after a warm-up."""
+  batch = experiment.train.images[: experiment.training.batch_size]
+  images = jax.jit(
+    lambda x: gather_images(x, experiment.info, jnp.arange(experiment.training.batch_size))
+  )(batch)
+  forward = jax.jit(lambda v, x: fns.apply(v, x, train=False)[0])
+  jax.block_until_ready(forward(variables, images))
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(forward(variables, images))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
 def many_models_speed(
-  exp: experiment.Experiment, model_mesh, num_models: list[int], steps: int, seed: int = 0
+  experiment: Experiment, model_mesh, num_models: list[int], steps: int, seed: int = 0
 ) -> dict:
   """Time per training step of K models in one program (`loop.run_many`, on `model_mesh`)
   against K single-model steps one after another, for each K in `num_models`: vmapped, and on
@@ -146,20 +172,22 @@ def many_models_speed(
     step's time under 'single_step_s'.
   """
 
-  fns, variables = exp.model(seed)
-  tx = make_optimizer(exp.training.optimizer, 1000)
+  fns, variables = experiment.model(seed)
+  tx = make_optimizer(experiment.training.optimizer, 1000)
   program = Program(
     {'train': StepKind(supervised_step(fns, tx), {'train': 'retain'})},
     ['train'] * steps,
-    exp.training.batch_size,
+    experiment.training.batch_size,
   )
-  single = time_plan(Plan(program, create_state(variables, {'main': tx}), {}), exp, seed, steps)
+  single = time_plan(
+    Plan(program, create_state(variables, {'main': tx}), {}), experiment, seed, steps
+  )
   single_s = single['kinds']['train']['step_s']
   out = {'single_step_s': single_s}
-  data = exp.on_mesh(model_mesh).train
+  data = experiment.on_mesh(model_mesh).train
   forms = ('vmap', 'unroll') if jax.default_backend() == 'cpu' else ('vmap',)
   for k in num_models:
-    states = [create_state(exp.model(s)[1], {'main': tx}) for s in range(k)]
+    states = [create_state(experiment.model(s)[1], {'main': tx}) for s in range(k)]
     entry = {'sequential_step_s': k * single_s}
     for form in forms:
       result = run_many(

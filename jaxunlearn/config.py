@@ -223,6 +223,60 @@ def validate(config: Config, path: str) -> Config:
   return config
 
 
+def get_field(config, dotted: str) -> Any:
+  """The value of a dotted field ('optimizer.lr') of a typed config or a (Config)Dict of one."""
+  for part in dotted.split('.'):
+    config = getattr(config, part) if isinstance(config, Config) else config[part]
+  return config
+
+
+def replace_field(config: Config, dotted: str, value) -> Config:
+  """A copy of the typed `config` with its dotted field set to `value` (not validated)."""
+  head, _, rest = dotted.partition('.')
+  if rest:
+    value = replace_field(getattr(config, head), rest, value)
+  return dataclasses.replace(config, **{head: value})
+
+
+def field_rule(cls: type, dotted: str) -> Rule:
+  """The `Rule` of a dotted field of the config class `cls`.
+
+  Raises:
+    ValueError: `dotted` names no field with a rule (a sub-config, or nothing).
+  """
+  *parents, leaf = dotted.split('.')
+  for part in parents:
+    cls = typing.get_type_hints(cls).get(part)
+    if not (isinstance(cls, type) and issubclass(cls, Config)):
+      raise ValueError(f'{dotted!r}: {part!r} is not a sub-config')
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  if leaf not in fields or 'rule' not in fields[leaf].metadata:
+    raise ValueError(f'{dotted!r}: not a field with a rule of {cls.__name__}')
+  return fields[leaf].metadata['rule']
+
+
+def leaves(values: dict, prefix: str = '') -> dict[str, Any]:
+  """{dotted key: value} of every non-dict value of the nested dict `values`."""
+  out = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      out.update(leaves(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def set_leaf(values, dotted: str, value) -> None:
+  """Sets a dotted key of the nested dict or ConfigDict `values` in place, making the dicts on
+  its way."""
+  *parents, leaf = dotted.split('.')
+  for part in parents:
+    if part not in values:
+      values[part] = {}
+    values = values[part]
+  values[leaf] = value
+
+
 OPTIMIZERS = ('sgd', 'adam', 'adamw')
 SCHEDULES = ('constant', 'cosine', 'step', 'linear', 'onecycle')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -349,6 +403,16 @@ class TrainingConfig(Config):
     doc='a trained Original to start from instead of training one: an Orbax checkpoint '
     'directory, .msgpack, .npz or .safetensors of nnx.state(model)',
   )
+  init: str = text(
+    '',
+    doc='pre-trained weights the Original and Retrain start from (a fresh head each), then '
+    'fine-tuned by the recipe; a weights file of the model (as for original) or of init_layout',
+  )
+  init_layout: str = text(
+    '',
+    doc="'' (the model's own tree) or a public layout read by models.load_pretrained, e.g. "
+    'torchvision:resnet18, timm:vit_base_patch16_224',
+  )
   num_devices: int = integer(
     -1,
     ge=-1,
@@ -367,7 +431,15 @@ class TrainingConfig(Config):
   log_every: int = integer(50, ge=1)
 
   def constraints(self):
-    return (('workdir', bool(self.workdir.strip()), 'must name a directory'),)
+    return (
+      ('workdir', bool(self.workdir.strip()), 'must name a directory'),
+      (
+        'init',
+        not (self.init and self.original),
+        'cannot be given with --config.original (a given Original is not trained from it)',
+      ),
+      ('init_layout', not self.init_layout or bool(self.init), 'needs --config.init'),
+    )
 
 
 MIA_FEATURES = ('confidence', 'entropy')

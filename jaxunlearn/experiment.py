@@ -30,7 +30,7 @@ from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.checkpoint import CheckpointManager, check_compatible, model_signature
 from jaxunlearn.config import ConfigError, DataConfig, EvalConfig, TrainingConfig, section_from_flat
 from jaxunlearn.data.device import DeviceData
-from jaxunlearn.features import feature_points
+from jaxunlearn.features import feature_points, layer_calls
 from jaxunlearn.loop import Program, run, step_runner
 from jaxunlearn.methods import UnlearnContext
 from jaxunlearn.models import (
@@ -52,7 +52,9 @@ def forget_tag(spec: str) -> str:
   return re.sub(r'[^A-Za-z0-9.]+', '-', spec).strip('-')
 
 
-def directories(data: DataConfig, training: TrainingConfig, dataset_name: str) -> tuple[str, str]:
+def directories(
+  data: DataConfig, training: TrainingConfig, dataset_name: str, init_digest: str = ''
+) -> tuple[str, str]:
   """The model directory and the experiment directory of an experiment (the layout above).
 
   Args:
@@ -60,13 +62,14 @@ def directories(data: DataConfig, training: TrainingConfig, dataset_name: str) -
     training: the training section (its workdir and model).
     dataset_name: the loaded dataset's name, `DatasetInfo.name` (a built-in dataset's is its
       --config.dataset value).
+    init_digest: the sha256 of the pre-trained weights the models start from ('' = none).
 
   Returns:
-    ``{workdir}/{dataset}-{model}`` and, inside it, ``{forget}-split{k}``.
+    ``{workdir}/{dataset}-{model}[-init{digest[:12]}]`` and, inside it, ``{forget}-split{k}``.
   """
+  name = f'{data_lib.data_name(dataset_name, data.train_subset)}-{model_tag(training.model)}'
   model_dir = os.path.join(
-    training.workdir,
-    f'{data_lib.data_name(dataset_name, data.train_subset)}-{model_tag(training.model)}',
+    training.workdir, name + (f'-init{init_digest[:12]}' if init_digest else '')
   )
   return model_dir, os.path.join(model_dir, f'{forget_tag(data.forget)}-split{data.split_seed}')
 
@@ -109,6 +112,7 @@ class Experiment:
   constructor: Callable[..., nnx.Module]  # builds the model (`jaxunlearn.models.resolve`)
   feature_points: tuple  # the model's features (`jaxunlearn.features.feature_points`)
   original_file: dict | None = None  # {'path', 'sha256'} when the Original is read from a file
+  init_file: dict | None = None  # {'path', 'sha256', 'layout'}: the pre-trained start, if any
   _cache: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
   # --- models and recipes ------------------------------------------------------------------
@@ -127,6 +131,15 @@ class Experiment:
   def model(self, seed: int) -> tuple[ModelFns, dict]:
     """The experiment's model, freshly initialised from `seed`: its functions and variables."""
     return functionalize(self.module(seed), self.feature_points)
+
+  def starting_model(self, seed: int) -> tuple[ModelFns, dict]:
+    """What the Original and Retrain of `seed` train from: the fresh model, or with
+    `training.init` the pre-trained weights with a fresh head drawn from `seed` (so the Original
+    and Retrain of a seed start from identical weights)."""
+    module = self.module(seed)
+    if self.init_file is not None:
+      load_init(module, self.training, self.info.image_shape, self.model_kwargs)
+    return functionalize(module, self.feature_points)
 
   def training_program(self, model_fns: ModelFns, source: str) -> tuple[Program, dict]:
     """The training recipe on `source` ('all': the Original, 'retain': Retrain): the program and
@@ -206,7 +219,7 @@ class Experiment:
     data) or Retrain (`kind='retrain'`, D_r only). Returns fns, variables and metrics."""
     source = 'all' if kind == 'original' else 'retain'
     directory = self.model_run_dir(kind, seed)
-    model_fns, variables = self.model(seed)
+    model_fns, variables = self.starting_model(seed)
     meta = {
       'model': self.training.model,
       'dataset': self.data_config.dataset,
@@ -323,6 +336,7 @@ class Experiment:
       'model_kwargs': self.model_kwargs,
       'features': [dataclasses.asdict(p) for p in self.feature_points],
       'original_file': self.original_file,
+      'init_file': self.init_file,
       'devices': [f'{d.platform}:{d.id}' for d in self.mesh.devices.flat],
     }
 
@@ -459,6 +473,14 @@ def prepare(config, model: Callable[..., nnx.Module] | None = None) -> Experimen
   )
   check_model(probe_model, info.num_classes, info.image_shape, training.model)
   points = feature_points(probe_model, info.image_shape, training.features)
+  init_file = None
+  if training.init:
+    load_init(probe_model, training, info.image_shape, model_kwargs)
+    init_file = {
+      'path': os.path.abspath(training.init),
+      'sha256': weight_files.file_digest(training.init),
+      'layout': training.init_layout,
+    }
   original_file = None
   if training.original:
     weight_files.load_into(probe_model, training.original)
@@ -472,7 +494,9 @@ def prepare(config, model: Callable[..., nnx.Module] | None = None) -> Experimen
   split = data_lib.make_forget_split(
     data_config.forget, data_config.split_seed, train, test, info, subset=subset
   )
-  model_dir, experiment_dir = directories(data_config, training, info.name)
+  model_dir, experiment_dir = directories(
+    data_config, training, info.name, init_file['sha256'] if init_file else ''
+  )
   existing = data_lib.load_forget_split(experiment_dir)
   if existing is not None and existing.digest != split.digest:
     raise ValueError(
@@ -502,12 +526,31 @@ def prepare(config, model: Callable[..., nnx.Module] | None = None) -> Experimen
     constructor=constructor,
     feature_points=points,
     original_file=original_file,
+    init_file=init_file,
   )
   if probe:
     experiment = probe_cpu_layout(experiment)
   if jax.process_index() == 0:
     data_lib.save_forget_split(split, experiment_dir)
   return experiment
+
+
+def load_init(module: nnx.Module, training: TrainingConfig, image_shape, model_kwargs: dict):
+  """Fills `module`'s body (every weight but its head's) with the pre-trained weights of
+  `training.init`, in place; the head keeps its fresh initialisation.
+
+  Raises:
+    ConfigError: a file that does not read or does not fit the model's body (every leaf named).
+  """
+  if training.init_layout:
+    found = weight_files.public_layout_weights(
+      training.init, training.init_layout, image_shape, model_kwargs
+    )
+  else:
+    found = weight_files.read_weights(training.init, '--config.init')
+  calls, _ = layer_calls(module, image_shape)
+  head = '.'.join(map(str, calls[-1][0]))
+  return weight_files.load_body_into(module, found, head, where=training.init)
 
 
 def probe_cpu_layout(experiment: Experiment) -> Experiment:
@@ -538,18 +581,22 @@ def probe_cpu_layout(experiment: Experiment) -> Experiment:
 
   record = sharding_lib.cached_layout(key)
   if record is None or record.get('choice') not in (one, every):
-    candidates = {name: placed(name) for name in (one, every)}
+    by_layout = {name: placed(name) for name in (one, every)}
     runners = {}
-    for name, candidate in candidates.items():
-      model_fns, variables = candidate.model(0)
-      program, optimizers = candidate.training_program(model_fns, 'all')
+    for name, placed_experiment in by_layout.items():
+      model_fns, variables = placed_experiment.model(0)
+      program, optimizers = placed_experiment.training_program(model_fns, 'all')
       runners[name] = step_runner(
-        program, create_state(variables, optimizers), candidate.train, mesh=candidate.mesh, seed=0
+        program,
+        create_state(variables, optimizers),
+        placed_experiment.train,
+        mesh=placed_experiment.mesh,
+        seed=0,
       )
     choice, seconds = sharding_lib.fastest(runners)
     record = {'choice': choice, 'seconds_per_step': seconds}
     sharding_lib.store_layout(key, record)
     timings = ', '.join(f'{name} {s * 1e3:.1f} ms' for name, s in seconds.items())
     print(f'CPU layout: {choice} (training step: {timings}; cached)', flush=True)
-    return candidates[choice]
+    return by_layout[choice]
   return placed(record['choice'])

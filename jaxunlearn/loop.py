@@ -41,9 +41,8 @@ StepFn = Callable[[TrainState, dict, jax.Array, Any], tuple[TrainState, dict]]
 # Steps dispatched ahead of the host. PjRt's CPU client blocks the dispatching thread once a
 # device has 32 computations in flight; with a collective across CPU devices (data parallelism
 # over one device per core) the launch of a peer's share of a step can then wait behind it, and
-# the all-reduce's 40 s rendezvous aborts the process. On 2 cores with the main job's CNN, steps
-# dispatched back to back aborted at the second step and this loop unbounded within 384 steps;
-# with 8 or 16 in flight 1,500 steps ran clean at the same speed.
+# the all-reduce's rendezvous times out and aborts the process. A few steps in flight keep the
+# devices busy without it (tests/test_loop.py runs the case that aborted).
 MAX_STEPS_IN_FLIGHT = 8
 
 
@@ -477,9 +476,9 @@ def use_vmap(form: str, params) -> bool:
   """Whether a device's models run as one vmapped step ('vmap') or one after another inside the
   compiled step ('unroll'). 'auto': vmap, except on CPU for a model with a convolution (a kernel of
   rank 4 or more in `params`). On XLA:CPU a vmapped convolution whose kernels differ per model
-  becomes a grouped convolution, which ran 4-5x slower than the same steps one after another
-  (mnist5k CNN, K = 8 and 32, 2 cores); a vmapped dense layer is a batched matmul, as fast as the
-  unrolled models and 7x quicker to compile (digits MLP, K = 32: 0.8 s against 5.8 s).
+  becomes a grouped convolution, several times slower than the same steps one after another; a
+  vmapped dense layer is a batched matmul, as fast as the unrolled models and much quicker to
+  compile (docs/speed.md, "Loop forms").
   """
   if form not in MANY_MODEL_FORMS:
     raise ValueError(f'form={form!r}: allowed values are {MANY_MODEL_FORMS}.')

@@ -41,13 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxunlearn import evaluation, experiment, figures, metrics, report
+from jaxunlearn import evaluation, figures, metrics, report
 from jaxunlearn import forgetting_quality as fq
 from jaxunlearn import sharding as sharding_lib
 from jaxunlearn.config import Config, ConfigError, choice, integer, number
 from jaxunlearn.config import sgd as sgd_config
 from jaxunlearn.data import gather_images
 from jaxunlearn.data.device import padded_chunks
+from jaxunlearn.experiment import Experiment
 from jaxunlearn.loop import Program, StepKind, run_many
 from jaxunlearn.methods import registry
 from jaxunlearn.optim import make_optimizer
@@ -105,30 +106,30 @@ def _model(tree, k: int):
 
 
 def train_models(
-  exp: experiment.Experiment, seeds: list[int], source: str, name: str
+  experiment: Experiment, seeds: list[int], source: str, name: str
 ) -> tuple[dict, float]:
   """Models trained together with the training recipe on `source` ('retain': Retrain models,
   'all': Originals), model k from seeds[k]; returns their stacked variables and the wall time."""
   states, program = [], None
   for seed in seeds:
-    fns, variables = exp.model(seed)
-    program, optimizers = exp.training_program(fns, source)
+    fns, variables = experiment.model(seed)
+    program, optimizers = experiment.training_program(fns, source)
     states.append(create_state(variables, optimizers))
   t0 = time.perf_counter()
   result = run_many(
     program,
     states,
-    exp.train,
-    mesh=exp.mesh,
+    experiment.train,
+    mesh=experiment.mesh,
     seeds=seeds,
-    log_every=exp.training.log_every,
+    log_every=experiment.training.log_every,
     name=name,
   )
   return jax.device_get(result.state.variables), time.perf_counter() - t0
 
 
 def unlearn_models(
-  exp: experiment.Experiment,
+  experiment: Experiment,
   method: str,
   cfg: Config,
   model_fns,
@@ -142,7 +143,9 @@ def unlearn_models(
   t0 = time.perf_counter()
   plans = [
     registry.get(method).build(
-      exp.context(model_fns, original, seed=seed, batch_size=cfg.batch_size, cache_dir=cache_dir),
+      experiment.context(
+        model_fns, original, seed=seed, batch_size=cfg.batch_size, cache_dir=cache_dir
+      ),
       cfg,
     )
     for original, seed in zip(originals, seeds)
@@ -150,11 +153,11 @@ def unlearn_models(
   result = run_many(
     plans[0].program,
     [p.state for p in plans],
-    exp.train,
-    mesh=exp.mesh,
+    experiment.train,
+    mesh=experiment.mesh,
     seeds=seeds,
     constants=[p.constants for p in plans],
-    log_every=exp.training.log_every,
+    log_every=experiment.training.log_every,
     name=method,
   )
   final = jax.device_get(result.state)
@@ -166,18 +169,18 @@ def unlearn_models(
 
 
 def relearn_accuracies(
-  exp: experiment.Experiment, model_fns, variables: dict, seeds: list[int], cfg: ManyModelsConfig
+  experiment: Experiment, model_fns, variables: dict, seeds: list[int], cfg: ManyModelsConfig
 ) -> np.ndarray:
   """Forget-set accuracy [K, relearn_steps + 1] of K models fine-tuned on D_f with SGD (before
   the first step, then after each); each model's batches follow its seed."""
   tx = make_optimizer(sgd_config(cfg.relearn_lr), cfg.relearn_steps)
-  positions, weights = padded_chunks(exp.train.sources['forget'], cfg.relearn_batch_size)
+  positions, weights = padded_chunks(experiment.train.sources['forget'], cfg.relearn_batch_size)
   forget_set = {'positions': jnp.asarray(positions), 'weights': jnp.asarray(weights)}
 
   def set_accuracy(params, batch_stats, constants, images, labels):
     def chunk(xs):
       pos, w = xs
-      x = gather_images(images, exp.info, pos)
+      x = gather_images(images, experiment.info, pos)
       logits, _ = model_fns.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
       return jnp.sum((jnp.argmax(logits, -1) == jnp.take(labels, pos)) * w)
 
@@ -195,7 +198,11 @@ def relearn_accuracies(
     )
     return state, {'loss': metrics['loss'], 'forget_set_accuracy': accuracy}
 
-  constants = {'forget_set': forget_set, 'images': exp.train.images, 'labels': exp.train.labels}
+  constants = {
+    'forget_set': forget_set,
+    'images': experiment.train.images,
+    'labels': experiment.train.labels,
+  }
   program = Program(
     {'relearn': StepKind(relearn_step, {'train': 'forget'})},
     ['relearn'] * cfg.relearn_steps,
@@ -206,7 +213,7 @@ def relearn_accuracies(
     [
       np.asarray(
         jax.jit(set_accuracy)(
-          s.params, s.batch_stats, constants, exp.train.images, exp.train.labels
+          s.params, s.batch_stats, constants, experiment.train.images, experiment.train.labels
         )
       )
       for s in states
@@ -215,8 +222,8 @@ def relearn_accuracies(
   result = run_many(
     program,
     states,
-    exp.train,
-    mesh=exp.mesh,
+    experiment.train,
+    mesh=experiment.mesh,
     seeds=seeds,
     constants=[constants] * len(seeds),
     log_every=10**9,
@@ -230,33 +237,33 @@ def relearn_accuracies(
 SETS = (('forget', 'train', 'forget'), ('retain', 'train', 'retain'), ('test', 'test', 'test'))
 
 
-def logits_of(exp: experiment.Experiment, model_fns, variables: dict) -> dict[str, np.ndarray]:
+def logits_of(experiment: Experiment, model_fns, variables: dict) -> dict[str, np.ndarray]:
   """Eval-mode logits [K, N, C] of K models on D_f, D_r and the test set."""
   return {
     name: evaluation.predict_many(
       model_fns,
       variables,
-      getattr(exp, data).images,
-      exp.info,
-      getattr(exp, data).sources[source],
-      mesh=exp.mesh,
-      batch_size=exp.evaluation.eval_batch_size,
+      getattr(experiment, data).images,
+      experiment.info,
+      getattr(experiment, data).sources[source],
+      mesh=experiment.mesh,
+      batch_size=experiment.evaluation.eval_batch_size,
     )
     for name, data, source in SETS
   }
 
 
-def labels_of(exp: experiment.Experiment) -> dict[str, np.ndarray]:
+def labels_of(experiment: Experiment) -> dict[str, np.ndarray]:
   return {
-    name: np.asarray(getattr(exp, data).labels)[getattr(exp, data).sources[source]]
+    name: np.asarray(getattr(experiment, data).labels)[getattr(experiment, data).sources[source]]
     for name, data, source in SETS
   }
 
 
-def per_model_scores(exp: experiment.Experiment, logits: dict, labels: dict) -> list[dict]:
+def per_model_scores(experiment: Experiment, logits: dict, labels: dict) -> list[dict]:
   """UA, RA, TA and MIA (the study's evaluation settings) of each of the K models."""
-  test_forget_mask = exp.test_forget_mask()
-  cfg = exp.evaluation
+  test_forget_mask = experiment.test_forget_mask()
+  cfg = experiment.evaluation
   return [
     metrics.unlearning_metrics(
       forget_logits=logits['forget'][k],
@@ -279,7 +286,7 @@ def mean_scores(per_model: list[dict]) -> dict:
 
 
 def scores_of(
-  exp: experiment.Experiment,
+  experiment: Experiment,
   model_fns,
   variables: dict,
   retrain: dict,
@@ -295,8 +302,8 @@ def scores_of(
     original_forget_accuracy: the relearn target, the forget accuracy of the Original each
       model comes from, [K].
   """
-  logits, labels = logits_of(exp, model_fns, variables), labels_of(exp)
-  per_model = per_model_scores(exp, logits, labels)
+  logits, labels = logits_of(experiment, model_fns, variables), labels_of(experiment)
+  per_model = per_model_scores(experiment, logits, labels)
   scores = mean_scores(per_model)
   scores['AvgGap'] = float(np.mean([metrics.avg_gap(s, retrain['scores']) for s in per_model]))
   scores['ToW'] = float(np.mean([metrics.tow(s, retrain['scores']) for s in per_model]))
@@ -316,7 +323,7 @@ def scores_of(
   )
   relearn = fq.relearn_summary(
     fq.relearn_time(
-      relearn_accuracies(exp, model_fns, variables, seeds, cfg),
+      relearn_accuracies(experiment, model_fns, variables, seeds, cfg),
       original_forget_accuracy,
       steps=np.arange(cfg.relearn_steps + 1),
       tolerance=cfg.relearn_tolerance,
@@ -384,27 +391,27 @@ def evaluate(study, cfg: ManyModelsConfig, results_name: str = 'many_models') ->
   study.check_methods()
   k = cfg.num_models
   seeds = list(range(k))
-  exp = study.experiment.on_mesh(mesh)
-  labels = labels_of(exp)
+  experiment = study.experiment.on_mesh(mesh)
+  labels = labels_of(experiment)
   start = time.perf_counter()
-  stacked_originals, originals_wall = train_models(exp, seeds, 'all', 'original')
-  fns = exp.model(0)[0]
+  stacked_originals, originals_wall = train_models(experiment, seeds, 'all', 'original')
+  fns = experiment.model(0)[0]
   if cfg.originals == 'per_model':
     originals = [_model(stacked_originals, i) for i in seeds]
-    original_logits = logits_of(exp, fns, stacked_originals)['forget']
+    original_logits = logits_of(experiment, fns, stacked_originals)['forget']
   else:
     original = study.original()
     originals = [original.variables] * k
     one = study.experiment.logits(original.model_fns, original.variables)['forget']
     original_logits = np.broadcast_to(one, (k, *one.shape))
   original_fa = 100.0 * np.mean(np.argmax(original_logits, -1) == labels['forget'], axis=1)
-  retrain_vars, retrain_wall = train_models(exp, seeds, 'retain', 'retrain')
-  retrain_logits = logits_of(exp, fns, retrain_vars)
-  retrain_scores = mean_scores(per_model_scores(exp, retrain_logits, labels))
+  retrain_vars, retrain_wall = train_models(experiment, seeds, 'retain', 'retrain')
+  retrain_logits = logits_of(experiment, fns, retrain_vars)
+  retrain_scores = mean_scores(per_model_scores(experiment, retrain_logits, labels))
   retrain = {'logits': retrain_logits, 'scores': retrain_scores}
   relearn = fq.relearn_summary(
     fq.relearn_time(
-      relearn_accuracies(exp, fns, retrain_vars, seeds, cfg),
+      relearn_accuracies(experiment, fns, retrain_vars, seeds, cfg),
       original_fa,
       steps=np.arange(cfg.relearn_steps + 1),
       tolerance=cfg.relearn_tolerance,
@@ -422,21 +429,29 @@ def evaluate(study, cfg: ManyModelsConfig, results_name: str = 'many_models') ->
   }
   per_example = {}
   control_seeds = list(range(k, 2 * k))
-  control_vars, control_wall = train_models(exp, control_seeds, 'retain', 'control')
+  control_vars, control_wall = train_models(experiment, control_seeds, 'retain', 'control')
   for row, variables, row_seeds, wall in (
     ('Control', control_vars, control_seeds, control_wall),
     ('Original', stacked_originals, seeds, originals_wall),
   ):
     rows[row], per_example[row] = scores_of(
-      exp, fns, variables, retrain, original_fa, cfg, row_seeds
+      experiment, fns, variables, retrain, original_fa, cfg, row_seeds
     )
     rows[row]['wall_s'] = wall
     _print(row, rows[row])
   for row, method, method_cfg in study.rows:
     variables, wall, info = unlearn_models(
-      exp, method, method_cfg, fns, originals, seeds, os.path.join(study.experiment_dir, 'cache')
+      experiment,
+      method,
+      method_cfg,
+      fns,
+      originals,
+      seeds,
+      os.path.join(study.experiment_dir, 'cache'),
     )
-    rows[row], per_example[row] = scores_of(exp, fns, variables, retrain, original_fa, cfg, seeds)
+    rows[row], per_example[row] = scores_of(
+      experiment, fns, variables, retrain, original_fa, cfg, seeds
+    )
     rows[row].update(wall_s=wall, trainable_fraction=info.get('trainable_fraction', 1.0))
     _print(row, rows[row])
   title = (
@@ -450,7 +465,7 @@ def evaluate(study, cfg: ManyModelsConfig, results_name: str = 'many_models') ->
     'epsilons': {name: v.tolist() for name, v in per_example.items()},
     'originals': cfg.originals,
     'original_forget_accuracy': original_fa.tolist(),
-    **report.provenance(exp.mesh),
+    **report.provenance(experiment.mesh),
     'wall_seconds': time.perf_counter() - start,
   }
   if jax.process_index() == 0:

@@ -15,9 +15,10 @@ from typing import Any
 
 import jax
 
-from jaxunlearn import figures, files
+from jaxunlearn import comparison, figures, files
 
-COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'KL', 'FD_r', 'RTE_s')
+REFERENCE_ROWS = ('Original', 'Retrain')
+COLUMNS = ('UA', 'RA', 'TA', 'MIA', 'AvgGap', 'ToW', 'KL', 'FD_r', 'RTE_s', 'trainable_fraction')
 CLASS_COLUMNS = ('TA_retain', 'TA_forget')
 MANY_MODEL_COLUMNS = (
   'UA',
@@ -72,15 +73,58 @@ def summary_cell(summary: dict, key: str) -> str:
   return f'{s["mean"]:.{digits}f}'
 
 
-def study_table(rows: dict[str, dict], *, class_wise: bool) -> str:
-  """A study's table: one row per method (Original and Retrain first), mean ± std over seeds;
-  rows that diverged in some seeds say in how many."""
-  columns = COLUMNS[:3] + (CLASS_COLUMNS if class_wise else ()) + COLUMNS[3:]
+GROUP = 'Group'
+TUNING = 'AvgGap (tuning)'
+
+
+def study_table(
+  rows: dict[str, dict],
+  *,
+  class_wise: bool,
+  per_seed: dict[str, list[dict]] | None = None,
+  tuning: dict[str, float] | None = None,
+) -> str:
+  """A study's table: one row per method (Original and Retrain first), mean ± std over seeds.
+
+  Args:
+    rows: {row: its summary ({score: {'mean', 'std', 'n'}})}; rows that diverged in some seeds
+      say in how many.
+    class_wise: adds the test accuracy on the remaining and the forgotten classes.
+    per_seed: {row: scores per seed}; with 2 seeds or more, a Group column marks the methods
+      whose Avg. Gap cannot be told apart (`comparison.tie_groups`; '-': not run on every seed).
+    tuning: {method: its Avg. Gap on the tuning split}; adds a column beside the reported
+      Avg. Gap, '(!)' where the reported mean lies outside it ± 2 reported stds
+      (`comparison.transfer`).
+
+  Returns:
+    The markdown table.
+  """
+  columns = COLUMNS[:3] + (CLASS_COLUMNS if class_wise else ()) + COLUMNS[3:5]
+  extra = {name: {} for name in rows}
+  scores = comparison.seed_scores(per_seed or {}, exclude=REFERENCE_ROWS)
+  if scores:
+    columns += (GROUP,)
+    letters = comparison.tie_groups(scores)
+    for name in rows:
+      if name not in REFERENCE_ROWS:
+        extra[name][GROUP] = letters.get(name, '-')
+  if tuning:
+    columns += (TUNING,)
+    for name, check in comparison.transfer(tuning, rows).items():
+      extra[name][TUNING] = f'{check["tuning"]:.2f}' + (' (!)' if check['outside'] else '')
+  columns += COLUMNS[5:]
   labelled = {}
   for name, summary in rows.items():
     share = summary.get('diverged', {}).get('mean', 0.0)
-    labelled[f'{name} (diverged in {share:.0%} of seeds)' if share > 0 else name] = summary
-  return markdown_table(labelled, columns, summary_cell)
+    label = f'{name} (diverged in {share:.0%} of seeds)' if share > 0 else name
+    labelled[label] = {**summary, **extra[name]}
+  return markdown_table(labelled, columns, _study_cell)
+
+
+def _study_cell(scores: dict, key: str) -> str:
+  if key in (GROUP, TUNING):
+    return scores.get(key, '')
+  return summary_cell(scores, key)
 
 
 def many_model_cell(scores: dict, key: str) -> str:
@@ -143,6 +187,15 @@ def gap_ranking(rows: dict) -> str:
   return f'By Avg. Gap to Retrain (lower is better): {ranked}.\n'
 
 
+def ranking_line(rows: dict, per_seed: dict[str, list[dict]] | None = None) -> str:
+  """The ranking sentence of a study: in groups of methods whose Avg. Gap cannot be told apart
+  (`comparison.ranking_in_groups`) when it ran 2 seeds or more, else by mean Avg. Gap."""
+  scores = comparison.seed_scores(per_seed or {}, exclude=REFERENCE_ROWS)
+  if scores:
+    return comparison.ranking_in_groups(scores) + '\n'
+  return gap_ranking(rows)
+
+
 def many_model_rankings(payload: dict) -> str:
   """Sentences ranking a many-model results file's rows by F and by Avg. Gap, and counting the
   pairs of methods (the control and the Original left out) whose intervals of F do not overlap."""
@@ -169,7 +222,19 @@ def results_notes(payload: dict) -> list[str]:
   """Markdown lines under a results file's table: its ranking (a study's by Avg. Gap, a
   many-model file's by F and Avg. Gap) and, for a study merged from two runs, which rows each
   gave."""
-  lines = [gap_ranking(payload['summary'])] if 'summary' in payload else []
+  lines = []
+  if 'summary' in payload:
+    lines.append(ranking_line(payload['summary'], payload.get('per_seed')))
+    tuning = payload.get('tuning_scores')
+    if tuning:
+      moved = comparison.transfer(tuning, payload['summary'])
+      flagged = [name for name, t in moved.items() if t['outside']]
+      if flagged:
+        lines += [
+          'Chosen settings that did not transfer from the tuning split (reported mean outside '
+          'the tuning score ± 2 reported stds): ' + ', '.join(flagged) + '.',
+          '',
+        ]
   if 'merged' in payload:
     merged = payload['merged']
     lines += [
@@ -350,8 +415,30 @@ TABLE_NOTE = (
   'feature distance to the Original on D_r (L2, averaged over examples and layers); '
   'RTE_s = wall time '
   'of the unlearning phase in seconds, compilation excluded (Original/Retrain: '
-  'training time).'
+  'training time); trainable_fraction = the share of the weights the method may change '
+  "(RFA-LoRA: its LoRA weights over the model's)."
 )
+
+
+def study_note(per_seed: dict[str, list[dict]] | None = None, *, tuning: bool = False) -> str:
+  """The note under a study table (`study_table` with the same `per_seed`; `tuning`: it has the
+  tuning column)."""
+  note = TABLE_NOTE
+  if comparison.seed_scores(per_seed or {}, exclude=REFERENCE_ROWS):
+    note += (
+      f' {GROUP}: methods sharing a letter cannot be told apart by Avg. Gap ({comparison.TEST}, '
+      f'level {comparison.LEVEL:g} per pair, not adjusted for the number of pairs; '
+      'the runs of a seed share the Original, Retrain and split); letter a holds the lowest '
+      "mean; '-': not run on every seed."
+    )
+  if tuning:
+    note += (
+      f' {TUNING}: the Avg. Gap of the chosen setting on the tuning split (mean over the tuning '
+      "seeds); (!): the reported mean lies outside it ± 2 reported stds, so the tuning's choice "
+      'did not transfer.'
+    )
+  return note
+
 
 MANY_MODEL_NOTE = (
   'K models per row (seeds 0..K-1), single-model scores averaged over them. Control = a second '

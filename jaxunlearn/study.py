@@ -45,14 +45,15 @@ from jaxunlearn.models import model_name, resolve
 from jaxunlearn.unlearn import add_reference_scores, run_method, summarise
 
 RUN_FORMAT = 2  # bump when what a run's scores mean changes: every run is redone
-REFERENCE_ROWS = ('Original', 'Retrain')
+REFERENCE_ROWS = report.REFERENCE_ROWS
 
 
 def study_config(preset: str | None = None, **overrides) -> ml_collections.ConfigDict:
   """The main job's config: an experiment plus the study's rows and every method's settings.
 
   Args:
-    preset: a method preset (e.g. 'cifar10_resnet18') for the methods that have it.
+    preset: a method preset (e.g. 'cifar10_resnet18') for the methods that have it; the others
+      start from the preset of the study's forget kind and dataset (`registry.resolve`).
     **overrides: values to set; nested keys with '__' or '.' inside a dict key, e.g.
       ``study_config(**{'method.ft.epochs': 2})`` or ``study_config(epochs=3)``.
 
@@ -97,7 +98,8 @@ class Study:
       config = copy.deepcopy(config)
       config.original = os.fspath(original)
     self.data_config, self.training, self.evaluation = experiment.sections(config)
-    self.model_constructor = resolve(model if model is not None else self.training.model)
+    resolve(model if model is not None else self.training.model)  # fails fast: one line
+    self.model_constructor = model
     if model is not None:
       self.training = self.training.replace(model=model_name(model))
     self.options = section_from_flat(StudyConfig, config)
@@ -105,8 +107,15 @@ class Study:
       DistributedConfig, config.get('distributed', {}), '--config.distributed'
     )
     self.seeds = parse_seeds(self.options.seeds)
-    self.rows = (
-      registry.method_rows(config.method, self.options.methods) if 'method' in config else []
+    self.rows, self.presets = (
+      registry.method_rows(
+        config.method,
+        self.options.methods,
+        forget=self.data_config.forget,
+        dataset=self.data_config.dataset,
+      )
+      if 'method' in config
+      else ([], {})
     )
     if rows is not None:
       self.rows = [
@@ -191,6 +200,10 @@ class Study:
     if self.options.only_report:
       return self.write_results()
     start = time.perf_counter()
+    if self.presets:
+      print(
+        registry.describe_presets(self.presets, self.data_config.forget, self.data_config.dataset)
+      )
     self.check_methods()
     with self.store.lock():
       for seed in self.seeds:
@@ -305,8 +318,11 @@ class Study:
     return {row: summarise(scores) for row, scores in self.per_seed().items()}
 
   def table(self) -> str:
-    """The markdown table of the completed runs (mean ± std over seeds)."""
-    return report.study_table(self.summary(), class_wise=self.experiment.class_wise)
+    """The markdown table of the completed runs (mean ± std over seeds; with 2 seeds or more,
+    the groups of rows whose Avg. Gap cannot be told apart)."""
+    return report.study_table(
+      self.summary(), class_wise=self.experiment.class_wise, per_seed=self.per_seed()
+    )
 
   def title(self) -> str:
     c = self.data_config
@@ -316,23 +332,34 @@ class Study:
     )
 
   def table_note(self) -> str:
-    """The note under the table: the metrics, and where the Original came from."""
-    source = self.experiment.original_file
-    if source is None:
-      return report.TABLE_NOTE
-    return (
-      f'{report.TABLE_NOTE} The Original is read from {source["path"]} (sha256 '
-      f'{source["sha256"][:16]}), not trained; Retrain is trained from scratch on D_r by the '
-      'training recipe.'
-    )
+    """The note under the table: the metrics, the tie groups, and where the Original came
+    from."""
+    note = report.study_note(self.per_seed())
+    init, source = self.experiment.init_file, self.experiment.original_file
+    if init is not None:
+      layout = f' ({init["layout"]} layout)' if init['layout'] else ''
+      note += (
+        f' The Original and Retrain start from the pre-trained weights {init["path"]}{layout} '
+        f'(sha256 {init["sha256"][:16]}) with a fresh head, and are fine-tuned by the training '
+        'recipe (Original on D, Retrain on D_r).'
+      )
+    if source is not None:
+      note += (
+        f' The Original is read from {source["path"]} (sha256 {source["sha256"][:16]}), not '
+        'trained; Retrain is trained from scratch on D_r by the training recipe.'
+      )
+    return note
 
   def results(self) -> dict:
     """The results payload of the completed runs."""
     return {
       'config': {**self.config.to_dict(), 'model': self.training.model},
       'methods': [row for row, _, _ in self.rows],
+      'presets': self.presets,
       'seeds': self.seeds,
       'split': self.experiment.split.summary(),
+      'init_file': self.experiment.init_file,
+      'original_file': self.experiment.original_file,
       'per_seed': self.per_seed(),
       'summary': self.summary(),
       **report.provenance(self.experiment.mesh),

@@ -8,7 +8,8 @@ import time
 import jax
 import numpy as np
 
-from jaxunlearn import experiment, metrics
+from jaxunlearn import metrics
+from jaxunlearn.experiment import Experiment
 from jaxunlearn.loop import Checkpointer, run
 from jaxunlearn.methods import registry
 from jaxunlearn.metrics import tree_bytes
@@ -23,7 +24,7 @@ class MethodResult:
 
 
 def run_method(
-  exp: experiment.Experiment,
+  experiment: Experiment,
   name: str,
   method_cfg,
   model_fns: ModelFns,
@@ -48,8 +49,10 @@ def run_method(
   method = registry.get(name)
   method_cfg = registry.parse_config(name, method_cfg)
   log_name = log_name or f'{name} s{seed}'
-  batch_size = getattr(method_cfg, 'batch_size', exp.training.batch_size)
-  ctx = exp.context(model_fns, original, seed=seed, batch_size=batch_size, cache_dir=cache_dir)
+  batch_size = getattr(method_cfg, 'batch_size', experiment.training.batch_size)
+  ctx = experiment.context(
+    model_fns, original, seed=seed, batch_size=batch_size, cache_dir=cache_dir
+  )
   t0 = time.perf_counter()
   plan = method.build(ctx, method_cfg)
   jax.block_until_ready((plan.state, plan.constants))
@@ -57,13 +60,13 @@ def run_method(
   result = run(
     plan.program,
     plan.state,
-    exp.train,
-    mesh=exp.mesh,
+    experiment.train,
+    mesh=experiment.mesh,
     seed=seed,
     constants=plan.constants,
     checkpointer=checkpointer,
     augment=True,
-    log_every=exp.training.log_every,
+    log_every=experiment.training.log_every,
     name=log_name,
   )
   prior_seconds = 0.0
@@ -73,8 +76,9 @@ def run_method(
   variables = jax.device_get(
     plan.finalize(result.state) if plan.finalize else result.state.variables
   )
+  t0 = time.perf_counter()
   if all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(variables)):
-    scores, logits = exp.evaluate(model_fns, variables, seed=seed)
+    scores, logits = experiment.evaluate(model_fns, variables, seed=seed)
     scores['diverged'] = 0.0
     if reference is not None:
       add_reference_scores(scores, logits, *reference)
@@ -86,6 +90,9 @@ def run_method(
     logits = None
   scores.update(
     RTE_s=prior_seconds + prepare_seconds + result.run_seconds,
+    prepare_s=prepare_seconds,
+    steps_s=prior_seconds + result.run_seconds,
+    eval_s=time.perf_counter() - t0,
     compile_s=result.compile_seconds,
     steps=len(plan.program.schedule),
     trainable_fraction=1.0,

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
+from jaxunlearn import files
 from jaxunlearn.config import ConfigError
 
 SUFFIXES = ('.msgpack', '.npz', '.safetensors')
@@ -147,3 +148,92 @@ def load_into(model: nnx.Module, path: str, flag: str = '--config.original') -> 
     variable.set_value(np.asarray(found[key], dtype=variable.dtype))
   nnx.update(model, state)
   return model
+
+
+def public_layout_weights(
+  path: str, layout: str, input_shape, model_kwargs: dict, flag: str = '--config.init'
+) -> dict[str, np.ndarray]:
+  """The flattened tree of a public backbone's weights (`jaxunlearn.models.load_pretrained`),
+  in the zoo model's own paths.
+
+  Raises:
+    ConfigError: an unknown layout, or a file that does not load as it.
+  """
+  from jaxunlearn.models import pretrained  # noqa: PLC0415 (only public layouts need it)
+
+  if layout not in pretrained.PRETRAINED:
+    raise ConfigError(
+      f"{flag}_layout={layout!r}: allowed: the model's own tree (''), "
+      f'{", ".join(sorted(pretrained.PRETRAINED))}.'
+    )
+  try:
+    model = pretrained.load_pretrained(
+      path, layout, input_shape=tuple(input_shape), **dict(model_kwargs)
+    )
+  except (ValueError, OSError, ImportError) as error:
+    raise ConfigError(f'{flag}={path!r}: {" ".join(str(error).split())}') from None
+  return {'.'.join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+def load_body_into(
+  model: nnx.Module,
+  found: Mapping[str, np.ndarray],
+  head: str,
+  *,
+  where: str,
+  flag: str = '--config.init',
+) -> nnx.Module:
+  """Fills every weight of `model` but its head's with `found` (a flattened tree), in place; the
+  head keeps its own (fresh) values, whatever the file holds for it.
+
+  Args:
+    model: the model, freshly initialised.
+    found: the pre-trained weights by dotted path (`read_weights`, `public_layout_weights`).
+    head: the dotted path of the model's classifier head.
+    where: the file, for error messages.
+    flag: the flag the file came from.
+
+  Returns:
+    `model`.
+
+  Raises:
+    ConfigError: naming every body leaf that is missing or of another shape, and every leaf of
+      the file the model does not have.
+  """
+  state = nnx.state(model)
+  expected = {'.'.join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
+
+  def in_head(key: str) -> bool:
+    return key == head or key.startswith(head + '.')
+
+  body = {k: v for k, v in expected.items() if not in_head(k)}
+  problems = [f'{k} missing (expected {tuple(v.shape)})' for k, v in body.items() if k not in found]
+  problems += [f'{k} unexpected {tuple(found[k].shape)}' for k in found if k not in expected]
+  problems += [
+    f'{k} has shape {tuple(found[k].shape)}, expected {tuple(v.shape)}'
+    for k, v in body.items()
+    if k in found and tuple(found[k].shape) != tuple(v.shape)
+  ]
+  if problems:
+    raise ConfigError(
+      f"{flag}={where!r}: does not fit the model's body ({len(problems)} leaves): "
+      + '; '.join(problems)
+      + '.'
+    )
+  for key, variable in body.items():
+    variable.set_value(np.asarray(found[key], dtype=variable.dtype))
+  nnx.update(model, state)
+  return model
+
+
+def save_weights(model: nnx.Module, path: str) -> None:
+  """Writes ``nnx.state(model)`` (parameters and batch statistics) to `path` as a `.safetensors`
+  file of the flattened tree, atomically: what `load_into` and ``--config.init`` read."""
+  import safetensors.numpy  # noqa: PLC0415
+
+  flat = {
+    '.'.join(map(str, p)): np.ascontiguousarray(np.asarray(v[...]))
+    for p, v in nnx.to_flat_state(nnx.state(model))
+  }
+  with files.atomic_file(path, 'wb') as f:
+    f.write(safetensors.numpy.save(flat))

@@ -1,6 +1,8 @@
 """Typed configs: every bad value of every section gets its one-line `ConfigError` before any
 work (the binaries print it as one line, test_cli.py); methods and seeds parsed or refused."""
 
+import dataclasses
+
 import pytest
 
 import jaxunlearn
@@ -87,6 +89,10 @@ BAD_VALUES = [
   (
     {'method.scrub.lr_decay_epochs': (0,)},
     '--config.method.scrub.lr_decay_epochs=(0,): must be a tuple of integers >= 1.',
+  ),
+  (
+    {'method.salun.preset': 'nope'},
+    "--config.method.salun.preset='nope': must be one of defaults, cifar10_resnet18.",
   ),
   ({'method.ce_ft.alpha': 1.5}, '--config.method.ce_ft.alpha=1.5: must be a number in (0, 1].'),
   ({'method.kl_ft.alpha': 0.0}, '--config.method.kl_ft.alpha=0.0: must be a number in (0, 1].'),
@@ -207,3 +213,52 @@ def test_unknown_method_is_refused():
 def test_bad_seeds_are_refused(seeds):
   with pytest.raises(ConfigError, match='--config.seeds'):
     parse_seeds(seeds)
+
+
+def test_the_preset_picked_follows_the_forget_kind_and_dataset(monkeypatch):
+  salun = registry.get('salun')
+  declared = {('class', None): 'cifar10_resnet18', ('random', 'digits'): 'cifar10_resnet18'}
+  monkeypatch.setitem(
+    registry._METHODS, 'salun', dataclasses.replace(salun, forget_presets=declared)
+  )
+  preset = salun.preset('cifar10_resnet18')
+  sections = jaxunlearn.study_config().method
+
+  def pick(forget, dataset='mnist5k'):
+    rows, picked = registry.method_rows(sections, 'salun', forget=forget, dataset=dataset)
+    return picked['salun'], rows[0][2]
+
+  assert pick('class:3') == ('cifar10_resnet18', preset)
+  assert pick('random:0.1') == ('defaults', salun.config())
+  assert pick('random:0.1', 'digits') == ('cifar10_resnet18', preset)
+  # A field set in the section applies on top of the picked preset; a named preset wins.
+  sections.salun.mask_fraction = 0.3
+  assert pick('class:3') == ('cifar10_resnet18', preset.replace(mask_fraction=0.3))
+  sections.salun.preset = 'defaults'
+  assert pick('class:3') == ('defaults', salun.config().replace(mask_fraction=0.3))
+  # The study picks from --config.forget and records what it picked.
+  for forget, expected in (('class:3', 'cifar10_resnet18'), ('random:0.1', 'defaults')):
+    study = jaxunlearn.Study(jaxunlearn.study_config(forget=forget, methods='salun,ft'))
+    assert study.presets == {'salun': expected, 'ft': 'defaults'}
+  assert registry.describe_presets(study.presets, 'random:0.1', 'mnist5k') == (
+    'method presets (forget random:0.1, dataset mnist5k): defaults: salun, ft'
+  )
+
+
+def test_one_preset_for_every_method_that_has_it():
+  sections = jaxunlearn.study_config(preset='cifar10_resnet18').method
+  rows, picked = registry.method_rows(sections, 'ft,ce_ft', forget='random:0.1')
+  assert picked == {'ft': 'cifar10_resnet18', 'ce_ft': 'defaults'}
+  assert rows[0][2] == registry.get('ft').preset('cifar10_resnet18')
+  assert rows[1][2] == registry.get('ce_ft').config()
+
+
+def test_forget_presets_name_declared_presets():
+  with pytest.raises(ValueError, match=r"forget_presets names unknown presets \['nope'\]"):
+    registry.register(
+      'never_registered',
+      config=OptimizerConfig,
+      title='t',
+      forget_presets={('class', None): 'nope'},
+    )(lambda ctx, cfg: None)
+  assert 'never_registered' not in registry.names()

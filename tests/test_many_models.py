@@ -2,6 +2,7 @@
 the model axis sharded equals one device, both forms agree, the form rules, and the many-model
 evaluation end to end with bad input."""
 
+import functools
 import os
 
 import jax
@@ -180,6 +181,13 @@ def test_k_runs_on_eight_devices_equal_k_single_runs(tiny_experiment, tiny_origi
     log_every=1000,
     form=form,
   )
+  # Unrolled, each model runs the single run's own program: bit for bit. Vmapped, a convolution
+  # with per-model kernels is one grouped convolution, whose sums XLA:CPU may order differently
+  # on some processors: equal to float32 rounding.
+  if form == 'unroll':
+    check = np.testing.assert_array_equal
+  else:
+    check = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7)
   for k, seed in enumerate(seeds):
     one = registry.get('ft').build(
       tiny_experiment.context(*tiny_original, seed=seed, batch_size=64), _cfg('ft')
@@ -193,7 +201,7 @@ def test_k_runs_on_eight_devices_equal_k_single_runs(tiny_experiment, tiny_origi
       log_every=1000,
     )
     jax.tree.map(
-      lambda a, b, k=k: np.testing.assert_array_equal(np.asarray(b)[k], a),
+      lambda a, b, k=k: check(np.asarray(b)[k], a),
       jax.device_get(single.state.params),
       jax.device_get(many.state.params),
     )

@@ -65,7 +65,7 @@ def _expected_features(key, input_shape):
   if key == 'cnn':
     return {
       'conv1': (h // 2, w // 2, 4),
-      'conv2': ((h // 4) * (w // 4) * 8,),  # the dense layer's input, flattened
+      'conv2': (h // 4, w // 4, 8),
       'dense1': (16,),
       'penultimate': (16,),
     }

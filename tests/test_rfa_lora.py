@@ -316,7 +316,7 @@ def test_target_ranks_equal_a_hand_computation_and_warn(output_target, capsys):
     'probabilities': np.array([0.2, 0.5, 0.3]),
     'features': {'dense0': np.array([0.9, 0.1, 0.4])},
   }
-  s = rfa_lora.Settings(
+  s = rfa_lora.RfaLoraRun(
     cfg=rfa_lora.RfaLoraConfig(output_target=output_target),
     teacher_fns=fns,
     student_fns=fns,

@@ -468,7 +468,7 @@ def _pieces(tiny_context, cache_dir, **overrides):
   ctx = tiny_context(cache_dir=cache_dir)
   cfg = _cfg('paper', iterations=10, **overrides)
   plan = sfron.build(ctx, cfg)
-  s = sfron.make_settings(ctx, cfg)
+  s = sfron.make_run(ctx, cfg)
   hand = _Hand(ctx)
   batch = {}
   for slot, source in (('forget', 'forget'), ('remain', 'retain')):

@@ -155,10 +155,8 @@ def gradient_statistic(
 
   `loop` 'scan' runs the pass as one jitted `lax.scan`; 'host' dispatches one jitted accumulation
   per batch from a Python loop (asynchronously, on-device sums, no host sync until the end); 'auto'
-  is 'host' on CPU and 'scan' elsewhere. On XLA CPU the rolled
-  scan around a convolution's gradient is several times slower (mnist5k CNN, 2 busy cores, compile
-  included: squared batch gradients of 4 batches of 128, 19-57 s against 3-6 s; per-example
-  gradients of 3,600 examples, 42 s against 22 s); on GPU/TPU the scan is one dispatch.
+  is 'host' on CPU, where the rolled scan around a convolution's gradient is several times slower
+  (docs/speed.md, "Loop forms"), and 'scan' elsewhere, where it is one dispatch.
 
   Eval-mode BatchNorm and no augmentation. The last batch is padded with zero-weight rows, so each
   example counts once (for the batch statistics, the last batch is a mean over its real rows).

@@ -88,8 +88,8 @@ def fisher_diagonal(
 
   One pass over the set (`base.gradient_statistic`): a jitted `lax.scan` on GPU/TPU, one jitted
   accumulation per batch dispatched from a host loop on CPU, where the rolled scan is several
-  times slower (timings in `gradient_statistic`; a fully unrolled scan runs as fast as the host
-  loop but compiles in time linear in the number of batches: 26 s for 29). Eval-mode BatchNorm,
+  times slower (a fully unrolled scan runs as fast as the host loop but compiles in time linear in
+  the number of batches). Eval-mode BatchNorm,
   no augmentation (the official code draws the batches through its training transform, i.e.
   randomly cropped and flipped). With `cache_dir`, the result is read from / written to a file
   keyed by `fisher_cache_key`.

@@ -15,10 +15,8 @@ from jaxunlearn.train import create_state
 class GradientAscentConfig(EpochMethodConfig):
   """`epochs` passes over D_f.
 
-  The mnist5k default sits on a knife edge between forgetting and collapse: on class:3, lr 0.01
-  leaves 11.8% forget accuracy (RA -2.8 points), lr 0.0105 gives 5.5% (RA -3.0), lr 0.012
-  collapses. No budget we tried meets both on every seed (cosine lr 0.015-0.03, momentum 0, 5-60
-  epochs, stopping at a forget-batch accuracy of 8-40%): forget accuracy < 10% cost 3-7 RA points.
+  The mnist5k default learning rate sits between leaving D_f recognised and collapsing the model
+  (experiments/results/FINDINGS.md, "Why the defaults are what they are").
   """
 
   optimizer: OptimizerConfig = nested(lambda: sgd(0.0105, grad_clip=1.0))

@@ -13,8 +13,8 @@ from jaxunlearn.train import create_state
 
 @dataclasses.dataclass(frozen=True)
 class NegGradPlusConfig(EpochMethodConfig):
-  """mnist5k default: beta 0.9 collapsed on class:3 (RA 11%, then nan); 0.95 cost 9 points; 0.97
-  forgot nothing (forget accuracy 84%); 0.96 with clipping: forget accuracy 0, RA -3 (2 seeds)."""
+  """NegGrad+'s passes; the mnist5k default beta 0.96 (with clipping) is the one that forgets class
+  3 without collapsing (experiments/results/FINDINGS.md, "Why the defaults are what they are")."""
 
   epochs: int = integer(3, ge=1)
   optimizer: OptimizerConfig = nested(lambda: sgd(0.01, grad_clip=1.0))

@@ -2,9 +2,18 @@
 
 A method is one file in `jaxunlearn/methods/` that decorates its ``build(ctx, cfg) -> Plan`` with
 `register`, naming its typed config (defaults sized for mnist5k and the small CNN), its presets
-(e.g. the CIFAR-10 / ResNet-18 reference values, with their sources) and any groups of variants
-(e.g. SFR-on's ablation). `jaxunlearn.methods` imports every module of the package, so the main
-job, the benchmark and `reproduce_results` see a new method without any other edit.
+(e.g. the CIFAR-10 / ResNet-18 reference values, with their sources), the preset each forget kind
+and dataset starts from, and any groups of variants (e.g. SFR-on's ablation). `jaxunlearn.methods`
+imports every module of the package, so the main job, the benchmark and `reproduce_results` see a
+new method without any other edit.
+
+Which preset a study starts from: a method's section of a study config holds its values and a
+`preset` key: '' picks by the study's forget kind and dataset (the method's `forget_presets`, else
+its defaults); a name (`DEFAULTS` among them) forces that preset. `resolve` reads a section as the
+picked preset's values with every field that differs from the method's defaults (what a flag or a
+config file set) on top, so ``--config.method.salun.mask_fraction=0.2`` applies to any preset. A
+field set to exactly its default value therefore counts as not set; with
+``--config.method.NAME.preset=defaults`` the section's values are taken as they are.
 """
 
 from __future__ import annotations
@@ -15,7 +24,16 @@ from typing import Any
 
 import ml_collections
 
-from jaxunlearn.config import Config, ConfigError, from_config_dict, to_config_dict
+from jaxunlearn.config import (
+  Config,
+  ConfigError,
+  from_config_dict,
+  leaves,
+  set_leaf,
+  to_config_dict,
+)
+
+DEFAULTS = 'defaults'  # the preset name of a method's own defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +51,12 @@ class Method:
       set of variants that ``--config.methods=GROUP`` runs as rows of one table.
     check: ``check(cfg, model_fns, variables, model_name, image_shape)``, the checks of a config
       that need the model (raising `ConfigError`), run before any training; None: none.
-    tune: the knobs an equal-budget tuning scales (`experiments/tune.py`), as dotted config
-      fields: the learning rate (unless the method has none) and the weight that sets how hard
-      the method pushes on D_f against D_r, where it has one; '1-NAME' scales 1 - NAME.
+    tune: the knobs the tuning rule grids (`jaxunlearn.tuning`), as dotted config fields: the
+      learning rate (unless the method has none) and the weight that sets how hard the method
+      pushes on D_f against D_r, where it has one; '1-NAME' scales 1 - NAME.
+    forget_presets: (forget kind, dataset or None) -> the preset a study of that kind ('class',
+      'random', 'indices') on that dataset starts from; (kind, None) serves every dataset. A kind
+      without an entry starts from the defaults (`DEFAULTS`).
   """
 
   name: str
@@ -49,10 +70,24 @@ class Method:
   )
   check: Callable | None = None
   tune: tuple[str, ...] = ('optimizer.lr',)
+  forget_presets: Mapping[tuple[str, str | None], str] = dataclasses.field(default_factory=dict)
 
   def preset(self, name: str | None) -> Config:
-    """The config of preset `name` (None or one the method lacks: its defaults)."""
+    """The config of preset `name` (None, `DEFAULTS` or one the method lacks: its defaults)."""
     return self.presets[name]() if name in self.presets else self.config()
+
+  def preset_for(self, forget: str | None, dataset: str | None) -> str:
+    """The preset a study forgetting `forget` (a --config.forget spec, e.g. 'class:3') on
+    `dataset` starts from: the one declared for (its kind, the dataset), else for (its kind,
+    None), else `DEFAULTS`. An imagefolder dataset also matches by its folder's name."""
+    kind = str(forget or '').partition(':')[0].strip()
+    names = [dataset]
+    if dataset and dataset.startswith('imagefolder:'):
+      names.append(dataset.rstrip('/').rsplit('/', 1)[-1])
+    for key in [(kind, name) for name in names] + [(kind, None)]:
+      if key in self.forget_presets:
+        return self.forget_presets[key]
+    return DEFAULTS
 
 
 _METHODS: dict[str, Method] = {}
@@ -68,12 +103,18 @@ def register(
   groups: Mapping[str, Callable[[Config], dict]] | None = None,
   check: Callable | None = None,
   tune: tuple[str, ...] = ('optimizer.lr',),
+  forget_presets: Mapping[tuple[str, str | None], str] | None = None,
 ):
   """Decorator registering ``build(ctx, cfg) -> Plan`` as method `name` (see `Method`)."""
 
   def decorate(build):
     if name in _METHODS:
       raise ValueError(f'method {name!r} is registered twice')
+    unknown = sorted(
+      p for p in (forget_presets or {}).values() if p != DEFAULTS and p not in (presets or {})
+    )
+    if unknown:
+      raise ValueError(f'method {name!r}: forget_presets names unknown presets {unknown}')
     _METHODS[name] = Method(
       name,
       build,
@@ -84,6 +125,7 @@ def register(
       dict(groups or {}),
       check,
       tuple(tune),
+      dict(forget_presets or {}),
     )
     return build
 
@@ -111,20 +153,60 @@ def get(name: str, flag: str = '--config.methods') -> Method:
 
 
 def config_dicts(preset: str | None = None) -> ml_collections.ConfigDict:
-  """{method name: ConfigDict of its config}, the defaults or `preset` where a method has it;
-  what ``--config.method.NAME.FIELD`` overrides."""
-  return ml_collections.ConfigDict(
-    {name: to_config_dict(m.preset(preset)) for name, m in methods().items()}
-  )
+  """{method name: its section}: the ConfigDict of its defaults and a `preset` key, `preset` for
+  the methods that have it and '' (by forget kind and dataset) for the others; what
+  ``--config.method.NAME.FIELD`` and ``--config.method.NAME.preset`` override."""
+  sections = {}
+  for name, method in methods().items():
+    section = to_config_dict(method.config())
+    section.preset = preset if preset in method.presets else ''
+    sections[name] = section
+  return ml_collections.ConfigDict(sections)
 
 
-def parse_config(name: str, values: Any, path: str | None = None) -> Config:
-  """The validated typed config of method `name` from a ConfigDict (or a typed config)."""
+def resolve(
+  name: str,
+  values: Any,
+  path: str | None = None,
+  *,
+  forget: str | None = None,
+  dataset: str | None = None,
+) -> tuple[str, Config]:
+  """The preset picked for method `name` and its validated typed config (module docstring).
+
+  Args:
+    name: the method.
+    values: its section (a ConfigDict or dict, with or without a `preset` key) or a typed config.
+    path: the flag prefix of error messages (default ``--config.method.NAME``).
+    forget: the study's --config.forget spec; None: no forget kind (the defaults, unless the
+      section names a preset).
+    dataset: the study's --config.dataset.
+
+  Returns:
+    (the picked preset's name, its config with the section's set fields on top).
+  """
   method = get(name)
   path = path or f'--config.method.{name}'
   if isinstance(values, Config):
     values = to_config_dict(values)
-  return from_config_dict(method.config, values, path)
+  values = values.to_dict() if isinstance(values, ml_collections.ConfigDict) else dict(values)
+  requested = values.pop('preset', '')
+  picked = requested or method.preset_for(forget, dataset)
+  if picked != DEFAULTS and picked not in method.presets:
+    allowed = ', '.join([DEFAULTS, *method.presets])
+    raise ConfigError(f'{path}.preset={requested!r}: must be one of {allowed}.')
+  merged = to_config_dict(method.preset(picked)).to_dict()
+  defaults = leaves(to_config_dict(method.config()).to_dict())
+  for key, value in leaves(values).items():
+    if key not in defaults or defaults[key] != value:
+      set_leaf(merged, key, value)
+  return picked, from_config_dict(method.config, merged, path)
+
+
+def parse_config(name: str, values: Any, path: str | None = None) -> Config:
+  """The validated typed config of method `name` from its section (a ConfigDict or dict, with or
+  without a `preset` key) or a typed config, with no forget kind (`resolve`)."""
+  return resolve(name, values, path)[1]
 
 
 def parse_methods(value: str, flag: str = '--config.methods') -> list[str]:
@@ -148,18 +230,40 @@ def parse_methods(value: str, flag: str = '--config.methods') -> list[str]:
   return chosen
 
 
-def method_rows(method_configs, methods: str) -> list[tuple[str, str, Config]]:
-  """(row, method, validated config) of every run `methods` asks for, each config read from
-  `method_configs` ({method: ConfigDict}, a study config's `method`); a group name runs its
-  variants, each a row."""
-  rows = []
+def method_rows(
+  method_configs, methods: str, *, forget: str | None = None, dataset: str | None = None
+) -> tuple[list[tuple[str, str, Config]], dict[str, str]]:
+  """The rows `methods` asks for and the preset each of their methods starts from.
+
+  Args:
+    method_configs: {method: its section}, a study config's `method`.
+    methods: method and group names separated by commas, or 'all'.
+    forget: the study's --config.forget spec (`resolve`).
+    dataset: the study's --config.dataset.
+
+  Returns:
+    ([(row, method, validated config)], {method: the preset picked}); a group name runs its
+    variants of its method's resolved config, each a row.
+  """
+  rows, picked = [], {}
   for name in parse_methods(methods):
+    method = groups()[name] if name in groups() else get(name)
+    picked[method.name], base = resolve(
+      method.name, method_configs[method.name], forget=forget, dataset=dataset
+    )
     if name in groups():
-      method = groups()[name]
-      base = parse_config(method.name, method_configs[method.name])
       for row, variant in method.groups[name](base).items():
         path = f'--config.method.{method.name} ({row})'
         rows.append((row, method.name, parse_config(method.name, variant, path)))
     else:
-      rows.append((name, name, parse_config(name, method_configs[name])))
-  return rows
+      rows.append((name, name, base))
+  return rows, picked
+
+
+def describe_presets(picked: dict[str, str], forget: str, dataset: str) -> str:
+  """One line naming the preset each method of a study starts from."""
+  by_preset = {}
+  for name, preset in picked.items():
+    by_preset.setdefault(preset, []).append(name)
+  parts = '; '.join(f'{p}: {", ".join(names)}' for p, names in sorted(by_preset.items()))
+  return f'method presets (forget {forget}, dataset {dataset}): {parts}'

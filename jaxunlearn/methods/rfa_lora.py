@@ -31,13 +31,10 @@ Readings and switches (the paper leaves these open; defaults and why):
   at the output without saying over what. The reading that forgets is the mean of the
   probabilities: a class the model predicts confidently on its own examples and nowhere else gets
   a small share of the mean softmax, so its examples are pushed to put it last. The mean logits
-  need not do so: on CIFAR-10 (10k subset, small CNN) they rank cat second of ten, and a cat's
-  logits moving towards them first become more cat-like (cat accuracy 55% -> 85% three quarters of
-  the way, as measured for issue 19) and lose the class only at the exact target, so a run that
-  gets 70% of the way leaves 43% of cats recognised (Avg. Gap 16.1 against 7.3 with
-  probabilities, split seed 1, issue 19). On mnist5k the mean logits happen to put the digit
-  last, which is why both targets forget it there; on digits they rank it 7th of 10 and 45% of
-  its examples stay recognised (`report_ranks`).
+  need not do so: where they rank the forgotten class high, its examples moving towards them first
+  become more recognised and lose the class only at the exact target, so a run that stops short
+  of it leaves much of the class recognised (experiments/results/FINDINGS.md, "RFA-LoRA's output
+  target"; `report_ranks` prints the ranks for each run).
   `output_weight` c (default 1). `target_ranks` reports, before training, where each forgotten
   class ranks under every target (the one the run prints and writes into its scores).
 * gamma weights every D_f term against the D_r terms (the paper's trade-off; its Figure 5 sweeps
@@ -63,17 +60,17 @@ Readings and switches (the paper leaves these open; defaults and why):
 * Only the LoRA weights are state (and optimiser state exists only for them); the teacher, D_r
   means and the base weights are run constants, never checkpointed. The frozen base weights of
   the student are read from the teacher's inside the step (no second copy).
-* One D_r and one D_f batch per step (`epochs` passes over D_r, cycling D_f), as the issue's
-  default; other rhythms were not measured. Such a step sees twice the examples of an FT step at
-  the same `batch_size`; at equal examples it costs 1.17x an FT step on 2 CPU cores
-  (`experiments/benchmark.py --equal_examples`): the teacher's forward is extra, the base
-  kernels' gradients are never computed.
+* One D_r and one D_f batch per step (`epochs` passes over D_r, cycling D_f). Such a step sees
+  twice the examples of an FT step at the same `batch_size`; per example it costs about what an FT
+  step does (`experiments/benchmark.py --equal_examples`; docs/speed.md): the teacher's forward is
+  extra, the base kernels' gradients are never computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Any
 
 import jax
@@ -104,6 +101,7 @@ from jaxunlearn.optim import make_optimizer
 from jaxunlearn.state import ModelFns, TrainState
 
 DISTANCES = ('mse', 'cosine')
+TARGET_SCOPES = ('all', 'class')
 OUTPUT_TARGETS = ('logits', 'probabilities')
 FORMS = ('feature', 'branch')
 
@@ -112,13 +110,9 @@ FORMS = ('feature', 'branch')
 class RfaLoraConfig(Config):
   """RFA-LoRA's settings (the module docstring gives every reading).
 
-  The mnist5k defaults (Adam lr 9e-3 with a cosine decay, 3 epochs, gamma 0.3, c 1) are the
-  smallest Avg. Gap to Retrain on class 3, the main job's setting, over lr in {9e-4, 3e-3, 9e-3}
-  x gamma in {0.3, 1, 3} and eight more settings (epochs, c), split seed 1, seed 0
-  (`experiments/results/mnist5k-cnn/rfa_lora_tuning_split1.json`): 0.08. Random 10% of mnist5k
-  was not used: there the Original is only 1.5 from Retrain, so it rewards doing little, and these
-  settings forget too much of it (8.38 against 1.68 at lr 3e-3). `experiments/tune.py` tunes lr
-  and gamma together on other data.
+  The mnist5k defaults (Adam lr 9e-3 with a cosine decay, 3 epochs, gamma 0.3, c 1) have the
+  smallest Avg. Gap to Retrain on class 3, the main job's setting, of a grid over lr, gamma,
+  epochs and c on split seed 1 (`experiments/results/mnist5k-cnn/rfa_lora_tuning_split1.json`).
   """
 
   epochs: int = integer(3, ge=1, doc='passes over D_r (each step also takes a D_f batch)')
@@ -140,6 +134,12 @@ class RfaLoraConfig(Config):
   output_target: str = choice('probabilities', OUTPUT_TARGETS)
   output_weight: float = number(1.0, ge=0)
   form: str = choice('feature', FORMS)
+  target_scope: str = choice(
+    'all',
+    TARGET_SCOPES,
+    doc="the D_f targets: the teacher's means over all of D_r, or over the D_r examples of each "
+    "D_f example's own class (sample unlearning)",
+  )
 
   def constraints(self):
     return (
@@ -238,7 +238,7 @@ def aligned_layers(feature_names: list[str], cfg: RfaLoraConfig) -> tuple[list[s
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Settings:
+class RfaLoraRun:
   """What one RFA-LoRA run fixes, derived by `build`."""
 
   cfg: RfaLoraConfig
@@ -250,7 +250,7 @@ class Settings:
   tx: Any
 
 
-def student_params(s: Settings, adapters: dict, teacher_params: dict) -> dict:
+def student_params(s: RfaLoraRun, adapters: dict, teacher_params: dict) -> dict:
   """The student's full parameter tree: the LoRA weights and, read from the teacher, the frozen
   base weights."""
   teacher_flat = traverse_util.flatten_dict(teacher_params)
@@ -259,7 +259,7 @@ def student_params(s: Settings, adapters: dict, teacher_params: dict) -> dict:
   return traverse_util.unflatten_dict(flat)
 
 
-def apply_student(s: Settings, adapters: dict, teacher: dict, images):
+def apply_student(s: RfaLoraRun, adapters: dict, teacher: dict, images):
   """The student's logits, features and (per adapted layer) branch and base outputs, in eval
   mode with the teacher's BatchNorm statistics."""
   variables = {
@@ -299,7 +299,7 @@ def output_distance(student_logits, target, weight, kind: str) -> jax.Array:
   return losses.weighted_mean(kl, weight)
 
 
-def alignment_loss(s: Settings, adapters: dict, batch: dict, constants: dict):
+def alignment_loss(s: RfaLoraRun, adapters: dict, batch: dict, constants: dict):
   """The loss of one D_r ('remain') and one D_f ('forget') batch, and its parts."""
   cfg, teacher = s.cfg, constants['teacher']
   remain, forget = batch['remain'], batch['forget']
@@ -309,7 +309,7 @@ def alignment_loss(s: Settings, adapters: dict, batch: dict, constants: dict):
   t_logits, t_features = jax.lax.stop_gradient((t_logits, t_features))
   r_logits, r_features, r_branch, _ = apply_student(s, adapters, teacher, remain['image'])
   f_logits, f_features, f_branch, f_base = apply_student(s, adapters, teacher, forget['image'])
-  means = constants['means']
+  means = forget_targets(s, constants['means'], forget['label'])
   parts = {}
   if cfg.form == 'feature':
     remain_term = sum(
@@ -326,7 +326,10 @@ def alignment_loss(s: Settings, adapters: dict, batch: dict, constants: dict):
     )
     forget_term = sum(
       distance(
-        f_branch[k], means['base_outputs'][k][None] - f_base[k], forget['weight'], cfg.distance
+        f_branch[k],
+        jnp.broadcast_to(means['base_outputs'][k], f_base[k].shape) - f_base[k],
+        forget['weight'],
+        cfg.distance,
       )
       for k in f_branch
     )
@@ -352,7 +355,7 @@ def alignment_loss(s: Settings, adapters: dict, batch: dict, constants: dict):
   return loss, parts
 
 
-def step(s: Settings, state: TrainState, batch: dict, key, constants: dict):
+def step(s: RfaLoraRun, state: TrainState, batch: dict, key, constants: dict):
   """One descent of `alignment_loss` on the LoRA weights (the only state)."""
   del key
   (loss, parts), grads = jax.value_and_grad(
@@ -364,7 +367,7 @@ def step(s: Settings, state: TrainState, batch: dict, key, constants: dict):
   ), {'loss': loss, **parts}
 
 
-def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
+def teacher_means(s: RfaLoraRun, ctx: UnlearnContext, adapters: dict) -> dict:
   """One pass over D_r (`chunked_sum`): the teacher's mean aligned features, logits and
   probabilities, and (for the branch form) each adapted layer's mean output, under the steps'
   preprocessing (each chunk augmented with a key from the run's seed where the dataset
@@ -373,8 +376,9 @@ def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
   positions = ctx.data.sources['retain']
   num_chunks = -(-len(positions) // ctx.batch_size)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(ctx.seed), MEANS_KEY), num_chunks)
+  by_class = s.cfg.target_scope == 'class'
 
-  def sums(images_all, pos, w, key):
+  def sums(images_all, labels_all, pos, w, key):
     images = gather_images(images_all, ctx.data.info, pos, train=True, key=key)
     logits, features = s.teacher_fns.apply(teacher, images, train=False, return_features=True)[0]
     out = {
@@ -384,10 +388,30 @@ def teacher_means(s: Settings, ctx: UnlearnContext, adapters: dict) -> dict:
     }
     if s.cfg.form == 'branch':
       out['base_outputs'] = apply_student(s, adapters, teacher, images)[3]
+    if by_class:  # [C, ...]: one sum per class
+      rows = jax.nn.one_hot(jnp.take(labels_all, pos), ctx.num_classes) * w[:, None]
+      return jax.tree.map(lambda x: jnp.tensordot(rows, x, axes=([0], [0])), out)
     return jax.tree.map(lambda x: jnp.tensordot(w, x, axes=1), out)
 
-  total = chunked_sum(sums, positions, ctx.batch_size, ctx.data.images, keys=keys)
-  return jax.tree.map(lambda t: t / ctx.num_retain, total)
+  total = chunked_sum(sums, positions, ctx.batch_size, ctx.data.images, ctx.data.labels, keys=keys)
+  if not by_class:
+    return jax.tree.map(lambda t: t / ctx.num_retain, total)
+  counts = retain_class_counts(ctx)
+  return jax.tree.map(lambda t: t / counts.reshape((-1,) + (1,) * (t.ndim - 1)), total)
+
+
+def retain_class_counts(ctx: UnlearnContext) -> np.ndarray:
+  """The number of D_r examples of each class, [C] float32."""
+  labels = np.asarray(jax.device_get(ctx.data.labels))[ctx.data.sources['retain']]
+  return np.bincount(labels, minlength=ctx.num_classes).astype(np.float32)
+
+
+def forget_targets(s: RfaLoraRun, means: dict, labels) -> dict:
+  """The D_f targets of a batch: the D_r means, or with `target_scope` 'class' the means of each
+  example's own class ([B, ...])."""
+  if s.cfg.target_scope == 'all':
+    return means
+  return jax.tree.map(lambda m: jnp.take(m, labels, axis=0), means)
 
 
 # Folded into the run's key for the D_r means' augmentation (the steps use fold_in(key, step)).
@@ -410,7 +434,7 @@ def forgotten_classes(ctx: UnlearnContext) -> list[int]:
 
 
 def target_ranks(
-  s: Settings, teacher: dict, means: dict, classes: list[int], image_shape: tuple
+  s: RfaLoraRun, teacher: dict, means: dict, classes: list[int], image_shape: tuple
 ) -> dict[str, dict[int, int]]:
   """Where each forgotten class ranks under each D_f target, before any training.
 
@@ -443,9 +467,7 @@ def report_ranks(ranks: dict[str, dict[int, int]], num_classes: int, output_targ
   last under the output target; returns it as scores ('target_rank/{target}/class{c}').
 
   Only the output target warns: the prediction follows the logits, and the head's adapter can
-  meet that target whatever the layers' ranks (on digits, class 3 ranked 7 of 10 under the
-  mean conv1 and dense1 features and was forgotten entirely with the probabilities target; with
-  the logits target, which ranked it 7 too, 45% of its examples stayed recognised).
+  meet that target whatever the layers' ranks (FINDINGS.md, "RFA-LoRA's output target").
   """
   if not ranks['output']:
     return {}
@@ -517,7 +539,7 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
   names, weights = aligned_layers(feature_names(ctx.model_fns), cfg)
   steps = cfg.epochs * ctx.steps_per_epoch('retain')
   tx = make_optimizer(cfg.optimizer, steps)
-  s = Settings(
+  s = RfaLoraRun(
     cfg=cfg,
     teacher_fns=ctx.model_fns,
     student_fns=student_fns,
@@ -526,13 +548,23 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
     weights=tuple(weights),
     tx=tx,
   )
-  means = teacher_means(s, ctx, adapters)
+  forgotten = forgotten_classes(ctx)
+  if cfg.target_scope == 'class' and forgotten:
+    raise ConfigError(
+      f"--config.method.rfa_lora.target_scope='class': D_r has no example of class "
+      f"{', '.join(map(str, forgotten))} to take a mean over (class forgetting); use 'all'."
+    )
+  started = time.perf_counter()
+  means = jax.block_until_ready(teacher_means(s, ctx, adapters))
+  means_seconds = time.perf_counter() - started
   constants = {'teacher': ctx.original, 'means': means}
-  diagnostic = report_ranks(
-    target_ranks(s, ctx.original, means, forgotten_classes(ctx), ctx.data.info.image_shape),
-    ctx.num_classes,
-    cfg.output_target,
-  )
+  diagnostic = {}
+  if cfg.target_scope == 'all':
+    diagnostic = report_ranks(
+      target_ranks(s, ctx.original, means, forgotten, ctx.data.info.image_shape),
+      ctx.num_classes,
+      cfg.output_target,
+    )
   state = TrainState(
     step=jnp.zeros((), jnp.int32),
     params=adapters,
@@ -561,5 +593,5 @@ def build(ctx: UnlearnContext, cfg: RfaLoraConfig) -> Plan:
     state,
     constants,
     finalize=finalize,
-    info={'trainable_fraction': fraction, **diagnostic},
+    info={'trainable_fraction': fraction, 'means_s': means_seconds, **diagnostic},
   )

@@ -193,13 +193,12 @@ def swin_tinyimagenet() -> SfronConfig:
 
 def mnist5k() -> SfronConfig:
   """The paper's elements sized for the small CNN on mnist5k (2 CPU cores): 300 iterations, a
-  forget batch every 5th (every iteration cost 1.5-3 points of remain accuracy), and forget scale
-  1e7. Why so large: the original model fits D_f to float32 precision (on class 3, 138 of 400
-  forget losses are exactly 0), and l^-lambda hands those examples almost all the weight (1 / 1e-15
-  each) while their gradients vanish, so the weighted forget gradient at theta_0 is about 1e-7 of
-  the uniform one. The clip (norm 7) then sets the forget step; the scale only has to lift the
-  gradient above it, and the fade still ends the forgetting. With the code's 25, nothing is
-  forgotten (forget accuracy stays 99.8% on class 3)."""
+  forget batch every 5th, and forget scale 1e7. Why so large: the original model fits D_f to
+  float32 precision, and l^-lambda hands the examples with (near) zero loss almost all the weight
+  while their gradients vanish, so the weighted forget gradient at theta_0 is tiny. The clip
+  (norm 7) then sets the forget step; the scale only has to lift the gradient above it, and the
+  fade still ends the forgetting (experiments/results/FINDINGS.md, "Why the defaults are what
+  they are")."""
   return paper().replace(iterations=300, forget_every=5, forget_scale=1e7)
 
 
@@ -307,16 +306,10 @@ def remain_slots(remain_steps: int) -> tuple[str, ...]:
 def use_unrolled_loops(setting: str) -> bool:
   """Whether the loops inside an iteration (the remain steps, the D_f loss pass) are unrolled.
 
-  'auto' unrolls on CPU only. Measured on XLA CPU (jax 0.10.2, 2 busy cores, mnist5k CNN, batch
-  128): 4 remain steps per iteration took about 170 ms per gradient step unrolled and 2.9 s rolled
-  in a `lax.scan` (17x); 8 unrolled, about 190 ms; one forget and one remain step, about 190 ms per
-  step. (`lax.scan(unroll=True)` of length 1 is still a rolled loop, unroll = length = 1, and was
-  as slow: a single remain step is called directly.) The forward-only D_f loss pass (4 chunks) is
-  about 15% slower rolled. Measured on one H100 (jax 0.11.2, same model and batch, 500 timed
-  iterations, `experiments/benchmarks/h100_sfron_inner_loop.json`): rolled and unrolled iterations
-  are within 15% of each other at 1, 4 and 8 remain steps (e.g. 8 steps: 2.1 ms rolled, 2.3 ms
-  unrolled), while the unrolled compile time grows with the step count (4.1, 5.2, 7.8 s) and the
-  rolled one stays at 3.3-3.4 s; so 'auto' keeps the rolled loop off CPU (TPU not measured).
+  'auto' unrolls on CPU only: XLA:CPU runs a convolution's gradient inside a rolled `lax.scan`
+  many times slower than the same steps unrolled, while on a GPU the two run alike and the rolled
+  loop compiles in a time that does not grow with the step count (docs/speed.md, "Loop forms").
+  A single remain step is called directly (a length-1 scan is still a rolled loop).
   """
   if setting not in INNER_LOOPS:
     raise ValueError(f'inner_loop={setting!r}: allowed values are {INNER_LOOPS}.')
@@ -333,7 +326,7 @@ def unit_lr(opt_cfg: OptimizerConfig) -> optax.GradientTransformation:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Settings:
+class SfronRun:
   """What one SFR-on run fixes, derived once by `build` and read by every piece of the step."""
 
   cfg: SfronConfig
@@ -359,12 +352,12 @@ class Settings:
     return remain_slots(self.cfg.remain_steps) if self.cfg.remain_steps else ()
 
 
-def _unit_updates(s: Settings, params, opt_states: dict, name: str, grads):
+def _unit_updates(s: SfronRun, params, opt_states: dict, name: str, grads):
   updates, new_opt = s.txs[name].update(grads, opt_states[name], params)
   return updates, {**opt_states, name: new_opt}
 
 
-def forget_set_inverse_losses(s: Settings, params, batch_stats, forget_set: dict):
+def forget_set_inverse_losses(s: SfronRun, params, batch_stats, forget_set: dict):
   """c_j for every position of D_f at `params`, scattered over all training positions, and their
   sum (the 'forget_set' normaliser). `forget_set` holds D_f in chunks (`forget_set_arrays`)."""
   lam = float(s.cfg.weight_lambda)
@@ -395,7 +388,7 @@ def forget_set_inverse_losses(s: Settings, params, batch_stats, forget_set: dict
 
 
 def forget_update(
-  s: Settings, params, batch_stats, opt_states: dict, constants: dict, data: dict, t
+  s: SfronRun, params, batch_stats, opt_states: dict, constants: dict, data: dict, t
 ):
   """(F, S) The fast forget update of iteration `t` on the D_f batch `data`: ascent on
   ``s(t) mean_i eps_i l_i``, the gradient masked (and clipped), the update masked too where
@@ -444,7 +437,7 @@ def forget_update(
   return params, new_stats, opt_states, metrics
 
 
-def remain_update(s: Settings, carry: tuple, data: dict, t):
+def remain_update(s: SfronRun, carry: tuple, data: dict, t):
   """(R) One fast remain update (plain CE descent on a D_r batch; every weight moves).
   `carry` is (params, batch_stats, opt_states); returns the new carry and metrics."""
   params, batch_stats, opt_states = carry
@@ -466,7 +459,7 @@ def remain_update(s: Settings, carry: tuple, data: dict, t):
   }
 
 
-def remain_updates(s: Settings, carry: tuple, batch: dict, t):
+def remain_updates(s: SfronRun, carry: tuple, batch: dict, t):
   """The `remain_steps` remain updates of one iteration, unrolled or in a `lax.scan`; returns the
   carry and the metrics averaged over the steps."""
   if s.unrolled or len(s.slots) == 1:
@@ -484,7 +477,7 @@ def remain_updates(s: Settings, carry: tuple, batch: dict, t):
 
 
 def iteration(
-  s: Settings, state: TrainState, batch: dict, constants: dict, *, with_forget: bool
+  s: SfronRun, state: TrainState, batch: dict, constants: dict, *, with_forget: bool
 ) -> tuple[TrainState, dict]:
   """One SFR-on iteration: the forget update (if `with_forget`), the remain updates from where it
   ended, then the slow step from the iteration's start (if R-on)."""
@@ -506,9 +499,9 @@ def iteration(
   return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_states), metrics
 
 
-def make_settings(ctx: UnlearnContext, cfg: SfronConfig) -> Settings:
-  """The `Settings` of a run of `cfg` in `ctx`: optimisers (unit rate), schedules, loop form."""
-  return settings(
+def make_run(ctx: UnlearnContext, cfg: SfronConfig) -> SfronRun:
+  """The `SfronRun` of a run of `cfg` in `ctx`: optimisers (unit rate), schedules, loop form."""
+  return run_without_data(
     cfg,
     ctx.model_fns,
     NamedSharding(ctx.mesh, PartitionSpec(DATA_AXIS)),
@@ -518,7 +511,7 @@ def make_settings(ctx: UnlearnContext, cfg: SfronConfig) -> Settings:
   )
 
 
-def settings(
+def run_without_data(
   cfg: SfronConfig,
   model_fns: ModelFns,
   batch_sharding,
@@ -526,8 +519,8 @@ def settings(
   info=None,
   num_forget: int = 0,
   num_all: int = 0,
-) -> Settings:
-  """The `Settings` of `cfg` for a model, without a dataset (what `make_settings` derives from a
+) -> SfronRun:
+  """The `SfronRun` of `cfg` for a model, without a dataset (what `make_run` derives from a
   context; `info`, `num_forget` and `num_all` matter only to the 'forget_set' normalisation).
 
   Args:
@@ -539,7 +532,7 @@ def settings(
     num_all: the number of training positions.
 
   Returns:
-    Settings with unit-rate optimisers and the iteration-indexed learning-rate schedules.
+    SfronRun with unit-rate optimisers and the iteration-indexed learning-rate schedules.
   """
   remain_lr = make_schedule(cfg.optimizer, cfg.iterations)
   if cfg.shared_optimizer:
@@ -549,7 +542,7 @@ def settings(
     txs = {'forget': unit_lr(cfg.forget_optimizer), 'remain': unit_lr(cfg.optimizer)}
     forget_opt, remain_opt = 'forget', 'remain'
     forget_lr = make_schedule(cfg.forget_optimizer, cfg.iterations)
-  return Settings(
+  return SfronRun(
     cfg=cfg,
     model_fns=model_fns,
     info=info,
@@ -633,7 +626,7 @@ def build(ctx: UnlearnContext, cfg: SfronConfig) -> Plan:
     )
   if cfg.adaptive_weights and cfg.weight_normalisation == 'forget_set':
     constants['forget_set'] = forget_set_arrays(ctx)
-  s = make_settings(ctx, cfg)
+  s = make_run(ctx, cfg)
 
   def make_step(with_forget: bool):
     def step(state, batch, key, constants):

@@ -20,6 +20,14 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
   return jnp.max(x.reshape(batch, height // 2, 2, width // 2, 2, channels), axis=(2, 4))
 
 
+class MaxPool2x2(nnx.Module):
+  """`_max_pool_2x2` as a submodule (no variables), so that each conv block's pooled output is a
+  submodule's output, where `jaxunlearn.features` can capture it."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _max_pool_2x2(x)
+
+
 class CNN(nnx.Module):
   """[Conv 3x3 -> ReLU -> MaxPool 2x2] per entry of `channels` -> Dense -> ReLU -> head.
 
@@ -49,6 +57,7 @@ class CNN(nnx.Module):
         f'(channels={channels!r}); height and width must be >= {2 ** len(channels)}.'
       )
     widths = (in_channels,) + channels
+    self.pools = nnx.List([MaxPool2x2() for _ in channels])
     self.convs = nnx.List(
       [
         nnx.Conv(
@@ -67,16 +76,15 @@ class CNN(nnx.Module):
     )
 
   def feature_layers(self) -> dict[str, str]:
-    """Each conv block's pooled output (the next layer's input), the hidden dense layer's ReLU
-    output and the head's input (`jaxunlearn.features`)."""
-    after = [f'convs.{i}' for i in range(1, len(self.convs))] + ['dense']
-    points = {f'conv{i + 1}': f'{path}:input' for i, path in enumerate(after)}
+    """Each conv block's pooled output, the hidden dense layer's ReLU output and the head's input
+    (`jaxunlearn.features`)."""
+    points = {f'conv{i + 1}': f'pools.{i}' for i in range(len(self.pools))}
     return {**points, 'dense1': 'head:input', 'penultimate': 'head:input'}
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     del train
     h = x
-    for conv in self.convs:
-      h = _max_pool_2x2(nnx.relu(conv(h)))
+    for conv, pool in zip(self.convs, self.pools):
+      h = pool(nnx.relu(conv(h)))
     h = nnx.relu(self.dense(jnp.reshape(h, (h.shape[0], -1))))
     return self.head(h)

@@ -46,7 +46,7 @@ Targets = Callable[[PathParts, nnx.Module], bool]
 RESIDUAL_NAME = 'lora_residual'
 BASE_OUTPUT_NAME = 'lora_base_output'
 # The fold runs once per merge: full float32 precision costs nothing there, whereas a GPU's
-# default (TF32) matmul rounds scale * A @ B to about 4e-4 relative (measured on an H100).
+# default (TF32) matmul rounds scale * A @ B well above float32 precision.
 _FOLD_PRECISION = jax.lax.Precision.HIGHEST
 
 
@@ -381,10 +381,8 @@ class LoRASettings(NamedTuple):
 # Per `models.MODELS` name: (rank, targets). The branches go on the intermediate layers, as in
 # RFA-LoRA, and on the classifier head. The head's branch is what lets the output target on D_f
 # (the teacher's mean D_r output) be met at the output itself: without it only the features can
-# move the logits, and on CIFAR-10 (10k subset, class 3, split seed 1; issue 19's measurement)
-# RFA-LoRA's Avg. Gap to Retrain was 7.32 with the probabilities target and no head branch against
-# 5.58 with one (and 1.13 with gamma 1). The intermediate branches still carry the feature alignment, so D_f's
-# features move too. The input layer (ResNet's stem, ViT's patch embedding) stays frozen: its
+# move the logits (FINDINGS.md, "RFA-LoRA's output target"). The intermediate branches still
+# carry the feature alignment, so D_f's features move too. The input layer (ResNet's stem, ViT's patch embedding) stays frozen: its
 # filters are generic low-level ones, and with 27 (3x3x3) or 48 (4x4x3) inputs a rank-16 branch
 # would not be low-rank there. ResNet's 1x1 shortcut convs stay frozen: the 3x3 convs carry
 # each block's learned function. The small CNN has only three intermediate layers, so each of
