@@ -160,12 +160,13 @@ def test_record_names_the_settings_and_devices(tiny_experiment):
     'model_kwargs',
     'features',
     'original_file',
+    'init_file',
     'devices',
   }
   assert record['data']['forget'] == 'class:3' and record['training']['model'] == 'cnn'
   assert record['devices'] == ['cpu:0']
   assert [f['name'] for f in record['features']] == ['conv1', 'dense1', 'penultimate']
-  assert record['original_file'] is None
+  assert record['original_file'] is None and record['init_file'] is None
   json.dumps(record)
 
 
