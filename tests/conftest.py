@@ -46,7 +46,7 @@ def tiny_config(workdir, data_dir, **overrides):
   c.model = 'cnn'
   c.model_kwargs.channels = (8,)
   c.model_kwargs.dense_width = 16
-  c.batch_size = 64
+  c.batch_size = BATCH
   # One device: with 8 forced host devices on 2 busy cores, XLA's CPU collectives can miss their
   # 40 s rendezvous. Tests of the sharded paths ask for all devices explicitly.
   c.num_devices = 1
@@ -116,8 +116,8 @@ def honesty_config(workdir, data_dir, forget):
 
 @pytest.fixture(scope='session')
 def tiny_experiment(tmp_path_factory, data_dir):
-  """The tiny experiment forgetting class 3, prepared once per test process (its workdir is its
-  own: tests that write other models use their own)."""
+  """The tiny experiment forgetting class 3, prepared once per test process in a workdir of its
+  own."""
   config = tiny_config(tmp_path_factory.mktemp('tiny'), data_dir, forget='class:3')
   return experiment.prepare(config)
 
