@@ -38,7 +38,15 @@ Readings and switches (the paper leaves these open; defaults and why):
   `output_weight` c (default 1). `target_ranks` reports, before training, where each forgotten
   class ranks under every target (the one the run prints and writes into its scores).
 * gamma weights every D_f term against the D_r terms (the paper's trade-off; its Figure 5 sweeps
-  it).
+  it, for sample and for class unlearning apart).
+* Sample unlearning (random D_f). The paper treats it apart from class unlearning without saying
+  what changes. Two readings: `target_scope` 'all' (default), the same D_r means as for a class,
+  with a gamma of its own; or 'class', the D_r means of each D_f example's own class, so that a
+  forgotten example is pulled to its class's typical features and outputs rather than away from
+  its class. Measured against Retrain, 'class' does not forget: the examples stay as recognised
+  as the Original's, whatever gamma; 'all' with a small gamma moves D_f as far as Retrain does
+  (experiments/results/FINDINGS.md, "RFA-LoRA's sample mode"). So random forgetting selects the
+  'sample' preset: 'all' with its own gamma (`forget_presets`); 'class' stays a switch.
 * `form`: 'feature' (default, the paper's Figure 4: teacher/student features) or 'branch': each
   adapter's branch output r_k is penalised directly, towards zero on D_r and on D_f towards
   mu_k minus the layer's base output, where mu_k is the teacher's mean D_r output of that layer,
@@ -161,6 +169,12 @@ def _weights_ok(value: str) -> bool:
     return all(float(v) >= 0 for v in value.split(','))
   except ValueError:
     return False
+
+
+def sample() -> RfaLoraConfig:
+  """Sample unlearning (random D_f): the D_r means as targets with gamma 0.1, the best of gamma in
+  {0.1, 0.3, 1, 3} on mnist5k random 10% (split seed 1; FINDINGS.md, "RFA-LoRA's sample mode")."""
+  return RfaLoraConfig(gamma=0.1)
 
 
 def resnet18() -> RfaLoraConfig:
@@ -515,7 +529,8 @@ def check(
   title='RFA-LoRA (Qin et al., arXiv 2411.08443)',
   summary='LoRA on a frozen base; features aligned to the teacher on D_r and to its mean '
   'D_r features on D_f; merged into the base at the end',
-  presets={'cifar10_resnet18': resnet18, 'resnet18': resnet18, 'vit': vit},
+  presets={'cifar10_resnet18': resnet18, 'resnet18': resnet18, 'vit': vit, 'sample': sample},
+  forget_presets={('random', None): 'sample'},
   check=check,
   tune=('optimizer.lr', 'gamma'),
 )
