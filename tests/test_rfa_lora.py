@@ -9,11 +9,11 @@ import pytest
 from flax import traverse_util
 
 import jaxunlearn
-from jaxunlearn import sharding
+from jaxunlearn import experiment, sharding
 from jaxunlearn.config import ConfigError
 from jaxunlearn.data import preprocess
 from jaxunlearn.loop import run
-from jaxunlearn.methods import rfa_lora
+from jaxunlearn.methods import registry, rfa_lora
 from tests.conftest import BATCH, tiny_config
 
 
@@ -353,3 +353,44 @@ def test_the_diagnostic_goes_into_the_run_scores(tiny_context):
   # The forgotten class is absent from D_r, so the mean D_r softmax gives it the smallest share
   # here (the tiny CNN on digits), as it did on mnist5k and CIFAR-10.
   assert ranks['target_rank/output/class3'] == 10
+
+
+def test_class_scope_is_refused_for_class_forgetting(tiny_context):
+  with pytest.raises(ConfigError, match="target_scope='class': D_r has no example of class 3"):
+    rfa_lora.build(tiny_context(), _cfg(target_scope='class'))
+
+
+def test_class_scope_targets_are_each_class_s_own_d_r_means(tmp_path, data_dir):
+  prepared = experiment.prepare(tiny_config(tmp_path / 'wd', data_dir, forget='random:0.1'))
+  fns, variables = prepared.model(0)
+  ctx = prepared.context(fns, variables, seed=0, batch_size=BATCH)
+  plan = rfa_lora.build(ctx, _cfg(target_scope='class'))
+  means = plan.constants['means']
+  positions = np.asarray(ctx.data.sources['retain'])
+  labels = np.asarray(ctx.data.labels)[positions]
+  x = preprocess(np.asarray(ctx.data.images)[positions], ctx.data.info, train=False, key=None)
+  (logits, features), _ = fns.apply(variables, x, train=False, return_features=True)
+  probabilities = np.asarray(jax.nn.softmax(logits))
+  assert means['probabilities'].shape == (10, 10)
+  for c in range(10):
+    np.testing.assert_allclose(
+      means['probabilities'][c], probabilities[labels == c].mean(0), atol=1e-5
+    )
+    np.testing.assert_allclose(
+      means['features']['conv1'][c], np.asarray(features['conv1'])[labels == c].mean(0), atol=1e-4
+    )
+  forget_labels = jnp.asarray([3, 7, 3])
+  targets = rfa_lora.forget_targets(_settings(ctx, plan), means, forget_labels)
+  np.testing.assert_array_equal(targets['probabilities'][1], means['probabilities'][7])
+  assert targets['features']['conv1'].shape[0] == 3
+
+
+def test_random_forgetting_selects_the_sample_preset():
+  config = jaxunlearn.study_config()
+  rows, picked = registry.method_rows(config.method, 'rfa_lora', forget='random:0.1')
+  assert picked == {'rfa_lora': 'sample'} and rows[0][2] == rfa_lora.sample()
+  rows, picked = registry.method_rows(config.method, 'rfa_lora', forget='class:3')
+  assert rows[0][2] == rfa_lora.RfaLoraConfig() and rows[0][2].gamma != rfa_lora.sample().gamma
+  config.method.rfa_lora.preset = 'defaults'
+  rows, _ = registry.method_rows(config.method, 'rfa_lora', forget='random:0.1')
+  assert rows[0][2] == rfa_lora.RfaLoraConfig()
