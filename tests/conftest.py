@@ -21,6 +21,31 @@ BATCH = 64  # the tiny experiment's batch size, and that of the methods run on i
 os.environ.setdefault('JAXUNLEARN_CACHE_DIR', tempfile.mkdtemp(prefix='jaxunlearn-cache-'))
 
 
+# The longest test files, longest first. `--dist loadfile` hands files to the workers in collection
+# order, so starting with these leaves the short files to even out the end of the run.
+LONGEST_FILES = (
+  'test_notebooks.py',
+  'test_honesty.py',
+  'test_many_models.py',
+  'test_sfron.py',
+  'test_your_model.py',
+  'test_train.py',
+  'test_faults.py',
+  'test_loop.py',
+  'test_methods.py',
+  'test_cli.py',
+  'test_honesty_random.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = os.path.basename(str(item.path))
+    return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+  items.sort(key=rank)  # stable: each file keeps its own order
+
+
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
   """A persistent compilation cache: tests that rebuild the same step reuse its executable."""

@@ -29,7 +29,7 @@ def _cfg(name):
 @pytest.mark.parametrize('name', ['ft', 'sfron', 'rfa_lora'])
 @pytest.mark.parametrize('form', ['vmap', 'unroll'])
 def test_k_run_equals_k_single_runs(tiny_experiment, tiny_original, name, form):
-  seeds = [0, 3, 5, 6]
+  seeds = [3, 5]
   mesh = sharding.make_model_mesh(2, jax.devices()[:4])
   many_setup = tiny_experiment.on_mesh(mesh)
   plans = [
