@@ -1,4 +1,4 @@
-"""Shared fixtures: one offline data dir per test session, tiny configs, and the tiny experiment
+"""Shared fixtures: one offline data dir per pytest run, tiny configs, and the tiny experiment
 (a small CNN forgetting class 3 of `digits`) with its Original, prepared and trained once per test
 process."""
 
