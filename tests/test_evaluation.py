@@ -22,6 +22,22 @@ def _direct(model_fns, variables, data, positions, **kwargs):
   return jax.device_get(outputs)
 
 
+def _feature_distances(experiment, model_fns, variables, reference, positions):
+  """`evaluation.feature_distances` of `variables` to `reference` on the training images."""
+  data = experiment.train
+  return evaluation.feature_distances(
+    model_fns,
+    variables,
+    model_fns,
+    reference,
+    data.images,
+    data.info,
+    positions,
+    mesh=experiment.mesh,
+    batch_size=16,
+  )
+
+
 def _predict(exp, original, positions, batch_size, mesh=None):
   data = exp.train if mesh is None else exp.on_mesh(mesh).train
   return evaluation.predict(
@@ -76,16 +92,8 @@ def test_logits_on_every_source(tiny_experiment, tiny_original):
 def test_feature_distances_to_itself_are_zero(tiny_experiment, tiny_original, positions):
   model_fns, variables = tiny_original
   data = tiny_experiment.train
-  distances, penultimate = evaluation.feature_distances(
-    model_fns,
-    variables,
-    model_fns,
-    variables,
-    data.images,
-    data.info,
-    positions,
-    mesh=tiny_experiment.mesh,
-    batch_size=16,
+  distances, penultimate = _feature_distances(
+    tiny_experiment, model_fns, variables, variables, positions
   )
   assert set(distances) == {'conv1', 'dense1'}  # every feature but the penultimate
   for values in distances.values():
@@ -100,16 +108,8 @@ def test_feature_distances_are_norms_of_feature_differences(
   model_fns, variables = tiny_original
   other = jax.tree.map(lambda x: x * 1.1, variables)
   data = tiny_experiment.train
-  distances, penultimate = evaluation.feature_distances(
-    model_fns,
-    other,
-    model_fns,
-    variables,
-    data.images,
-    data.info,
-    positions,
-    mesh=tiny_experiment.mesh,
-    batch_size=16,
+  distances, penultimate = _feature_distances(
+    tiny_experiment, model_fns, other, variables, positions
   )
   (_, mine) = _direct(model_fns, other, data, positions, return_features=True)
   (_, reference) = _direct(model_fns, variables, data, positions, return_features=True)

@@ -26,6 +26,23 @@ def _cfg(name):
   return cfg.replace(epochs=1) if hasattr(cfg, 'epochs') else cfg.replace(iterations=8)
 
 
+def _single_params(tiny_experiment, tiny_original, name, seed):
+  """The parameters of one run of `name` with `seed` on the tiny experiment's own mesh."""
+  one = registry.get(name).build(
+    tiny_experiment.context(*tiny_original, seed=seed, batch_size=64), _cfg(name)
+  )
+  single = run(
+    one.program,
+    one.state,
+    tiny_experiment.train,
+    mesh=tiny_experiment.mesh,
+    seed=seed,
+    constants=one.constants,
+    log_every=1000,
+  )
+  return jax.device_get(single.state.params)
+
+
 @pytest.mark.parametrize('name', ['ft', 'sfron', 'rfa_lora'])
 @pytest.mark.parametrize('form', ['vmap', 'unroll'])
 def test_k_run_equals_k_single_runs(tiny_experiment, tiny_original, name, form):
@@ -47,21 +64,9 @@ def test_k_run_equals_k_single_runs(tiny_experiment, tiny_original, name, form):
     form=form,
   )
   for k, seed in enumerate(seeds):
-    one = registry.get(name).build(
-      tiny_experiment.context(*tiny_original, seed=seed, batch_size=64), _cfg(name)
-    )
-    single = run(
-      one.program,
-      one.state,
-      tiny_experiment.train,
-      mesh=tiny_experiment.mesh,
-      seed=seed,
-      constants=one.constants,
-      log_every=1000,
-    )
     jax.tree.map(
       lambda a, b, k=k: np.testing.assert_allclose(np.asarray(b)[k], a, atol=ATOL, rtol=0),
-      jax.device_get(single.state.params),
+      _single_params(tiny_experiment, tiny_original, name, seed),
       jax.device_get(many.state.params),
     )
 
@@ -189,19 +194,8 @@ def test_k_runs_on_eight_devices_equal_k_single_runs(tiny_experiment, tiny_origi
   else:
     check = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7)
   for k, seed in enumerate(seeds):
-    one = registry.get('ft').build(
-      tiny_experiment.context(*tiny_original, seed=seed, batch_size=64), _cfg('ft')
-    )
-    single = run(
-      one.program,
-      one.state,
-      tiny_experiment.train,
-      mesh=tiny_experiment.mesh,
-      seed=seed,
-      log_every=1000,
-    )
     jax.tree.map(
       lambda a, b, k=k: check(np.asarray(b)[k], a),
-      jax.device_get(single.state.params),
+      _single_params(tiny_experiment, tiny_original, 'ft', seed),
       jax.device_get(many.state.params),
     )
