@@ -391,6 +391,23 @@ def test_random_forgetting_selects_the_sample_preset():
   assert picked == {'rfa_lora': 'sample'} and rows[0][2] == rfa_lora.sample()
   rows, picked = registry.method_rows(config.method, 'rfa_lora', forget='class:3')
   assert rows[0][2] == rfa_lora.RfaLoraConfig() and rows[0][2].gamma != rfa_lora.sample().gamma
+  rows, picked = registry.method_rows(
+    config.method, 'rfa_lora', forget='random:0.1', dataset='imagefolder:/data/cifar10-jpeg/'
+  )
+  assert picked == {'rfa_lora': 'sample_cifar10'} and rows[0][2] == rfa_lora.sample_cifar10()
+  assert rows[0][2].gamma != rfa_lora.sample().gamma
   config.method.rfa_lora.preset = 'defaults'
   rows, _ = registry.method_rows(config.method, 'rfa_lora', forget='random:0.1')
   assert rows[0][2] == rfa_lora.RfaLoraConfig()
+
+
+def test_sample_readings_group_changes_one_reading_per_row():
+  config = jaxunlearn.study_config()
+  rows, picked = registry.method_rows(config.method, 'rfa_lora_sample', forget='random:0.1')
+  assert picked == {'rfa_lora': 'sample'}
+  configs = {row: cfg for row, method, cfg in rows if method == 'rfa_lora'}
+  base = rfa_lora.sample()
+  assert configs['rfa_lora'] == base and base.distance == 'cosine'
+  assert configs['rfa_lora-mse'] == base.replace(distance='mse')
+  assert configs['rfa_lora-class_scope'] == base.replace(target_scope='class')
+  assert configs['rfa_lora-class_defaults'] == rfa_lora.RfaLoraConfig()
