@@ -5,10 +5,11 @@ r"""Runs every comparison behind experiments/RESULTS.md and writes that page and
 
 Comparisons (mnist5k, small CNN, seeds 0,1,2, each a `jaxunlearn.Study`; one whose results file
 exists is not run again, and runs shared between comparisons run once): every registered method on
-random 10% and on class-3 forgetting; every group of variants a method declares (SFR-on's 2^3
-ablation of S, F and R-on, and its variants); the discriminative-regulariser protocol of Ding, Xu,
-Ji (classes 3, 6 and 9 with FT, CE-FT, KL-FT, ICE-FT and SalUn); the linear-regression theory
-figures (experiments/linreg_theory.py). `--only_render` rewrites RESULTS.md and the picture of each
+random 10% and on class-3 forgetting; every group of variants a method declares, on the forget
+kinds its table shows (SFR-on's 2^3 ablation of S, F and R-on, and its variants, on both;
+RFA-LoRA's readings of sample unlearning on random 10%); the discriminative-regulariser protocol
+of Ding, Xu, Ji (classes 3, 6 and 9 with FT, CE-FT, KL-FT, ICE-FT and SalUn); the
+linear-regression theory figures (experiments/linreg_theory.py). `--only_render` rewrites RESULTS.md and the picture of each
 "All methods" table from the results files, docs/speed.md from experiments/benchmarks/, and the
 README's methods table from the method registry.
 """
@@ -57,11 +58,16 @@ DISCRIMINATIVE = 'ft,ce_ft,kl_ft,ice_ft,salun'
 
 
 def comparisons():
-  """(forget spec, methods, results name) of every run behind the page."""
+  """(forget spec, methods, results name) of every run behind the page: a group of variants runs
+  on the forget specs of the tables that show it."""
   runs = []
   for forget in ('random:0.1', 'class:3'):
     runs.append((forget, 'all', 'baselines'))
-    runs += [(forget, group, group) for group in sorted(jaxunlearn.methods.groups())]
+    runs += [
+      (forget, group, group)
+      for group in sorted(jaxunlearn.methods.groups())
+      if any(forget in forgets and group in dict(sources) for _, forgets, sources in TABLES)
+    ]
   for k in (6, 9):
     runs.append((f'class:{k}', DISCRIMINATIVE, 'discriminative'))
   return runs
@@ -83,6 +89,11 @@ TABLES = (
     'SFR-on variants (jaxunlearn/methods/sfron.py `variants`)',
     ('random:0.1', 'class:3'),
     (('sfron_ablation', SFRON_ROW), ('sfron_variants', None)),
+  ),
+  (
+    "RFA-LoRA's sample mode (jaxunlearn/methods/rfa_lora.py `sample_readings`)",
+    ('random:0.1',),
+    (('rfa_lora_sample', None),),
   ),
   (
     'Discriminative regularisation (Ding, Xu, Ji v1 protocol)',
