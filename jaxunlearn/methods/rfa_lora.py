@@ -44,9 +44,9 @@ Readings and switches (the paper leaves these open; defaults and why):
   for a class, with a gamma of its own; or 'class', the D_r means of each D_f example's own class,
   so that a forgotten example is pulled to its class's typical features and outputs rather than
   away from its class. Measured against Retrain, 'class' does not forget: the examples stay as
-  recognised as the Original's, whatever gamma. 'all' with the squared distance costs the test
-  accuracy before D_f moves: pulling whole feature vectors to the mean shrinks them, and the
-  branches shrink unseen examples' features alike. With the cosine distance only the directions
+  recognised as the Original's, whatever gamma. 'all' with the squared distance loses more test
+  accuracy than D_f moves towards Retrain: pulling whole feature vectors to the mean shrinks
+  them, and the branches shrink unseen examples' features alike. With the cosine distance only the directions
   are pulled: at the gamma where D_f's MIA reaches Retrain's, the test accuracy stays at the
   Original's (experiments/results/FINDINGS.md, "RFA-LoRA's sample mode"). So random forgetting
   selects the 'sample' preset ('all', cosine, gamma 0.03; on CIFAR-10, whose Original lies
