@@ -176,16 +176,22 @@ class RunStore:
 
 
 class RunCheckpointer(CheckpointManager):
-  """A method run's checkpoints, tagged with the run's fingerprint and the seconds it has run."""
+  """A method run's checkpoints, tagged with the run's fingerprint and the seconds it has run.
+
+  A checkpoint's seconds are those of the earlier parts plus this part's wall time from the
+  checkpointer's creation (just before the method's preparation) to the save.
+  """
 
   def __init__(self, directory: str, every_steps: int, fingerprint_: str):
     super().__init__(directory, every_steps=every_steps, keep=1, meta={'fingerprint': fingerprint_})
     self._start = time.perf_counter()
-    self._prior = self.prior_seconds()
+    meta = self.restore_meta()
+    self._prior = float(meta['seconds']) if meta else 0.0
 
   def prior_seconds(self) -> float:
-    meta = self.restore_meta()
-    return float(meta['seconds']) if meta else 0.0
+    """The seconds the run's earlier, interrupted parts took: read once, at creation, so that
+    this part's own checkpoints never count towards it."""
+    return self._prior
 
   def save(self, state, metrics: dict) -> None:
     self.meta = {**self.meta, 'seconds': self._prior + time.perf_counter() - self._start}

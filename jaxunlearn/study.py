@@ -44,7 +44,7 @@ from jaxunlearn.methods import registry
 from jaxunlearn.models import model_name, resolve
 from jaxunlearn.unlearn import add_reference_scores, run_method, summarise
 
-RUN_FORMAT = 2  # bump when what a run's scores mean changes: every run is redone
+RUN_FORMAT = 3  # bump when what a run's scores mean changes: every run is redone
 REFERENCE_ROWS = report.REFERENCE_ROWS
 
 

@@ -44,7 +44,9 @@ def run_method(
 
   RTE is the wall time of the unlearning phase (the method's preparation, e.g. a saliency mask,
   and its steps), excluding compilation, which is reported apart as ``compile_s``; a run resumed
-  from a checkpoint adds the time its earlier part took (`checkpointer.prior_seconds()`).
+  from a checkpoint adds the time its earlier parts took (`checkpointer.prior_seconds()`: their
+  wall time up to their last checkpoint, their preparation and compilation included, which is
+  what the interruption cost).
   """
   method = registry.get(name)
   method_cfg = registry.parse_config(name, method_cfg)

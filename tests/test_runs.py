@@ -193,11 +193,13 @@ def test_a_resumed_run_counts_the_seconds_of_its_earlier_part(tmp_path, monkeypa
   first = runs.RunCheckpointer(directory, 1, 'f' * 64)  # starts at 100
   assert first.prior_seconds() == 0.0
   first.save(_state(1), {})  # at 107
+  assert first.prior_seconds() == 0.0  # its own checkpoint is this part, not an earlier one
   first.close()
   second = runs.RunCheckpointer(directory, 1, 'f' * 64)  # starts at 200
   assert second.prior_seconds() == 7.0
   second.save(_state(2), {})  # at 203
   assert second.restore_meta()['seconds'] == 10.0
+  assert second.prior_seconds() == 7.0
   assert second.restore_meta()['fingerprint'] == 'f' * 64
   second.close()
 
