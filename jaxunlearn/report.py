@@ -266,24 +266,42 @@ def _tuning_cell(choice: dict, key: str) -> str:
   if key == 'Knobs':
     return ', '.join(f'`{k}`' for k in choice['knobs'])
   if key == 'Runs':
-    return str(len(choice['trials']))
+    if 'budget' not in choice:  # a tuning.json of the one-run-per-combination rule
+      return str(len(choice['trials']))
+    spent = choice['budget']
+    return f'{spent["runs"]} ({spent["grid_runs"]} grid + {spent["extension_runs"]} extension)'
+  if key == 'Edges':
+    return ', '.join(f'{field}: {where}' for field, where in choice['edges'].items())
   fields = [knob.removeprefix('1-') for knob in choice['knobs']]
   cells = []
   for trial in choice['trials']:
+    seeds = len(trial.get('per_seed', {}))
     text = ', '.join(f'{trial["values"][f]:g}' for f in fields) + f': {trial["AvgGap"]:.2f}'
+    text += f' x{seeds}' if seeds > 1 else ''
     cells.append(f'**{text}**' if trial['values'] == choice['chosen'] else text)
   return '; '.join(cells)
 
 
 def tuning_table(tuning: dict) -> str:
   """The choices of an equal-budget tuning (the tuning.json of `experiments/tune.py`): a line on
-  the rule, then per method its knobs and every combination tried with its Avg. Gap, the chosen
-  one in bold."""
+  the rule, then per method its knobs, runs, where its choice sits on its grid (rule of
+  `jaxunlearn.tuning`) and every setting tried with its Avg. Gap, the chosen one in bold."""
   multipliers = ', '.join(tuning['multipliers'])
+  if 'rule' not in tuning:  # the rule before `jaxunlearn.tuning`
+    return (
+      f'Tuning on split seed {tuning["tune_split_seed"]}, one run per combination of each knob '
+      f'at {multipliers} x its default (Avg. Gap to Retrain; the chosen one in bold):\n\n'
+      + markdown_table(tuning['methods'], ('Knobs', 'Runs', 'Trials'), _tuning_cell)
+    )
+  first, *others = tuning['tune_seeds']
   return (
-    f'Tuning on split seed {tuning["tune_split_seed"]}, one run per combination of each knob at '
-    f'{multipliers} x its default (Avg. Gap to Retrain; the chosen one in bold):\n\n'
-    + markdown_table(tuning['methods'], ('Knobs', 'Runs', 'Trials'), _tuning_cell)
+    f'Tuning on split seed {tuning["tune_split_seed"]} by the rule of `jaxunlearn.tuning`: '
+    f'{tuning["settings_per_method"]} grid settings per method from {multipliers} x each '
+    f'knob\'s default, each run on seed {first}, the best third also on seed'
+    f'{"s" if len(others) > 1 else ""} {", ".join(map(str, others))}, a grid whose best value '
+    'sits on an edge extended there. Trials: Avg. Gap to Retrain, the mean over the seeds a '
+    'setting ran on (xN: on N seeds); the chosen one in bold:\n\n'
+    + markdown_table(tuning['methods'], ('Knobs', 'Runs', 'Edges', 'Trials'), _tuning_cell)
   )
 
 

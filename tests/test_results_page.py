@@ -106,3 +106,35 @@ def test_tuning_table_marks_each_methods_chosen_combination(tmp_path):
   assert lines[4] == (
     '| rfa_lora | `optimizer.lr`, `gamma` | 3 | 0.003, 1: 2.50; **0.003, 3: 1.25**; 0.01, 1: 4.00 |'
   )
+
+
+def test_tuning_table_of_the_rule_shows_runs_edges_and_seeds_per_trial(tmp_path):
+  from experiments import reproduce_results
+
+  path = tmp_path / 'tuning.json'
+  trials = [
+    {'values': {'optimizer.lr': 0.01}, 'AvgGap': 1.5, 'per_seed': {'3': 1.5}},
+    {'values': {'optimizer.lr': 0.03}, 'AvgGap': 0.75, 'per_seed': {'3': 0.5, '4': 1.0}},
+  ]
+  method = {
+    'knobs': ['optimizer.lr'],
+    'chosen': {'optimizer.lr': 0.03},
+    'trials': trials,
+    'budget': {'runs': 3, 'grid_runs': 2, 'extension_runs': 1},
+    'edges': {'optimizer.lr': 'inside'},
+  }
+  rule = {
+    'rule': 'equal grids',
+    'tune_split_seed': 1,
+    'tune_seeds': [3, 4],
+    'settings_per_method': 9,
+    'multipliers': ['0.3', '1', '3'],
+  }
+  path.write_text(json.dumps({**rule, 'methods': {'ga': method}}))
+  lines = reproduce_results.tuning_table(str(path))
+  assert 'each run on seed 3, the best third also on seed 4' in lines[0]
+  assert lines[2] == '| Method | Knobs | Runs | Edges | Trials |'
+  assert lines[4] == (
+    '| ga | `optimizer.lr` | 3 (2 grid + 1 extension) | optimizer.lr: inside '
+    '| 0.01: 1.50; **0.03: 0.75 x2** |'
+  )
