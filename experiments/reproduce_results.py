@@ -187,7 +187,7 @@ INTRO = (
   'the device its rows ran on. What the tables say, and what we tried to explain them: '
   '[results/FINDINGS.md](results/FINDINGS.md); step timings: [benchmarks/](benchmarks/). '
   'RTE_s of the runs made from 2026-12-04 to 2026-12-07 counted the unlearning steps twice: '
-  "here both \"All methods\" tables, RFA-LoRA's sample mode, and the CIFAR-10 tables' rfa_lora "
+  'here both "All methods" tables, RFA-LoRA\'s sample mode, and the CIFAR-10 tables\' rfa_lora '
   'rows (and salun and sfron on class 3); FINDINGS (2026-12-07, RTE) says by how much. Rows '
   'run since count them once.'
 )

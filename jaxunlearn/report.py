@@ -297,7 +297,7 @@ def tuning_table(tuning: dict) -> str:
   return (
     f'Tuning on split seed {tuning["tune_split_seed"]} by the rule of `jaxunlearn.tuning`: '
     f'{tuning["settings_per_method"]} grid settings per method from {multipliers} x each '
-    f'knob\'s default, each run on seed {first}, the best third also on seed'
+    f"knob's default, each run on seed {first}, the best third also on seed"
     f'{"s" if len(others) > 1 else ""} {", ".join(map(str, others))}, a grid whose best value '
     'sits on an edge extended there. Trials: Avg. Gap to Retrain, the mean over the seeds a '
     'setting ran on (xN: on N seeds); the chosen one in bold:\n\n'
