@@ -33,7 +33,7 @@ import time
 from absl import flags
 
 import jaxunlearn
-from jaxunlearn import cli, comparison, report, tuning
+from jaxunlearn import cli, comparison, figures, report, tuning
 from jaxunlearn.config import parse_seeds, set_leaf
 
 _CONFIG = cli.define_config(
@@ -105,8 +105,8 @@ def run_tuning(config, searches: dict, seeds: list[int], limit) -> dict:
 
 
 def tuned_files(directory: str, title: str, payload: dict, class_wise: bool) -> str:
-  """Rewrites tuned.json/.md of `directory` with the tuning column (the picture stays); returns
-  the table."""
+  """Rewrites tuned.json/.md/.png of `directory` with the tuning column (the picture drawn from
+  every row, kept and new); returns the table."""
   table = report.study_table(
     payload['summary'],
     class_wise=class_wise,
@@ -114,7 +114,10 @@ def tuned_files(directory: str, title: str, payload: dict, class_wise: bool) -> 
     tuning=payload['tuning_scores'],
   )
   note = report.study_note(payload['per_seed'], tuning=True)
-  report.write_results(directory, 'tuned', payload, title=title, table=table, note=note)
+  figure = figures.trade_off_figure(payload['summary'], title)
+  report.write_results(
+    directory, 'tuned', payload, title=title, table=table, note=note, figure=figure
+  )
   return table
 
 
