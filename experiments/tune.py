@@ -3,10 +3,11 @@ r"""Tuning against Retrain on a held-out split (the rule of `jaxunlearn.tuning`)
   python -m experiments.tune --config=experiments/configs/cifar10_subset.py \
       --config.forget=random:0.1 --config.seeds=0,1,2 --tune_split_seed=1
 
-Every method of --config.methods tunes every knob it declares with the same number of settings,
-on split seed --tune_split_seed and the seeds --tune_seeds (by default the two smallest seeds not
-among --config.seeds, so that no tuning run is a reported run), by successive halving, with
-grids whose best value sits on an edge extended (`jaxunlearn.tuning` states the rule). Every
+Every method of --config.methods tunes every knob it declares with the same number of settings
+and of runs (--runs_per_method), on split seed --tune_split_seed and the seeds --tune_seeds (by
+default the two smallest seeds not among --config.seeds, so that no tuning run is a reported
+run), by successive halving, with grids whose best value sits on an edge extended and the runs
+left spent on the next-best settings and midpoints (`jaxunlearn.tuning` states the rule). Every
 trial is a row of one tuning study (its tuning.md lies in the tuning split's directory); every
 trial, choice, edge and budget is in tuning.json, beside the reported results. Then the config's study runs with each method's
 choice on its own split seed and seeds (results name 'tuned'): tuned.md shows each method's
@@ -49,10 +50,11 @@ _TUNE_SEEDS = flags.DEFINE_string(
 _MULTIPLIERS = flags.DEFINE_list(
   'multipliers', ['0.3', '1', '3'], "Scales of each knob's default that make the grids."
 )
-_MAX_EXTENSION = flags.DEFINE_integer(
-  'max_extension_settings',
+_RUNS_PER_METHOD = flags.DEFINE_integer(
+  'runs_per_method',
   -1,
-  'The most settings an edge extension may add to a method (-1: as many as its grid has).',
+  "Every method's number of tuning runs (-1: twice successive halving's on the grid, 24 for 9 "
+  'settings and 2 seeds).',
 )
 _KEEP_FROM = flags.DEFINE_string(
   'keep_from',
@@ -74,7 +76,7 @@ def tune_seeds(config) -> list[int]:
   return [s for s in range(len(reported) + 2) if s not in reported][:2]
 
 
-def run_tuning(config, searches: dict, seeds: list[int], limit) -> dict:
+def run_tuning(config, searches: dict, seeds: list[int], runs_per_method: int) -> dict:
   """Runs every search to its choice, each run a row of one study on the tuning split, and
   writes that study's table (results name 'tuning')."""
   trial_config = copy.deepcopy(config)
@@ -97,7 +99,7 @@ def run_tuning(config, searches: dict, seeds: list[int], limit) -> dict:
   with study.store.lock():
     for seed in seeds:
       study.reference_rows(seed)
-    searches = tuning.run_searches(searches, seeds, run, limit)
+    searches = tuning.run_searches(searches, seeds, run, runs_per_method)
     study.rows = list(trials.values())  # the tuning table: every trial, on the seeds it ran
     study.wall_seconds += time.perf_counter() - start
     study.write_results()
@@ -146,7 +148,6 @@ def main(argv):
     )
   seeds = tune_seeds(config)
   multipliers = tuning.parse_multipliers(_MULTIPLIERS.value)
-  limit = None if _MAX_EXTENSION.value < 0 else _MAX_EXTENSION.value
   rows, presets = jaxunlearn.methods.method_rows(
     config.method, config.methods, forget=config.forget, dataset=config.dataset
   )
@@ -160,6 +161,11 @@ def main(argv):
     raise jaxunlearn.ConfigError(
       f'--config.methods={config.methods}: names no method to tune (groups are not tuned).'
     )
+  tuning.check_budgets(searches)
+  runs_per_method = _RUNS_PER_METHOD.value
+  if runs_per_method < 0:
+    runs_per_method = tuning.default_runs_per_method(searches, seeds)
+  tuning.check_runs_per_method(searches, seeds, runs_per_method)
   if _KEEP_FROM.value:  # before any work: the kept methods must have had the same budget
     path = os.path.join(_KEEP_FROM.value, 'tuning.json')
     if not os.path.exists(path):
@@ -169,11 +175,14 @@ def main(argv):
     tuning.check_same_rule(
       earlier_rule,
       tuning.rule_record(
-        searches, seeds, multipliers=_MULTIPLIERS.value, split_seed=_TUNE_SPLIT_SEED.value
+        searches,
+        seeds,
+        multipliers=_MULTIPLIERS.value,
+        split_seed=_TUNE_SPLIT_SEED.value,
+        runs_per_method=runs_per_method,
       ),
     )
-  tuning.check_budgets(searches)
-  searches = run_tuning(config, searches, seeds, limit)
+  searches = run_tuning(config, searches, seeds, runs_per_method)
 
   chosen = {name: tuning.choice(search, seeds) for name, search in searches.items()}
   record = tuning.tuning_record(
@@ -181,7 +190,7 @@ def main(argv):
     seeds,
     multipliers=_MULTIPLIERS.value,
     split_seed=_TUNE_SPLIT_SEED.value,
-    max_extension_settings=limit,
+    runs_per_method=runs_per_method,
   )
   for name, entry in record['methods'].items():
     print(

@@ -269,7 +269,10 @@ def _tuning_cell(choice: dict, key: str) -> str:
     if 'budget' not in choice:  # a tuning.json of the one-run-per-combination rule
       return str(len(choice['trials']))
     spent = choice['budget']
-    return f'{spent["runs"]} ({spent["grid_runs"]} grid + {spent["extension_runs"]} extension)'
+    parts = [f'{spent["grid_runs"]} grid', f'{spent["extension_runs"]} extension']
+    if spent.get('midpoint_runs'):
+      parts.append(f'{spent["midpoint_runs"]} midpoint')
+    return f'{spent["runs"]} ({" + ".join(parts)})'
   if key == 'Edges':
     return ', '.join(f'{field}: {where}' for field, where in choice['edges'].items())
   fields = [knob.removeprefix('1-') for knob in choice['knobs']]
@@ -294,12 +297,19 @@ def tuning_table(tuning: dict) -> str:
       + markdown_table(tuning['methods'], ('Knobs', 'Runs', 'Trials'), _tuning_cell)
     )
   first, *others = tuning['tune_seeds']
+  runs = tuning.get('runs_per_method')
+  spend = (
+    f' Every method makes {runs} runs: the ones left go to the next-best settings on the seeds '
+    'they lack and to midpoints between the choice and its best neighbour.'
+    if runs
+    else ''
+  )
   return (
     f'Tuning on split seed {tuning["tune_split_seed"]} by the rule of `jaxunlearn.tuning`: '
     f'{tuning["settings_per_method"]} grid settings per method from {multipliers} x each '
     f"knob's default, each run on seed {first}, the best third also on seed"
     f'{"s" if len(others) > 1 else ""} {", ".join(map(str, others))}, a grid whose best value '
-    'sits on an edge extended there. Trials: Avg. Gap to Retrain, the mean over the seeds a '
+    f'sits on an edge extended there.{spend} Trials: Avg. Gap to Retrain, the mean over the seeds a '
     'setting ran on (xN: on N seeds); the chosen one in bold:\n\n'
     + markdown_table(tuning['methods'], ('Knobs', 'Runs', 'Edges', 'Trials'), _tuning_cell)
   )

@@ -15,19 +15,28 @@ study would run it with (the preset of the forget kind and dataset, with the fla
    Repeats are dropped and the grid is topped up to n values by rule 3's step on the side with
    room. A combination the config refuses makes the method's count differ: it is refused before
    any run (`make_search`, `check_budgets`).
-2. Successive halving (`next_runs`, `choice`). Every setting runs on the first tuning seed; the
-   best third of the settings (ceil(m / 3) of the m run, by that score) runs on every other
-   tuning seed; the choice is the setting of that third with the smallest mean Avg. Gap over the
-   tuning seeds. Ties go to the setting nearest the defaults (sum of |log ratio| of the scaled
-   values); a diverged run scores +inf.
+2. Successive halving (`halving_runs`). Every setting runs on the first tuning seed; the best
+   third of the settings (ceil(m / 3) of the m run, by that score) runs on every other tuning
+   seed. The choice (`choice`) is the setting run on every tuning seed with the smallest mean
+   Avg. Gap over them. Ties go to the setting nearest the defaults (sum of |log ratio| of the
+   scaled values); a diverged run scores +inf.
 3. Edges (`extend`). When a knob's value in the choice is the smallest or largest of its grid and
    the grid can move that way, the grid gets one more value on that side (its outermost
    geometric step continued; onto a closed bound, halfway to an open one), crossed with every
-   value of the other knobs; the new settings run by rule 2 and the choice is made again. It
-   stops when no chosen value sits on a movable edge: inside its grid, at a bound (then a
-   legitimate choice), or where more extension settings would pass `max_extension_settings`
-   (the grid's count unless told). The record says which (`edges`) and counts the extension
-   runs apart from the grid's (`budget`).
+   value of the other knobs; the new settings run by rule 2 and the choice is made again. An
+   extension is made only when the most runs it can take (its settings on every seed, and the
+   settings it can pull into the best third on the other seeds) fit in the runs left.
+4. The same number of runs (`runs_per_method`, by default twice rule 2's count on the grid:
+   24 for 9 settings and 2 seeds). While runs are left and no edge can move, they go first to
+   the settings next in line by their first-seed score, on the seeds they lack (one setting at a
+   time, the choice made again after each, so a new choice on an edge is extended), then to
+   midpoints (`midpoint`): the geometric midpoint between the choice's value of a knob and its
+   better-scoring neighbour on that knob's axis, crossed with the other knobs' values. Every
+   method ends with exactly `runs_per_method` runs; the last ones may not complete a setting
+   (only settings run on every seed are chosen), and a method that cannot spend them (no value
+   left to try) is refused (`check_spent`). The record says where each choice sits on its grid
+   (`edges`: inside, at a bound, or stopped by the run budget) and counts the grid's, the
+   extensions' and the midpoints' runs (`budget`).
 
 `run_searches` drives rules 1-3 with a function that runs one setting on one seed;
 `experiments/tune.py` gives it the runs of a `Study`. `merge_results` and `merge_tuning` keep
@@ -50,7 +59,10 @@ from jaxunlearn.report import REFERENCE_ROWS
 from jaxunlearn.unlearn import summarise
 
 COMPLEMENT = '1-'
-RULE = 'equal grids of p**K settings, successive halving over the tuning seeds, edges extended'
+RULE = (
+  'equal runs per method: p**K grid settings, successive halving over the tuning seeds, edges '
+  'extended, the runs left to the next-best settings and to midpoints around the choice'
+)
 DIGITS = 3  # significant digits of a scaled quantity: grids read 0.00405, not 0.0040536
 
 Setting = tuple  # one value per knob, in the method's knob order
@@ -349,31 +361,41 @@ def mean_score(search: Search, setting: Setting, seeds: Sequence[int]) -> float:
   return sum(gaps) / len(gaps) if gaps else math.nan
 
 
+def ranked(search: Search, seeds: Sequence[int]) -> list[Setting]:
+  """The settings run on the first seed, best first by that score (ties: nearest the defaults)."""
+  run = [s for s in settings(search) if seeds[0] in search.scores.get(s, {})]
+  return sorted(run, key=lambda s: (mean_score(search, s, seeds[:1]), distance(search, s)))
+
+
 def finalists(search: Search, seeds: Sequence[int]) -> list[Setting]:
   """The best third (ceil(m / 3) of the m settings run on the first seed), by that score."""
-  run = [s for s in settings(search) if seeds[0] in search.scores.get(s, {})]
-  run.sort(key=lambda s: (mean_score(search, s, seeds[:1]), distance(search, s)))
+  run = ranked(search, seeds)
   return run[: math.ceil(len(run) / 3)]
 
 
-def next_runs(search: Search, seeds: Sequence[int]) -> list[tuple[Setting, int]]:
+def missing_seeds(search: Search, setting: Setting, seeds: Sequence[int]) -> list[int]:
+  return [seed for seed in seeds if seed not in search.scores.get(setting, {})]
+
+
+def halving_runs(search: Search, seeds: Sequence[int]) -> list[tuple[Setting, int]]:
   """The (setting, seed) runs rule 2 asks for now: every setting on the first seed, then the
   finalists on the other seeds; [] when the choice can be made."""
   missing = [(s, seeds[0]) for s in settings(search) if seeds[0] not in search.scores.get(s, {})]
   if missing:
     return missing
-  return [
-    (s, seed)
-    for s in finalists(search, seeds)
-    for seed in seeds[1:]
-    if seed not in search.scores.get(s, {})
-  ]
+  return [(s, seed) for s in finalists(search, seeds) for seed in missing_seeds(search, s, seeds)]
+
+
+def complete(search: Search, seeds: Sequence[int]) -> list[Setting]:
+  """The settings run on every tuning seed."""
+  return [s for s in settings(search) if not missing_seeds(search, s, seeds)]
 
 
 def choice(search: Search, seeds: Sequence[int]) -> Setting:
-  """The finalist with the smallest mean Avg. Gap over the seeds (ties: nearest the defaults)."""
+  """The setting run on every seed with the smallest mean Avg. Gap over them (ties: nearest the
+  defaults)."""
   return min(
-    finalists(search, seeds), key=lambda s: (mean_score(search, s, seeds), distance(search, s))
+    complete(search, seeds), key=lambda s: (mean_score(search, s, seeds), distance(search, s))
   )
 
 
@@ -384,11 +406,29 @@ def record(search: Search, setting: Setting, seed: int, gap: float) -> Search:
   return dataclasses.replace(search, scores=scores)
 
 
-def _extension_settings(search: Search) -> int:
-  return len(settings(search)) - len(settings(search, search.grid))
+def runs(search: Search) -> int:
+  """How many runs the search has made."""
+  return sum(len(by_seed) for by_seed in search.scores.values())
 
 
-def _moves(search: Search, chosen: Setting, limit: int) -> list[tuple[int, str, str]]:
+def minimum_runs(search: Search, seeds: Sequence[int]) -> int:
+  """Rule 2's runs on the grid: every setting once, the best third on the other seeds."""
+  m = len(settings(search, search.grid))
+  return m + math.ceil(m / 3) * (len(seeds) - 1)
+
+
+def extension_cost(search: Search, added: int, seeds: Sequence[int]) -> int:
+  """The most runs an extension adding `added` settings can take under rule 2: the new settings
+  on the first seed, and on the other seeds those of the grown best third not yet run there (new
+  settings, or settings the larger third pulls in; the present third has run on every seed)."""
+  m = len(ranked(search, seeds))
+  now, grown = math.ceil(m / 3), math.ceil((m + added) / 3)
+  return added + (len(seeds) - 1) * max(min(added, grown), grown - now)
+
+
+def _moves(
+  search: Search, chosen: Setting, seeds: Sequence[int], runs_left: int
+) -> list[tuple[int, str, str]]:
   """(knob index, side, what stops it or '') of every chosen value on an edge of its axis."""
   out = []
   for i, (knob, axis) in enumerate(zip(search.knobs, search.axes)):
@@ -399,48 +439,120 @@ def _moves(search: Search, chosen: Setting, limit: int) -> list[tuple[int, str, 
       added = math.prod(len(a) for j, a in enumerate(search.axes) if j != i)
       if new is None:
         out.append((i, side, 'bound'))
-      elif _extension_settings(search) + added > limit:
-        out.append((i, side, 'extension limit'))
+      elif extension_cost(search, added, seeds) > runs_left:
+        out.append((i, side, 'run budget'))
       else:
         out.append((i, side, ''))
   return out
 
 
-def extend(search: Search, seeds: Sequence[int], limit: int) -> Search | None:
+def _with_value(search: Search, i: int, value) -> Search:
+  """The search with `value` added to the axis of knob `i` (kept ascending)."""
+  axis = tuple(sorted({*search.axes[i], value}, key=search.knobs[i].scaled))
+  return dataclasses.replace(search, axes=search.axes[:i] + (axis,) + search.axes[i + 1 :])
+
+
+def extend(search: Search, seeds: Sequence[int], runs_left: int) -> Search | None:
   """The search with one more value on the axis of the first knob whose chosen value sits on a
-  movable edge (rule 3); None when there is none."""
+  movable edge, where the extension fits in `runs_left` (rule 3); None when there is none."""
   chosen = choice(search, seeds)
-  for i, side, stop in _moves(search, chosen, limit):
+  for i, side, stop in _moves(search, chosen, seeds, runs_left):
     if not stop:
-      knob, axis = search.knobs[i], search.axes[i]
-      new = step(knob, axis, side, search.ratios[i])
-      axis = (new, *axis) if side == 'low' else (*axis, new)
-      return dataclasses.replace(search, axes=search.axes[:i] + (axis,) + search.axes[i + 1 :])
+      return _with_value(search, i, step(search.knobs[i], search.axes[i], side, search.ratios[i]))
   return None
 
 
-def edges(search: Search, seeds: Sequence[int], limit: int) -> dict[str, str]:
+def widening_runs(search: Search, seeds: Sequence[int]) -> list[tuple[Setting, int]]:
+  """The runs that complete the next setting in line by its first-seed score (rule 4)."""
+  for setting in ranked(search, seeds):
+    missing = missing_seeds(search, setting, seeds)
+    if missing:
+      return [(setting, seed) for seed in missing]
+  return []
+
+
+def midpoint(search: Search, seeds: Sequence[int], runs_left: int) -> Search | None:
+  """The search with a midpoint added (rule 4): between the choice's value of a knob and its
+  neighbour on that knob's axis, on the side whose neighbouring setting scores best over the
+  seeds (ties: the wider gap in log scale, then the first knob); one whose new settings do not
+  all fit in `runs_left` only when no other does. None when no knob has room for one."""
+  chosen = choice(search, seeds)
+  options = []
+  for i, (knob, axis) in enumerate(zip(search.knobs, search.axes)):
+    at = axis.index(chosen[i])
+    for j in (at - 1, at + 1):
+      if not 0 <= j < len(axis):
+        continue
+      a, b = knob.scaled(chosen[i]), knob.scaled(axis[j])
+      value = place(knob, math.sqrt(a * b) if a > 0 and b > 0 else (a + b) / 2, a)
+      if value is None or value in axis:
+        continue
+      neighbour = chosen[:i] + (axis[j],) + chosen[i + 1 :]
+      score = (
+        mean_score(search, neighbour, seeds) if neighbour in complete(search, seeds) else math.inf
+      )
+      added = math.prod(len(x) for k, x in enumerate(search.axes) if k != i)
+      gap = abs(math.log(max(a, 1e-12) / max(b, 1e-12)))
+      options.append((added > runs_left, score, -gap, i, j, value))
+  if not options:
+    return None
+  *_, i, _, value = min(options)
+  return _with_value(search, i, value)
+
+
+def next_step(
+  search: Search, seeds: Sequence[int], runs_per_method: int
+) -> tuple[Search, list[tuple[Setting, int]]]:
+  """What the rule does next for one method: the search (its axes grown by an extension or a
+  midpoint) and the runs to make, at most the runs left; no runs when the method is done."""
+  left = runs_per_method - runs(search)
+  if left <= 0:
+    return search, []
+  todo = halving_runs(search, seeds)
+  if todo:
+    return search, todo[:left]
+  grown = extend(search, seeds, left)
+  if grown is not None:
+    return grown, halving_runs(grown, seeds)[:left]
+  todo = widening_runs(search, seeds)
+  if todo:
+    return search, todo[:left]
+  grown = midpoint(search, seeds, left)
+  if grown is not None:
+    return grown, halving_runs(grown, seeds)[:left]
+  return search, []
+
+
+def edges(search: Search, seeds: Sequence[int], runs_per_method: int) -> dict[str, str]:
   """{field: 'inside', or where on its grid the choice sits and what stopped the grid there}."""
   chosen = choice(search, seeds)
   out = {k.field: 'inside' for k in search.knobs}
-  for i, side, stop in _moves(search, chosen, limit):
+  for i, side, stop in _moves(search, chosen, seeds, runs_per_method - runs(search)):
     knob = search.knobs[i]
     lowest = (side == 'low') != knob.complement
     out[knob.field] = f'{"lowest" if lowest else "highest"} value ({stop or "movable"})'
   return out
 
 
-def budget(search: Search) -> dict[str, int]:
-  """Settings and runs of the grid and of its extensions."""
-  grid = set(settings(search, search.grid))
-  runs = {s: len(by_seed) for s, by_seed in search.scores.items()}
-  return {
-    'grid_settings': len(grid),
-    'grid_runs': sum(n for s, n in runs.items() if s in grid),
-    'extension_settings': _extension_settings(search),
-    'extension_runs': sum(n for s, n in runs.items() if s not in grid),
-    'runs': sum(runs.values()),
-  }
+def kind(search: Search, setting: Setting) -> str:
+  """'grid', 'extension' (a value beyond the grid's span) or 'midpoint' (a value inside it)."""
+  if all(v in axis for v, axis in zip(setting, search.grid)):
+    return 'grid'
+  beyond = any(
+    not min(map(k.scaled, axis)) <= k.scaled(v) <= max(map(k.scaled, axis))
+    for k, v, axis in zip(search.knobs, setting, search.grid)
+  )
+  return 'extension' if beyond else 'midpoint'
+
+
+def budget(search: Search, runs_per_method: int) -> dict[str, int]:
+  """The run budget, and the settings and runs of the grid, its extensions and its midpoints."""
+  out = {'runs_per_method': runs_per_method, 'runs': runs(search)}
+  for name in ('grid', 'extension', 'midpoint'):
+    of_kind = [by_seed for s, by_seed in search.scores.items() if kind(search, s) == name]
+    out[f'{name}_settings'] = len(of_kind)
+    out[f'{name}_runs'] = sum(map(len, of_kind))
+  return out
 
 
 def check_budgets(searches: Mapping[str, Search]) -> None:
@@ -454,6 +566,30 @@ def check_budgets(searches: Mapping[str, Search]) -> None:
     )
 
 
+def check_runs_per_method(
+  searches: Mapping[str, Search], seeds: Sequence[int], runs_per_method: int
+) -> None:
+  """Raises ConfigError unless `runs_per_method` covers rule 2 on every method's grid."""
+  needed = max(minimum_runs(s, seeds) for s in searches.values())
+  if runs_per_method < needed:
+    raise ConfigError(
+      f'--runs_per_method={runs_per_method}: successive halving on the grid takes {needed} runs '
+      f'per method; give at least {needed}.'
+    )
+
+
+def check_spent(searches: Mapping[str, Search], runs_per_method: int) -> None:
+  """Raises ConfigError unless every method made exactly `runs_per_method` runs: a method that
+  could not spend them is not reported beside the others."""
+  short = {name: runs(s) for name, s in searches.items() if runs(s) != runs_per_method}
+  if short:
+    listed = ', '.join(f'{name} {n}' for name, n in short.items())
+    raise ConfigError(
+      f'--runs_per_method={runs_per_method}: {listed} run(s) only, with no value left to try '
+      'within their rules; give fewer runs per method or other --multipliers.'
+    )
+
+
 def check_seeds(seeds: Sequence[int]) -> None:
   """Raises ConfigError unless there are at least two distinct tuning seeds."""
   if len(seeds) < 2 or len(set(seeds)) != len(seeds):
@@ -462,59 +598,57 @@ def check_seeds(seeds: Sequence[int]) -> None:
     )
 
 
+def default_runs_per_method(searches: Mapping[str, Search], seeds: Sequence[int]) -> int:
+  """Twice rule 2's runs on the grid (24 for 9 settings and 2 seeds)."""
+  return 2 * max(minimum_runs(s, seeds) for s in searches.values())
+
+
 def run_searches(
   searches: Mapping[str, Search],
   seeds: Sequence[int],
-  run: Callable[[str, Setting, int, Config], float],
-  max_extension_settings: int | None = None,
+  run: Callable[[str, str, int, Config], float],
+  runs_per_method: int | None = None,
 ) -> dict[str, Search]:
-  """Runs rules 2 and 3 to the end for every method.
+  """Runs rules 2-4 to the end for every method.
 
   Args:
     searches: {method: its search} (`make_search`), with equal budgets (`check_budgets`).
     seeds: the tuning seeds, at least 2; the first scores every setting.
     run: ``run(method, row, seed, config) -> Avg. Gap`` of one run (nan: diverged), `row`
       naming the setting (`row_name`).
-    max_extension_settings: the most extension settings of a method (None: its grid's count).
+    runs_per_method: every method's number of runs (None: `default_runs_per_method`).
 
   Returns:
-    {method: its finished search}.
+    {method: its finished search}, each with exactly `runs_per_method` runs.
+
+  Raises:
+    ConfigError: too few runs for rule 2, or a method that cannot spend them (`check_spent`).
   """
   check_seeds(seeds)
   check_budgets(searches)
+  if runs_per_method is None:
+    runs_per_method = default_runs_per_method(searches, seeds)
+  check_runs_per_method(searches, seeds, runs_per_method)
   searches = dict(searches)
   while True:
-    pending = [(name, s, seed) for name, x in searches.items() for s, seed in next_runs(x, seeds)]
+    pending = []
+    for name, search in searches.items():
+      searches[name], todo = next_step(search, seeds, runs_per_method)
+      pending += [(name, setting, seed) for setting, seed in todo]
+    if not pending:
+      check_spent(searches, runs_per_method)
+      return searches
     for name, setting, seed in sorted(pending, key=lambda p: p[2]):
       search = searches[name]
       gap = run(name, row_name(search, setting), seed, config_of(search, setting))
       searches[name] = record(searches[name], setting, seed, gap)
-    if pending:
-      continue
-    extended = {
-      name: extend(x, seeds, _limit(x, max_extension_settings)) for name, x in searches.items()
-    }
-    extended = {name: x for name, x in extended.items() if x is not None}
-    if not extended:
-      return searches
-    searches.update(extended)
 
 
-def _limit(search: Search, max_extension_settings: int | None) -> int:
-  if max_extension_settings is None:
-    return len(settings(search, search.grid))
-  return max_extension_settings
-
-
-def search_record(
-  search: Search, seeds: Sequence[int], max_extension_settings: int | None = None
-) -> dict:
+def search_record(search: Search, seeds: Sequence[int], runs_per_method: int) -> dict:
   """What tuning.json says of one method's finished search: its knobs, defaults, grids, every
-  trial (per seed and its mean), the choice and its tuning score, where the choice sits on its
-  grids (`edges`) and the budget."""
+  trial (per seed, its mean and its kind), the choice and its tuning score, where the choice
+  sits on its grids (`edges`) and the budget."""
   chosen = choice(search, seeds)
-  limit = _limit(search, max_extension_settings)
-  grid = set(settings(search, search.grid))
   return {
     'knobs': [k.name for k in search.knobs],
     'defaults': {k.field: k.default for k in search.knobs},
@@ -526,14 +660,14 @@ def search_record(
         'values': values(search, s),
         'per_seed': {str(seed): gap for seed, gap in sorted(by_seed.items())},
         'AvgGap': mean_score(search, s, seeds),
-        'extension': s not in grid,
+        'kind': kind(search, s),
       }
       for s, by_seed in search.scores.items()
     ],
     'chosen': values(search, chosen),
     'tuning_score': mean_score(search, chosen, seeds),
-    'edges': edges(search, seeds, limit),
-    'budget': budget(search),
+    'edges': edges(search, seeds, runs_per_method),
+    'budget': budget(search, runs_per_method),
   }
 
 
@@ -543,6 +677,7 @@ def rule_record(
   *,
   multipliers: Sequence[str],
   split_seed: int,
+  runs_per_method: int,
 ) -> dict:
   """The `SAME_RULE` fields of a tuning about to run (`check_budgets` first)."""
   check_budgets(searches)
@@ -550,6 +685,7 @@ def rule_record(
     'rule': RULE,
     'multipliers': list(multipliers),
     'settings_per_method': max(len(settings(s, s.grid)) for s in searches.values()),
+    'runs_per_method': runs_per_method,
     'tune_split_seed': split_seed,
     'tune_seeds': list(seeds),
   }
@@ -561,16 +697,17 @@ def tuning_record(
   *,
   multipliers: Sequence[str],
   split_seed: int,
-  max_extension_settings: int | None = None,
+  runs_per_method: int,
 ) -> dict:
   """The tuning.json payload of finished searches: the rule and its budget (`SAME_RULE`), and
   each method's `search_record`."""
+  rule = rule_record(
+    searches, seeds, multipliers=multipliers, split_seed=split_seed, runs_per_method=runs_per_method
+  )
   return {
-    **rule_record(searches, seeds, multipliers=multipliers, split_seed=split_seed),
-    'max_extension_settings': max_extension_settings,
+    **rule,
     'methods': {
-      name: search_record(search, seeds, max_extension_settings)
-      for name, search in searches.items()
+      name: search_record(search, seeds, runs_per_method) for name, search in searches.items()
     },
   }
 
@@ -586,7 +723,14 @@ def tuning_scores(tuning: dict) -> dict[str, float]:
 
 
 # The fields of tuning.json that must agree for choices of two runs to sit in one table.
-SAME_RULE = ('rule', 'multipliers', 'settings_per_method', 'tune_split_seed', 'tune_seeds')
+SAME_RULE = (
+  'rule',
+  'multipliers',
+  'settings_per_method',
+  'runs_per_method',
+  'tune_split_seed',
+  'tune_seeds',
+)
 
 
 def check_same_rule(earlier: dict, tuning: dict) -> None:

@@ -88,27 +88,30 @@ def test_an_edge_that_wins_is_extended_until_the_choice_is_inside():
   search = _search('ft')
   assert search.axes[0][-1] == pytest.approx(0.06)
   done = tuning.run_searches({'ft': search}, SEEDS, _gap(0.1))['ft']
-  record = tuning.search_record(done, SEEDS)
+  record = tuning.search_record(done, SEEDS, 24)
   assert record['chosen']['optimizer.lr'] == pytest.approx(0.1, rel=0.15)
   assert record['edges'] == {'optimizer.lr': 'inside'}
   assert done.axes[0][-1] > record['chosen']['optimizer.lr'] > 0.06
   budget = record['budget']
-  assert budget['grid_settings'] == 9 and budget['extension_settings'] == len(done.axes[0]) - 9
-  assert budget['runs'] == budget['grid_runs'] + budget['extension_runs'] > 12
+  assert budget['grid_settings'] == 9 and budget['extension_settings'] >= 2
+  assert budget['runs'] == budget['grid_runs'] + budget['extension_runs'] + budget['midpoint_runs']
+  assert budget['runs'] == budget['runs_per_method'] == 24  # twice halving's 9 + 3
 
 
-def test_extension_stops_at_a_closed_bound_and_at_its_limit():
+def test_extension_stops_at_a_closed_bound_and_at_the_run_budget():
   run = _gap(10.0, 'mask_fraction')  # the larger the better, past its bound 1
   done = tuning.run_searches({'salun': _search('salun')}, SEEDS, run)['salun']
-  record = tuning.search_record(done, SEEDS)
+  record = tuning.search_record(done, SEEDS, 24)
   assert record['chosen']['mask_fraction'] == 1.0
   assert record['edges']['mask_fraction'] == 'highest value (bound)'
   assert record['budget']['extension_settings'] == 0
-  # Without room to extend, the choice stays at the grid's edge and the record says why.
-  done = tuning.run_searches({'ft': _search('ft')}, SEEDS, _gap(10.0), max_extension_settings=2)
-  record = tuning.search_record(done['ft'], SEEDS, 2)
-  assert record['edges'] == {'optimizer.lr': 'highest value (extension limit)'}
-  assert record['budget']['extension_settings'] == 2
+  # Without runs left for an extension, the choice stays at the grid's edge and the record says
+  # why: 12 runs of halving, then one extension (1 setting on 2 seeds + 1 pulled into the best
+  # third = at most 3 runs) fits in 15 and the next does not.
+  done = tuning.run_searches({'ft': _search('ft')}, SEEDS, _gap(10.0), runs_per_method=15)
+  record = tuning.search_record(done['ft'], SEEDS, 15)
+  assert record['edges'] == {'optimizer.lr': 'highest value (run budget)'}
+  assert record['budget']['extension_settings'] == 1 and record['budget']['runs'] == 15
 
 
 def test_halving_runs_the_best_third_on_more_seeds_and_chooses_by_their_mean():
@@ -122,12 +125,53 @@ def test_halving_runs_the_best_third_on_more_seeds_and_chooses_by_their_mean():
     lr = config.optimizer.lr
     return first[lr] if seed == SEEDS[0] else second[lr]
 
-  done = tuning.run_searches({'ft': search}, SEEDS, run, max_extension_settings=0)['ft']
+  done = tuning.run_searches({'ft': search}, SEEDS, run, runs_per_method=12)['ft']
   ran = {s[0]: sorted(by_seed) for s, by_seed in done.scores.items()}
   assert [lr for lr, seeds in ran.items() if seeds == SEEDS] == list(lrs[:3])
   assert tuning.choice(done, SEEDS) == (lrs[1],)
-  assert tuning.budget(done)['runs'] == 9 + 3
+  assert tuning.budget(done, 12)['runs'] == 9 + 3
   assert tuning.mean_score(done, (lrs[1],), SEEDS) == pytest.approx(1.75)
+
+
+def test_runs_left_go_to_the_next_settings_then_to_midpoints_by_the_better_neighbour():
+  search = _search('ft')
+  lrs = search.axes[0]
+  best = lrs[4]
+  # Inside the grid, best at its middle value; the higher neighbour scores better than the lower.
+  gap = _gap(best * 1.1)
+  done = tuning.run_searches({'ft': search}, SEEDS, gap, runs_per_method=24)['ft']
+  # Every grid setting ran on both seeds (9 + 9), then 3 midpoints on both seeds (6).
+  assert all(sorted(by_seed) == SEEDS for by_seed in done.scores.values())
+  budget = tuning.budget(done, 24)
+  assert budget['grid_runs'] == 18 and budget['midpoint_settings'] == 3
+  assert budget['midpoint_runs'] == 6 and budget['extension_runs'] == 0
+  # The first midpoint lies between the middle value and its better (higher) neighbour.
+  added = sorted(set(done.axes[0]) - set(lrs))
+  assert best < added[0] < lrs[5]
+  assert tuning.choice(done, SEEDS)[0] == pytest.approx(best * 1.1, rel=0.05)
+  # A two-knob method: a midpoint on one knob is crossed with the other knob's 3 values.
+  two = tuning.run_searches({'salun': _search('salun')}, SEEDS, _gap(0.01), 24)['salun']
+  assert tuning.budget(two, 24)['midpoint_settings'] == 3 and tuning.runs(two) == 24
+
+
+def test_every_method_ends_with_the_same_number_of_runs():
+  searches = {name: _search(name) for name in ('ft', 'salun', 'scrub', 'neggrad_plus')}
+  done = tuning.run_searches(searches, SEEDS, _gap(0.5))  # far above every default lr
+  assert {name: tuning.runs(s) for name, s in done.items()} == dict.fromkeys(searches, 24)
+  record = tuning.tuning_record(
+    done, SEEDS, multipliers=['0.3', '1', '3'], split_seed=1, runs_per_method=24
+  )
+  assert {m['budget']['runs'] for m in record['methods'].values()} == {24}
+  assert record['runs_per_method'] == 24
+
+
+def test_a_method_that_cannot_spend_its_runs_is_refused():
+  done = tuning.run_searches({'ft': _search('ft')}, SEEDS, _gap(0.02), runs_per_method=12)
+  tuning.check_spent(done, 12)
+  with pytest.raises(ConfigError, match=r'--runs_per_method=13: ft 12 run\(s\) only'):
+    tuning.check_spent(done, 13)
+  with pytest.raises(ConfigError, match='--runs_per_method=11: .* takes 12 runs'):
+    tuning.run_searches({'ft': _search('ft')}, SEEDS, _gap(0.02), runs_per_method=11)
 
 
 def test_unequal_budgets_are_refused():
@@ -197,9 +241,13 @@ def test_merge_refuses_different_references():
 
 def test_merge_tuning_refuses_another_budget():
   done = tuning.run_searches({'ft': _search('ft')}, SEEDS, _gap(0.02))
-  now = tuning.tuning_record(done, SEEDS, multipliers=['0.3', '1', '3'], split_seed=1)
+  now = tuning.tuning_record(
+    done, SEEDS, multipliers=['0.3', '1', '3'], split_seed=1, runs_per_method=24
+  )
   earlier = {**now, 'methods': {'ga': {'chosen': {}}}}
   assert set(tuning.merge_tuning(earlier, now)['methods']) == {'ft', 'ga'}
   assert tuning.tuning_scores(now) == {'ft': now['methods']['ft']['tuning_score']}
   with pytest.raises(ConfigError, match=r"differs in \['settings_per_method'\]"):
     tuning.merge_tuning({**earlier, 'settings_per_method': 3}, now)
+  with pytest.raises(ConfigError, match=r"differs in \['runs_per_method'\]"):
+    tuning.merge_tuning({**earlier, 'runs_per_method': 18}, now)
