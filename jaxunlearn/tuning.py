@@ -508,19 +508,16 @@ def next_step(
   left = runs_per_method - runs(search)
   if left <= 0:
     return search, []
-  todo = halving_runs(search, seeds)
-  if todo:
-    return search, todo[:left]
+  halving = halving_runs(search, seeds)
+  if halving:
+    return search, halving[:left]
   grown = extend(search, seeds, left)
+  widening = [] if grown else widening_runs(search, seeds)
+  if grown is None and not widening:
+    grown = midpoint(search, seeds, left)
   if grown is not None:
     return grown, halving_runs(grown, seeds)[:left]
-  todo = widening_runs(search, seeds)
-  if todo:
-    return search, todo[:left]
-  grown = midpoint(search, seeds, left)
-  if grown is not None:
-    return grown, halving_runs(grown, seeds)[:left]
-  return search, []
+  return search, widening[:left]
 
 
 def edges(search: Search, seeds: Sequence[int], runs_per_method: int) -> dict[str, str]:
