@@ -184,7 +184,7 @@ def run(
     start,
     draw,
     execute,
-    examples_per_step=program.batch_size,
+    examples_per_slot=program.batch_size,
     log_every=log_every,
     name=f'[{name}]',
     before_line=before_line,
@@ -203,7 +203,7 @@ def _host_loop(
   draw: Callable[[StepKind], dict],
   execute: Callable[[str, Any, dict], tuple[Any, dict]],
   *,
-  examples_per_step: int,
+  examples_per_slot: int,
   log_every: int,
   name: str,
   before_line: Callable[[int, dict, bool], None] | None = None,
@@ -212,7 +212,8 @@ def _host_loop(
 ):
   """The host side both drivers share: from global step `start` to the end of the schedule,
   draws each step's batch (`draw`), runs its compiled step (`execute`), prints a progress line
-  every `log_every` steps and at the end (metrics fetched only then), waits for the step
+  every `log_every` steps and at the end (metrics fetched only then; examples/s counts every
+  batch slot of a step, `examples_per_slot` examples each), waits for the step
   `MAX_STEPS_IN_FLIGHT` back before dispatching more (between steps, never inside one), and
   calls the hooks:
   `before_line(done, metrics, line)` after each step, before its progress line if any, and
@@ -224,7 +225,7 @@ def _host_loop(
   total = len(program.schedule)
   history, pending = [], []
   run_start = last_time = time.perf_counter()
-  last_step, steps_run = start, 0
+  steps_run, examples = 0, 0
   in_flight = collections.deque()
   for step in range(start, total):
     kind_name = program.schedule[step]
@@ -233,6 +234,7 @@ def _host_loop(
     if len(in_flight) > MAX_STEPS_IN_FLIGHT:
       jax.block_until_ready(in_flight.popleft())
     pending.append((kind_name, metrics))
+    examples += examples_per_slot * max(len(program.kinds[kind_name].slots), 1)
     steps_run += 1
     done = step + 1
     line = done % log_every == 0 or done == total
@@ -245,14 +247,13 @@ def _host_loop(
         done,
         total,
         now - last_time,
-        done - last_step,
-        examples_per_step,
+        examples,
         now - run_start,
         steps_run,
       )
       print(f'{name} {_format(record)}', flush=True)
       history.append(record)
-      pending, last_time, last_step = [], now, done
+      pending, last_time, examples = [], now, 0
     if after_step is not None:
       after_step(done, state)
     if stop_after is not None and steps_run >= stop_after:
@@ -419,14 +420,14 @@ def step_runner(
   return run
 
 
-def _summarise(pending, done, total, seconds, steps, batch_size, elapsed, steps_run) -> dict:
+def _summarise(pending, done, total, seconds, examples, elapsed, steps_run) -> dict:
   values = jax.device_get([m for _, m in pending])
   record: dict[str, Any] = {'step': done}
   keys = sorted({k for m in values for k in m})
   for k in keys:
     vals = [float(np.mean(m[k])) for m in values if k in m]  # mean over models, if many
     record[k] = float(np.mean(vals))
-  record['examples_per_s'] = steps * batch_size / max(seconds, 1e-9)
+  record['examples_per_s'] = examples / max(seconds, 1e-9)
   rate = steps_run / max(elapsed, 1e-9)
   record['eta_s'] = (total - done) / max(rate, 1e-9)
   return record
@@ -630,7 +631,7 @@ def run_many(
     0,
     draw,
     execute,
-    examples_per_step=program.batch_size * num_models,
+    examples_per_slot=program.batch_size * num_models,
     log_every=log_every,
     name=f'[{name} x{num_models}]',
     before_line=keep if keep_metrics else None,

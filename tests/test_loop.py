@@ -103,11 +103,37 @@ def test_host_loop_bounds_the_steps_in_flight():
     return state + 1, {'loss': _Loss(state, waited)}
 
   state, *_ = loop._host_loop(
-    program, 0, 0, lambda kind: {}, execute, examples_per_step=1, log_every=1000, name='t'
+    program, 0, 0, lambda kind: {}, execute, examples_per_slot=1, log_every=1000, name='t'
   )
   assert state == 40
   assert waited == list(range(40 - loop.MAX_STEPS_IN_FLIGHT))  # each in turn, once
   assert max(ahead) == loop.MAX_STEPS_IN_FLIGHT
+
+
+def test_progress_counts_every_batch_slot_of_a_step(monkeypatch):
+  kinds = {
+    'two': StepKind(fn=None, slots={'remain': 'retain', 'forget': 'forget'}),
+    'one': StepKind(fn=None, slots={'remain': 'retain'}),
+  }
+  program = Program(kinds, ['two', 'one', 'two', 'one', 'one'], batch_size=8)
+  counted = []
+
+  def summarise(pending, done, total, seconds, examples, elapsed, steps_run):
+    counted.append(examples)
+    return {'step': done, 'examples_per_s': 0.0, 'eta_s': 0.0}
+
+  monkeypatch.setattr(loop, '_summarise', summarise)
+  loop._host_loop(
+    program,
+    0,
+    0,
+    lambda kind: {},
+    lambda k, s, b: (s + 1, {}),
+    examples_per_slot=8,
+    log_every=4,
+    name='t',
+  )
+  assert counted == [(2 + 1 + 2 + 1) * 8, 8]  # two two-slot and two one-slot steps, then one
 
 
 _MANY_STEPS = """
