@@ -138,3 +138,9 @@ def test_tuning_table_of_the_rule_shows_runs_edges_and_seeds_per_trial(tmp_path)
     '| ga | `optimizer.lr` | 3 (2 grid + 1 extension) | optimizer.lr: inside '
     '| 0.01: 1.50; **0.03: 0.75 x2** |'
   )
+  # A record of equal runs per method says so, and counts the midpoints' runs apart.
+  method['budget'] = {'runs': 5, 'grid_runs': 2, 'extension_runs': 1, 'midpoint_runs': 2}
+  path.write_text(json.dumps({**rule, 'runs_per_method': 5, 'methods': {'ga': method}}))
+  lines = reproduce_results.tuning_table(str(path))
+  assert 'Every method makes 5 runs' in lines[0]
+  assert '| 5 (2 grid + 1 extension + 2 midpoint) |' in lines[4]
