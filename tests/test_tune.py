@@ -1,6 +1,10 @@
 """jaxunlearn.tuning: the grids, the equal budget, edge extension, successive halving, merging."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -9,6 +13,7 @@ from jaxunlearn import tuning
 from jaxunlearn.config import ConfigError, Rule
 from jaxunlearn.methods import registry
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MULTIPLIERS = [0.3, 1.0, 3.0]
 SEEDS = [3, 4]
 
@@ -251,3 +256,60 @@ def test_merge_tuning_refuses_another_budget():
     tuning.merge_tuning({**earlier, 'settings_per_method': 3}, now)
   with pytest.raises(ConfigError, match=r"differs in \['runs_per_method'\]"):
     tuning.merge_tuning({**earlier, 'runs_per_method': 18}, now)
+
+
+def _tune(tmp_path, *flags):
+  return subprocess.run(
+    [sys.executable, '-m', 'experiments.tune', f'--config.workdir={tmp_path / "wd"}', *flags],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
+@pytest.mark.parametrize(
+  'flags, message',
+  [
+    (['--runs_per_method=5'], '--runs_per_method=5: successive halving on the grid takes 12'),
+    (['--tune_split_seed=0'], '--tune_split_seed=0: must differ from the reported'),
+    (['--tune_seeds=3'], '--tune_seeds=3: give at least two distinct seeds'),
+  ],
+)
+def test_the_binary_refuses_a_bad_budget_or_seeds_before_any_work(tmp_path, flags, message):
+  done = _tune(tmp_path, '--config.methods=ft,ga', *flags)
+  assert done.returncode == 2, done.stderr
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: {message}'), done.stderr
+  assert not (tmp_path / 'wd').exists()
+
+
+def test_the_binary_tunes_with_equal_runs_and_reports_the_choice(tmp_path, data_dir):
+  flags = [
+    '--config.dataset=digits',
+    '--config.model=mlp',
+    '--config.epochs=2',
+    '--config.forget=class:3',
+    '--config.seeds=0',
+    '--config.methods=ga',
+    '--config.num_devices=1',
+    '--config.mia_classifier=logreg',
+    f'--config.data_dir={data_dir}',
+    '--runs_per_method=13',
+  ]
+  done = _tune(tmp_path, *flags)
+  assert done.returncode == 0, done.stderr[-2000:]
+  directory = tmp_path / 'wd' / 'digits-mlp' / 'class-3-split0'
+  record = json.loads((directory / 'tuning.json').read_text())
+  assert record['runs_per_method'] == 13 and record['tune_seeds'] == [1, 2]
+  method = record['methods']['ga']
+  assert method['budget']['runs'] == 13 and '[tune ga] chosen' in done.stdout
+  # Halving's 9 + 3 runs, then the next setting in line on the seed it lacked.
+  assert sum(len(t['per_seed']) for t in method['trials']) == 13
+  assert sum(len(t['per_seed']) == 2 for t in method['trials']) == 4
+  tuned = json.loads((directory / 'tuned.json').read_text())
+  assert set(tuned['tuning_scores']) == {'ga'}
+  assert tuned['config']['method']['ga']['optimizer']['lr'] == pytest.approx(
+    record['methods']['ga']['chosen']['optimizer.lr']
+  )
+  assert 'AvgGap (tuning)' in (directory / 'tuned.md').read_text()
