@@ -75,6 +75,16 @@ def summary_cell(summary: dict, key: str) -> str:
 
 GROUP = 'Group'
 TUNING = 'AvgGap (tuning)'
+# The most rows a Group column letters: one letter each, and the letters' construction grows
+# with the number of differing pairs (a tuning study's hundreds of trials are not ranked).
+MAX_GROUPED_ROWS = 26
+
+
+def grouped_scores(per_seed: dict[str, list[dict]] | None) -> dict:
+  """The Avg. Gap per seed of the rows a Group column letters (`comparison.seed_scores`; none
+  with more than `MAX_GROUPED_ROWS` rows)."""
+  scores = comparison.seed_scores(per_seed or {}, exclude=REFERENCE_ROWS)
+  return scores if len(scores) <= MAX_GROUPED_ROWS else {}
 
 
 def study_table(
@@ -91,7 +101,8 @@ def study_table(
       say in how many.
     class_wise: adds the test accuracy on the remaining and the forgotten classes.
     per_seed: {row: scores per seed}; with 2 seeds or more, a Group column marks the methods
-      whose Avg. Gap cannot be told apart (`comparison.tie_groups`; '-': not run on every seed).
+      whose Avg. Gap cannot be told apart (`comparison.tie_groups`; '-': not run on every seed;
+      up to `MAX_GROUPED_ROWS` rows).
     tuning: {method: its Avg. Gap on the tuning split}; adds a column beside the reported
       Avg. Gap, '(!)' where the reported mean lies outside it ± 2 reported stds
       (`comparison.transfer`).
@@ -101,7 +112,7 @@ def study_table(
   """
   columns = COLUMNS[:3] + (CLASS_COLUMNS if class_wise else ()) + COLUMNS[3:5]
   extra = {name: {} for name in rows}
-  scores = comparison.seed_scores(per_seed or {}, exclude=REFERENCE_ROWS)
+  scores = grouped_scores(per_seed)
   if scores:
     columns += (GROUP,)
     letters = comparison.tie_groups(scores)
@@ -452,7 +463,7 @@ def study_note(per_seed: dict[str, list[dict]] | None = None, *, tuning: bool = 
   """The note under a study table (`study_table` with the same `per_seed`; `tuning`: it has the
   tuning column)."""
   note = TABLE_NOTE
-  if comparison.seed_scores(per_seed or {}, exclude=REFERENCE_ROWS):
+  if grouped_scores(per_seed):
     note += (
       f' {GROUP}: methods sharing a letter cannot be told apart by Avg. Gap ({comparison.TEST}, '
       f'level {comparison.LEVEL:g} per pair, not adjusted for the number of pairs; '

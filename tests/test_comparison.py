@@ -77,6 +77,11 @@ def test_study_table_marks_groups_and_tuning_transfer():
   one = {row: values[:1] for row, values in per_seed.items()}
   assert 'Group' not in report.study_table(summary, class_wise=False, per_seed=one)
   assert report.study_note(one) == report.TABLE_NOTE
+  # More rows than letters (a tuning study's trials): no group column, no groups in the note.
+  many = {f'r{i}': [float(i), i + 0.1, i - 0.1] for i in range(report.MAX_GROUPED_ROWS + 1)}
+  many_summary = {row: {'AvgGap': _summary(v)} for row, v in many.items()}
+  table = report.study_table(many_summary, class_wise=False, per_seed=_per_seed(many))
+  assert 'Group' not in table and report.study_note(_per_seed(many)) == report.TABLE_NOTE
 
 
 def _summary(values):
