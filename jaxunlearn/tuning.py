@@ -30,15 +30,15 @@ study would run it with (the preset of the forget kind and dataset, with the fla
    24 for 9 settings and 2 seeds). While runs are left and no edge can move, they go first to
    the settings next in line by their first-seed score, on the seeds they lack (one setting at a
    time, the choice made again after each, so a new choice on an edge is extended), then to
-   midpoints (`midpoint`): the geometric midpoint between the choice's value of a knob and its
-   better-scoring neighbour on that knob's axis, crossed with the other knobs' values. Every
-   method ends with exactly `runs_per_method` runs; the last ones may not complete a setting
-   (only settings run on every seed are chosen), and a method that cannot spend them (no value
-   left to try) is refused (`check_spent`). The record says where each choice sits on its grid
+   midpoints (`midpoint`): on the knob and side where the choice's neighbouring setting scores
+   best, the geometric midpoint between the two values, crossed with the other knobs' values.
+   Every method ends with exactly `runs_per_method` runs; the last ones may not complete a
+   setting (only settings run on every seed are chosen), and a method that cannot spend them (no
+   value left to try) is refused (`check_spent`). The record says where each choice sits on its grid
    (`edges`: inside, at a bound, or stopped by the run budget) and counts the grid's, the
    extensions' and the midpoints' runs (`budget`).
 
-`run_searches` drives rules 1-3 with a function that runs one setting on one seed;
+`run_searches` drives rules 2-4 with a function that runs one setting on one seed;
 `experiments/tune.py` gives it the runs of a `Study`. `merge_results` and `merge_tuning` keep
 the choices and rows of methods not tuned again (``--keep_from``).
 """
