@@ -301,7 +301,9 @@ EXTRA_SECTIONS = (
     'setting on tuning seed 3 and the best third also on seed 4 of split seed 1, grids whose best '
     'sits on an edge extended, the runs left spent on the next-best settings and on midpoints '
     'around the choice), then reported on split seed 0 (seeds 0, 1, 2) beside its tuning score. '
-    'Ten of the fourteen methods; CE-FT, KL-FT, ICE-FT and SFR-on join by `--keep_from`. The '
+    'Thirteen of the fourteen methods (CE-FT, KL-FT and ICE-FT joined by `--config.methods='
+    'ce_ft,kl_ft,ice_ft --keep_from=experiments/results/mnist5k-cnn/random-0.1-split0`; SFR-on '
+    'joins the same way). The '
     '"All methods" table above runs the same methods at their defaults.',
   ),
   (
