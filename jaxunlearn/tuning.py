@@ -477,6 +477,7 @@ def midpoint(search: Search, seeds: Sequence[int], runs_left: int) -> Search | N
   seeds (ties: the wider gap in log scale, then the first knob); one whose new settings do not
   all fit in `runs_left` only when no other does. None when no knob has room for one."""
   chosen = choice(search, seeds)
+  done = set(complete(search, seeds))
   options = []
   for i, (knob, axis) in enumerate(zip(search.knobs, search.axes)):
     at = axis.index(chosen[i])
@@ -488,9 +489,7 @@ def midpoint(search: Search, seeds: Sequence[int], runs_left: int) -> Search | N
       if value is None or value in axis:
         continue
       neighbour = chosen[:i] + (axis[j],) + chosen[i + 1 :]
-      score = (
-        mean_score(search, neighbour, seeds) if neighbour in complete(search, seeds) else math.inf
-      )
+      score = mean_score(search, neighbour, seeds) if neighbour in done else math.inf
       added = math.prod(len(x) for k, x in enumerate(search.axes) if k != i)
       gap = abs(math.log(max(a, 1e-12) / max(b, 1e-12)))
       options.append((added > runs_left, score, -gap, i, j, value))
@@ -512,7 +511,7 @@ def next_step(
   if halving:
     return search, halving[:left]
   grown = extend(search, seeds, left)
-  widening = [] if grown else widening_runs(search, seeds)
+  widening = [] if grown is not None else widening_runs(search, seeds)
   if grown is None and not widening:
     grown = midpoint(search, seeds, left)
   if grown is not None:
