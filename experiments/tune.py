@@ -148,8 +148,9 @@ def main(argv):
     )
   seeds = tune_seeds(config)
   multipliers = tuning.parse_multipliers(_MULTIPLIERS.value)
+  # A tuning starts where the tuned presets' own tuning did, so its command reproduces its record.
   rows, presets = jaxunlearn.methods.method_rows(
-    config.method, config.methods, forget=config.forget, dataset=config.dataset
+    config.method, config.methods, forget=config.forget, dataset=config.dataset, tuned=False
   )
   print(jaxunlearn.methods.describe_presets(presets, config.forget, config.dataset))
   searches = {

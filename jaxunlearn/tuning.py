@@ -2,7 +2,8 @@
 
 Each method tunes every knob it declares (`Method.tune`: dotted fields of its config; '1-NAME'
 scales 1 - NAME) against Retrain by Avg. Gap on a held-out split, starting from the config the
-study would run it with (the preset of the forget kind and dataset, with the flags on top):
+study would run it with (the preset of the forget kind and dataset, with the flags on top; where
+that is a tuned preset, the one its tuning started from, so a record reproduces from its command):
 
 1. Grid (`make_search`). With p multipliers and K the most knobs any registered method declares,
    every method gets p**K settings: a method with k knobs gets n = p**(K/k) values per knob, its

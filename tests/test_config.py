@@ -2,6 +2,8 @@
 work (the binaries print it as one line, test_cli.py); methods and seeds parsed or refused."""
 
 import dataclasses
+import json
+import os
 
 import pytest
 
@@ -11,11 +13,15 @@ from jaxunlearn.config import (
   ConfigError,
   OptimizerConfig,
   from_config_dict,
+  get_field,
   parse_seeds,
+  replace_field,
   to_config_dict,
 )
-from jaxunlearn.methods import registry
+from jaxunlearn.methods import registry, tuned_presets
 from jaxunlearn.methods.registry import parse_methods
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (override, the error's start): one or more per section, and one per method.
 BAD_VALUES = [
@@ -92,7 +98,7 @@ BAD_VALUES = [
   ),
   (
     {'method.salun.preset': 'nope'},
-    "--config.method.salun.preset='nope': must be one of defaults, cifar10_resnet18.",
+    "--config.method.salun.preset='nope': must be one of defaults, cifar10_resnet18, random_mnist5k.",
   ),
   ({'method.ce_ft.alpha': 1.5}, '--config.method.ce_ft.alpha=1.5: must be a number in (0, 1].'),
   ({'method.kl_ft.alpha': 0.0}, '--config.method.kl_ft.alpha=0.0: must be a number in (0, 1].'),
@@ -237,11 +243,14 @@ def test_the_preset_picked_follows_the_forget_kind_and_dataset(monkeypatch):
   sections.salun.preset = 'defaults'
   assert pick('class:3') == ('defaults', salun.config().replace(mask_fraction=0.3))
   # The study picks from --config.forget and records what it picked.
-  for forget, expected in (('class:3', 'cifar10_resnet18'), ('random:0.1', 'defaults')):
+  for forget, expected in (
+    ('class:3', {'salun': 'cifar10_resnet18', 'ft': 'defaults'}),
+    ('random:0.1', {'salun': 'defaults', 'ft': 'random_mnist5k'}),
+  ):
     study = jaxunlearn.Study(jaxunlearn.study_config(forget=forget, methods='salun,ft'))
-    assert study.presets == {'salun': expected, 'ft': 'defaults'}
+    assert study.presets == expected
   assert registry.describe_presets(study.presets, 'random:0.1', 'mnist5k') == (
-    'method presets (forget random:0.1, dataset mnist5k): defaults: salun, ft'
+    'method presets (forget random:0.1, dataset mnist5k): defaults: salun; random_mnist5k: ft'
   )
 
 
@@ -251,6 +260,38 @@ def test_one_preset_for_every_method_that_has_it():
   assert picked == {'ft': 'cifar10_resnet18', 'ce_ft': 'defaults'}
   assert rows[0][2] == registry.get('ft').preset('cifar10_resnet18')
   assert rows[1][2] == registry.get('ce_ft').config()
+
+
+@pytest.mark.parametrize('record', tuned_presets.RECORDS, ids=lambda r: r.name)
+def test_tuned_presets_are_their_records_choices(record):
+  with open(os.path.join(REPO, record.record)) as f:
+    tuned = json.load(f)['methods']
+  assert record.choices == {name: choice['chosen'] for name, choice in tuned.items()}
+  for name, choice in tuned.items():
+    method = registry.get(name)
+    assert method.preset_for(f'{record.forget}:1', record.dataset) == record.name
+    assert method.preset_for('class:3' if record.forget != 'class' else 'random:0.1', None) != (
+      record.name
+    )
+    config = method.preset(record.name)
+    assert all(get_field(config, f) == v for f, v in choice['chosen'].items())
+    # The rest is the preset the tuning started from, where its knobs had the record's `defaults`;
+    # a new tuning starts from it too (`tuned=False`).
+    start = config
+    for field, value in choice['defaults'].items():
+      start = replace_field(start, field, value)
+    untuned = method.preset_for(f'{record.forget}:1', record.dataset, tuned=False)
+    assert untuned != record.name and start == method.preset(untuned)
+
+
+def test_tuned_presets_refuse_a_field_without_a_rule_and_a_bad_value():
+  bad_field = registry.TunedPresets('t', 'random', 'digits', 'r.json', {'ft': {'optimizer': 1}})
+  with pytest.raises(ValueError, match="'optimizer': not a field with a rule"):
+    registry.add_tuned_presets(bad_field)
+  bad_value = registry.TunedPresets('t', 'random', 'digits', 'r.json', {'ft': {'epochs': 0}})
+  with pytest.raises(ConfigError, match=r'r.json: ft.epochs=0'):
+    registry.add_tuned_presets(bad_value)
+  assert 't' not in registry.get('ft').presets
 
 
 def test_forget_presets_name_declared_presets():

@@ -387,8 +387,15 @@ def test_class_scope_targets_are_each_class_s_own_d_r_means(tmp_path, data_dir):
 
 def test_random_forgetting_selects_the_sample_preset():
   config = jaxunlearn.study_config()
-  rows, picked = registry.method_rows(config.method, 'rfa_lora', forget='random:0.1')
+  rows, picked = registry.method_rows(
+    config.method, 'rfa_lora', forget='random:0.1', dataset='digits'
+  )
   assert picked == {'rfa_lora': 'sample'} and rows[0][2] == rfa_lora.sample()
+  # mnist5k's tuned preset starts from it (`tuned_presets`).
+  rows, picked = registry.method_rows(
+    config.method, 'rfa_lora', forget='random:0.1', dataset='mnist5k'
+  )
+  assert picked == {'rfa_lora': 'random_mnist5k'} and rows[0][2].distance == 'cosine'
   rows, picked = registry.method_rows(config.method, 'rfa_lora', forget='class:3')
   assert rows[0][2] == rfa_lora.RfaLoraConfig() and rows[0][2].gamma != rfa_lora.sample().gamma
   rows, picked = registry.method_rows(
@@ -403,7 +410,9 @@ def test_random_forgetting_selects_the_sample_preset():
 
 def test_sample_readings_group_changes_one_reading_per_row():
   config = jaxunlearn.study_config()
-  rows, picked = registry.method_rows(config.method, 'rfa_lora_sample', forget='random:0.1')
+  rows, picked = registry.method_rows(
+    config.method, 'rfa_lora_sample', forget='random:0.1', dataset='digits'
+  )
   assert picked == {'rfa_lora': 'sample'}
   configs = {row: cfg for row, method, cfg in rows if method == 'rfa_lora'}
   base = rfa_lora.sample()

@@ -9,7 +9,9 @@ new method without any other edit.
 
 Which preset a study starts from: a method's section of a study config holds its values and a
 `preset` key: '' picks by the study's forget kind and dataset (the method's `forget_presets`, else
-its defaults); a name (`DEFAULTS` among them) forces that preset. `resolve` reads a section as the
+its defaults); a name (`DEFAULTS` among them) forces that preset. Presets chosen by the tuning rule
+(`TunedPresets`, the records in `tuned_presets.py`) are added to every method they tuned and
+picked for the forget kind and dataset they were tuned on. `resolve` reads a section as the
 picked preset's values with every field that differs from the method's defaults (what a flag or a
 config file set) on top, so ``--config.method.salun.mask_fraction=0.2`` applies to any preset. A
 field set to exactly its default value therefore counts as not set; with
@@ -27,10 +29,13 @@ import ml_collections
 from jaxunlearn.config import (
   Config,
   ConfigError,
+  field_rule,
   from_config_dict,
   leaves,
+  replace_field,
   set_leaf,
   to_config_dict,
+  validate,
 )
 
 DEFAULTS = 'defaults'  # the preset name of a method's own defaults
@@ -57,6 +62,7 @@ class Method:
     forget_presets: (forget kind, dataset or None) -> the preset a study of that kind ('class',
       'random', 'indices') on that dataset starts from; (kind, None) serves every dataset. A kind
       without an entry starts from the defaults (`DEFAULTS`).
+    tuned_from: tuned preset name -> the preset its tuning started from (`add_tuned_presets`).
   """
 
   name: str
@@ -71,23 +77,29 @@ class Method:
   check: Callable | None = None
   tune: tuple[str, ...] = ('optimizer.lr',)
   forget_presets: Mapping[tuple[str, str | None], str] = dataclasses.field(default_factory=dict)
+  tuned_from: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   def preset(self, name: str | None) -> Config:
     """The config of preset `name` (None, `DEFAULTS` or one the method lacks: its defaults)."""
     return self.presets[name]() if name in self.presets else self.config()
 
-  def preset_for(self, forget: str | None, dataset: str | None) -> str:
+  def preset_for(self, forget: str | None, dataset: str | None, *, tuned: bool = True) -> str:
     """The preset a study forgetting `forget` (a --config.forget spec, e.g. 'class:3') on
     `dataset` starts from: the one declared for (its kind, the dataset), else for (its kind,
-    None), else `DEFAULTS`. An imagefolder dataset also matches by its folder's name."""
+    None), else `DEFAULTS`. An imagefolder dataset also matches by its folder's name. With
+    `tuned` False, a tuned preset gives way to the preset its tuning started from."""
     kind = str(forget or '').partition(':')[0].strip()
     names = [dataset]
     if dataset and dataset.startswith('imagefolder:'):
       names.append(dataset.rstrip('/').rsplit('/', 1)[-1])
+    picked = DEFAULTS
     for key in [(kind, name) for name in names] + [(kind, None)]:
       if key in self.forget_presets:
-        return self.forget_presets[key]
-    return DEFAULTS
+        picked = self.forget_presets[key]
+        break
+    while not tuned and picked in self.tuned_from:
+      picked = self.tuned_from[picked]
+    return picked
 
 
 _METHODS: dict[str, Method] = {}
@@ -132,6 +144,57 @@ def register(
   return decorate
 
 
+@dataclasses.dataclass(frozen=True)
+class TunedPresets:
+  """The choices of one tuning record (`experiments/tune.py`), as a preset of every method tuned.
+
+  Attributes:
+    name: the preset's name (e.g. 'random_mnist5k').
+    forget: the forget kind tuned on ('class', 'random' or 'indices').
+    dataset: the dataset tuned on.
+    record: the tuned.json holding the choices (path in the repository).
+    choices: {method: {dotted config field: its chosen value}}.
+  """
+
+  name: str
+  forget: str
+  dataset: str
+  record: str
+  choices: Mapping[str, Mapping[str, Any]]
+
+
+def add_tuned_presets(tuned: TunedPresets) -> None:
+  """Adds `tuned.name` to the presets of every method `tuned` has choices for, as the preset its
+  tuning started from (the one picked for the kind and dataset until now) with the choices on
+  top, and makes it the preset picked for (`tuned.forget`, `tuned.dataset`).
+
+  Raises:
+    ValueError: a method has the preset already, a choice names no field with a rule in its
+      config, or a chosen value breaks one.
+  """
+  for name, choices in tuned.choices.items():
+    method = get(name, f'{tuned.record}: method')
+    if tuned.name in method.presets:
+      raise ValueError(f'method {name!r} already has a preset {tuned.name!r}')
+    for field in choices:
+      field_rule(method.config, field)
+    start = method.preset_for(tuned.forget, tuned.dataset)
+
+    def build(method=method, start=start, choices=choices) -> Config:
+      config = method.preset(start)
+      for field, value in choices.items():
+        config = replace_field(config, field, value)
+      return config
+
+    validate(build(), f'{tuned.record}: {name}')
+    _METHODS[name] = dataclasses.replace(
+      method,
+      presets={**method.presets, tuned.name: build},
+      forget_presets={**method.forget_presets, (tuned.forget, tuned.dataset): tuned.name},
+      tuned_from={**method.tuned_from, tuned.name: start},
+    )
+
+
 def methods() -> dict[str, Method]:
   """Every registered method, by name (sorted)."""
   return dict(sorted(_METHODS.items()))
@@ -171,6 +234,7 @@ def resolve(
   *,
   forget: str | None = None,
   dataset: str | None = None,
+  tuned: bool = True,
 ) -> tuple[str, Config]:
   """The preset picked for method `name` and its validated typed config (module docstring).
 
@@ -181,6 +245,8 @@ def resolve(
     forget: the study's --config.forget spec; None: no forget kind (the defaults, unless the
       section names a preset).
     dataset: the study's --config.dataset.
+    tuned: False: a tuned preset picked by kind gives way to the one its tuning started from
+      (what a tuning starts from, so that its command reproduces its record).
 
   Returns:
     (the picked preset's name, its config with the section's set fields on top).
@@ -191,7 +257,7 @@ def resolve(
     values = to_config_dict(values)
   values = values.to_dict() if isinstance(values, ml_collections.ConfigDict) else dict(values)
   requested = values.pop('preset', '')
-  picked = requested or method.preset_for(forget, dataset)
+  picked = requested or method.preset_for(forget, dataset, tuned=tuned)
   if picked != DEFAULTS and picked not in method.presets:
     allowed = ', '.join([DEFAULTS, *method.presets])
     raise ConfigError(f'{path}.preset={requested!r}: must be one of {allowed}.')
@@ -231,7 +297,12 @@ def parse_methods(value: str, flag: str = '--config.methods') -> list[str]:
 
 
 def method_rows(
-  method_configs, methods: str, *, forget: str | None = None, dataset: str | None = None
+  method_configs,
+  methods: str,
+  *,
+  forget: str | None = None,
+  dataset: str | None = None,
+  tuned: bool = True,
 ) -> tuple[list[tuple[str, str, Config]], dict[str, str]]:
   """The rows `methods` asks for and the preset each of their methods starts from.
 
@@ -240,6 +311,7 @@ def method_rows(
     methods: method and group names separated by commas, or 'all'.
     forget: the study's --config.forget spec (`resolve`).
     dataset: the study's --config.dataset.
+    tuned: False: start from what the tuned presets were tuned from (`resolve`).
 
   Returns:
     ([(row, method, validated config)], {method: the preset picked}); a group name runs its
@@ -249,7 +321,7 @@ def method_rows(
   for name in parse_methods(methods):
     method = groups()[name] if name in groups() else get(name)
     picked[method.name], base = resolve(
-      method.name, method_configs[method.name], forget=forget, dataset=dataset
+      method.name, method_configs[method.name], forget=forget, dataset=dataset, tuned=tuned
     )
     if name in groups():
       for row, variant in method.groups[name](base).items():
