@@ -22,20 +22,32 @@ os.environ.setdefault('JAXUNLEARN_CACHE_DIR', tempfile.mkdtemp(prefix='jaxunlear
 
 
 # The longest test files, longest first. `--dist loadfile` hands files to the workers in collection
-# order, so starting with these leaves the short files to even out the end of the run.
+# order (once `pytest_configure` turns off xdist's reordering by test count), so starting with these
+# leaves the short files to even out the end of the run.
 LONGEST_FILES = (
-  'test_notebooks.py',
   'test_honesty.py',
+  'test_notebooks.py',
   'test_many_models.py',
   'test_sfron.py',
-  'test_your_model.py',
-  'test_train.py',
   'test_faults.py',
-  'test_loop.py',
+  'test_tune.py',
+  'test_your_model.py',
   'test_methods.py',
+  'test_train.py',
   'test_cli.py',
+  'test_rfa_lora.py',
+  'test_loop.py',
   'test_honesty_random.py',
+  'test_theory.py',
+  'test_lora.py',
+  'test_models.py',
 )
+
+
+def pytest_configure(config):
+  # xdist otherwise queues the files with the most tests first, whatever their length.
+  if hasattr(config.option, 'loadscopereorder'):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items):
