@@ -301,10 +301,11 @@ EXTRA_SECTIONS = (
     'setting on tuning seed 3 and the best third also on seed 4 of split seed 1, grids whose best '
     'sits on an edge extended, the runs left spent on the next-best settings and on midpoints '
     'around the choice), then reported on split seed 0 (seeds 0, 1, 2) beside its tuning score. '
-    'Thirteen of the fourteen methods (CE-FT, KL-FT and ICE-FT joined by `--config.methods='
-    'ce_ft,kl_ft,ice_ft --keep_from=experiments/results/mnist5k-cnn/random-0.1-split0`; SFR-on '
-    'joins the same way). The '
-    '"All methods" table above runs the same methods at their defaults.',
+    'All fourteen methods (CE-FT, KL-FT and ICE-FT joined by `--config.methods='
+    'ce_ft,kl_ft,ice_ft --keep_from=experiments/results/mnist5k-cnn/random-0.1-split0`, SFR-on '
+    'by `--config.methods=sfron` and the same `--keep_from`). These choices are the '
+    '`random_mnist5k` presets (`jaxunlearn/methods/tuned_presets.py`), which a study forgetting '
+    'random samples of mnist5k starts from: the "All methods" table above runs them.',
   ),
   (
     'CIFAR-10 (JPEG q75 copy), 10k subset: forget random:0.1',

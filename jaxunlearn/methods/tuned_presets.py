@@ -11,6 +11,7 @@ from jaxunlearn.methods.registry import TunedPresets
 
 # Random 10% of mnist5k, the small CNN (split seed 1, tuning seeds 3 and 4, 24 runs per method):
 #   python -m experiments.tune --config.forget=random:0.1 --config.seeds=0,1,2
+# (run in parts: some methods by --config.methods, the others joined by --keep_from)
 RANDOM_MNIST5K = TunedPresets(
   name='random_mnist5k',
   forget='random',
@@ -29,6 +30,7 @@ RANDOM_MNIST5K = TunedPresets(
     'rl': {'optimizer.lr': 0.00405},
     'salun': {'mask_fraction': 0.5, 'optimizer.lr': 0.003},
     'scrub': {'msteps': 3, 'optimizer.lr': 0.0045},
+    'sfron': {'forget_optimizer.lr': 0.003, 'optimizer.lr': 0.27},
     'ssd': {'dampening_constant': 0.1, 'selection_weighting': 3.0},
   },
 )
