@@ -183,11 +183,13 @@ INTRO = (
   'Every number below comes from `python -m experiments.reproduce_results` (this page is '
   'its output): mnist5k (4,000 train / 1,000 test real MNIST digits), the small CNN, '
   'seeds {seeds} (mean ± std over seeds; the split is fixed, split seed 0). '
-  "Method settings: each method's defaults in `jaxunlearn/methods/`. Each table names "
+  "Method settings: the preset each method starts from for the table's forget kind, its defaults "
+  'in `jaxunlearn/methods/` except on random 10%, where the `random_mnist5k` presets (the '
+  'choices of the tuned table below, `jaxunlearn/methods/tuned_presets.py`) apply. Each table names '
   'the device its rows ran on. What the tables say, and what we tried to explain them: '
   '[results/FINDINGS.md](results/FINDINGS.md); step timings: [benchmarks/](benchmarks/). '
   'RTE_s of the runs made from 2026-12-04 to 2026-12-07 counted the unlearning steps twice: '
-  'here both "All methods" tables, RFA-LoRA\'s sample mode, and the CIFAR-10 tables\' rfa_lora '
+  'here the class-3 "All methods" table, RFA-LoRA\'s sample mode, and the CIFAR-10 tables\' rfa_lora '
   'rows (and salun and sfron on class 3); FINDINGS (2026-12-07, RTE) says by how much. Rows '
   'run since count them once.'
 )

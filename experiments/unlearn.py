@@ -1,6 +1,6 @@
 r"""The main job: unlearn with every method and compare each with Retrain.
 
-  python -m experiments.unlearn                       # all methods, mnist5k, small CNN, random 10%
+  python -m experiments.unlearn                       # all methods, mnist5k, small CNN, class 3
   python -m experiments.unlearn --config.methods=ft,salun --config.seeds=0,1,2 \
       --config.forget=class:3
 

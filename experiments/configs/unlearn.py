@@ -9,7 +9,8 @@ Retrain (which never saw a 3), whereas on a random 10% of mnist5k the Original i
 points of Avg. Gap from Retrain and every method lands within seed noise of it. Method defaults are
 sized for the small CNN on 4,000 digits (a few epochs on 2 CPU cores); each lives with its method
 in `jaxunlearn/methods/NAME.py`, together with presets such as the CIFAR-10 / ResNet-18 reference
-values (`unlearn_cifar10_resnet18.py`). Study fields: `jaxunlearn.study`.
+values (`unlearn_cifar10_resnet18.py`); forgetting random samples of mnist5k starts from the tuned
+`random_mnist5k` presets (`jaxunlearn/methods/tuned_presets.py`). Study fields: `jaxunlearn.study`.
 """
 
 import jaxunlearn
