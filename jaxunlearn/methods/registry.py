@@ -152,7 +152,7 @@ class TunedPresets:
     name: the preset's name (e.g. 'random_mnist5k').
     forget: the forget kind tuned on ('class', 'random' or 'indices').
     dataset: the dataset tuned on.
-    record: the tuned.json holding the choices (path in the repository).
+    record: the tuning.json holding the choices (path in the repository).
     choices: {method: {dotted config field: its chosen value}}.
   """
 
