@@ -64,6 +64,9 @@ def compilation_cache(tmp_path_factory):
   jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  # The backends start now, with the devices the command's XLA_FLAGS force, whichever test runs
+  # first in this process.
+  assert jax.device_count() >= 1
 
 
 @pytest.fixture(scope='session')

@@ -76,13 +76,14 @@ def _execute(name, tmp_path, monkeypatch, append=(), parameters=None):
   """
   monkeypatch.setenv('TMPDIR', str(tmp_path))  # the notebook's workdir goes under tmp_path
   # The kernel sees one CPU device, as on a Colab CPU runtime. With the suite's 8 forced host
-  # devices on 2 busy cores, XLA's CPU all-reduce can miss its 40 s rendezvous and abort.
-  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  # devices on 2 busy cores, XLA's CPU all-reduce can miss its 40 s rendezvous and abort. Only
+  # the kernel's environment loses the flag: this process keeps its devices.
+  kernel_env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   nb = _with_parameters(_read(name), parameters or {})
   nb.cells += [nbformat.v4.new_code_cell(source) for source in append]
   nbclient.NotebookClient(
     nb, timeout=300, kernel_name='python3', resources={'metadata': {'path': COLAB}}
-  ).execute()
+  ).execute(env=kernel_env)
   return nb
 
 
